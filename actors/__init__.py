@@ -1,0 +1,1 @@
+"""The actor runtime (bounded anyio mailboxes, supervision) and chunkd's actors."""

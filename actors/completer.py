@@ -1,0 +1,88 @@
+"""Completer: batches finished chunks and writes them in one transaction (River's batch
+completer is the model), then publishes the partitions that gained READY children."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import anyio
+import asyncpg
+import structlog
+
+from metrics import (CHUNKS_COMPLETED, CHUNKS_ERRORED, CHUNKS_FAILED, CHUNKS_POLL_WAITING, CHUNKS_REFUSED,
+                     FLUSH_SECONDS, FLUSH_SIZE)
+from storage.states import C
+from storage.types import Setback, Success
+
+from .engine import Engine, Outcome
+
+log = structlog.get_logger("chunkd.completer")
+
+_RETRYABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+              asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.CannotConnectNowError,
+              asyncpg.AdminShutdownError, TimeoutError)
+
+
+async def complete_forever(engine: Engine) -> None:
+    """Runs until the mailbox is closed and drained (shutdown), flushing as it goes."""
+    recv = engine.completer_recv
+    cfg = engine.cfg
+    wait = cfg.completer_flush_ms / 1000
+    while True:
+        try:
+            first = await recv.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            return
+        batch = [first]
+        _drain(recv, batch, cfg.completer_batch)
+        if len(batch) < cfg.completer_batch and wait > 0:
+            await anyio.sleep(wait)
+            _drain(recv, batch, cfg.completer_batch)
+        await flush(engine, batch)
+
+
+def _drain(recv: anyio.abc.ObjectReceiveStream[Outcome], batch: list[Outcome], limit: int) -> None:
+    while len(batch) < limit:
+        try:
+            batch.append(recv.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return
+
+
+async def flush(engine: Engine, batch: list[Outcome]) -> None:
+    successes = [o.result for o in batch if isinstance(o.result, Success)]
+    setbacks = [o.result for o in batch if isinstance(o.result, Setback)]
+    delay = 0.05
+    while True:
+        started = time.perf_counter()
+        try:
+            res = await engine.store.flush(successes, setbacks)  # type: ignore[arg-type]
+            break
+        except _RETRYABLE as e:
+            # Safe to retry: the fencing token refuses anything that already committed.
+            log.warning("completer flush failed; retrying", error=repr(e), batch=len(batch), retry_in=delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    FLUSH_SECONDS.observe(time.perf_counter() - started)
+    FLUSH_SIZE.observe(len(batch))
+    engine.inflight.forget([o.result.chunk_id for o in batch])
+    if res.refused:
+        CHUNKS_REFUSED.inc(res.refused)
+        log.info("results refused by fencing token", count=res.refused)
+    _count(batch, res.accepted, res.setback_states)
+    if res.ready_partitions:
+        await engine.channel.publish(res.ready_partitions)
+
+
+def _count(batch: list[Outcome], accepted: set[int], setback_states: dict[int, int]) -> None:
+    tally: Counter[tuple[str, str, str]] = Counter()
+    for o in batch:
+        cid = o.result.chunk_id
+        if cid in accepted:
+            tally[("completed", o.job, o.step)] += 1
+        elif cid in setback_states:
+            tally[(C(setback_states[cid]).name, o.job, o.step)] += 1
+    for (kind, job, step), n in tally.items():
+        metric = {"completed": CHUNKS_COMPLETED, "ERRORED": CHUNKS_ERRORED, "FAILED": CHUNKS_FAILED,
+                  "POLL_WAITING": CHUNKS_POLL_WAITING}[kind]
+        metric.labels(job, step).inc(n)

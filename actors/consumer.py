@@ -1,0 +1,34 @@
+"""Partition consumer: claims READY chunks of one partition, only as many as the
+executors have room for (backpressure), and hands them to the executor mailbox."""
+from __future__ import annotations
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from metrics import CHUNKS_CLAIMED, CLAIM_BATCH
+from storage.types import ClaimedChunk
+
+from .engine import Engine
+
+
+async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSendStream[ClaimedChunk]) -> None:
+    cfg = engine.cfg
+    signal = engine.channel.signal(partition)
+    claimed_metric = CHUNKS_CLAIMED.labels(str(partition))
+    while not engine.stopping:
+        # At most slots + one batch in flight: claim only when the running count is within the slots.
+        await engine.inflight.wait_for_room(partition)
+        if engine.stopping:
+            return
+        chunks = await engine.store.claim(partition, cfg.claim_batch, engine.node_id, cfg.lease_seconds)
+        if chunks:
+            engine.inflight.claimed(partition, [c.id for c in chunks])
+            claimed_metric.inc(len(chunks))
+            CLAIM_BATCH.observe(len(chunks))
+            await engine.note_started({c.instance_id for c in chunks})
+            for c in chunks:
+                out.send_nowait(c)  # the mailbox holds slots + batch: never blocks
+            if len(chunks) == cfg.claim_batch:
+                continue  # probably more waiting
+        await signal.wait(cfg.poll_interval)
+        await anyio.sleep(0)

@@ -1,0 +1,146 @@
+"""State the actors of one daemon share: what it holds, the instance cache, the mailboxes."""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+import anyio
+import msgspec
+
+from channels.base import Channel
+from daemon.config import Config
+from daemon.registry import Registry, UnknownJobError
+from daemon.sdk import Job
+from metrics import IN_FLIGHT
+from storage.codec import DataError
+from storage.store import Store
+from storage.types import ClaimedChunk, Setback, Success
+
+
+class Outcome(msgspec.Struct, array_like=True):
+    result: Success | Setback
+    job: str
+    step: str
+    partition: int
+
+
+class InFlight:
+    """Chunks this daemon holds. `held` feeds the heartbeat (another thread), so it is
+    guarded by a lock; `running` per partition drives the consumers' backpressure."""
+
+    def __init__(self, partitions: int, concurrency: int) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[int, int] = {}
+        self.running = [0] * partitions
+        self.concurrency = concurrency
+        self._space = [anyio.Event() for _ in range(partitions)]
+
+    def claimed(self, partition: int, ids: list[int]) -> None:
+        with self._lock:
+            for i in ids:
+                self._held[i] = partition
+        self.running[partition] += len(ids)
+        IN_FLIGHT.inc(len(ids))
+
+    def handed_off(self, partition: int) -> None:
+        self.running[partition] -= 1
+        IN_FLIGHT.dec()
+        if self.running[partition] <= self.concurrency:
+            self._space[partition].set()
+
+    def forget(self, ids: list[int] | set[int]) -> None:
+        with self._lock:
+            for i in ids:
+                self._held.pop(i, None)
+
+    def held(self) -> list[int]:
+        with self._lock:
+            return list(self._held)
+
+    def has_room(self, partition: int) -> bool:
+        return self.running[partition] <= self.concurrency
+
+    async def wait_for_room(self, partition: int) -> None:
+        while not self.has_room(partition):
+            ev = self._space[partition] = anyio.Event()
+            await ev.wait()
+
+
+class Runtime(msgspec.Struct):
+    """What an executor needs about an instance, loaded once per daemon."""
+    job: Job
+    params: Any
+
+
+class JobSlots:
+    """Per-job cap on steps running at once (CHUNKD_JOB_CONCURRENCY or the job's default).
+    A chunk over the cap is parked, not blocking a worker, and run when a slot frees."""
+
+    def __init__(self, caps: dict[str, int]) -> None:
+        self._caps = caps
+        self._used: dict[str, int] = {}
+        self.parked: dict[str, deque[tuple[int, ClaimedChunk]]] = {}
+
+    def cap(self, job: Job) -> int | None:
+        return self._caps.get(job.name, job.concurrency)
+
+    def try_take(self, job: Job) -> bool:
+        cap = self.cap(job)
+        if cap is None:
+            return True
+        used = self._used.get(job.name, 0)
+        if used >= cap:
+            return False
+        self._used[job.name] = used + 1
+        return True
+
+    def give_back(self, job: Job) -> None:
+        if self.cap(job) is not None:
+            self._used[job.name] -= 1
+
+
+class Engine:
+    def __init__(self, cfg: Config, store: Store, channel: Channel, registry: Registry, node_id: int,
+                 dsn: str) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.channel = channel
+        self.registry = registry
+        self.node_id = node_id
+        self.dsn = dsn
+        self.inflight = InFlight(cfg.partitions, cfg.partition_concurrency)
+        self.slots = JobSlots(cfg.job_concurrency)
+        self.stopping = False
+        self._runtimes: dict[int, Runtime | Exception] = {}
+        self._started: set[int] = set()
+        self.completer_send, self.completer_recv = anyio.create_memory_object_stream[Outcome](
+            max_buffer_size=max(1000, cfg.completer_batch * 4))
+        self.leader = False
+
+    async def runtime(self, instance_id: int) -> Runtime:
+        """Job + decoded parameters for an instance; errors are cached too (the row won't change)."""
+        hit = self._runtimes.get(instance_id)
+        if hit is None:
+            row = await self.store.instance_runtime(instance_id)
+            try:
+                if row is None:
+                    raise LookupError(f"instance {instance_id} does not exist")
+                job = self.registry.get(row.job_name, row.job_version)
+                hit = Runtime(job, job.decode_params(row.params))
+            except (UnknownJobError, DataError, LookupError) as e:
+                hit = e
+            if len(self._runtimes) > 10_000:
+                self._runtimes.clear()
+            self._runtimes[instance_id] = hit
+        if isinstance(hit, Exception):
+            raise hit
+        return hit
+
+    async def note_started(self, instance_ids: set[int]) -> None:
+        new = instance_ids - self._started
+        if new:
+            await self.store.mark_started(sorted(new))
+            self._started |= new
+            if len(self._started) > 100_000:
+                self._started.clear()

@@ -1,0 +1,130 @@
+"""Step executor: runs the user's step for one claimed chunk and turns what happened
+into an Outcome for the completer. Never raises for a step's own failure."""
+from __future__ import annotations
+
+import functools
+import time
+from collections import deque
+from typing import Any
+
+import anyio
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from daemon.registry import UnknownJobError
+from daemon.sdk import Context, PermanentError, RetryLater, Sink, StepDef, StepKind
+from metrics import STEP_SECONDS
+from storage.codec import DataError, decode
+from storage.retry import after_error
+from storage.states import C
+from storage.types import ClaimedChunk, Setback, Success
+
+from .engine import Engine, Outcome
+
+log = structlog.get_logger("chunkd.executor")
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 2000 else text[:1997] + "..."
+
+
+async def _call(step: StepDef, *args: Any) -> None:
+    if step.is_async:
+        await step.fn(*args)
+    else:
+        await anyio.to_thread.run_sync(functools.partial(step.fn, *args))
+
+
+async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outcome:
+    job_name, step_name = "?", str(chunk.step)
+
+    def setback(state: C, message: str | None, *, failure: bool, delay: float = 0.0) -> Outcome:
+        return Outcome(Setback(chunk.id, chunk.attempt, chunk.instance_id, chunk.step, int(state),
+                               failure, delay, message), job_name, step_name, partition)
+
+    try:
+        rt = await engine.runtime(chunk.instance_id)
+    except (UnknownJobError, LookupError) as e:
+        # Perhaps another daemon has this job loaded: retry, and fail only after max attempts.
+        state, delay = after_error(chunk.failures, 3, permanent=False, base=5.0, cap=60.0)
+        return setback(state, f"cannot run: {e}", failure=True, delay=delay)
+    except DataError as e:
+        return setback(C.FAILED, f"instance parameters are invalid: {e}", failure=True)
+    job = rt.job
+    job_name = job.name
+    if chunk.step >= len(job.steps) or job.steps[chunk.step].kind is StepKind.REDUCE:
+        return setback(C.FAILED, f"job {job.name} v{job.version} has no runnable step {chunk.step}", failure=True)
+    step = job.steps[chunk.step]
+    step_name = step.name
+    ctx = Context(job.name, chunk.instance_id, chunk.id, step.name, chunk.attempt,
+                  log.bind(job=job.name, instance_id=chunk.instance_id, step=step.name, chunk_id=chunk.id),
+                  step.transactional)
+    sink: Sink[Any] | None = Sink(step.emits) if step.emits is not None else None
+    started = time.perf_counter()
+    try:
+        if step.kind is StepKind.FIRST:
+            await _call(step, rt.params, ctx, sink)
+        else:
+            item = decode(chunk.data, step.consumes)  # type: ignore[arg-type]
+            if sink is not None:
+                await _call(step, rt.params, item, ctx, sink)
+            else:
+                await _call(step, rt.params, item, ctx)
+    except RetryLater as r:
+        return setback(C.POLL_WAITING, None, failure=False, delay=max(0.0, r.seconds))
+    except DataError as e:
+        return setback(C.FAILED, str(e), failure=True)
+    except PermanentError as e:
+        return setback(C.FAILED, f"permanent error: {_error_text(e)}", failure=True)
+    except Exception as e:  # noqa: BLE001 - any step failure becomes a retry or a FAILED chunk
+        state, delay = after_error(chunk.failures, step.max_attempts, permanent=False,
+                                   base=step.backoff_base, cap=step.backoff_max)
+        ctx.log.debug("step raised", error=_error_text(e), next_state=state.name)
+        return setback(state, _error_text(e), failure=True, delay=delay)
+    finally:
+        STEP_SECONDS.labels(job_name, step_name).observe(time.perf_counter() - started)
+    nxt = chunk.step + 1
+    return Outcome(Success(
+        chunk_id=chunk.id, attempt=chunk.attempt, instance_id=chunk.instance_id, step=chunk.step,
+        children=sink.encoded if sink is not None else [],
+        child_gated=job.child_gated(chunk.step),
+        child_max_attempts=job.steps[nxt].max_attempts if nxt < len(job.steps) else 1,
+        tx_ops=ctx.tx.ops, warnings=ctx.warnings), job_name, step_name, partition)
+
+
+async def execute_partition(engine: Engine, partition: int, inbox: MemoryObjectReceiveStream[ClaimedChunk]) -> None:
+    """One executor worker; a partition runs CHUNKD_PARTITION_CONCURRENCY of them."""
+    async for chunk in inbox:
+        if engine.stopping:
+            continue  # not started: stays held and is released at shutdown
+        try:
+            await _run_with_slots(engine, partition, chunk)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException:
+            # Our bug, not the step's: stop extending its lease so maintenance rescues it.
+            engine.inflight.forget([chunk.id])
+            raise
+
+
+async def _run_with_slots(engine: Engine, partition: int, chunk: ClaimedChunk) -> None:
+    try:
+        rt = await engine.runtime(chunk.instance_id)
+    except Exception:  # noqa: BLE001 - run_chunk reports it properly
+        rt = None
+    if rt is not None and not engine.slots.try_take(rt.job):
+        engine.slots.parked.setdefault(rt.job.name, deque()).append((partition, chunk))
+        return
+    try:
+        while True:
+            outcome = await run_chunk(engine, chunk, partition)
+            await engine.completer_send.send(outcome)
+            engine.inflight.handed_off(partition)
+            queue = engine.slots.parked.get(rt.job.name) if rt is not None else None
+            if not queue or engine.stopping:
+                return
+            partition, chunk = queue.popleft()
+    finally:
+        if rt is not None:
+            engine.slots.give_back(rt.job)

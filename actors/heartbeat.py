@@ -1,0 +1,49 @@
+"""Heartbeat on its own thread and event loop: extends every lease this process holds in
+one UPDATE, even while a step blocks the main event loop."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from storage.heartbeat import HeartbeatConnection
+
+log = structlog.get_logger("chunkd.heartbeat")
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, dsn: str, node_id: int, lease_seconds: float, period: float,
+                 held: Callable[[], Sequence[int]]) -> None:
+        super().__init__(name="chunkd-heartbeat", daemon=True)
+        self._dsn = dsn
+        self._node_id = node_id
+        self._lease = lease_seconds
+        self._period = period
+        self._held = held
+        self._stop = threading.Event()
+        self.last_beat = time.monotonic()
+
+    def run(self) -> None:
+        asyncio.run(self._loop())
+
+    async def _loop(self) -> None:
+        conn = HeartbeatConnection(self._dsn)
+        try:
+            while not self._stop.is_set():
+                try:
+                    await conn.beat(self._node_id, self._lease, self._held())
+                    self.last_beat = time.monotonic()
+                except Exception as e:  # noqa: BLE001 - keep beating; leases expire if we cannot
+                    log.warning("heartbeat failed", error=repr(e))
+                await asyncio.get_running_loop().run_in_executor(None, self._stop.wait, self._period)
+        finally:
+            try:
+                await conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,210 @@
+"""Maintenance: one leader per cluster (a lease row in Postgres) rescues expired leases,
+releases retries, opens gates, runs reductions, completes and fails instances, computes
+progress, and re-publishes partitions whose READY chunks waited too long."""
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import structlog
+
+from daemon.registry import UnknownJobError
+from daemon.sdk import Context, Job, StepKind
+from metrics import IS_LEADER, LEASES_RESCUED, MAINTENANCE_SECONDS
+from storage.codec import DataError, decode, to_json
+from storage.states import I
+from storage.types import InstanceRow
+
+from .engine import Engine
+from .planner import Action, JobShape, plan
+
+log = structlog.get_logger("chunkd.maintenance")
+
+_BATCH = 5000
+
+
+def shape_of(job: Job) -> JobShape:
+    return JobShape(gated=job.gated, work_steps=job.work_steps, has_reduction=job.has_reduction,
+                    weights=tuple(s.weight for s in job.steps),
+                    fail_on_chunk_failure=job.fail_instance_on_chunk_failure)
+
+
+class Maintenance:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.reducing: set[int] = set()
+        self.wake = anyio.Event()
+
+    async def run(self) -> None:
+        cfg = self.engine.cfg
+        ttl = max(5.0, 5 * cfg.maintenance_interval)
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                while True:
+                    term = await self.engine.store.acquire_leadership(self.engine.node_id, ttl)
+                    if term is not None and not self.engine.leader:
+                        log.info("became maintenance leader", term=term)
+                    self.engine.leader = term is not None
+                    IS_LEADER.set(1 if self.engine.leader else 0)
+                    if self.engine.leader:
+                        started = time.perf_counter()
+                        await self.pass_once()
+                        MAINTENANCE_SECONDS.observe(time.perf_counter() - started)
+                    with anyio.move_on_after(cfg.maintenance_interval):
+                        await self.wake.wait()
+                    self.wake = anyio.Event()
+            finally:
+                if self.engine.leader:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                        await self.engine.store.resign_leadership(self.engine.node_id)
+                    self.engine.leader = False
+                    IS_LEADER.set(0)
+
+    async def pass_once(self) -> None:
+        store = self.engine.store
+        publish: set[int] = set()
+        while True:
+            n, failed, parts = await store.rescue_expired(_BATCH)
+            publish |= parts
+            if n:
+                LEASES_RESCUED.inc(n)
+                log.info("rescued expired leases", chunks=n, failed=failed)
+            if n < _BATCH:
+                break
+        publish |= await store.release_due(_BATCH)
+        publish |= await store.rehome()
+        publish |= await self.instances()
+        if publish:
+            await self.engine.channel.publish(publish)
+        stale = await store.stale_partitions(range(self.engine.cfg.partitions), self.engine.cfg.republish_after)
+        if stale:
+            await self.engine.channel.publish(stale)
+
+    async def instances(self) -> set[int]:
+        store = self.engine.store
+        active = await store.active_instances()
+        if not active:
+            return set()
+        ids = [i.id for i in active]
+        counts = await store.step_counts(ids)
+        errored = await store.instances_with_errored_chunks(ids)
+        publish: set[int] = set()
+        for inst in active:
+            try:
+                job = self.engine.registry.get(inst.job_name, inst.job_version)
+            except UnknownJobError:
+                continue  # another daemon may have it; never fail what we cannot read
+            p = plan(shape_of(job), inst.status, inst.current_step, counts.get(inst.id, []),
+                     inst.id in errored, inst.elapsed)
+            publish |= await self.apply(inst, job, p.action, p.to_step)
+            if p.action not in (Action.COMPLETE, Action.FAIL):
+                await store.set_progress(inst.id, p.progress, p.rate, p.eta, p.errors)
+        return publish
+
+    async def apply(self, inst: InstanceRow, job: Job, action: Action, to_step: int) -> set[int]:
+        store = self.engine.store
+        bound = log.bind(job=job.name, instance_id=inst.id)
+        if action is Action.START:
+            await store.set_instance_status(inst.id, I.IN_PROGRESS)
+        elif action is Action.MARK_ERRORED:
+            if await store.set_instance_status(inst.id, I.ERRORED):
+                bound.info("instance state change", status=I.ERRORED.value)
+        elif action is Action.CLEAR_ERRORED:
+            if await store.set_instance_status(inst.id, I.IN_PROGRESS):
+                bound.info("instance state change", status=I.IN_PROGRESS.value)
+        elif action is Action.ADVANCE:
+            parts = await store.advance_gate(inst.id, to_step)
+            if parts is not None:
+                bound.info("gate advanced", step=job.steps[to_step].name)
+                self.wake.set()  # the next step may already be finished (it was empty)
+                return parts
+        elif action is Action.COMPLETE:
+            if await store.finish_instance(inst.id, I.COMPLETED):
+                bound.info("instance state change", status=I.COMPLETED.value)
+                await _handler(job.on_complete, inst.id, None)
+        elif action is Action.FAIL:
+            last = await store.last_error(inst.id)
+            msg = (f"step {job.steps[last[0]].name!r} failed: {last[1]}" if last
+                   else "a chunk failed")
+            if await store.finish_instance(inst.id, I.FAILED, error=msg):
+                bound.info("instance state change", status=I.FAILED.value, error=msg)
+                await _handler(job.on_error, inst.id, msg)
+        elif action is Action.FINALIZE:
+            if await store.set_instance_status(inst.id, I.FINALIZE):
+                bound.info("instance state change", status=I.FINALIZE.value)
+                self._start_reduction(inst, job)
+        elif action is Action.REDUCE:
+            self._start_reduction(inst, job)  # e.g. a previous leader died mid-reduction
+        return set()
+
+    def _start_reduction(self, inst: InstanceRow, job: Job) -> None:
+        if inst.id not in self.reducing:
+            self.reducing.add(inst.id)
+            self._tg.start_soon(self._reduce, inst, job)
+
+    async def _reduce(self, inst: InstanceRow, job: Job) -> None:
+        store = self.engine.store
+        step = job.steps[-1]
+        assert step.kind is StepKind.REDUCE
+        bound = log.bind(job=job.name, instance_id=inst.id, step=step.name)
+        try:
+            params = job.decode_params(inst.params)
+            async with store.pool.acquire() as conn, conn.transaction():
+                ctx = Context(job.name, inst.id, None, step.name, 1, bound, step.transactional)
+                raw = store.reduction_input(conn, inst.id, step.index)
+                items = _decoded(raw, step.consumes)  # type: ignore[arg-type]
+                if step.is_async:
+                    report = await step.fn(params, items, ctx)
+                else:
+                    report = await anyio.to_thread.run_sync(
+                        functools.partial(step.fn, params, _SyncBridge(items), ctx))
+                for op in ctx.tx.ops:
+                    await conn.execute(op.sql, *op.args)
+                done = await store.complete_reduction(conn, inst.id, step.index, to_json(report))
+            if done:
+                bound.info("instance state change", status=I.COMPLETED.value)
+                await _handler(job.on_complete, inst.id, report)
+        except (UnknownJobError, DataError, Exception) as e:  # noqa: BLE001 - the user's reducer failed
+            msg = f"reduction step {step.name!r} failed: {type(e).__name__}: {e}"
+            bound.warning("reduction failed", error=msg)
+            if await store.finish_instance(inst.id, I.FAILED, error=msg):
+                await _handler(job.on_error, inst.id, msg)
+        finally:
+            self.reducing.discard(inst.id)
+
+
+async def _decoded(raw: AsyncIterator[bytes], tp: type) -> AsyncIterator[Any]:
+    async for data in raw:
+        yield decode(data, tp)
+
+
+class _SyncBridge(Iterator[Any]):
+    """Lets a plain-function reducer iterate the async chunk stream from its worker thread."""
+
+    def __init__(self, items: AsyncIterator[Any]) -> None:
+        self._items = items
+
+    def __iter__(self) -> "_SyncBridge":
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return anyio.from_thread.run(self._items.__anext__)
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+
+async def _handler(fn: Any, instance_id: int, arg: Any) -> None:
+    if fn is None:
+        return
+    try:
+        result = fn(instance_id, arg)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as e:  # noqa: BLE001 - a handler must not break maintenance
+        log.warning("job handler raised", instance_id=instance_id, error=repr(e))

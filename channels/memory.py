@@ -1,0 +1,31 @@
+"""In-process channel for unit tests and single-process use."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import anyio
+
+from .base import LocalSignals, PartitionSignal
+
+
+class MemoryChannel:
+    name = "memory"
+
+    def __init__(self, partitions: int) -> None:
+        self._local = LocalSignals(partitions)
+        self.published: list[int] = []
+
+    def signal(self, partition: int) -> PartitionSignal:
+        return self._local.signal(partition)
+
+    async def publish(self, partitions: Iterable[int]) -> None:
+        parts = list(partitions)
+        self.published.extend(parts)
+        self._local.wake(parts)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await anyio.sleep_forever()
+
+    def connected(self) -> bool:
+        return True

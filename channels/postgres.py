@@ -1,0 +1,90 @@
+"""LISTEN/NOTIFY channel (the default). Payloads are partition numbers, never chunk ids:
+NOTIFY costs a query and caps at 8 KB, and one hint per partition is all a consumer needs."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import anyio
+import asyncpg
+import structlog
+
+from .base import LocalSignals, PartitionSignal
+
+CHANNEL = "chunkd_work"
+_LISTEN = f"LISTEN {CHANNEL}"
+_NOTIFY = "SELECT pg_notify($1, $2)"
+
+log = structlog.get_logger("chunkd.channel.postgres")
+
+
+class PostgresChannel:
+    name = "postgres"
+
+    def __init__(self, dsn: str, partitions: int, *, reconnect_max: float = 5.0) -> None:
+        self._dsn = dsn
+        self._local = LocalSignals(partitions)
+        self._listen: asyncpg.Connection | None = None
+        self._send: asyncpg.Connection | None = None
+        self._send_lock = anyio.Lock()
+        self._reconnect_max = reconnect_max
+
+    def signal(self, partition: int) -> PartitionSignal:
+        return self._local.signal(partition)
+
+    def connected(self) -> bool:
+        return self._listen is not None and not self._listen.is_closed()
+
+    async def publish(self, partitions: Iterable[int]) -> None:
+        parts = sorted(set(partitions))
+        if not parts:
+            return
+        self._local.wake(parts)  # our own consumers need no round trip
+        payload = ",".join(map(str, parts))
+        try:
+            async with self._send_lock:
+                if self._send is None or self._send.is_closed():
+                    self._send = await asyncpg.connect(self._dsn)
+                await self._send.execute(_NOTIFY, CHANNEL, payload)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            # A lost hint only delays work: maintenance re-publishes stale READY partitions.
+            log.warning("notify failed", error=str(e))
+            self._send = None
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            self._local.wake(int(p) for p in payload.split(",") if p)
+        except ValueError:
+            log.warning("ignored malformed notification", payload=payload[:100])
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        delay = 0.1
+        started = False
+        while True:
+            try:
+                conn = await asyncpg.connect(self._dsn)
+                try:
+                    await conn.add_listener(CHANNEL, self._on_notify)
+                    self._listen = conn
+                    delay = 0.1
+                    self._local.wake_all()  # we may have missed hints while away
+                    if not started:
+                        started = True
+                        task_status.started()
+                    while not conn.is_closed():
+                        await anyio.sleep(1.0)
+                        await conn.execute("SELECT 1")  # notices a dead connection promptly
+                finally:
+                    self._listen = None
+                    with anyio.CancelScope(shield=True):
+                        await conn.close(timeout=2)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                log.warning("listener connection lost; reconnecting", error=str(e), retry_in=delay)
+            if not started:
+                started = True
+                task_status.started()
+            await anyio.sleep(delay)
+            delay = min(delay * 2, self._reconnect_max)
+
+    async def close(self) -> None:
+        if self._send is not None and not self._send.is_closed():
+            await self._send.close()

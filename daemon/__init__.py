@@ -1,0 +1,1 @@
+"""The chunkd process: config, CLI, job SDK and registry, wiring."""

@@ -1,0 +1,177 @@
+"""Typed configuration from CHUNKD_* environment variables: the one place each is read.
+
+Every variable is declared once in VARIABLES (name, default, meaning, parser); the
+README table is checked against it by a test.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+
+
+class ConfigError(ValueError):
+    """One bad variable: names it, its value and what is allowed."""
+
+    def __init__(self, name: str, value: str, allowed: str) -> None:
+        super().__init__(f"invalid {name}={value!r}: {allowed}")
+        self.name = name
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            v = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer from {lo} to {hi}") from None
+        if not lo <= v <= hi:
+            raise ValueError(f"expected an integer from {lo} to {hi}")
+        return v
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            v = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number from {lo} to {hi}") from None
+        if not lo <= v <= hi or v != v:
+            raise ValueError(f"expected a number from {lo} to {hi}")
+        return v
+    return parse
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        v = raw.strip().lower()
+        if v not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return v
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _dsn(raw: str) -> str:
+    v = raw.strip()
+    if v and not v.startswith(("postgres://", "postgresql://")):
+        raise ValueError("expected a postgresql:// URL (or unset for the embedded Postgres)")
+    return v
+
+
+def _modules(raw: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in raw.split(",") if p.strip())
+    for p in parts:
+        if not all(seg.isidentifier() for seg in p.split(".")):
+            raise ValueError("expected comma-separated Python module names, e.g. acme.jobs,other.jobs")
+    return parts
+
+
+def _job_caps(raw: str) -> dict[str, int]:
+    caps: dict[str, int] = {}
+    for item in (p.strip() for p in raw.split(",") if p.strip()):
+        name, sep, num = item.partition("=")
+        if not sep or not name.strip() or not num.strip().isdigit() or int(num) < 1:
+            raise ValueError("expected job=N pairs separated by commas, N >= 1, e.g. acme.export=4,other=2")
+        caps[name.strip()] = int(num)
+    return caps
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str
+    home: str
+    channel: str
+    partitions: int
+    partition_concurrency: int
+    job_concurrency: dict[str, int]
+    claim_batch: int
+    lease_seconds: float
+    heartbeat_seconds: float
+    maintenance_interval: float
+    republish_after: float
+    poll_interval: float
+    completer_flush_ms: float
+    completer_batch: int
+    shutdown_grace_seconds: float
+    node_id: str
+    jobs: tuple[str, ...]
+    log_level: str
+    log_format: str
+    pool_size: int
+
+
+class Var(msgspec.Struct, frozen=True):
+    name: str
+    field: str
+    default: str
+    meaning: str
+    parse: Callable[[str], Any]
+
+
+VARIABLES: tuple[Var, ...] = (
+    Var("CHUNKD_DATABASE_URL", "database_url", "",
+        "Postgres URL. Unset: an embedded Postgres is started under CHUNKD_HOME.", _dsn),
+    Var("CHUNKD_HOME", "home", "./.chunkd", "Directory for the embedded Postgres and local state.", _text),
+    Var("CHUNKD_CHANNEL", "channel", "postgres",
+        "Work-notification transport: postgres (LISTEN/NOTIFY).", _choice("postgres")),
+    Var("CHUNKD_PARTITIONS", "partitions", "4", "Number of work partitions (one consumer each).", _int(1, 1024)),
+    Var("CHUNKD_PARTITION_CONCURRENCY", "partition_concurrency", "8",
+        "Steps running at once per partition on this daemon.", _int(1, 10_000)),
+    Var("CHUNKD_JOB_CONCURRENCY", "job_concurrency", "",
+        "Per-job cap on steps running at once on this daemon, e.g. acme.export=4,other=2 "
+        "(overrides the job definition's default).", _job_caps),
+    Var("CHUNKD_CLAIM_BATCH", "claim_batch", "100", "Chunks claimed per claim statement.", _int(1, 10_000)),
+    Var("CHUNKD_LEASE_SECONDS", "lease_seconds", "30",
+        "Lease on a claimed chunk; extended by this daemon's heartbeat, expired leases are rescued.",
+        _float(1, 86_400)),
+    Var("CHUNKD_HEARTBEAT_SECONDS", "heartbeat_seconds", "0",
+        "Heartbeat period; 0 means a third of the lease.", _float(0, 3600)),
+    Var("CHUNKD_MAINTENANCE_INTERVAL", "maintenance_interval", "1",
+        "Seconds between maintenance passes (gates, retries, rescues, progress).", _float(0.05, 3600)),
+    Var("CHUNKD_REPUBLISH_AFTER", "republish_after", "5",
+        "Seconds a READY chunk waits before maintenance re-publishes its partition.", _float(0.1, 86_400)),
+    Var("CHUNKD_POLL_INTERVAL", "poll_interval", "2",
+        "Seconds an idle partition consumer waits for a notification before polling anyway.", _float(0.01, 3600)),
+    Var("CHUNKD_COMPLETER_FLUSH_MS", "completer_flush_ms", "5",
+        "Longest a finished chunk waits in the completer before its batch is written.", _float(0, 10_000)),
+    Var("CHUNKD_COMPLETER_BATCH", "completer_batch", "500",
+        "Finished chunks that trigger a completer flush at once.", _int(1, 100_000)),
+    Var("CHUNKD_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds", "25",
+        "On SIGTERM, how long in-flight chunks may finish before they are released.", _float(0, 3600)),
+    Var("CHUNKD_NODE_ID", "node_id", "", "This daemon's name in logs and the node table (default host-pid).", _text),
+    Var("CHUNKD_JOBS", "jobs", "", "Comma-separated Python modules that define jobs.", _modules),
+    Var("CHUNKD_LOG_LEVEL", "log_level", "info", "debug, info, warning or error.",
+        _choice("debug", "info", "warning", "error")),
+    Var("CHUNKD_LOG_FORMAT", "log_format", "json", "json (one object per line) or console.",
+        _choice("json", "console")),
+    Var("CHUNKD_POOL_SIZE", "pool_size", "0",
+        "Postgres connections in this daemon's pool; 0 means partitions + 4.", _int(0, 1000)),
+)
+
+
+def load(env: Mapping[str, str] | None = None) -> Config:
+    """Parse the environment; raises ConfigError on the first bad value."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for var in VARIABLES:
+        raw = env.get(var.name, var.default)
+        try:
+            values[var.field] = var.parse(raw)
+        except ValueError as e:
+            raise ConfigError(var.name, raw, str(e)) from None
+    if not values["node_id"]:
+        values["node_id"] = f"{socket.gethostname()}-{os.getpid()}"
+    if not values["heartbeat_seconds"]:
+        values["heartbeat_seconds"] = values["lease_seconds"] / 3
+    elif values["heartbeat_seconds"] >= values["lease_seconds"]:
+        raise ConfigError("CHUNKD_HEARTBEAT_SECONDS", env.get("CHUNKD_HEARTBEAT_SECONDS", ""),
+                          "must be shorter than CHUNKD_LEASE_SECONDS")
+    if not values["pool_size"]:
+        values["pool_size"] = values["partitions"] + 4
+    return Config(**values)

@@ -1,0 +1,140 @@
+"""Wiring: one daemon process = store + channel + the actor tree, and its shutdown."""
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Awaitable, Callable
+
+import anyio
+import structlog
+
+from actors.completer import complete_forever
+from actors.consumer import consume_partition
+from actors.engine import Engine
+from actors.executor import execute_partition
+from actors.heartbeat import Heartbeat
+from actors.maintenance import Maintenance
+from actors.runtime import Supervisor
+from channels.postgres import PostgresChannel
+from metrics import CHUNKS_RELEASED
+from storage.store import Store
+from storage.types import ClaimedChunk
+
+from .config import Config
+from .registry import Registry
+
+log = structlog.get_logger("chunkd.node")
+
+
+async def open_store(cfg: Config, dsn: str) -> Store:
+    store = await Store.open(dsn, cfg.partitions, min_size=2, max_size=cfg.pool_size)
+    applied = await store.migrate()
+    if applied:
+        log.info("migrations applied", migrations=applied)
+    return store
+
+
+class Node:
+    """A running daemon. `run()` returns when `stop()` is called or a signal arrives."""
+
+    def __init__(self, cfg: Config, registry: Registry, dsn: str) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.dsn = dsn
+        self._stop = anyio.Event()
+        self.engine: Engine | None = None
+        self.ready = anyio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        cfg = self.cfg
+        store = await open_store(cfg, self.dsn)
+        channel = PostgresChannel(self.dsn, cfg.partitions)
+        node_id = await store.register_node(cfg.node_id, os.getpid())
+        structlog.contextvars.bind_contextvars(node=cfg.node_id)
+        engine = self.engine = Engine(cfg, store, channel, self.registry, node_id, self.dsn)
+        heartbeat = Heartbeat(self.dsn, node_id, cfg.lease_seconds, cfg.heartbeat_seconds, engine.inflight.held)
+        heartbeat.start()
+        sup = Supervisor()
+        log.info("daemon started", node_id=node_id, partitions=cfg.partitions,
+                 concurrency=cfg.partition_concurrency, jobs=self.registry.names())
+        try:
+            async with anyio.create_task_group() as background:
+                await background.start(channel.run)
+                maintenance = Maintenance(engine)
+                background.start_soon(sup.supervise, "maintenance", "maintenance", maintenance.run)
+                if handle_signals:
+                    background.start_soon(self._signals)
+                async with anyio.create_task_group() as completer_tg:
+                    completer_tg.start_soon(sup.supervise, "completer", "completer",
+                                            lambda: complete_forever(engine))
+                    await self._work(engine, sup)
+                    # executors are done: let the completer drain and exit
+                    engine.completer_send.close()
+                released = await store.release_owned(node_id, engine.inflight.held())
+                if released:
+                    CHUNKS_RELEASED.inc(len(engine.inflight.held()))
+                    await channel.publish(released)
+                background.cancel_scope.cancel()
+        finally:
+            heartbeat.stop()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await store.unregister_node(node_id)
+                except Exception:  # noqa: BLE001 - the row is purged later anyway
+                    pass
+                await channel.close()
+                await store.close()
+            log.info("daemon stopped")
+
+    async def _work(self, engine: Engine, sup: Supervisor) -> None:
+        """Consumers and executors until stop; then the grace period for running steps."""
+        cfg = self.cfg
+        cap = cfg.partition_concurrency + cfg.claim_batch
+        async with anyio.create_task_group() as executors:
+            async with anyio.create_task_group() as consumers:
+                for p in range(cfg.partitions):
+                    send, recv = anyio.create_memory_object_stream[ClaimedChunk](max_buffer_size=cap)
+                    executors.start_soon(self._workers, engine, sup, p, recv)
+                    consumers.start_soon(sup.supervise, f"consumer-{p}", "partition-consumer",
+                                         _consumer(engine, p, send))
+                self.ready.set()
+                await self._stop.wait()
+                engine.stopping = True  # stop claiming; workers start nothing new
+                consumers.cancel_scope.cancel()
+            log.info("shutting down: waiting for running steps", grace_seconds=cfg.shutdown_grace_seconds)
+            executors.cancel_scope.deadline = anyio.current_time() + cfg.shutdown_grace_seconds
+
+    @staticmethod
+    async def _workers(engine: Engine, sup: Supervisor, p: int,
+                       recv: anyio.abc.ObjectReceiveStream[ClaimedChunk]) -> None:
+        async with recv, anyio.create_task_group() as tg:
+            for w in range(engine.cfg.partition_concurrency):
+                tg.start_soon(sup.supervise, f"executor-{p}-{w}", "step-executor",
+                              _executor(engine, p, recv))
+            # workers exit when the consumer's send side closes and the mailbox drains
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for sig in signals:
+                if self._stop.is_set():
+                    log.warning("second signal: exiting at once", signal=sig.name)
+                    os._exit(1)
+                log.info("signal received: shutting down", signal=sig.name)
+                self._stop.set()
+
+
+def _consumer(engine: Engine, p: int, send: anyio.abc.ObjectSendStream[ClaimedChunk]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        try:
+            await consume_partition(engine, p, send)  # type: ignore[arg-type]
+        finally:
+            if engine.stopping:
+                send.close()
+    return run
+
+
+def _executor(engine: Engine, p: int, recv: anyio.abc.ObjectReceiveStream[ClaimedChunk]) -> Callable[[], Awaitable[None]]:
+    return lambda: execute_partition(engine, p, recv)  # type: ignore[arg-type]

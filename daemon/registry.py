@@ -1,0 +1,65 @@
+"""Job registry: the built-in jobs plus the modules named by CHUNKD_JOBS."""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+
+from .sdk import Job, JobDefinitionError
+
+BUILTIN_MODULES = ("daemon.builtin_jobs",)
+
+
+class UnknownJobError(LookupError):
+    pass
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._jobs: dict[tuple[str, int], Job] = {}
+
+    def register(self, job: Job) -> None:
+        job.validate()
+        key = (job.name, job.version)
+        existing = self._jobs.get(key)
+        if existing is not None and existing is not job:
+            raise JobDefinitionError(f"job {job.name!r} version {job.version} is defined twice")
+        self._jobs[key] = job
+
+    def load_module(self, module_name: str) -> list[Job]:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise JobDefinitionError(f"cannot import job module {module_name!r}: {e}") from None
+        found = [v for v in vars(module).values() if isinstance(v, Job)]
+        if not found:
+            raise JobDefinitionError(f"job module {module_name!r} defines no Job")
+        for job in found:
+            self.register(job)
+        return found
+
+    def get(self, name: str, version: int | None = None) -> Job:
+        if version is not None:
+            job = self._jobs.get((name, version))
+            if job is None:
+                known = sorted(v for (n, v) in self._jobs if n == name)
+                raise UnknownJobError(
+                    f"unknown job {name!r} version {version}" + (f" (known versions: {known})" if known else
+                                                                 f"; known jobs: {', '.join(self.names())}"))
+            return job
+        versions = [v for (n, v) in self._jobs if n == name]
+        if not versions:
+            raise UnknownJobError(f"unknown job {name!r}; known jobs: {', '.join(self.names()) or 'none'}")
+        return self._jobs[(name, max(versions))]
+
+    def names(self) -> list[str]:
+        return sorted({n for (n, _) in self._jobs})
+
+    def jobs(self) -> list[Job]:
+        return [self._jobs[k] for k in sorted(self._jobs)]
+
+
+def build_registry(modules: Iterable[str]) -> Registry:
+    reg = Registry()
+    for name in (*BUILTIN_MODULES, *modules):
+        reg.load_module(name)
+    return reg

@@ -1,0 +1,38 @@
+"""Every Prometheus metric chunkd exports, defined once. Labels are bounded:
+job name, step name, actor kind — never instance or chunk ids."""
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+_STEP = ("job", "step")
+
+CHUNKS_CLAIMED = Counter("chunkd_chunks_claimed", "Chunks claimed by this daemon.", ["partition"])
+CHUNKS_COMPLETED = Counter("chunkd_chunks_completed", "Chunks completed (committed).", _STEP)
+CHUNKS_ERRORED = Counter("chunkd_chunks_errored", "Step runs that raised and will be retried.", _STEP)
+CHUNKS_FAILED = Counter("chunkd_chunks_failed", "Chunks moved to FAILED.", _STEP)
+CHUNKS_POLL_WAITING = Counter("chunkd_chunks_poll_waiting", "Chunks that asked to run again later.", _STEP)
+CHUNKS_REFUSED = Counter("chunkd_chunks_refused",
+                         "Results refused by the fencing token (the lease had passed to another attempt).")
+CHUNKS_RELEASED = Counter("chunkd_chunks_released", "Chunks handed back on shutdown without counting a failure.")
+
+STEP_SECONDS = Histogram("chunkd_step_duration_seconds", "Time inside the user's step.", _STEP,
+                         buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+CLAIM_BATCH = Histogram("chunkd_claim_batch_size", "Chunks returned per claim statement.",
+                        buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000))
+FLUSH_SIZE = Histogram("chunkd_completer_flush_size", "Results written per completer transaction.",
+                       buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000))
+FLUSH_SECONDS = Histogram("chunkd_completer_flush_seconds", "Completer transaction latency.",
+                          buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5))
+
+IN_FLIGHT = Gauge("chunkd_chunks_in_flight", "Chunks claimed by this daemon and not yet handed to the completer.")
+ACTOR_RESTARTS = Counter("chunkd_actor_restarts", "Actor restarts by the supervisor.", ["kind"])
+
+MAINTENANCE_SECONDS = Histogram("chunkd_maintenance_pass_seconds", "Maintenance pass duration.",
+                                buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10))
+LEASES_RESCUED = Counter("chunkd_leases_rescued", "Expired leases rescued by maintenance.")
+IS_LEADER = Gauge("chunkd_maintenance_leader", "1 while this daemon is the maintenance leader.")
+
+BUILD = Info("chunkd_build", "Build information.")
+BUILD.info({"version": "0.1.0", "python": platform.python_version()})

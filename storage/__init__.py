@@ -1,0 +1,1 @@
+"""Postgres: migrations, pool, every SQL statement, state transitions, chunk codecs."""

@@ -1,0 +1,30 @@
+"""The heartbeat's own connection: it runs on a separate thread and event loop so a
+step that blocks the main loop cannot starve it (Hatchet #322)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from . import sql
+
+
+class HeartbeatConnection:
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: asyncpg.Connection | None = None
+
+    async def beat(self, node_id: int, lease_seconds: float, held: Sequence[int]) -> None:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self._dsn, timeout=10)
+        try:
+            await self._conn.execute(sql.NODE_HEARTBEAT, node_id, lease_seconds, list(held), timeout=10)
+        except BaseException:
+            conn, self._conn = self._conn, None
+            conn.terminate()
+            raise
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None

@@ -1,0 +1,233 @@
+"""Every SQL statement chunkd runs, in one place.
+
+State-changing statements take their guard from `storage.states` so the table
+of legal moves is the only place a transition is defined.
+"""
+from __future__ import annotations
+
+from .states import C, I, chunk_allowed_from, instance_allowed_from
+
+
+def _in(values: list[int] | list[str]) -> str:
+    return ", ".join(repr(v) if isinstance(v, str) else str(v) for v in values)
+
+
+# ---------------------------------------------------------------- migrations
+MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('chunkd.migrate'))"
+MIGRATION_TABLE = """
+CREATE TABLE IF NOT EXISTS chunkd_migration (
+    version    int PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+MIGRATIONS_APPLIED = "SELECT version FROM chunkd_migration ORDER BY version"
+MIGRATION_RECORD = "INSERT INTO chunkd_migration (version, name) VALUES ($1, $2)"
+
+# ---------------------------------------------------------------- nodes, leader
+NODE_REGISTER = "INSERT INTO chunkd_node (name, pid) VALUES ($1, $2) RETURNING id"
+# The heartbeat: one UPDATE extends every lease this process holds.
+# Only the chunks this process still tracks: a chunk its actors lost must expire.
+NODE_HEARTBEAT = f"""
+WITH beat AS (UPDATE chunkd_node SET heartbeat_at = now() WHERE id = $1)
+UPDATE chunkd_chunk SET lease_until = now() + make_interval(secs => $2)
+WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1 AND id = ANY($3::bigint[])"""
+NODE_DELETE = "DELETE FROM chunkd_node WHERE id = $1"
+NODE_PURGE_STALE = "DELETE FROM chunkd_node WHERE heartbeat_at < now() - make_interval(secs => $1)"
+
+LEADER_ACQUIRE = """
+INSERT INTO chunkd_leader AS l (role, node_id, term, lease_until)
+VALUES ('maintenance', $1, 1, now() + make_interval(secs => $2))
+ON CONFLICT (role) DO UPDATE
+   SET node_id = EXCLUDED.node_id,
+       term = CASE WHEN l.node_id = EXCLUDED.node_id THEN l.term ELSE l.term + 1 END,
+       lease_until = EXCLUDED.lease_until
+ WHERE l.node_id = EXCLUDED.node_id OR l.lease_until < now()
+RETURNING term"""
+LEADER_RESIGN = "DELETE FROM chunkd_leader WHERE role = 'maintenance' AND node_id = $1"
+
+# ---------------------------------------------------------------- instances
+INSTANCE_INSERT = """
+INSERT INTO chunkd_instance (job_name, job_version, params, gated, idempotency_key)
+VALUES ($1, $2, $3::jsonb, $4, $5)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id"""
+INSTANCE_BY_IDEMPOTENCY_KEY = "SELECT id FROM chunkd_instance WHERE idempotency_key = $1"
+INSTANCE_GET = "SELECT * FROM chunkd_instance WHERE id = $1"
+INSTANCE_RUNTIME = "SELECT id, job_name, job_version, params::text AS params, gated, status FROM chunkd_instance WHERE id = $1"
+INSTANCE_STATUS_FOR_SHARE = "SELECT id, status FROM chunkd_instance WHERE id = ANY($1::bigint[]) ORDER BY id FOR SHARE"
+INSTANCE_MARK_STARTED = f"""
+UPDATE chunkd_instance SET status = '{I.IN_PROGRESS.value}', started_at = now(), updated_at = now()
+WHERE id = ANY($1::bigint[]) AND status = '{I.QUEUED.value}'"""
+INSTANCE_ACTIVE_LIST = """
+SELECT id, job_name, job_version, params::text AS params, gated, status, current_step,
+       extract(epoch FROM (now() - coalesce(started_at, created_at)))::float8 AS elapsed
+FROM chunkd_instance WHERE status IN ('QUEUED', 'IN_PROGRESS', 'ERRORED', 'FINALIZE')
+ORDER BY id"""
+INSTANCE_COUNTERS = """
+SELECT instance_id, step, created, completed, failed, cancelled, errors
+FROM chunkd_step_counter WHERE instance_id = ANY($1::bigint[]) ORDER BY instance_id, step"""
+INSTANCE_HAS_ERRORED_CHUNKS = f"""
+SELECT DISTINCT instance_id FROM chunkd_chunk WHERE state = {int(C.ERRORED)} AND instance_id = ANY($1::bigint[])"""
+INSTANCE_SET_STATUS = """
+UPDATE chunkd_instance SET status = $2, updated_at = now()
+WHERE id = $1 AND status = ANY($3::text[])
+RETURNING id"""
+INSTANCE_PROGRESS = """
+UPDATE chunkd_instance SET progress = $2, chunks_per_second = $3, eta_seconds = $4, error_count = $5, updated_at = now()
+WHERE id = $1 AND status IN ('QUEUED', 'IN_PROGRESS', 'ERRORED', 'FINALIZE')"""
+INSTANCE_ADVANCE_GATE = f"""
+UPDATE chunkd_instance SET current_step = $2, updated_at = now()
+WHERE id = $1 AND current_step = $2 - 1 AND status IN ('{I.QUEUED.value}', '{I.IN_PROGRESS.value}', '{I.ERRORED.value}')
+RETURNING id"""
+INSTANCE_FINISH = """
+UPDATE chunkd_instance
+   SET status = $2, finished_at = now(), updated_at = now(),
+       progress = CASE WHEN $2 = 'COMPLETED' THEN 1.0 ELSE progress END,
+       eta_seconds = CASE WHEN $2 = 'COMPLETED' THEN 0 ELSE NULL END,
+       report = coalesce($4::jsonb, report),
+       error_message = coalesce($5, error_message)
+ WHERE id = $1 AND status = ANY($3::text[])
+RETURNING id"""
+INSTANCE_LAST_ERROR = f"""
+SELECT step, error_message FROM chunkd_chunk
+WHERE instance_id = $1 AND state IN ({int(C.FAILED)}, {int(C.ERRORED)}) AND error_message IS NOT NULL
+ORDER BY (state = {int(C.FAILED)}) DESC, id LIMIT 1"""
+WARNING_INSERT = """
+INSERT INTO chunkd_warning (instance_id, chunk_id, message)
+SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])"""
+WARNING_LIST = "SELECT message FROM chunkd_warning WHERE instance_id = $1 ORDER BY id LIMIT $2"
+
+# ---------------------------------------------------------------- chunks
+CHUNK_INSERT = """
+INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, data)
+SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::smallint[], $4::smallint[], $5::smallint[], $6::bytea[])"""
+CHUNK_COPY_COLUMNS = ("instance_id", "step", "state", "partition", "max_attempts", "data")
+
+CHUNK_CLAIM = f"""
+WITH picked AS (
+    SELECT id FROM chunkd_chunk
+    WHERE state = {int(C.READY)} AND partition = $1
+    ORDER BY id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE chunkd_chunk k
+   SET state = {int(C.IN_PROGRESS)}, attempt = k.attempt + 1,
+       lease_owner = $3, lease_until = now() + make_interval(secs => $4)
+  FROM picked
+ WHERE k.id = picked.id AND k.state IN ({_in(chunk_allowed_from(C.IN_PROGRESS))})
+RETURNING k.id, k.instance_id, k.step, k.attempt, k.failures, k.data"""
+
+CHUNK_COMPLETE = f"""
+UPDATE chunkd_chunk k
+   SET state = {int(C.COMPLETED)}, data = NULL, lease_owner = NULL, lease_until = NULL,
+       completed_at = now(), error_message = NULL
+  FROM unnest($1::bigint[], $2::int[]) AS d(id, attempt)
+ WHERE k.id = d.id AND k.attempt = d.attempt AND k.state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.IN_PROGRESS})))})
+RETURNING k.id"""
+
+# Errors, failures and poll-waits in one fenced statement; the target state per row
+# is computed in Python (storage.retry) and checked here against the table.
+CHUNK_SETBACK = f"""
+UPDATE chunkd_chunk k
+   SET state = d.state, failures = k.failures + d.failure, error_message = coalesce(d.message, k.error_message),
+       next_run_at = now() + make_interval(secs => d.delay), lease_owner = NULL, lease_until = NULL
+  FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::smallint[], $5::float8[], $6::text[])
+       AS d(id, attempt, state, failure, delay, message)
+ WHERE k.id = d.id AND k.attempt = d.attempt AND k.state = {int(C.IN_PROGRESS)}
+   AND d.state IN ({int(C.ERRORED)}, {int(C.FAILED)}, {int(C.POLL_WAITING)})
+RETURNING k.id, k.instance_id, k.step, k.state"""
+
+# Lease expired: the worker died or froze. Counts as a failure (poison chunks end FAILED).
+CHUNK_RESCUE_EXPIRED = f"""
+WITH expired AS (
+    SELECT id FROM chunkd_chunk
+    WHERE state = {int(C.IN_PROGRESS)} AND lease_until < now()
+    ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+UPDATE chunkd_chunk k
+   SET state = CASE WHEN k.failures + 1 >= k.max_attempts THEN {int(C.FAILED)} ELSE {int(C.READY)} END,
+       failures = k.failures + 1, lease_owner = NULL, lease_until = NULL,
+       error_message = 'the worker died or stalled while running this chunk (lease expired, attempt '
+                       || k.attempt || ')'
+  FROM expired
+ WHERE k.id = expired.id AND k.state = {int(C.IN_PROGRESS)}
+RETURNING k.instance_id, k.step, k.state, k.partition"""
+
+# Graceful shutdown: hand back what this node still holds; the attempt is not a failure.
+CHUNK_RELEASE_OWNED = f"""
+UPDATE chunkd_chunk SET state = {int(C.READY)}, lease_owner = NULL, lease_until = NULL
+WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1 AND id = ANY($2::bigint[])
+RETURNING partition"""
+CHUNK_RELEASE_ALL_OWNED = f"""
+UPDATE chunkd_chunk SET state = {int(C.READY)}, lease_owner = NULL, lease_until = NULL
+WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1
+RETURNING partition"""
+
+CHUNK_RELEASE_DUE_ERRORED = f"""
+WITH due AS (
+    SELECT id FROM chunkd_chunk WHERE state = {int(C.ERRORED)} AND next_run_at <= now()
+    ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+UPDATE chunkd_chunk k SET state = {int(C.READY)}, next_run_at = NULL
+  FROM due WHERE k.id = due.id AND k.state IN ({_in(chunk_allowed_from(C.READY, frozenset({C.ERRORED})))})
+RETURNING k.partition"""
+CHUNK_RELEASE_DUE_POLL = f"""
+WITH due AS (
+    SELECT id FROM chunkd_chunk WHERE state = {int(C.POLL_WAITING)} AND next_run_at <= now()
+    ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+UPDATE chunkd_chunk k SET state = {int(C.READY)}, next_run_at = NULL
+  FROM due WHERE k.id = due.id AND k.state IN ({_in(chunk_allowed_from(C.READY, frozenset({C.POLL_WAITING})))})
+RETURNING k.partition"""
+
+# The head (oldest id) of each partition's READY queue; if it has waited too long its
+# notification was probably lost, so maintenance publishes the partition again.
+CHUNK_PARTITION_HEAD_AGE = f"""
+SELECT extract(epoch FROM now() - created_at)::float8 FROM chunkd_chunk
+WHERE state = {int(C.READY)} AND partition = $1 ORDER BY id LIMIT 1"""
+# Chunks written by a daemon configured with more partitions than this one consumes.
+CHUNK_REHOME = f"""
+UPDATE chunkd_chunk SET partition = id % $1
+WHERE state = {int(C.READY)} AND partition >= $1
+RETURNING partition"""
+
+CHUNK_OPEN_GATE = f"""
+UPDATE chunkd_chunk SET state = {int(C.READY)}
+WHERE instance_id = $1 AND step = $2 AND state IN ({_in(chunk_allowed_from(C.READY, frozenset({C.GATE_WAITING})))})
+RETURNING partition"""
+
+CHUNK_CANCEL_PENDING = f"""
+UPDATE chunkd_chunk SET state = {int(C.CANCELLED)}, lease_owner = NULL, lease_until = NULL
+WHERE instance_id = $1 AND state IN ({_in(chunk_allowed_from(C.CANCELLED, frozenset({C.GATE_WAITING, C.READY, C.POLL_WAITING, C.ERRORED})))})
+RETURNING step"""
+
+CHUNK_REDUCTION_INPUT = f"""
+SELECT id, data FROM chunkd_chunk
+WHERE instance_id = $1 AND step = $2 AND state = {int(C.GATE_WAITING)} ORDER BY id"""
+CHUNK_REDUCTION_CONSUMED = f"""
+WITH done AS (
+    UPDATE chunkd_chunk SET state = {int(C.COMPLETED)}, data = NULL, completed_at = now()
+    WHERE instance_id = $1 AND step = $2 AND state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.GATE_WAITING})))})
+    RETURNING 1
+) SELECT count(*) FROM done"""
+
+# Generic guarded move, used by tools and by the tests that enumerate the table.
+CHUNK_MOVE = "UPDATE chunkd_chunk SET state = $2 WHERE id = $1 AND state = ANY($3::smallint[]) RETURNING id"
+
+CHUNK_COUNT_BY_STATE = """
+SELECT step, state, count(*) AS n FROM chunkd_chunk WHERE instance_id = $1 GROUP BY step, state ORDER BY step, state"""
+
+# ---------------------------------------------------------------- counters
+COUNTERS_ADD = """
+INSERT INTO chunkd_step_counter AS c (instance_id, step, created, completed, failed, cancelled, errors)
+SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+ORDER BY 1, 2
+ON CONFLICT (instance_id, step) DO UPDATE
+   SET created = c.created + EXCLUDED.created,
+       completed = c.completed + EXCLUDED.completed,
+       failed = c.failed + EXCLUDED.failed,
+       cancelled = c.cancelled + EXCLUDED.cancelled,
+       errors = c.errors + EXCLUDED.errors"""
+
+# ---------------------------------------------------------------- notifications
+NOTIFY = "SELECT pg_notify($1, $2)"

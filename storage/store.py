@@ -1,0 +1,302 @@
+"""The Postgres store: every round trip chunkd makes goes through here."""
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+from . import sql
+from .counters import CANCELLED, COMPLETED, CREATED, ERRORS, FAILED, CounterDelta
+from .migrate import migrate
+from .states import C, I, INSTANCE_TERMINAL, instance_allowed_from
+from .types import ClaimedChunk, FlushResult, InstanceRow, Setback, StepCounts, Success
+
+# Above this many child rows, COPY beats an unnest INSERT.
+_COPY_THRESHOLD = 2000
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool, partitions: int) -> None:
+        self.pool = pool
+        self.partitions = partitions
+        self._rr = itertools.count()
+
+    @classmethod
+    async def open(cls, dsn: str, partitions: int, *, min_size: int = 2, max_size: int = 10) -> "Store":
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                         server_settings={"application_name": "chunkd"})
+        return cls(pool, partitions)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def migrate(self) -> list[str]:
+        async with self.pool.acquire() as conn:
+            return await migrate(conn)
+
+    def next_partition(self) -> int:
+        return next(self._rr) % self.partitions
+
+    # ------------------------------------------------------------ nodes, leader
+    async def register_node(self, name: str, pid: int) -> int:
+        return await self.pool.fetchval(sql.NODE_REGISTER, name, pid)
+
+    async def unregister_node(self, node_id: int) -> None:
+        await self.pool.execute(sql.NODE_DELETE, node_id)
+
+    async def acquire_leadership(self, node_id: int, ttl: float) -> int | None:
+        return await self.pool.fetchval(sql.LEADER_ACQUIRE, node_id, ttl)
+
+    async def resign_leadership(self, node_id: int) -> None:
+        await self.pool.execute(sql.LEADER_RESIGN, node_id)
+
+    # ------------------------------------------------------------ instances
+    async def create_instance(self, job_name: str, version: int, params_json: str, gated: bool,
+                              idempotency_key: str | None, first_chunk: bytes,
+                              max_attempts: int) -> tuple[int, bool, int | None]:
+        """Instance + first chunk + counters in one transaction.
+        Returns (instance id, created?, partition to notify)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            iid = await conn.fetchval(sql.INSTANCE_INSERT, job_name, version, params_json, gated, idempotency_key)
+            if iid is None:  # the idempotency key exists: the racing submit won
+                return await conn.fetchval(sql.INSTANCE_BY_IDEMPOTENCY_KEY, idempotency_key), False, None
+            part = self.next_partition()
+            await conn.execute(sql.CHUNK_INSERT, [iid], [0], [int(C.READY)], [part], [max_attempts], [first_chunk])
+            delta = CounterDelta()
+            delta.add(iid, 0, CREATED)
+            await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
+            return iid, True, part
+
+    async def instance_runtime(self, instance_id: int) -> InstanceRow | None:
+        row = await self.pool.fetchrow(sql.INSTANCE_RUNTIME, instance_id)
+        return InstanceRow(**dict(row)) if row else None
+
+    async def get_instance(self, instance_id: int) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(sql.INSTANCE_GET, instance_id)
+        return dict(row) if row else None
+
+    async def mark_started(self, instance_ids: Sequence[int]) -> None:
+        await self.pool.execute(sql.INSTANCE_MARK_STARTED, list(instance_ids))
+
+    async def active_instances(self) -> list[InstanceRow]:
+        return [InstanceRow(**dict(r)) for r in await self.pool.fetch(sql.INSTANCE_ACTIVE_LIST)]
+
+    async def step_counts(self, instance_ids: Sequence[int]) -> dict[int, list[StepCounts]]:
+        out: dict[int, list[StepCounts]] = defaultdict(list)
+        for r in await self.pool.fetch(sql.INSTANCE_COUNTERS, list(instance_ids)):
+            out[r[0]].append(StepCounts(*r[1:]))
+        return out
+
+    async def instances_with_errored_chunks(self, instance_ids: Sequence[int]) -> set[int]:
+        return {r[0] for r in await self.pool.fetch(sql.INSTANCE_HAS_ERRORED_CHUNKS, list(instance_ids))}
+
+    async def set_instance_status(self, instance_id: int, to: I) -> bool:
+        row = await self.pool.fetchval(sql.INSTANCE_SET_STATUS, instance_id, to.value, instance_allowed_from(to))
+        return row is not None
+
+    async def set_progress(self, instance_id: int, progress: float, rate: float | None,
+                           eta: float | None, error_count: int) -> None:
+        await self.pool.execute(sql.INSTANCE_PROGRESS, instance_id, progress, rate, eta, error_count)
+
+    async def last_error(self, instance_id: int) -> tuple[int, str] | None:
+        row = await self.pool.fetchrow(sql.INSTANCE_LAST_ERROR, instance_id)
+        return (row[0], row[1]) if row else None
+
+    async def advance_gate(self, instance_id: int, to_step: int) -> set[int] | None:
+        """Open step `to_step` of a gated instance. None if someone else already did."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(sql.INSTANCE_ADVANCE_GATE, instance_id, to_step) is None:
+                return None
+            return {r[0] for r in await conn.fetch(sql.CHUNK_OPEN_GATE, instance_id, to_step)}
+
+    async def finish_instance(self, instance_id: int, to: I, *, report_json: str | None = None,
+                              error: str | None = None, conn: asyncpg.Connection | None = None) -> bool:
+        """COMPLETED / FAILED / CANCELLED, guarded; pending chunks are cancelled in the same transaction."""
+        async def run(c: asyncpg.Connection) -> bool:
+            ok = await c.fetchval(sql.INSTANCE_FINISH, instance_id, to.value, instance_allowed_from(to),
+                                  report_json, error)
+            if ok is None:
+                return False
+            if to is not I.COMPLETED:
+                steps = Counter(r[0] for r in await c.fetch(sql.CHUNK_CANCEL_PENDING, instance_id))
+                delta = CounterDelta()
+                for step, n in steps.items():
+                    delta.add(instance_id, step, CANCELLED, n)
+                if delta:
+                    await c.execute(sql.COUNTERS_ADD, *delta.arrays())
+            return True
+        if conn is not None:
+            return await run(conn)
+        async with self.pool.acquire() as c, c.transaction():
+            return await run(c)
+
+    async def cancel_instance(self, instance_id: int) -> bool:
+        return await self.finish_instance(instance_id, I.CANCELLED, error="cancelled by request")
+
+    async def warnings(self, instance_id: int, limit: int = 100) -> list[str]:
+        return [r[0] for r in await self.pool.fetch(sql.WARNING_LIST, instance_id, limit)]
+
+    async def chunk_counts(self, instance_id: int) -> list[tuple[int, int, int]]:
+        return [(r[0], r[1], r[2]) for r in await self.pool.fetch(sql.CHUNK_COUNT_BY_STATE, instance_id)]
+
+    # ------------------------------------------------------------ claims
+    async def claim(self, partition: int, limit: int, node_id: int, lease_seconds: float) -> list[ClaimedChunk]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(sql.CHUNK_CLAIM, partition, limit, node_id, lease_seconds)
+        return [ClaimedChunk(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    # ------------------------------------------------------------ completion
+    async def flush(self, successes: Sequence[Success], setbacks: Sequence[Setback]) -> FlushResult:
+        """One transaction: fenced completions, the transactional steps' writes, child
+        chunks, warnings, fenced setbacks, counters. Returns what to publish."""
+        res = FlushResult(ready_partitions=set(), accepted=set(), setback_states={})
+        delta = CounterDelta()
+        async with self.pool.acquire() as conn, conn.transaction():
+            instance_ids = sorted({s.instance_id for s in successes})
+            closed: set[int] = set()
+            if instance_ids:
+                # FOR SHARE orders us against a concurrent cancel/fail of these instances,
+                # so a child is never inserted claimable into a finished instance.
+                for r in await conn.fetch(sql.INSTANCE_STATUS_FOR_SHARE, instance_ids):
+                    if r[1] in {s.value for s in INSTANCE_TERMINAL}:
+                        closed.add(r[0])
+            if successes:
+                accepted = {r[0] for r in await conn.fetch(
+                    sql.CHUNK_COMPLETE, [s.chunk_id for s in successes], [s.attempt for s in successes])}
+                ok = [s for s in successes if s.chunk_id in accepted]
+                res.accepted = accepted
+                res.refused += len(successes) - len(ok)
+                res.completed = len(ok)
+                await self._apply_tx_ops(conn, ok)
+                await self._insert_children(conn, ok, closed, delta, res)
+                warn = [(s.instance_id, s.chunk_id, w) for s in ok for w in s.warnings]
+                if warn:
+                    await conn.execute(sql.WARNING_INSERT, *map(list, zip(*warn)))
+                for s in ok:
+                    delta.add(s.instance_id, s.step, COMPLETED)
+            if setbacks:
+                rows = await conn.fetch(
+                    sql.CHUNK_SETBACK, [b.chunk_id for b in setbacks], [b.attempt for b in setbacks],
+                    [b.state for b in setbacks], [int(b.failure) for b in setbacks],
+                    [b.delay for b in setbacks], [b.message for b in setbacks])
+                res.refused += len(setbacks) - len(rows)
+                for cid, inst, step, state in rows:
+                    res.setback_states[cid] = state
+                    if state == C.FAILED:
+                        res.failed += 1
+                        delta.add(inst, step, FAILED)
+                        delta.add(inst, step, ERRORS)
+                    elif state == C.ERRORED:
+                        res.errored += 1
+                        delta.add(inst, step, ERRORS)
+                    else:
+                        res.poll_waiting += 1
+            if delta:
+                await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
+        return res
+
+    @staticmethod
+    async def _apply_tx_ops(conn: asyncpg.Connection, ok: Iterable[Success]) -> None:
+        by_sql: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        for s in ok:
+            for op in s.tx_ops:
+                by_sql[op.sql].append(op.args)
+        for text, args in by_sql.items():
+            await conn.executemany(text, args)
+
+    async def _insert_children(self, conn: asyncpg.Connection, ok: Sequence[Success], closed: set[int],
+                               delta: CounterDelta, res: FlushResult) -> None:
+        rows: list[tuple[int, int, int, int, int, bytes]] = []
+        for s in ok:
+            if not s.children:
+                continue
+            child_step = s.step + 1
+            if s.instance_id in closed:
+                state = int(C.CANCELLED)
+                delta.add(s.instance_id, child_step, CANCELLED, len(s.children))
+            else:
+                state = int(C.GATE_WAITING if s.child_gated else C.READY)
+            delta.add(s.instance_id, child_step, CREATED, len(s.children))
+            for data in s.children:
+                part = self.next_partition()
+                rows.append((s.instance_id, child_step, state, part, s.child_max_attempts, data))
+                if state == C.READY:
+                    res.ready_partitions.add(part)
+        res.children = len(rows)
+        if not rows:
+            return
+        if len(rows) >= _COPY_THRESHOLD:
+            await conn.copy_records_to_table("chunkd_chunk", records=rows, columns=sql.CHUNK_COPY_COLUMNS)
+        else:
+            await conn.execute(sql.CHUNK_INSERT, *map(list, zip(*rows)))
+
+    # ------------------------------------------------------------ maintenance
+    async def rescue_expired(self, limit: int) -> tuple[int, int, set[int]]:
+        """Expired leases back to READY (or FAILED past max attempts). (rescued, failed, partitions)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(sql.CHUNK_RESCUE_EXPIRED, limit)
+            delta = CounterDelta()
+            failed = 0
+            parts: set[int] = set()
+            for inst, step, state, part in rows:
+                if state == C.FAILED:
+                    failed += 1
+                    delta.add(inst, step, FAILED)
+                    delta.add(inst, step, ERRORS)
+                else:
+                    parts.add(part)
+            if delta:
+                await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
+        return len(rows), failed, parts
+
+    async def release_due(self, limit: int) -> set[int]:
+        parts = {r[0] for r in await self.pool.fetch(sql.CHUNK_RELEASE_DUE_ERRORED, limit)}
+        parts |= {r[0] for r in await self.pool.fetch(sql.CHUNK_RELEASE_DUE_POLL, limit)}
+        return parts
+
+    async def stale_partitions(self, partitions: Iterable[int], older_than: float) -> set[int]:
+        out = set()
+        async with self.pool.acquire() as conn:
+            for p in partitions:
+                age = await conn.fetchval(sql.CHUNK_PARTITION_HEAD_AGE, p)
+                if age is not None and age >= older_than:
+                    out.add(p)
+        return out
+
+    async def rehome(self) -> set[int]:
+        return {r[0] for r in await self.pool.fetch(sql.CHUNK_REHOME, self.partitions)}
+
+    async def release_owned(self, node_id: int, chunk_ids: Sequence[int] | None = None) -> set[int]:
+        if chunk_ids is None:
+            rows = await self.pool.fetch(sql.CHUNK_RELEASE_ALL_OWNED, node_id)
+        else:
+            rows = await self.pool.fetch(sql.CHUNK_RELEASE_OWNED, node_id, list(chunk_ids))
+        return {r[0] for r in rows}
+
+    async def reduction_input(self, conn: asyncpg.Connection, instance_id: int, step: int,
+                              prefetch: int = 500) -> AsyncIterator[bytes]:
+        """Stream the reduction step's input chunks; `conn` must be inside a transaction."""
+        async for r in conn.cursor(sql.CHUNK_REDUCTION_INPUT, instance_id, step, prefetch=prefetch):
+            yield r[1]
+
+    async def complete_reduction(self, conn: asyncpg.Connection, instance_id: int, step: int,
+                                 report_json: str) -> bool:
+        """In the caller's transaction: report written and input consumed exactly once."""
+        ok = await conn.fetchval(sql.INSTANCE_FINISH, instance_id, I.COMPLETED.value,
+                                 [I.FINALIZE.value], report_json, None)
+        if ok is None:
+            return False
+        n = await conn.fetchval(sql.CHUNK_REDUCTION_CONSUMED, instance_id, step)
+        delta = CounterDelta()
+        delta.add(instance_id, step, COMPLETED, n)
+        await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
+        return True
+
+    async def move_chunk(self, chunk_id: int, to: C, allowed_from: list[int]) -> bool:
+        return await self.pool.fetchval(sql.CHUNK_MOVE, chunk_id, int(to), allowed_from) is not None
+
+    async def notify(self, channel: str, payload: str) -> None:
+        await self.pool.execute(sql.NOTIFY, channel, payload)

@@ -1,0 +1,81 @@
+"""Data that crosses the storage boundary."""
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class ClaimedChunk(msgspec.Struct, array_like=True):
+    id: int
+    instance_id: int
+    step: int
+    attempt: int  # the fencing token for this claim
+    failures: int
+    data: bytes | None
+
+
+class TxOp(msgspec.Struct, array_like=True):
+    """A write a transactional step asked for; applied in the completion's transaction."""
+    sql: str
+    args: tuple[Any, ...]
+
+
+class Success(msgspec.Struct):
+    chunk_id: int
+    attempt: int
+    instance_id: int
+    step: int
+    children: list[bytes] = []
+    child_gated: bool = False       # children wait for a gate (gated job or reduction input)
+    child_max_attempts: int = 3
+    tx_ops: list[TxOp] = []
+    warnings: list[str] = []
+
+
+class Setback(msgspec.Struct):
+    """A chunk that did not succeed: ERRORED (retry), FAILED, or POLL_WAITING."""
+    chunk_id: int
+    attempt: int
+    instance_id: int
+    step: int
+    state: int
+    failure: bool       # counts towards max_attempts
+    delay: float        # seconds until it may run again
+    message: str | None
+
+
+class FlushResult(msgspec.Struct):
+    completed: int = 0
+    refused: int = 0                 # fenced out: a zombie's late result
+    errored: int = 0
+    failed: int = 0
+    poll_waiting: int = 0
+    children: int = 0
+    ready_partitions: set[int] = set()
+    accepted: set[int] = set()            # chunk ids whose completion committed
+    setback_states: dict[int, int] = {}   # chunk id -> state it moved to
+
+
+class InstanceRow(msgspec.Struct):
+    id: int
+    job_name: str
+    job_version: int
+    params: str
+    gated: bool
+    status: str
+    current_step: int = 0
+    elapsed: float = 0.0
+
+
+class StepCounts(msgspec.Struct, array_like=True):
+    step: int
+    created: int
+    completed: int
+    failed: int
+    cancelled: int
+    errors: int
+
+    @property
+    def pending(self) -> int:
+        return self.created - self.completed - self.failed - self.cancelled
