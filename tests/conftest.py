@@ -1,0 +1,171 @@
+"""Shared fixtures: a real Postgres (the local server, else the embedded one), one fresh
+database per test cloned from a migrated template, and daemon subprocesses."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNKD = str(Path(sys.executable).with_name("chunkd"))
+LOCAL_DSN = os.environ.get("CHUNKD_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _with_db(dsn: str, db: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + db, parts.query, parts.fragment))
+
+
+async def _reachable(dsn: str) -> bool:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=3)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """DSN of an admin database on a real server."""
+    if asyncio.run(_reachable(LOCAL_DSN)):
+        yield LOCAL_DSN
+        return
+    from daemon.embedded import start_embedded
+    home = tempfile.mkdtemp(prefix="chunkd-test-pg-")
+    yield start_embedded(home)
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: str) -> str:
+    """A migrated template database; each test clones it."""
+    name = f"chunkd_tpl_{os.getpid()}"
+
+    async def make() -> None:
+        admin = await asyncpg.connect(pg_server)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        from storage.migrate import migrate
+        conn = await asyncpg.connect(_with_db(pg_server, name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+    asyncio.run(make())
+    return name
+
+
+@pytest.fixture
+def dsn(pg_server: str, pg_template: str) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    name = f"chunkd_t_{uuid.uuid4().hex[:12]}"
+
+    async def run(sql: str) -> None:
+        admin = await asyncpg.connect(pg_server)
+        try:
+            await admin.execute(sql)
+        finally:
+            await admin.close()
+    asyncio.run(run(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+    yield _with_db(pg_server, name)
+    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    c = await asyncpg.connect(dsn)
+    yield c
+    await c.close()
+
+
+def daemon_env(dsn: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHUNKD_")}
+    env.update({
+        "CHUNKD_DATABASE_URL": dsn,
+        "CHUNKD_JOBS": "tests.testjobs",
+        "CHUNKD_LOG_LEVEL": "warning",
+        "CHUNKD_MAINTENANCE_INTERVAL": "0.2",
+        "CHUNKD_POLL_INTERVAL": "0.5",
+        "PYTHONPATH": str(ROOT),
+    })
+    env.update(extra)
+    return env
+
+
+class Daemon:
+    """A `chunkd run` subprocess."""
+
+    def __init__(self, dsn: str, log_path: Path, **env: str) -> None:
+        self.dsn = dsn
+        self.env = daemon_env(dsn, **env)
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Daemon":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([CHUNKD, "run"], env=self.env, cwd=ROOT, stdout=log, stderr=log)
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def daemons(dsn: str, tmp_path: Path) -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started  # filled by `spawn_daemon`; every one is killed at teardown
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+@pytest.fixture
+def spawn_daemon(dsn: str, tmp_path: Path, daemons: list[Daemon]):  # type: ignore[no-untyped-def]
+    def spawn(**env: str) -> Daemon:
+        d = Daemon(dsn, tmp_path / f"daemon{len(daemons)}.log", **env).start()
+        daemons.append(d)
+        return d
+    return spawn
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CHUNKD, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+async def wait_status(conn: asyncpg.Connection, instance_id: int, statuses: set[str], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", instance_id)
+        if status in statuses:
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"instance {instance_id} is {status}, expected one of {statuses} within {timeout}s")
+        await asyncio.sleep(0.1)

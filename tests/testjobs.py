@@ -1,0 +1,158 @@
+"""Job definitions the tests load with CHUNKD_JOBS=tests.testjobs."""
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import anyio
+import msgspec
+
+from daemon.sdk import Context, Job, PermanentError, Sink
+
+
+class CountParams(msgspec.Struct, forbid_unknown_fields=True):
+    chunks: int
+    work_ms: float = 0.0
+
+
+class Item(msgspec.Struct, array_like=True):
+    n: int
+
+
+class Squared(msgspec.Struct, array_like=True):
+    n: int
+    sq: int
+
+
+class Sum(msgspec.Struct):
+    count: int
+    total: int
+
+
+# ------------------------------------------------------------ gated, 3 steps + reduction
+gated = Job("test.gated", params=CountParams, gated=True)
+
+
+@gated.first_step(emits=Item)
+async def g_plan(params: CountParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+@gated.step(consumes=Item, emits=Squared)
+async def g_square(params: CountParams, chunk: Item, ctx: Context, sink: Sink[Squared]) -> None:
+    sink.emit(Squared(chunk.n, chunk.n * chunk.n))
+
+
+@gated.reduce(consumes=Squared)
+async def g_sum(params: CountParams, chunks: AsyncIterator[Squared], ctx: Context) -> Sum:
+    count = total = 0
+    async for c in chunks:
+        count += 1
+        total += c.sq
+    return Sum(count, total)
+
+
+# ------------------------------------------------------------ 4 steps, gated and not
+def _four(name: str, gated_: bool) -> Job:
+    job = Job(name, params=CountParams, gated=gated_)
+
+    @job.first_step(emits=Item)
+    def plan(params: CountParams, ctx: Context, sink: Sink[Item]) -> None:  # a plain function: runs in a thread
+        for i in range(params.chunks):
+            sink.emit(Item(i))
+
+    @job.step(consumes=Item, emits=Item, transactional=True)
+    async def one(params: CountParams, chunk: Item, ctx: Context, sink: Sink[Item]) -> None:
+        if params.work_ms:
+            await anyio.sleep(params.work_ms / 1000)
+        ctx.tx.execute("INSERT INTO test_trace (step, n, at) VALUES (1, $1, clock_timestamp())", chunk.n)
+        sink.emit(Item(chunk.n))
+
+    @job.step(consumes=Item, transactional=True)
+    async def two(params: CountParams, chunk: Item, ctx: Context) -> None:
+        ctx.tx.execute("INSERT INTO test_trace (step, n, at) VALUES (2, $1, clock_timestamp())", chunk.n)
+
+    return job
+
+
+gated4 = _four("test.gated4", True)
+interleaved4 = _four("test.interleaved4", False)
+
+
+# ------------------------------------------------------------ transactional ledger
+class LedgerParams(msgspec.Struct, forbid_unknown_fields=True):
+    chunks: int
+    work_ms: float = 0.0
+
+
+ledger = Job("test.ledger", params=LedgerParams, gated=True)
+
+
+@ledger.first_step(emits=Item)
+async def l_plan(params: LedgerParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+@ledger.step(consumes=Item, emits=Item, transactional=True, max_attempts=20, backoff_base=0.05, backoff_max=0.5)
+async def l_record(params: LedgerParams, chunk: Item, ctx: Context, sink: Sink[Item]) -> None:
+    if params.work_ms:
+        await anyio.sleep(params.work_ms / 1000)
+    ctx.tx.execute("INSERT INTO test_ledger (chunk_id, attempt, n, pid) VALUES ($1, $2, $3, $4)",
+                   ctx.chunk_id, ctx.attempt, chunk.n, os.getpid())
+    sink.emit(chunk)
+
+
+@ledger.reduce(consumes=Item)
+async def l_sum(params: LedgerParams, chunks: AsyncIterator[Item], ctx: Context) -> Sum:
+    count = total = 0
+    async for c in chunks:
+        count += 1
+        total += c.n
+    return Sum(count, total)
+
+
+# ------------------------------------------------------------ failures
+class FlakyParams(msgspec.Struct, forbid_unknown_fields=True):
+    chunks: int = 3
+    bad: int = 1               # the index that fails
+    permanent: bool = False
+    max_fail_attempts: int = 0  # >0: succeed from this attempt on
+
+
+flaky = Job("test.flaky", params=FlakyParams)
+
+
+@flaky.first_step(emits=Item)
+async def f_plan(params: FlakyParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+@flaky.step(consumes=Item, max_attempts=3, backoff_base=0.3, backoff_max=5)
+async def f_work(params: FlakyParams, chunk: Item, ctx: Context) -> None:
+    if chunk.n == params.bad and not (params.max_fail_attempts and ctx.attempt >= params.max_fail_attempts):
+        if params.permanent:
+            raise PermanentError(f"item {chunk.n} can never work")
+        raise RuntimeError(f"boom on item {chunk.n}")
+
+
+# ------------------------------------------------------------ poll-waiting
+class PollParams(msgspec.Struct):
+    wait: float = 0.3
+
+
+poller = Job("test.poller", params=PollParams)
+
+
+@poller.first_step(emits=Item)
+async def p_plan(params: PollParams, ctx: Context, sink: Sink[Item]) -> None:
+    sink.emit(Item(0))
+
+
+@poller.step(consumes=Item, max_attempts=1)
+async def p_wait(params: PollParams, chunk: Item, ctx: Context) -> None:
+    if ctx.attempt < 3:
+        ctx.retry_later(params.wait)
+    ctx.warn(f"ran on attempt {ctx.attempt}")

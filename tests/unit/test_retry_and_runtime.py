@@ -1,0 +1,81 @@
+import anyio
+import pytest
+
+from actors.runtime import RestartPolicy, Supervisor, SupervisorGaveUp
+from channels.base import PartitionSignal
+from channels.memory import MemoryChannel
+from storage.counters import COMPLETED, CREATED, CounterDelta
+from storage.retry import after_error, backoff_seconds
+from storage.states import C
+
+
+def test_backoff_grows_and_caps() -> None:
+    assert [backoff_seconds(n, 1.0, 5.0) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 5.0]
+
+
+def test_after_error() -> None:
+    assert after_error(0, 3, permanent=False, base=1, cap=10) == (C.ERRORED, 1.0)
+    assert after_error(1, 3, permanent=False, base=1, cap=10) == (C.ERRORED, 2.0)
+    assert after_error(2, 3, permanent=False, base=1, cap=10) == (C.FAILED, 0.0)
+    assert after_error(0, 3, permanent=True, base=1, cap=10) == (C.FAILED, 0.0)
+
+
+def test_restart_policy_gives_up_past_intensity() -> None:
+    pol = RestartPolicy(max_restarts=3, window=10, backoff_base=0.1, backoff_max=1)
+    assert pol.record("a", 0) == 0.1
+    assert pol.record("a", 1) == 0.2
+    pol.record("b", 2)
+    with pytest.raises(SupervisorGaveUp):
+        pol.record("a", 3)
+    # outside the window the old crashes no longer count
+    pol2 = RestartPolicy(max_restarts=1, window=10)
+    pol2.record("a", 0)
+    pol2.record("a", 20)
+
+
+@pytest.mark.anyio
+async def test_supervisor_restarts_a_crashing_child() -> None:
+    runs = 0
+
+    async def child() -> None:
+        nonlocal runs
+        runs += 1
+        if runs < 3:
+            raise RuntimeError("crash")
+
+    sup = Supervisor(RestartPolicy(max_restarts=5, window=60, backoff_base=0.001))
+    await sup.supervise("c", "test", child)
+    assert runs == 3
+
+
+@pytest.mark.anyio
+async def test_supervisor_gives_up() -> None:
+    async def child() -> None:
+        raise RuntimeError("always")
+
+    sup = Supervisor(RestartPolicy(max_restarts=2, window=60, backoff_base=0.001))
+    with pytest.raises(SupervisorGaveUp):
+        await sup.supervise("c", "test", child)
+
+
+@pytest.mark.anyio
+async def test_partition_signal_and_memory_channel() -> None:
+    ch = MemoryChannel(2)
+    assert not await ch.signal(0).wait(0.01)
+    await ch.publish([1])
+    assert await ch.signal(1).wait(1)
+    assert not await ch.signal(1).wait(0.01)  # consumed
+    sig = PartitionSignal()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sig.wait, 5)
+        await anyio.sleep(0.01)
+        sig.set()
+
+
+def test_counter_delta_sorted_arrays() -> None:
+    d = CounterDelta()
+    d.add(2, 1, COMPLETED, 3)
+    d.add(1, 0, CREATED)
+    d.add(1, 0, CREATED)
+    inst, step, created, completed, *_ = d.arrays()
+    assert inst == [1, 2] and step == [0, 1] and created == [2, 0] and completed == [0, 3]

@@ -1,0 +1,87 @@
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+
+from daemon.registry import Registry, UnknownJobError, build_registry
+from daemon.sdk import Job, JobDefinitionError, Sink, StepKind
+
+
+class P(msgspec.Struct):
+    x: int = 0
+
+
+class A(msgspec.Struct):
+    a: int
+
+
+class B(msgspec.Struct):
+    b: int
+
+
+def test_mismatched_chain_fails_at_definition() -> None:
+    job = Job("t.bad", params=P)
+
+    @job.first_step(emits=A)
+    async def first(params, ctx, sink): ...
+
+    with pytest.raises(JobDefinitionError, match="consumes B but the previous step 'first' emits A"):
+        @job.step(consumes=B)
+        async def second(params, chunk, ctx): ...
+
+
+def test_nothing_after_a_last_step() -> None:
+    job = Job("t.last", params=P)
+    job.first_step(emits=A)(lambda p, c, s: None)
+    job.step(consumes=A, name="end")(lambda p, ch, c: None)
+    with pytest.raises(JobDefinitionError, match="emits nothing"):
+        job.step(consumes=A, name="more")(lambda p, ch, c: None)
+
+
+def test_dangling_output_rejected_at_registration() -> None:
+    job = Job("t.dangling", params=P)
+    job.first_step(emits=A)(lambda p, c, s: None)
+    job.step(consumes=A, emits=B, name="mid")(lambda p, ch, c, s: None)
+    with pytest.raises(JobDefinitionError, match="nothing consumes it"):
+        Registry().register(job)
+
+
+def test_params_must_be_a_struct() -> None:
+    with pytest.raises(JobDefinitionError, match="msgspec.Struct"):
+        Job("t.p", params=dict)
+
+
+def test_reduction_shape_and_gating() -> None:
+    job = Job("t.red", params=P, gated=False)
+    job.first_step(emits=A)(lambda p, c, s: None)
+
+    @job.reduce(consumes=A)
+    async def red(params: P, chunks: AsyncIterator[A], ctx: object) -> dict: ...
+
+    Registry().register(job)
+    assert job.has_reduction and job.work_steps == 1
+    assert job.steps[-1].kind is StepKind.REDUCE
+    assert job.child_gated(0)  # reduction input always waits
+    assert not job.steps[0].is_async and job.steps[1].is_async
+
+
+def test_sink_checks_type() -> None:
+    sink: Sink[A] = Sink(A)
+    sink.emit(A(1))
+    with pytest.raises(TypeError, match="emits A"):
+        sink.emit(B(1))  # type: ignore[arg-type]
+    assert len(sink) == 1
+
+
+def test_registry_versions_and_unknown() -> None:
+    reg = build_registry([])
+    assert reg.get("chunkd.synthetic").version == 1
+    with pytest.raises(UnknownJobError, match="unknown job 'nope'"):
+        reg.get("nope")
+    with pytest.raises(UnknownJobError, match="known versions"):
+        reg.get("chunkd.synthetic", 9)
+
+
+def test_loading_a_missing_module_is_a_clear_error() -> None:
+    with pytest.raises(JobDefinitionError, match="cannot import job module 'no.such.module'"):
+        build_registry(["no.such.module"])

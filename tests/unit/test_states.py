@@ -1,0 +1,47 @@
+import itertools
+
+import pytest
+
+from storage import sql
+from storage.states import (CHUNK_MOVES, CHUNK_TERMINAL, INSTANCE_MOVES, INSTANCE_TERMINAL, C, I,
+                            chunk_allowed_from, chunk_move_is_legal, instance_allowed_from, instance_move_is_legal)
+
+LEGAL_CHUNK = {
+    (C.GATE_WAITING, C.READY), (C.GATE_WAITING, C.COMPLETED), (C.GATE_WAITING, C.CANCELLED),
+    (C.READY, C.IN_PROGRESS), (C.READY, C.CANCELLED),
+    (C.IN_PROGRESS, C.COMPLETED), (C.IN_PROGRESS, C.ERRORED), (C.IN_PROGRESS, C.FAILED),
+    (C.IN_PROGRESS, C.POLL_WAITING), (C.IN_PROGRESS, C.READY), (C.IN_PROGRESS, C.CANCELLED),
+    (C.POLL_WAITING, C.READY), (C.POLL_WAITING, C.CANCELLED),
+    (C.ERRORED, C.READY), (C.ERRORED, C.CANCELLED),
+}
+
+
+@pytest.mark.parametrize("a,b", list(itertools.product(C, C)))
+def test_every_chunk_pair_is_decided_by_the_table(a: C, b: C) -> None:
+    assert chunk_move_is_legal(a, b) == ((a, b) in LEGAL_CHUNK)
+    assert (int(a) in chunk_allowed_from(b)) == ((a, b) in LEGAL_CHUNK)
+
+
+def test_terminal_states_have_no_way_out() -> None:
+    for (a, _b) in CHUNK_MOVES:
+        assert a not in CHUNK_TERMINAL
+    for (a, _b) in INSTANCE_MOVES:
+        assert a not in INSTANCE_TERMINAL
+
+
+@pytest.mark.parametrize("a,b", list(itertools.product(I, I)))
+def test_every_instance_pair(a: I, b: I) -> None:
+    legal = instance_move_is_legal(a, b)
+    assert (a.value in instance_allowed_from(b)) == legal
+    if b is I.FINALIZE:
+        assert legal == (a in (I.IN_PROGRESS, I.ERRORED))
+    if a in INSTANCE_TERMINAL or a == b:
+        assert not legal
+
+
+def test_claim_and_complete_guards_come_from_the_table() -> None:
+    # the claim may only start from READY, completion only from IN_PROGRESS
+    assert f"k.state IN ({int(C.READY)})" in sql.CHUNK_CLAIM
+    assert f"k.state IN ({int(C.IN_PROGRESS)})" in sql.CHUNK_COMPLETE
+    assert "k.attempt = d.attempt" in sql.CHUNK_COMPLETE  # the fencing token
+    assert "k.attempt = d.attempt" in sql.CHUNK_SETBACK
