@@ -1,0 +1,131 @@
+"""Storage statements against a real Postgres: guards, fencing, idempotency."""
+from __future__ import annotations
+
+import itertools
+
+import asyncpg
+import pytest
+
+from storage.states import CHUNK_MOVES, C, chunk_allowed_from
+from storage.store import Store
+from storage.types import Setback, Success, TxOp
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def store(dsn: str):  # type: ignore[no-untyped-def]
+    s = await Store.open(dsn, partitions=2)
+    yield s
+    await s.close()
+
+
+async def _instance(store: Store) -> int:
+    iid, created, _ = await store.create_instance("chunkd.synthetic", 1, '{"chunks": 1}', False, None, b"", 3)
+    assert created
+    return iid
+
+
+async def _chunk_in(conn: asyncpg.Connection, iid: int, state: C) -> int:
+    return await conn.fetchval(
+        "INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts) VALUES ($1, 1, $2, 0, 3) RETURNING id",
+        iid, int(state))
+
+
+async def test_every_move_is_guarded_by_the_table(store: Store, conn: asyncpg.Connection) -> None:
+    iid = await _instance(store)
+    for a, b in itertools.product(C, C):
+        cid = await _chunk_in(conn, iid, a)
+        moved = await store.move_chunk(cid, b, chunk_allowed_from(b))
+        assert moved == ((a, b) in CHUNK_MOVES), (a, b)
+        assert await conn.fetchval("SELECT state FROM chunkd_chunk WHERE id = $1", cid) == (int(b) if moved else int(a))
+
+
+async def test_zombie_completion_is_refused_by_the_fencing_token(store: Store, conn: asyncpg.Connection) -> None:
+    await conn.execute("CREATE TABLE ledger (chunk_id bigint, attempt int)")
+    iid = await _instance(store)
+    node = await store.register_node("test", 1)
+    (first,) = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30)]
+    assert first.attempt == 1
+    # the lease runs out (the worker froze); maintenance rescues and another worker claims
+    await conn.execute("UPDATE chunkd_chunk SET lease_until = now() - interval '1 second' WHERE id = $1", first.id)
+    rescued, failed, _ = await store.rescue_expired(100)
+    assert (rescued, failed) == (1, 0)
+    (second,) = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30)]
+    assert second.id == first.id and second.attempt == 2
+
+    def done(attempt: int) -> Success:
+        return Success(chunk_id=first.id, attempt=attempt, instance_id=iid, step=0, children=[b"\x91\x01"],
+                       tx_ops=[TxOp("INSERT INTO ledger VALUES ($1, $2)", (first.id, attempt))])
+
+    zombie = await store.flush([done(1)], [Setback(first.id, 1, iid, 0, int(C.ERRORED), True, 1.0, "late")])
+    assert zombie.completed == 0 and zombie.refused == 2 and zombie.children == 0
+    live = await store.flush([done(2)], [])
+    assert live.completed == 1 and live.children == 1
+    again = await store.flush([done(2)], [])  # a retried flush after a lost commit ack
+    assert again.completed == 0 and again.refused == 1
+    assert await conn.fetch("SELECT chunk_id, attempt FROM ledger") == [(first.id, 2)]
+    assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1", iid) == 1
+    c = await conn.fetchrow("SELECT created, completed FROM chunkd_step_counter WHERE instance_id = $1 AND step = 0", iid)
+    assert tuple(c) == (1, 1)
+
+
+async def test_claim_sets_lease_and_skips_locked_rows(store: Store, conn: asyncpg.Connection) -> None:
+    iid = await _instance(store)
+    for _ in range(9):
+        await conn.execute(
+            "INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts) VALUES ($1, 1, 2, 0, 3)", iid)
+    node = await store.register_node("test", 1)
+    async with store.pool.acquire() as other, other.transaction():
+        locked = await other.fetch("SELECT id FROM chunkd_chunk WHERE state = 2 AND partition = 0 ORDER BY id LIMIT 3 FOR UPDATE")
+        got = await store.claim(0, 100, node, 30)
+    assert {c.id for c in got}.isdisjoint({r[0] for r in locked})
+    leases = await conn.fetch("SELECT lease_owner, lease_until > now() AS live FROM chunkd_chunk WHERE state = 3")
+    assert leases and all(r["lease_owner"] == node and r["live"] for r in leases)
+
+
+async def test_lease_expiry_past_max_attempts_fails_a_poison_chunk(store: Store, conn: asyncpg.Connection) -> None:
+    iid = await _instance(store)
+    await conn.execute("UPDATE chunkd_chunk SET max_attempts = 2 WHERE instance_id = $1", iid)
+    node = await store.register_node("test", 1)
+    for expect_failed in (0, 1):
+        claimed = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30)]
+        assert len(claimed) == 1
+        await conn.execute("UPDATE chunkd_chunk SET lease_until = now() - interval '1 second'")
+        _, failed, _ = await store.rescue_expired(100)
+        assert failed == expect_failed
+    row = await conn.fetchrow("SELECT state, error_message FROM chunkd_chunk WHERE instance_id = $1", iid)
+    assert row["state"] == C.FAILED and "worker died" in row["error_message"]
+
+
+async def test_migrations_apply_once_when_daemons_start_together(pg_server: str) -> None:
+    import uuid
+
+    import anyio
+
+    from storage.migrate import migrate, migration_files, pending
+    from tests.conftest import _with_db
+    name = f"chunkd_m_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(pg_server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    results: list[list[str]] = []
+    try:
+        async def one() -> None:
+            c = await asyncpg.connect(_with_db(pg_server, name))
+            try:
+                results.append(await migrate(c))
+            finally:
+                await c.close()
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+        every = [n for _, n, _ in migration_files()]
+        assert sorted(results, key=len) == [[], [], every]  # one applied them all, the others waited
+        c = await asyncpg.connect(_with_db(pg_server, name))
+        try:
+            assert await pending(c) == []
+        finally:
+            await c.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
