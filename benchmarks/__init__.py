@@ -1,0 +1,1 @@
+"""The throughput harness users run (never imported by runtime code)."""
