@@ -156,3 +156,82 @@ async def p_wait(params: PollParams, chunk: Item, ctx: Context) -> None:
     if ctx.attempt < 3:
         ctx.retry_later(params.wait)
     ctx.warn(f"ran on attempt {ctx.attempt}")
+
+
+# ------------------------------------------------------------ concurrency cap, handlers, blocking
+class SlowParams(msgspec.Struct):
+    chunks: int = 20
+    work_ms: float = 20
+    block_s: float = 0.0
+
+
+RUNNING = {"now": 0, "max": 0}
+HANDLED: list[tuple[int, object]] = []
+
+capped = Job("test.capped", params=SlowParams, concurrency=2)
+
+
+@capped.first_step(emits=Item)
+async def c_plan(params: SlowParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+@capped.step(consumes=Item)
+async def c_work(params: SlowParams, chunk: Item, ctx: Context) -> None:
+    RUNNING["now"] += 1
+    RUNNING["max"] = max(RUNNING["max"], RUNNING["now"])
+    try:
+        await anyio.sleep(params.work_ms / 1000)
+    finally:
+        RUNNING["now"] -= 1
+
+
+@capped.completion_handler
+def c_done(instance_id: int, report: object) -> None:
+    HANDLED.append((instance_id, "completed"))
+
+
+blocker = Job("test.blocker", params=SlowParams)
+
+
+@blocker.first_step(emits=Item)
+async def b_plan(params: SlowParams, ctx: Context, sink: Sink[Item]) -> None:
+    sink.emit(Item(0))
+
+
+@blocker.step(consumes=Item)
+async def b_block(params: SlowParams, chunk: Item, ctx: Context) -> None:
+    import time
+    time.sleep(params.block_s)  # deliberately blocks the event loop
+
+
+@flaky.error_handler
+async def f_failed(instance_id: int, message: object) -> None:
+    HANDLED.append((instance_id, message))
+
+
+# version 2 of the synthetic-like job, to check that instances stay pinned to their version
+class V(msgspec.Struct):
+    tag: str = ""
+
+
+class Out(msgspec.Struct):
+    version: int
+
+
+def _versioned(version: int) -> Job:
+    job = Job("test.versioned", version=version, params=V)
+
+    @job.first_step(emits=Item)
+    async def plan(params: V, ctx: Context, sink: Sink[Item]) -> None:
+        sink.emit(Item(version))
+
+    @job.reduce(consumes=Item)
+    async def report(params: V, chunks: AsyncIterator[Item], ctx: Context) -> Out:
+        return Out([c.n async for c in chunks][0])
+    return job
+
+
+versioned1 = _versioned(1)
+versioned2 = _versioned(2)

@@ -1,0 +1,53 @@
+"""SIGTERM: stop claiming, finish or release in-flight chunks, flush, exit 0."""
+from __future__ import annotations
+
+import time
+
+import anyio
+import asyncpg
+import pytest
+
+from tests.conftest import wait_status
+
+from .test_kill import LEDGER, check_exactly_once, submit
+
+pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
+
+
+async def _until(conn: asyncpg.Connection, query: str, at_least: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while await conn.fetchval(query) < at_least:
+        assert time.monotonic() < deadline, query
+        await anyio.sleep(0.02)
+
+
+async def test_sigterm_finishes_in_flight_work_and_exits_zero(
+        dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
+    n = 3000
+    await conn.execute(LEDGER)
+    iid = submit(dsn, n, work_ms=100)
+    d = spawn_daemon(CHUNKD_SHUTDOWN_GRACE_SECONDS="10")
+    await _until(conn, "SELECT count(*) FROM test_ledger", 200)
+    started = time.monotonic()
+    assert d.terminate(timeout=15) == 0
+    assert time.monotonic() - started < 10
+    assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE state = 3") == 0
+    assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE failures > 0") == 0
+    assert await conn.fetchval("SELECT count(*) FROM chunkd_node") == 0
+    spawn_daemon()
+    await wait_status(conn, iid, {"COMPLETED", "FAILED"}, timeout=120)
+    await check_exactly_once(conn, iid, n)
+
+
+async def test_steps_longer_than_the_grace_are_released_not_failed(
+        dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
+    await conn.execute(LEDGER)
+    iid = submit(dsn, 50, work_ms=60_000)
+    d = spawn_daemon(CHUNKD_SHUTDOWN_GRACE_SECONDS="1")
+    await _until(conn, "SELECT count(*) FROM chunkd_chunk WHERE state = 3 AND step = 1", 1)
+    started = time.monotonic()
+    assert d.terminate(timeout=15) == 0
+    assert time.monotonic() - started < 5
+    rows = await conn.fetch("SELECT state, failures, attempt FROM chunkd_chunk WHERE instance_id = $1 AND step = 1", iid)
+    assert rows and all(r["state"] == 2 and r["failures"] == 0 for r in rows)  # READY again, no failure counted
+    assert await conn.fetchval("SELECT count(*) FROM test_ledger") == 0

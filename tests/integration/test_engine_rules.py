@@ -1,0 +1,102 @@
+"""The batch2 lessons and the engine's own rules, on a real Postgres."""
+from __future__ import annotations
+
+import json
+
+import anyio
+import asyncpg
+import pytest
+
+from tests import testjobs
+from tests.conftest import wait_status
+
+from .helpers import running_node, submit_job
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_gated_job_whose_step_emitted_nothing_still_completes(dsn: str, conn: asyncpg.Connection) -> None:
+    await conn.execute("CREATE TABLE test_trace (step int, n int, at timestamptz)")
+    async with running_node(dsn) as node:
+        res = await submit_job(node, "test.gated4", chunks=0)
+        assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 30) == "COMPLETED"
+    assert await conn.fetchval("SELECT progress FROM chunkd_instance WHERE id = $1", res.instance_id) == 1.0
+
+
+async def test_lost_notification_is_republished_by_maintenance(dsn: str, conn: asyncpg.Connection) -> None:
+    # consumers poll only every 60 s, so only maintenance's re-publish can wake them
+    async with running_node(dsn, CHUNKD_POLL_INTERVAL="60", CHUNKD_REPUBLISH_AFTER="0.3") as node:
+        await anyio.sleep(0.5)  # consumers have polled once and are waiting
+        iid = await conn.fetchval("""
+            INSERT INTO chunkd_instance (job_name, job_version, params, gated)
+            VALUES ('chunkd.synthetic', 1, '{"chunks": 3}', false) RETURNING id""")
+        await conn.execute("""
+            INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, data)
+            VALUES ($1, 0, 2, 1, 3, ''::bytea)""", iid)
+        await conn.execute("INSERT INTO chunkd_step_counter (instance_id, step, created) VALUES ($1, 0, 1)", iid)
+        assert await wait_status(conn, iid, {"COMPLETED", "FAILED"}, 20) == "COMPLETED"
+        assert node.engine is not None
+
+
+async def test_instance_stuck_in_finalize_can_be_cancelled(dsn: str, conn: asyncpg.Connection) -> None:
+    iid = await conn.fetchval("""
+        INSERT INTO chunkd_instance (job_name, job_version, params, gated, status)
+        VALUES ('nobody.has.this', 1, '{}', true, 'FINALIZE') RETURNING id""")
+    async with running_node(dsn) as node:
+        assert await node.engine.store.cancel_instance(iid)  # type: ignore[union-attr]
+    assert await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", iid) == "CANCELLED"
+
+
+async def test_job_concurrency_cap_and_completion_handler(dsn: str, conn: asyncpg.Connection) -> None:
+    testjobs.RUNNING.update(now=0, max=0)
+    testjobs.HANDLED.clear()
+    async with running_node(dsn, CHUNKD_PARTITION_CONCURRENCY="8") as node:
+        res = await submit_job(node, "test.capped", chunks=40, work_ms=20)
+        assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 60) == "COMPLETED"
+        await anyio.sleep(0.3)
+    assert testjobs.RUNNING["max"] == 2  # 4 partitions x 8 slots, yet never more than the job's cap
+    assert (res.instance_id, "completed") in testjobs.HANDLED
+
+
+async def test_env_overrides_the_job_cap(dsn: str, conn: asyncpg.Connection) -> None:
+    testjobs.RUNNING.update(now=0, max=0)
+    async with running_node(dsn, CHUNKD_JOB_CONCURRENCY="test.capped=5") as node:
+        res = await submit_job(node, "test.capped", chunks=60, work_ms=30)
+        assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 60) == "COMPLETED"
+    assert testjobs.RUNNING["max"] == 5
+
+
+async def test_error_handler_runs_when_instance_fails(dsn: str, conn: asyncpg.Connection) -> None:
+    testjobs.HANDLED.clear()
+    async with running_node(dsn) as node:
+        res = await submit_job(node, "test.flaky", chunks=2, bad=0, permanent=True)
+        assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 30) == "FAILED"
+        await anyio.sleep(0.3)
+    assert any(i == res.instance_id and "can never work" in str(m) for i, m in testjobs.HANDLED)
+
+
+async def test_heartbeat_survives_a_step_that_blocks_the_event_loop(dsn: str, conn: asyncpg.Connection) -> None:
+    # lease 2 s, the step blocks the loop for 4 s: the heartbeat thread must keep the lease
+    async with running_node(dsn, CHUNKD_LEASE_SECONDS="2", CHUNKD_HEARTBEAT_SECONDS="0.3") as node:
+        res = await submit_job(node, "test.blocker", block_s=4)
+        assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 60) == "COMPLETED"
+    attempts = await conn.fetchval("SELECT max(attempt) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1",
+                                   res.instance_id)
+    assert attempts == 1  # never rescued, never run twice
+
+
+async def test_instances_stay_pinned_to_their_version(dsn: str, conn: asyncpg.Connection) -> None:
+    async with running_node(dsn) as node:
+        old = await submit_job_version(node, 1)
+        new = await submit_job_version(node, None)
+        for iid in (old, new):
+            assert await wait_status(conn, iid, {"COMPLETED", "FAILED"}, 30) == "COMPLETED"
+    reports = {iid: json.loads(await conn.fetchval("SELECT report FROM chunkd_instance WHERE id = $1", iid))
+               for iid in (old, new)}
+    assert reports == {old: {"version": 1}, new: {"version": 2}}
+
+
+async def submit_job_version(node, version):  # type: ignore[no-untyped-def]
+    from daemon.submit import submit
+    e = node.engine
+    return (await submit(e.store, e.channel, e.registry, "test.versioned", "{}", version=version)).instance_id
