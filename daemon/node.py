@@ -73,10 +73,12 @@ class Node:
                     await self._work(engine, sup)
                     # executors are done: let the completer drain and exit
                     engine.completer_send.close()
-                released = await store.release_owned(node_id, engine.inflight.held())
+                # Everything this process still owns, including a claim whose result was lost
+                # to the consumers' cancellation: the node id is unique to this process.
+                released = await store.release_owned(node_id)
                 if released:
-                    CHUNKS_RELEASED.inc(len(engine.inflight.held()))
-                    await channel.publish(released)
+                    CHUNKS_RELEASED.inc(len(released))
+                    await channel.publish({p for p in released})
                 background.cancel_scope.cancel()
         finally:
             heartbeat.stop()

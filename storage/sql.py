@@ -156,10 +156,6 @@ RETURNING k.instance_id, k.step, k.state, k.partition"""
 # Graceful shutdown: hand back what this node still holds; the attempt is not a failure.
 CHUNK_RELEASE_OWNED = f"""
 UPDATE chunkd_chunk SET state = {int(C.READY)}, lease_owner = NULL, lease_until = NULL
-WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1 AND id = ANY($2::bigint[])
-RETURNING partition"""
-CHUNK_RELEASE_ALL_OWNED = f"""
-UPDATE chunkd_chunk SET state = {int(C.READY)}, lease_owner = NULL, lease_until = NULL
 WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1
 RETURNING partition"""
 

@@ -269,12 +269,9 @@ class Store:
     async def rehome(self) -> set[int]:
         return {r[0] for r in await self.pool.fetch(sql.CHUNK_REHOME, self.partitions)}
 
-    async def release_owned(self, node_id: int, chunk_ids: Sequence[int] | None = None) -> set[int]:
-        if chunk_ids is None:
-            rows = await self.pool.fetch(sql.CHUNK_RELEASE_ALL_OWNED, node_id)
-        else:
-            rows = await self.pool.fetch(sql.CHUNK_RELEASE_OWNED, node_id, list(chunk_ids))
-        return {r[0] for r in rows}
+    async def release_owned(self, node_id: int) -> list[int]:
+        """Shutdown: every chunk this node holds back to READY; returns their partitions."""
+        return [r[0] for r in await self.pool.fetch(sql.CHUNK_RELEASE_OWNED, node_id)]
 
     async def reduction_input(self, conn: asyncpg.Connection, instance_id: int, step: int,
                               prefetch: int = 500) -> AsyncIterator[bytes]:

@@ -13,6 +13,7 @@ from daemon.sdk import Context, Job, PermanentError, Sink
 class CountParams(msgspec.Struct, forbid_unknown_fields=True):
     chunks: int
     work_ms: float = 0.0
+    straggler_ms: float = 0.0  # extra time item 0 takes in step one
 
 
 class Item(msgspec.Struct, array_like=True):
@@ -66,6 +67,8 @@ def _four(name: str, gated_: bool) -> Job:
     async def one(params: CountParams, chunk: Item, ctx: Context, sink: Sink[Item]) -> None:
         if params.work_ms:
             await anyio.sleep(params.work_ms / 1000)
+        if chunk.n == 0 and params.straggler_ms:
+            await anyio.sleep(params.straggler_ms / 1000)
         ctx.tx.execute("INSERT INTO test_trace (step, n, at) VALUES (1, $1, clock_timestamp())", chunk.n)
         sink.emit(Item(chunk.n))
 

@@ -44,7 +44,7 @@ async def _trace(conn: asyncpg.Connection) -> None:
 async def test_gated_job_finishes_a_step_before_the_next_starts(dsn: str, conn: asyncpg.Connection) -> None:
     await _trace(conn)
     async with running_node(dsn) as node:
-        res = await submit_job(node, "test.gated4", chunks=2000)
+        res = await submit_job(node, "test.gated4", chunks=2000, straggler_ms=500)
         assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 120) == "COMPLETED"
     last_one = await conn.fetchval("SELECT max(at) FROM test_trace WHERE step = 1")
     first_two = await conn.fetchval("SELECT min(at) FROM test_trace WHERE step = 2")
@@ -54,12 +54,15 @@ async def test_gated_job_finishes_a_step_before_the_next_starts(dsn: str, conn: 
 
 async def test_non_gated_job_interleaves_steps(dsn: str, conn: asyncpg.Connection) -> None:
     await _trace(conn)
-    async with running_node(dsn, CHUNKD_CLAIM_BATCH="20") as node:
-        res = await submit_job(node, "test.interleaved4", chunks=2000, work_ms=1)
+    async with running_node(dsn) as node:
+        # one straggler in step one: a gated job would hold every step-two chunk behind it
+        res = await submit_job(node, "test.interleaved4", chunks=2000, straggler_ms=500)
         assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 120) == "COMPLETED"
     last_one = await conn.fetchval("SELECT max(at) FROM test_trace WHERE step = 1")
     first_two = await conn.fetchval("SELECT min(at) FROM test_trace WHERE step = 2")
     assert first_two < last_one
+    before = await conn.fetchval("SELECT count(*) FROM test_trace WHERE step = 2 AND at < $1", last_one)
+    assert before > 1000  # most of step two ran while step one was still going
     assert await conn.fetchval("SELECT count(*) FROM test_trace") == 4000
 
 
