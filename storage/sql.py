@@ -159,22 +159,21 @@ UPDATE chunkd_chunk SET state = {int(C.READY)}, lease_owner = NULL, lease_until 
 WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1
 RETURNING partition"""
 
-CHUNK_RELEASE_DUE_ERRORED = f"""
+def _release_due(waiting: C) -> str:
+    """ERRORED or POLL_WAITING chunks whose time has come, back to READY.
+    One statement per state, each on its own partial index (no OR across states)."""
+    return f"""
 WITH due AS (
-    SELECT id FROM chunkd_chunk WHERE state = {int(C.ERRORED)} AND next_run_at <= now()
+    SELECT id FROM chunkd_chunk WHERE state = {int(waiting)} AND next_run_at <= now()
     ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED
 )
 UPDATE chunkd_chunk k SET state = {int(C.READY)}, next_run_at = NULL
-  FROM due WHERE k.id = due.id AND k.state IN ({_in(chunk_allowed_from(C.READY, frozenset({C.ERRORED})))})
+  FROM due WHERE k.id = due.id AND k.state IN ({_in(chunk_allowed_from(C.READY, frozenset({waiting})))})
 RETURNING k.partition"""
-CHUNK_RELEASE_DUE_POLL = f"""
-WITH due AS (
-    SELECT id FROM chunkd_chunk WHERE state = {int(C.POLL_WAITING)} AND next_run_at <= now()
-    ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED
-)
-UPDATE chunkd_chunk k SET state = {int(C.READY)}, next_run_at = NULL
-  FROM due WHERE k.id = due.id AND k.state IN ({_in(chunk_allowed_from(C.READY, frozenset({C.POLL_WAITING})))})
-RETURNING k.partition"""
+
+
+CHUNK_RELEASE_DUE_ERRORED = _release_due(C.ERRORED)
+CHUNK_RELEASE_DUE_POLL = _release_due(C.POLL_WAITING)
 
 # The head (oldest id) of each partition's READY queue; if it has waited too long its
 # notification was probably lost, so maintenance publishes the partition again.
