@@ -9,7 +9,7 @@ import anyio
 import asyncpg
 import structlog
 
-from metrics import (CHUNKS_COMPLETED, CHUNKS_ERRORED, CHUNKS_FAILED, CHUNKS_POLL_WAITING, CHUNKS_REFUSED,
+from metrics import (CLAIM_TO_COMPLETE, CHUNKS_COMPLETED, CHUNKS_ERRORED, CHUNKS_FAILED, CHUNKS_POLL_WAITING, CHUNKS_REFUSED,
                      FLUSH_SECONDS, FLUSH_SIZE)
 from storage.states import C
 from storage.types import Setback, Success
@@ -76,10 +76,13 @@ async def flush(engine: Engine, batch: list[Outcome]) -> None:
 
 def _count(batch: list[Outcome], accepted: set[int], setback_states: dict[int, int]) -> None:
     tally: Counter[tuple[str, str, str]] = Counter()
+    now = time.monotonic()
     for o in batch:
         cid = o.result.chunk_id
         if cid in accepted:
             tally[("completed", o.job, o.step)] += 1
+            if o.claimed_at:
+                CLAIM_TO_COMPLETE.labels(o.job, o.step).observe(now - o.claimed_at)
         elif cid in setback_states:
             tally[(C(setback_states[cid]).name, o.job, o.step)] += 1
     for (kind, job, step), n in tally.items():

@@ -2,6 +2,8 @@
 executors have room for (backpressure), and hands them to the executor mailbox."""
 from __future__ import annotations
 
+import time
+
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -26,7 +28,9 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
             claimed_metric.inc(len(chunks))
             CLAIM_BATCH.observe(len(chunks))
             await engine.note_started({c.instance_id for c in chunks})
+            now = time.monotonic()
             for c in chunks:
+                c.claimed_at = now
                 out.send_nowait(c)  # the mailbox holds slots + batch: never blocks
             if len(chunks) == cfg.claim_batch:
                 continue  # probably more waiting

@@ -23,6 +23,7 @@ class Outcome(msgspec.Struct, array_like=True):
     job: str
     step: str
     partition: int
+    claimed_at: float = 0.0
 
 
 class InFlight:

@@ -41,7 +41,7 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
 
     def setback(state: C, message: str | None, *, failure: bool, delay: float = 0.0) -> Outcome:
         return Outcome(Setback(chunk.id, chunk.attempt, chunk.instance_id, chunk.step, int(state),
-                               failure, delay, message), job_name, step_name, partition)
+                               failure, delay, message), job_name, step_name, partition, chunk.claimed_at)
 
     try:
         rt = await engine.runtime(chunk.instance_id)
@@ -90,7 +90,7 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
         children=sink.encoded if sink is not None else [],
         child_gated=job.child_gated(chunk.step),
         child_max_attempts=job.steps[nxt].max_attempts if nxt < len(job.steps) else 1,
-        tx_ops=ctx.tx.ops, warnings=ctx.warnings), job_name, step_name, partition)
+        tx_ops=ctx.tx.ops, warnings=ctx.warnings), job_name, step_name, partition, chunk.claimed_at)
 
 
 async def execute_partition(engine: Engine, partition: int, inbox: MemoryObjectReceiveStream[ClaimedChunk]) -> None:

@@ -14,7 +14,7 @@ import structlog
 
 from daemon.registry import UnknownJobError
 from daemon.sdk import Context, Job, StepKind
-from metrics import IS_LEADER, LEASES_RESCUED, MAINTENANCE_SECONDS
+from metrics import CHUNKS_RETRIED, INSTANCE_ETA, INSTANCES, IS_LEADER, LEASES_RESCUED, MAINTENANCE_SECONDS
 from storage.codec import DataError, decode, to_json
 from storage.states import I
 from storage.types import InstanceRow
@@ -38,6 +38,7 @@ class Maintenance:
         self.engine = engine
         self.reducing: set[int] = set()
         self.wake = anyio.Event()
+        self._gauges_at = 0.0
 
     async def run(self) -> None:
         cfg = self.engine.cfg
@@ -49,8 +50,11 @@ class Maintenance:
                     term = await self.engine.store.acquire_leadership(self.engine.node_id, ttl)
                     if term is not None and not self.engine.leader:
                         log.info("became maintenance leader", term=term)
-                    self.engine.leader = term is not None
+                    was_leader, self.engine.leader = self.engine.leader, term is not None
                     IS_LEADER.set(1 if self.engine.leader else 0)
+                    if was_leader and not self.engine.leader:
+                        log.info("lost maintenance leadership")
+                        await self.export_gauges({})
                     if self.engine.leader:
                         started = time.perf_counter()
                         await self.pass_once()
@@ -76,7 +80,10 @@ class Maintenance:
                 log.info("rescued expired leases", chunks=n, failed=failed)
             if n < _BATCH:
                 break
-        publish |= await store.release_due(_BATCH)
+        parts, retried = await store.release_due(_BATCH)
+        publish |= parts
+        for (job_name, version, step), n in retried.items():
+            CHUNKS_RETRIED.labels(job_name, self._step_name(job_name, version, step)).inc(n)
         publish |= await store.rehome()
         publish |= await self.instances()
         if publish:
@@ -85,9 +92,33 @@ class Maintenance:
         if stale:
             await self.engine.channel.publish(stale)
 
+    def _step_name(self, job_name: str, version: int, step: int) -> str:
+        try:
+            return self.engine.registry.get(job_name, version).steps[step].name
+        except (UnknownJobError, IndexError):
+            return str(step)
+
+    async def export_gauges(self, etas: dict[str, float]) -> None:
+        """Cluster-wide figures, exported by the leader only (others clear them)."""
+        INSTANCES.clear()
+        INSTANCE_ETA.clear()
+        if not self.engine.leader:
+            return
+        for status in I:
+            INSTANCES.labels(status.value).set(0)
+        for status, n in (await self.engine.store.instances_by_status()).items():
+            INSTANCES.labels(status).set(n)
+        for job_name, eta in etas.items():
+            INSTANCE_ETA.labels(job_name).set(eta)
+
     async def instances(self) -> set[int]:
         store = self.engine.store
         active = await store.active_instances()
+        etas: dict[str, float] = {}
+        now = time.monotonic()
+        if now - self._gauges_at >= 5 or not active:
+            self._gauges_at = now
+            await self.export_gauges(etas)
         if not active:
             return set()
         ids = [i.id for i in active]
@@ -104,6 +135,10 @@ class Maintenance:
             publish |= await self.apply(inst, job, p.action, p.to_step)
             if p.action not in (Action.COMPLETE, Action.FAIL):
                 await store.set_progress(inst.id, p.progress, p.rate, p.eta, p.errors)
+                if p.eta is not None:
+                    etas[job.name] = max(etas.get(job.name, 0.0), p.eta)
+        for job_name, eta in etas.items():
+            INSTANCE_ETA.labels(job_name).set(eta)
         return publish
 
     async def apply(self, inst: InstanceRow, job: Job, action: Action, to_step: int) -> set[int]:

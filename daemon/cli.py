@@ -17,6 +17,7 @@ from storage.states import C, INSTANCE_TERMINAL
 from . import config as config_mod
 from .config import Config, ConfigError
 from .embedded import EmbeddedPostgresError, start_embedded
+from .http import HttpBindError
 from .logs import configure
 from .registry import Registry, UnknownJobError, build_registry
 from .sdk import JobDefinitionError
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"error: {e}", 2)
     except CliError as e:
         _fail(str(e), e.code)
+    except HttpBindError as e:
+        _fail(str(e), 2)
     except EmbeddedPostgresError as e:
         _fail(str(e), 1)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:

@@ -65,6 +65,17 @@ def _dsn(raw: str) -> str:
     return v
 
 
+def _addr(raw: str) -> tuple[str, int] | None:
+    v = raw.strip()
+    if v.lower() in ("", "off", "none"):
+        return None
+    host, sep, port = v.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected host:port (port 0 picks a free one), or off")
+    return host, int(port)
+
+
 def _modules(raw: str) -> tuple[str, ...]:
     parts = tuple(p.strip() for p in raw.split(",") if p.strip())
     for p in parts:
@@ -104,6 +115,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str
     log_format: str
     pool_size: int
+    http_addr: tuple[str, int] | None
 
 
 class Var(msgspec.Struct, frozen=True):
@@ -150,6 +162,8 @@ VARIABLES: tuple[Var, ...] = (
         _choice("debug", "info", "warning", "error")),
     Var("CHUNKD_LOG_FORMAT", "log_format", "json", "json (one object per line) or console.",
         _choice("json", "console")),
+    Var("CHUNKD_HTTP_ADDR", "http_addr", "127.0.0.1:8080",
+        "Where the HTTP server (/metrics, /healthz, /readyz) listens; off disables it.", _addr),
     Var("CHUNKD_POOL_SIZE", "pool_size", "0",
         "Postgres connections in this daemon's pool; 0 means partitions + 4.", _int(0, 1000)),
 )

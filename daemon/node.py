@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -16,14 +18,17 @@ from actors.heartbeat import Heartbeat
 from actors.maintenance import Maintenance
 from actors.runtime import Supervisor
 from channels.postgres import PostgresChannel
-from metrics import CHUNKS_RELEASED
+from metrics import CHUNKS_RELEASED, MAILBOX_DEPTH, PARTITIONS_ASSIGNED, POOL_IN_USE, POOL_SIZE
 from storage.store import Store
 from storage.types import ClaimedChunk
 
 from .config import Config
+from .http import bind, build_app, serve
 from .registry import Registry
 
 log = structlog.get_logger("chunkd.node")
+
+_LIVENESS_STALE = 15.0  # seconds without a tick before /healthz fails
 
 
 async def open_store(cfg: Config, dsn: str) -> Store:
@@ -45,12 +50,55 @@ class Node:
         self.engine: Engine | None = None
         self.ready = anyio.Event()
 
+        self.http_port: int | None = None
+        self._tick_at = time.monotonic()
+        self._migrated = False
+        self._mailboxes: list[anyio.abc.ObjectSendStream[ClaimedChunk]] = []
+
     def stop(self) -> None:
         self._stop.set()
 
+    # ---------------------------------------------------------------- health
+    def liveness_problems(self) -> list[str]:
+        stale = time.monotonic() - self._tick_at
+        return [f"the actor tree has not ticked for {stale:.0f}s"] if stale > _LIVENESS_STALE else []
+
+    async def readiness_problems(self) -> list[str]:
+        problems = []
+        engine = self.engine
+        if self._stop.is_set():
+            problems.append("shutting down")
+        if engine is None or not self._migrated:
+            return problems + ["starting: database not opened or migrations not applied"]
+        try:
+            with anyio.fail_after(2):
+                await engine.store.pool.fetchval("SELECT 1")
+        except Exception as e:  # noqa: BLE001 - any failure means not ready
+            problems.append(f"database unreachable: {type(e).__name__}")
+        if not engine.channel.connected():
+            problems.append(f"{engine.channel.name} channel not connected")
+        return problems
+
+    async def _tick(self, engine: Engine) -> None:
+        """Liveness tick and the gauges nobody else sets."""
+        PARTITIONS_ASSIGNED.set(self.cfg.partitions)
+        while True:
+            self._tick_at = time.monotonic()
+            MAILBOX_DEPTH.labels("completer").set(engine.completer_send.statistics().current_buffer_used)
+            MAILBOX_DEPTH.labels("step-executor").set(
+                sum(m.statistics().current_buffer_used for m in self._mailboxes))
+            POOL_SIZE.set(engine.store.pool.get_size())
+            POOL_IN_USE.set(engine.store.pool.get_size() - engine.store.pool.get_idle_size())
+            await anyio.sleep(1)
+
     async def run(self, *, handle_signals: bool = True) -> None:
         cfg = self.cfg
+        sock = None
+        if cfg.http_addr is not None:
+            sock = bind(*cfg.http_addr)  # before anything else: a taken port is a start-up error
+            self.http_port = sock.getsockname()[1]
         store = await open_store(cfg, self.dsn)
+        self._migrated = True
         channel = PostgresChannel(self.dsn, cfg.partitions)
         node_id = await store.register_node(cfg.node_id, os.getpid())
         structlog.contextvars.bind_contextvars(node=cfg.node_id)
@@ -59,10 +107,14 @@ class Node:
         heartbeat.start()
         sup = Supervisor()
         log.info("daemon started", node_id=node_id, partitions=cfg.partitions,
-                 concurrency=cfg.partition_concurrency, jobs=self.registry.names())
+                 concurrency=cfg.partition_concurrency, jobs=self.registry.names(),
+                 http=f"{cfg.http_addr[0]}:{self.http_port}" if cfg.http_addr else "off")
         try:
             async with anyio.create_task_group() as background:
                 await background.start(channel.run)
+                background.start_soon(self._tick, engine)
+                if sock is not None:
+                    background.start_soon(sup.supervise, "http", "http", self._http_runner(sock))
                 maintenance = Maintenance(engine)
                 background.start_soon(sup.supervise, "maintenance", "maintenance", maintenance.run)
                 if handle_signals:
@@ -91,6 +143,16 @@ class Node:
                 await store.close()
             log.info("daemon stopped")
 
+    def _http_runner(self, sock: socket.socket) -> Callable[[], Awaitable[None]]:
+        app = build_app(self)
+        first = [sock]
+
+        async def run() -> None:
+            assert self.cfg.http_addr is not None
+            s = first.pop() if first else bind(self.cfg.http_addr[0], self.http_port or 0)
+            await serve(app, s)
+        return run
+
     async def _work(self, engine: Engine, sup: Supervisor) -> None:
         """Consumers and executors until stop; then the grace period for running steps."""
         cfg = self.cfg
@@ -99,6 +161,7 @@ class Node:
             async with anyio.create_task_group() as consumers:
                 for p in range(cfg.partitions):
                     send, recv = anyio.create_memory_object_stream[ClaimedChunk](max_buffer_size=cap)
+                    self._mailboxes.append(send)
                     executors.start_soon(self._workers, engine, sup, p, recv)
                     consumers.start_soon(sup.supervise, f"consumer-{p}", "partition-consumer",
                                          _consumer(engine, p, send))

@@ -26,12 +26,24 @@ FLUSH_SIZE = Histogram("chunkd_completer_flush_size", "Results written per compl
 FLUSH_SECONDS = Histogram("chunkd_completer_flush_seconds", "Completer transaction latency.",
                           buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5))
 
+CHUNKS_RETRIED = Counter("chunkd_chunks_retried", "ERRORED chunks released for another attempt.", _STEP)
+CLAIM_TO_COMPLETE = Histogram("chunkd_claim_to_complete_seconds", "From claim to committed completion.", _STEP,
+                              buckets=(.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+MAILBOX_DEPTH = Gauge("chunkd_mailbox_depth", "Messages waiting in actor mailboxes.", ["kind"])
+PARTITIONS_ASSIGNED = Gauge("chunkd_partitions_assigned", "Partitions this daemon consumes.")
+POOL_SIZE = Gauge("chunkd_db_pool_size", "Connections open in the Postgres pool.")
+POOL_IN_USE = Gauge("chunkd_db_pool_in_use", "Pool connections checked out.")
+INSTANCES = Gauge("chunkd_instances", "Job instances by status (exported by the maintenance leader).", ["status"])
+INSTANCE_ETA = Gauge("chunkd_instance_eta_seconds",
+                     "Longest ETA among running instances of a job (exported by the maintenance leader).", ["job"])
 IN_FLIGHT = Gauge("chunkd_chunks_in_flight", "Chunks claimed by this daemon and not yet handed to the completer.")
 ACTOR_RESTARTS = Counter("chunkd_actor_restarts", "Actor restarts by the supervisor.", ["kind"])
 
 MAINTENANCE_SECONDS = Histogram("chunkd_maintenance_pass_seconds", "Maintenance pass duration.",
                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10))
 LEASES_RESCUED = Counter("chunkd_leases_rescued", "Expired leases rescued by maintenance.")
+KAFKA_LAG = Gauge("chunkd_kafka_consumer_lag", "Kafka consumer lag per assigned partition (kafka channel only).",
+                  ["partition"])
 IS_LEADER = Gauge("chunkd_maintenance_leader", "1 while this daemon is the maintenance leader.")
 
 BUILD = Info("chunkd_build", "Build information.")

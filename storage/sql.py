@@ -168,8 +168,10 @@ WITH due AS (
     ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED
 )
 UPDATE chunkd_chunk k SET state = {int(C.READY)}, next_run_at = NULL
-  FROM due WHERE k.id = due.id AND k.state IN ({_in(chunk_allowed_from(C.READY, frozenset({waiting})))})
-RETURNING k.partition"""
+  FROM due, chunkd_instance i
+ WHERE k.id = due.id AND i.id = k.instance_id
+   AND k.state IN ({_in(chunk_allowed_from(C.READY, frozenset({waiting})))})
+RETURNING k.partition, i.job_name, i.job_version, k.step"""
 
 
 CHUNK_RELEASE_DUE_ERRORED = _release_due(C.ERRORED)
@@ -208,6 +210,8 @@ WITH done AS (
 
 # Generic guarded move, used by tools and by the tests that enumerate the table.
 CHUNK_MOVE = "UPDATE chunkd_chunk SET state = $2 WHERE id = $1 AND state = ANY($3::smallint[]) RETURNING id"
+
+INSTANCE_COUNT_BY_STATUS = "SELECT status, count(*) FROM chunkd_instance GROUP BY status"
 
 CHUNK_COUNT_BY_STATE = """
 SELECT step, state, count(*) AS n FROM chunkd_chunk WHERE instance_id = $1 GROUP BY step, state ORDER BY step, state"""

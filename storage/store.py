@@ -136,6 +136,9 @@ class Store:
     async def cancel_instance(self, instance_id: int) -> bool:
         return await self.finish_instance(instance_id, I.CANCELLED, error="cancelled by request")
 
+    async def instances_by_status(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in await self.pool.fetch(sql.INSTANCE_COUNT_BY_STATUS)}
+
     async def warnings(self, instance_id: int, limit: int = 100) -> list[str]:
         return [r[0] for r in await self.pool.fetch(sql.WARNING_LIST, instance_id, limit)]
 
@@ -252,10 +255,16 @@ class Store:
                 await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
         return len(rows), failed, parts
 
-    async def release_due(self, limit: int) -> set[int]:
-        parts = {r[0] for r in await self.pool.fetch(sql.CHUNK_RELEASE_DUE_ERRORED, limit)}
+    async def release_due(self, limit: int) -> tuple[set[int], Counter[tuple[str, int, int]]]:
+        """Retries and poll-waits whose time came, back to READY.
+        Returns (partitions, retried ERRORED chunks by (job, version, step))."""
+        retried: Counter[tuple[str, int, int]] = Counter()
+        parts: set[int] = set()
+        for r in await self.pool.fetch(sql.CHUNK_RELEASE_DUE_ERRORED, limit):
+            parts.add(r[0])
+            retried[(r[1], r[2], r[3])] += 1
         parts |= {r[0] for r in await self.pool.fetch(sql.CHUNK_RELEASE_DUE_POLL, limit)}
-        return parts
+        return parts, retried
 
     async def stale_partitions(self, partitions: Iterable[int], older_than: float) -> set[int]:
         out = set()

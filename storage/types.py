@@ -13,6 +13,7 @@ class ClaimedChunk(msgspec.Struct, array_like=True):
     attempt: int  # the fencing token for this claim
     failures: int
     data: bytes | None
+    claimed_at: float = 0.0  # monotonic, set by the consumer: claim-to-complete latency
 
 
 class TxOp(msgspec.Struct, array_like=True):
