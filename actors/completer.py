@@ -6,11 +6,11 @@ import time
 from collections import Counter
 
 import anyio
-import asyncpg
 import structlog
 
 from metrics import (CLAIM_TO_COMPLETE, CHUNKS_COMPLETED, CHUNKS_ERRORED, CHUNKS_FAILED, CHUNKS_POLL_WAITING, CHUNKS_REFUSED,
                      FLUSH_SECONDS, FLUSH_SIZE)
+from storage.errors import TRANSIENT, Backoff
 from storage.states import C
 from storage.types import Setback, Success
 
@@ -18,9 +18,6 @@ from .engine import Engine, Outcome
 
 log = structlog.get_logger("chunkd.completer")
 
-_RETRYABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-              asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.CannotConnectNowError,
-              asyncpg.AdminShutdownError, TimeoutError)
 
 
 async def complete_forever(engine: Engine) -> None:
@@ -52,17 +49,21 @@ def _drain(recv: anyio.abc.ObjectReceiveStream[Outcome], batch: list[Outcome], l
 async def flush(engine: Engine, batch: list[Outcome]) -> None:
     successes = [o.result for o in batch if isinstance(o.result, Success)]
     setbacks = [o.result for o in batch if isinstance(o.result, Setback)]
-    delay = 0.05
+    backoff = Backoff(0.05, 5.0)
     while True:
         started = time.perf_counter()
         try:
             res = await engine.store.flush(successes, setbacks)  # type: ignore[arg-type]
             break
-        except _RETRYABLE as e:
+        except TRANSIENT as e:
             # Safe to retry: the fencing token refuses anything that already committed.
+            delay = backoff.failed()
             log.warning("completer flush failed; retrying", error=repr(e), batch=len(batch), retry_in=delay)
             await anyio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        except BaseException:
+            # This batch is lost with us: stop extending its leases so maintenance rescues it.
+            engine.inflight.forget([o.result.chunk_id for o in batch])
+            raise
     FLUSH_SECONDS.observe(time.perf_counter() - started)
     FLUSH_SIZE.observe(len(batch))
     engine.inflight.forget([o.result.chunk_id for o in batch])

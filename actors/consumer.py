@@ -7,27 +7,43 @@ import time
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+import structlog
+
 from metrics import CHUNKS_CLAIMED, CLAIM_BATCH
+from storage.errors import TRANSIENT, Backoff
 from storage.types import ClaimedChunk
 
 from .engine import Engine
+
+log = structlog.get_logger("chunkd.consumer")
 
 
 async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSendStream[ClaimedChunk]) -> None:
     cfg = engine.cfg
     signal = engine.channel.signal(partition)
     claimed_metric = CHUNKS_CLAIMED.labels(str(partition))
+    backoff = Backoff(0.1, 5.0)
     while not engine.stopping:
         # At most slots + one batch in flight: claim only when the running count is within the slots.
         await engine.inflight.wait_for_room(partition)
         if engine.stopping:
             return
-        chunks = await engine.store.claim(partition, cfg.claim_batch, engine.node_id, cfg.lease_seconds)
+        try:
+            chunks = await engine.store.claim(partition, cfg.claim_batch, engine.node_id, cfg.lease_seconds)
+            backoff.ok()
+        except TRANSIENT as e:
+            delay = backoff.failed()
+            log.warning("claim failed; retrying", partition=partition, error=repr(e), retry_in=delay)
+            await anyio.sleep(delay)
+            continue
         if chunks:
             engine.inflight.claimed(partition, [c.id for c in chunks])
             claimed_metric.inc(len(chunks))
             CLAIM_BATCH.observe(len(chunks))
-            await engine.note_started({c.instance_id for c in chunks})
+            try:
+                await engine.note_started({c.instance_id for c in chunks})
+            except TRANSIENT:
+                pass  # cosmetic (QUEUED -> IN_PROGRESS); maintenance does it too
             now = time.monotonic()
             for c in chunks:
                 c.claimed_at = now

@@ -15,6 +15,7 @@ from daemon.registry import UnknownJobError
 from daemon.sdk import Context, PermanentError, RetryLater, Sink, StepDef, StepKind
 from metrics import STEP_SECONDS
 from storage.codec import DataError, decode
+from storage.errors import TRANSIENT
 from storage.retry import after_error
 from storage.states import C
 from storage.types import ClaimedChunk, Setback, Success
@@ -45,6 +46,9 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
 
     try:
         rt = await engine.runtime(chunk.instance_id)
+    except TRANSIENT as e:
+        # the database is away: try this chunk again soon, without counting a failure
+        return setback(C.POLL_WAITING, f"could not load the instance: {e!r}", failure=False, delay=1.0)
     except (UnknownJobError, LookupError) as e:
         # Perhaps another daemon has this job loaded: retry, and fail only after max attempts.
         state, delay = after_error(chunk.failures, 3, permanent=False, base=5.0, cap=60.0)
@@ -111,7 +115,7 @@ async def execute_partition(engine: Engine, partition: int, inbox: MemoryObjectR
 async def _run_with_slots(engine: Engine, partition: int, chunk: ClaimedChunk) -> None:
     try:
         rt = await engine.runtime(chunk.instance_id)
-    except Exception:  # noqa: BLE001 - run_chunk reports it properly
+    except Exception:  # noqa: BLE001 - run_chunk loads it again and reports the problem
         rt = None
     if rt is not None and not engine.slots.try_take(rt.job):
         engine.slots.parked.setdefault(rt.job.name, deque()).append((partition, chunk))

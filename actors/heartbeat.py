@@ -34,8 +34,10 @@ class Heartbeat(threading.Thread):
         try:
             while not self._stop.is_set():
                 try:
-                    await conn.beat(self._node_id, self._lease, self._held())
+                    released = await conn.beat(self._node_id, self._lease, self._held(), 2 * self._period)
                     self.last_beat = time.monotonic()
+                    if released:
+                        log.info("released chunks this process no longer tracks", chunks=released)
                 except Exception as e:  # noqa: BLE001 - keep beating; leases expire if we cannot
                     log.warning("heartbeat failed", error=repr(e))
                 await asyncio.get_running_loop().run_in_executor(None, self._stop.wait, self._period)

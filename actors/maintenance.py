@@ -16,6 +16,7 @@ from daemon.registry import UnknownJobError
 from daemon.sdk import Context, Job, StepKind
 from metrics import CHUNKS_RETRIED, INSTANCE_ETA, INSTANCES, IS_LEADER, LEASES_RESCUED, MAINTENANCE_SECONDS
 from storage.codec import DataError, decode, to_json
+from storage.errors import TRANSIENT, Backoff
 from storage.states import I
 from storage.types import InstanceRow
 
@@ -45,29 +46,44 @@ class Maintenance:
         ttl = max(5.0, 5 * cfg.maintenance_interval)
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            backoff = Backoff(0.2, 5.0)
             try:
                 while True:
-                    term = await self.engine.store.acquire_leadership(self.engine.node_id, ttl)
-                    if term is not None and not self.engine.leader:
-                        log.info("became maintenance leader", term=term)
-                    was_leader, self.engine.leader = self.engine.leader, term is not None
-                    IS_LEADER.set(1 if self.engine.leader else 0)
-                    if was_leader and not self.engine.leader:
-                        log.info("lost maintenance leadership")
-                        await self.export_gauges({})
-                    if self.engine.leader:
-                        started = time.perf_counter()
-                        await self.pass_once()
-                        MAINTENANCE_SECONDS.observe(time.perf_counter() - started)
+                    try:
+                        await self._round(ttl)
+                        backoff.ok()
+                    except TRANSIENT as e:
+                        delay = backoff.failed()
+                        log.warning("maintenance pass failed; retrying", error=repr(e), retry_in=delay)
+                        await anyio.sleep(delay)
+                        continue
                     with anyio.move_on_after(cfg.maintenance_interval):
                         await self.wake.wait()
                     self.wake = anyio.Event()
             finally:
                 if self.engine.leader:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                        await self.engine.store.resign_leadership(self.engine.node_id)
+                        try:
+                            await self.engine.store.resign_leadership(self.engine.node_id)
+                        except TRANSIENT:
+                            pass
                     self.engine.leader = False
                     IS_LEADER.set(0)
+
+    async def _round(self, ttl: float) -> None:
+        """Renew (or take) the leader lease; if we hold it, run one pass."""
+        term = await self.engine.store.acquire_leadership(self.engine.node_id, ttl)
+        if term is not None and not self.engine.leader:
+            log.info("became maintenance leader", term=term)
+        was_leader, self.engine.leader = self.engine.leader, term is not None
+        IS_LEADER.set(1 if self.engine.leader else 0)
+        if was_leader and not self.engine.leader:
+            log.info("lost maintenance leadership")
+            await self.export_gauges({})
+        if self.engine.leader:
+            started = time.perf_counter()
+            await self.pass_once()
+            MAINTENANCE_SECONDS.observe(time.perf_counter() - started)
 
     async def pass_once(self) -> None:
         store = self.engine.store
@@ -204,7 +220,9 @@ class Maintenance:
             if done:
                 bound.info("instance state change", status=I.COMPLETED.value)
                 await _handler(job.on_complete, inst.id, report)
-        except (UnknownJobError, DataError, Exception) as e:  # noqa: BLE001 - the user's reducer failed
+        except TRANSIENT as e:
+            bound.warning("reduction interrupted by a database error; will run again", error=repr(e))
+        except Exception as e:  # noqa: BLE001 - the user's reducer failed (or its data is bad)
             msg = f"reduction step {step.name!r} failed: {type(e).__name__}: {e}"
             bound.warning("reduction failed", error=msg)
             if await store.finish_instance(inst.id, I.FAILED, error=msg):

@@ -31,6 +31,15 @@ NODE_HEARTBEAT = f"""
 WITH beat AS (UPDATE chunkd_node SET heartbeat_at = now() WHERE id = $1)
 UPDATE chunkd_chunk SET lease_until = now() + make_interval(secs => $2)
 WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1 AND id = ANY($3::bigint[])"""
+# Chunks this node owns but no longer tracks (a claim whose reply was lost with its
+# connection, a batch lost with a crashed completer) and that the last beats did not
+# extend: hand them back now instead of waiting out the lease. Fresh claims are excluded
+# by their lease_until, which the claim set to now() + lease.
+NODE_RELEASE_ORPHANS = f"""
+UPDATE chunkd_chunk SET state = {int(C.READY)}, lease_owner = NULL, lease_until = NULL
+WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1 AND NOT (id = ANY($2::bigint[]))
+  AND lease_until < now() + make_interval(secs => $3)
+RETURNING partition"""
 NODE_DELETE = "DELETE FROM chunkd_node WHERE id = $1"
 NODE_PURGE_STALE = "DELETE FROM chunkd_node WHERE heartbeat_at < now() - make_interval(secs => $1)"
 

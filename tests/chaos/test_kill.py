@@ -74,3 +74,25 @@ async def test_two_daemons_share_the_work_without_double_writes(
     per_pid = await conn.fetch("SELECT pid, count(*) FROM test_ledger GROUP BY pid")
     assert {r["pid"] for r in per_pid} == {a.proc.pid, b.proc.pid}  # both did work
     assert a.terminate() == 0 and b.terminate() == 0
+
+
+async def test_database_connections_killed_mid_job_twice(
+        pg_server: str, dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
+    n = 10_000
+    await conn.execute(LEDGER)
+    iid = submit(dsn, n, work_ms=1)
+    daemon = spawn_daemon()
+    db = dsn.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(pg_server)
+    try:
+        for threshold in (0.2, 0.6):
+            while await conn.fetchval("SELECT count(*) FROM test_ledger") < threshold * n:
+                await anyio.sleep(0.02)
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE datname = $1 AND application_name = 'chunkd'", db)
+    finally:
+        await admin.close()
+    await wait_status(conn, iid, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=120)
+    await check_exactly_once(conn, iid, n)
+    assert daemon.proc.poll() is None  # it reconnected rather than crash-looping
+    assert daemon.terminate() == 0

@@ -23,11 +23,11 @@ async def _until(conn: asyncpg.Connection, query: str, at_least: int, timeout: f
 
 async def test_sigterm_finishes_in_flight_work_and_exits_zero(
         dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
-    n = 3000
+    n = 20_000
     await conn.execute(LEDGER)
-    iid = submit(dsn, n, work_ms=100)
+    iid = submit(dsn, n, work_ms=20)
     d = spawn_daemon(CHUNKD_SHUTDOWN_GRACE_SECONDS="10")
-    await _until(conn, "SELECT count(*) FROM test_ledger", 200)
+    await _until(conn, "SELECT count(*) FROM test_ledger", 2000)
     started = time.monotonic()
     assert d.terminate(timeout=15) == 0
     assert time.monotonic() - started < 10

@@ -106,3 +106,36 @@ def test_http_port_in_use_is_a_clear_start_up_error(dsn: str) -> None:
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         f"chunkd: cannot listen on CHUNKD_HTTP_ADDR=127.0.0.1:{port}: Address already in use"]
+
+
+async def test_readyz_follows_the_database(pg_server: str, dsn: str, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
+    import anyio
+    port = free_port()
+    spawn_daemon(CHUNKD_HTTP_ADDR=f"127.0.0.1:{port}")
+    base = f"http://127.0.0.1:{port}"
+
+    async def readyz_becomes(code: int) -> dict:  # type: ignore[type-arg]
+        for _ in range(150):
+            try:
+                status, body = get(base + "/readyz")
+                if status == code:
+                    return json.loads(body)
+            except OSError:
+                pass
+            await anyio.sleep(0.1)
+        raise AssertionError(f"/readyz never answered {code}")
+
+    await readyz_becomes(200)
+    db = dsn.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(pg_server)
+    try:
+        await admin.execute(f'ALTER DATABASE "{db}" WITH ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", db)
+        body = await readyz_becomes(503)
+        assert any("database unreachable" in p or "channel not connected" in p for p in body["problems"])
+        assert get(base + "/healthz")[0] == 200  # alive, just not ready
+        await admin.execute(f'ALTER DATABASE "{db}" WITH ALLOW_CONNECTIONS true')
+        await readyz_becomes(200)
+    finally:
+        await admin.execute(f'ALTER DATABASE "{db}" WITH ALLOW_CONNECTIONS true')
+        await admin.close()
