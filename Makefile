@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test unit run clean promtool
 
-$(VENV): requirements.lock pyproject.toml
+$(VENV): requirements.lock requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(VENV)
 

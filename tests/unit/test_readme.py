@@ -23,3 +23,10 @@ def test_code_reads_no_undeclared_variable() -> None:
         for path in (root / folder).rglob("*.py"):
             for name in re.findall(r"\bCHUNKD_[A-Z_]+\b", path.read_text()):
                 assert name in declared, f"{path}: {name} is not declared in daemon/config.py"
+
+
+def test_readme_lists_every_metric() -> None:
+    import metrics
+    names = {m._name for m in vars(metrics).values() if hasattr(m, "_documentation") and hasattr(m, "_name")}
+    documented = set(re.findall(r"^\| `(chunkd_[a-z_]+)` \|", README, flags=re.M))
+    assert documented == names
