@@ -51,3 +51,17 @@ async def test_steps_longer_than_the_grace_are_released_not_failed(
     rows = await conn.fetch("SELECT state, failures, attempt FROM chunkd_chunk WHERE instance_id = $1 AND step = 1", iid)
     assert rows and all(r["state"] == 2 and r["failures"] == 0 for r in rows)  # READY again, no failure counted
     assert await conn.fetchval("SELECT count(*) FROM test_ledger") == 0
+
+
+async def test_a_second_signal_exits_at_once(dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    await conn.execute(LEDGER)
+    submit(dsn, 20, work_ms=60_000)
+    d = spawn_daemon(CHUNKD_SHUTDOWN_GRACE_SECONDS="60")
+    await _until(conn, "SELECT count(*) FROM chunkd_chunk WHERE state = 3 AND step = 1", 1)
+    d.proc.send_signal(signal.SIGTERM)
+    await anyio.sleep(0.5)
+    started = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    code = d.proc.wait(10)
+    assert code != 0 and time.monotonic() - started < 3  # did not wait out the 60 s grace
