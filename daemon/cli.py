@@ -1,4 +1,5 @@
-"""`chunkd` command line."""
+"""`chunkd` command line. `run`, `migrate` and `demo` act locally; the rest talk to a
+running daemon through its HTTP API (CHUNKD_API_URL, CHUNKD_API_TOKEN)."""
 from __future__ import annotations
 
 import argparse
@@ -6,22 +7,24 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
 import asyncpg
 
 from actors.runtime import SupervisorGaveUp
-from storage.states import C, INSTANCE_TERMINAL
 
 from . import config as config_mod
+from .client import ApiCallError, ApiClient, ApiUnreachable
 from .config import Config, ConfigError
 from .embedded import EmbeddedPostgresError, start_embedded
 from .http import HttpBindError
 from .logs import configure
-from .registry import Registry, UnknownJobError, build_registry
+from .registry import Registry, build_registry
 from .sdk import JobDefinitionError
-from .submit import SubmitError
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
 
 class CliError(Exception):
@@ -39,29 +42,45 @@ def resolve_dsn(cfg: Config) -> str:
     return cfg.database_url or start_embedded(cfg.home)
 
 
-def load_registry(cfg: Config) -> Registry:
-    return build_registry(cfg.jobs)
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chunkd", description="Batch jobs in chained steps, work chunks in Postgres.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the daemon")
     sub.add_parser("migrate", help="apply database migrations and exit")
-    s = sub.add_parser("submit", help="submit a job instance")
-    s.add_argument("job")
-    s.add_argument("--params", default="{}", help="job parameters as JSON (default {})")
-    s.add_argument("--version", type=int, default=None, help="job version (default: the latest)")
-    s.add_argument("--idempotency-key", default=None)
-    s.add_argument("--wait", action="store_true", help="wait until the instance finishes; exit 1 unless COMPLETED")
-    s.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
-    st = sub.add_parser("status", help="show an instance")
-    st.add_argument("instance_id", type=int)
-    c = sub.add_parser("cancel", help="cancel an instance")
-    c.add_argument("instance_id", type=int)
-    sub.add_parser("jobs", help="list the job definitions this daemon would load")
-    d = sub.add_parser("demo", help="run the built-in demo job end to end")
+    d = sub.add_parser("demo", help="run the built-in demo job end to end (local, embedded Postgres by default)")
     d.add_argument("--chunks", type=int, default=20_000)
+
+    def remote(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help + " (via the API)")
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+    remote("jobs", "list job definitions")
+    ls = remote("instances", "list instances, newest first")
+    ls.add_argument("--job")
+    ls.add_argument("--status", action="append", default=[])
+    ls.add_argument("--start", type=int, default=0)
+    ls.add_argument("--count", type=int, default=50)
+    sh = remote("show", "show one instance")
+    sh.add_argument("instance_id", type=int)
+    s = remote("submit", "submit a job instance")
+    s.add_argument("job")
+    s.add_argument("--params", default="{}", help="parameters as JSON, or @file")
+    s.add_argument("--version", type=int, default=None)
+    s.add_argument("--idempotency-key", default=None)
+    s.add_argument("--wait", action="store_true", help="wait for the end; exit 1 unless COMPLETED")
+    s.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    for name, what in (("cancel", "cancel an instance"), ("restart", "restart a FAILED or CANCELLED instance")):
+        remote(name, what).add_argument("instance_id", type=int)
+    st = remote("stop", "force-stop an instance stuck after a crash")
+    st.add_argument("instance_id", type=int)
+    st.add_argument("--force", action="store_true", required=True)
+    ch = remote("chunks", "list an instance's chunks")
+    ch.add_argument("instance_id", type=int)
+    ch.add_argument("--step", type=int)
+    ch.add_argument("--status", action="append", default=[])
+    ch.add_argument("--data", action="store_true")
+    ch.add_argument("--start", type=int, default=0)
+    ch.add_argument("--count", type=int, default=100)
     return p
 
 
@@ -72,31 +91,49 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         _fail(str(e), 2)
     configure(cfg.log_level, cfg.log_format)
+    if args.command in _LOCAL:
+        raise SystemExit(_run_local(cfg, args))
+    client = ApiClient(cfg.api_url, cfg.api_token)
     try:
-        registry = load_registry(cfg)
+        code = _REMOTE[args.command](client, args)
+    except ApiCallError as e:
+        # input problems (bad parameters, unknown job or instance) exit 2; refusals 1
+        _fail(f"{e.message} (HTTP {e.status} {e.code})" + _detail(e.details),
+              2 if e.status in (400, 404, 413, 422) else 1)
+    except ApiUnreachable as e:
+        _fail(str(e), 1)
+    except CliError as e:
+        _fail(str(e), e.code)
+    raise SystemExit(code)
+
+
+def _detail(details: Any) -> str:
+    return f" at {details['path']}" if isinstance(details, dict) and details.get("path") else ""
+
+
+# ---------------------------------------------------------------- local commands
+def _run_local(cfg: Config, args: argparse.Namespace) -> int:
+    try:
+        registry = build_registry(cfg.jobs)
     except JobDefinitionError as e:
         _fail(f"invalid CHUNKD_JOBS: {e}", 2)
-    handler = _COMMANDS[args.command]
     try:
         try:
-            code = anyio.run(handler, cfg, registry, args)
+            return anyio.run(_LOCAL[args.command], cfg, registry, args)
         except BaseExceptionGroup as eg:
             raise _first_leaf(eg) from None
     except SupervisorGaveUp as e:
         _fail(str(e), 1)
-    except (SubmitError, UnknownJobError) as e:
-        _fail(f"error: {e}", 2)
+    except (ConfigError, HttpBindError) as e:
+        _fail(str(e), 2)
     except CliError as e:
         _fail(str(e), e.code)
-    except HttpBindError as e:
-        _fail(str(e), 2)
     except EmbeddedPostgresError as e:
         _fail(str(e), 1)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
         _fail(f"cannot use the database: {type(e).__name__}: {e}", 1)
     except KeyboardInterrupt:
-        code = 130
-    raise SystemExit(code)
+        return 130
 
 
 def _first_leaf(eg: BaseExceptionGroup) -> BaseException:
@@ -107,16 +144,6 @@ def _first_leaf(eg: BaseExceptionGroup) -> BaseException:
     return exc
 
 
-async def _with_store(cfg: Config, fn: Callable[..., Awaitable[int]]) -> int:
-    from daemon.node import open_store
-    dsn = resolve_dsn(cfg)
-    store = await open_store(cfg, dsn)
-    try:
-        return await fn(store, dsn)
-    finally:
-        await store.close()
-
-
 async def cmd_run(cfg: Config, registry: Registry, args: argparse.Namespace) -> int:
     from daemon.node import Node
     await Node(cfg, registry, resolve_dsn(cfg)).run()
@@ -124,65 +151,10 @@ async def cmd_run(cfg: Config, registry: Registry, args: argparse.Namespace) -> 
 
 
 async def cmd_migrate(cfg: Config, registry: Registry, args: argparse.Namespace) -> int:
-    async def go(store: Any, dsn: str) -> int:
-        print(json.dumps({"migrated": True}))
-        return 0
-    return await _with_store(cfg, go)
-
-
-async def cmd_submit(cfg: Config, registry: Registry, args: argparse.Namespace) -> int:
-    from channels.postgres import PostgresChannel
-    from .submit import submit, validate
-    validate(registry, args.job, args.params, args.version)  # before touching the database
-
-    async def go(store: Any, dsn: str) -> int:
-        channel = PostgresChannel(dsn, cfg.partitions)
-        try:
-            res = await submit(store, channel, registry, args.job, args.params, version=args.version,
-                               idempotency_key=args.idempotency_key)
-        finally:
-            await channel.close()
-        print(json.dumps({"instance_id": res.instance_id, "created": res.created,
-                          "job": res.job, "version": res.version}), flush=True)
-        if not args.wait:
-            return 0
-        row = await wait_for(store, res.instance_id, timeout=args.timeout, bar=sys.stderr.isatty())
-        print(json.dumps(instance_summary(row)), flush=True)
-        return 0 if row["status"] == "COMPLETED" else 1
-    return await _with_store(cfg, go)
-
-
-async def cmd_status(cfg: Config, registry: Registry, args: argparse.Namespace) -> int:
-    async def go(store: Any, dsn: str) -> int:
-        row = await store.get_instance(args.instance_id)
-        if row is None:
-            raise CliError(f"no instance {args.instance_id}", 1)
-        out = instance_summary(row)
-        out["chunks"] = [{"step": s, "state": C(st).name, "count": n}
-                         for s, st, n in await store.chunk_counts(args.instance_id)]
-        out["warnings"] = await store.warnings(args.instance_id)
-        print(json.dumps(out, indent=2))
-        return 0
-    return await _with_store(cfg, go)
-
-
-async def cmd_cancel(cfg: Config, registry: Registry, args: argparse.Namespace) -> int:
-    async def go(store: Any, dsn: str) -> int:
-        ok = await store.cancel_instance(args.instance_id)
-        row = await store.get_instance(args.instance_id)
-        if row is None:
-            raise CliError(f"no instance {args.instance_id}", 1)
-        print(json.dumps({"instance_id": args.instance_id, "cancelled": ok, "status": row["status"]}))
-        return 0 if ok else 1
-    return await _with_store(cfg, go)
-
-
-async def cmd_jobs(cfg: Config, registry: Registry, args: argparse.Namespace) -> int:
-    for job in registry.jobs():
-        print(json.dumps({"name": job.name, "version": job.version, "gated": job.gated,
-                          "steps": [{"name": s.name, "kind": s.kind.value,
-                                     "consumes": s.consumes.__name__ if s.consumes else None,
-                                     "emits": s.emits.__name__ if s.emits else None} for s in job.steps]}))
+    from daemon.node import open_store
+    store = await open_store(cfg, resolve_dsn(cfg))
+    await store.close()
+    print(json.dumps({"migrated": True}))
     return 0
 
 
@@ -191,13 +163,18 @@ async def cmd_demo(cfg: Config, registry: Registry, args: argparse.Namespace) ->
     return await run_demo(cfg, registry, resolve_dsn(cfg), args.chunks)
 
 
-def instance_summary(row: dict[str, Any]) -> dict[str, Any]:
-    keep = ("id", "job_name", "job_version", "status", "progress", "chunks_per_second", "eta_seconds",
-            "error_message", "error_count", "created_at", "started_at", "finished_at")
-    out = {k: (row[k].isoformat() if hasattr(row[k], "isoformat") else row[k]) for k in keep}
-    out["params"] = json.loads(row["params"])
-    out["report"] = json.loads(row["report"]) if row["report"] is not None else None
-    return out
+_LOCAL: dict[str, Callable[[Config, Registry, argparse.Namespace], Awaitable[int]]] = {
+    "run": cmd_run, "migrate": cmd_migrate, "demo": cmd_demo,
+}
+
+
+# ---------------------------------------------------------------- remote commands
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
 
 
 def progress_bar(fraction: float, width: int = 30) -> str:
@@ -205,25 +182,114 @@ def progress_bar(fraction: float, width: int = 30) -> str:
     return "[" + "#" * filled + "." * (width - filled) + f"] {fraction * 100:5.1f}%"
 
 
-async def wait_for(store: Any, instance_id: int, *, timeout: float | None, bar: bool) -> dict[str, Any]:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    terminal = {s.value for s in INSTANCE_TERMINAL}
-    while True:
-        row = await store.get_instance(instance_id)
-        if row is None:
-            raise CliError(f"no instance {instance_id}", 1)
-        if bar:
-            print(f"\r{progress_bar(row['progress'])} {row['status']:<11}", end="", file=sys.stderr, flush=True)
-        if row["status"] in terminal:
-            if bar:
-                print(file=sys.stderr)
-            return row
+def _show_instance(inst: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(inst, indent=2))
+        return
+    print(f"instance {inst['id']}  {inst['job']} v{inst['version']}  {inst['status']}  "
+          f"{progress_bar(inst['progress'])}")
+    if inst.get("chunks_per_second"):
+        eta = inst.get("eta_seconds")
+        print(f"rate {inst['chunks_per_second']:.1f} chunks/s" + (f", eta {eta:.0f}s" if eta else ""))
+    if inst.get("error_message"):
+        print(f"error ({inst['error_count']}): {inst['error_message']}")
+    if inst.get("steps"):
+        print(table([{**s, "states": " ".join(f"{k}={v}" for k, v in s["states"].items())} for s in inst["steps"]],
+                    ["index", "name", "created", "completed", "failed", "cancelled", "errors", "states"]))
+    if inst.get("report") is not None:
+        print("report: " + json.dumps(inst["report"]))
+    for w in inst.get("warnings") or []:
+        print(f"warning: {w}")
+
+
+def cmd_jobs(client: ApiClient, args: argparse.Namespace) -> int:
+    jobs = client.call("GET", "/api/v1/jobs")["jobs"]
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+    else:
+        print(table([{**j, "steps": " -> ".join(s["name"] for s in j["steps"])} for j in jobs],
+                    ["name", "version", "gated", "steps"]))
+    return 0
+
+
+def cmd_instances(client: ApiClient, args: argparse.Namespace) -> int:
+    page = client.call("GET", "/api/v1/instances", query={"job": args.job, "status": args.status,
+                                                          "start": args.start, "count": args.count})
+    if args.json:
+        print(json.dumps(page, indent=2))
+    else:
+        print(table(page["instances"], ["id", "job", "version", "status", "progress", "created_at", "error_message"]))
+        print(f"{page['count']} of {page['total']}")
+    return 0
+
+
+def cmd_show(client: ApiClient, args: argparse.Namespace) -> int:
+    _show_instance(client.call("GET", f"/api/v1/instances/{args.instance_id}"), args.json)
+    return 0
+
+
+def _params(raw: str) -> Any:
+    text = raw
+    if raw.startswith("@"):
+        try:
+            text = Path(raw[1:]).read_text()
+        except OSError as e:
+            raise CliError(f"cannot read parameters file {raw[1:]!r}: {e.strerror}") from None
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise CliError(f"--params is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise CliError("--params must be a JSON object")
+    return value
+
+
+def cmd_submit(client: ApiClient, args: argparse.Namespace) -> int:
+    body = {"job": args.job, "parameters": _params(args.params), "version": args.version,
+            "idempotency_key": args.idempotency_key}
+    inst = client.call("POST", "/api/v1/instances", body=body)
+    if not args.wait:
+        print(json.dumps({"instance_id": inst["id"], "status": inst["status"], "job": inst["job"],
+                          "version": inst["version"]}) if args.json else f"submitted instance {inst['id']}")
+        return 0
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    bar = sys.stderr.isatty()
+    while inst["status"] not in TERMINAL:
         if deadline is not None and time.monotonic() > deadline:
-            raise CliError(f"instance {instance_id} still {row['status']} after {timeout}s", 1)
-        await anyio.sleep(0.25)
+            raise CliError(f"instance {inst['id']} still {inst['status']} after {args.timeout}s", 1)
+        if bar:
+            print(f"\r{progress_bar(inst['progress'])} {inst['status']:<11}", end="", file=sys.stderr, flush=True)
+        time.sleep(0.25)
+        inst = client.call("GET", f"/api/v1/instances/{inst['id']}")
+    if bar:
+        print(f"\r{progress_bar(inst['progress'])} {inst['status']:<11}", file=sys.stderr)
+    _show_instance(inst, args.json)
+    return 0 if inst["status"] == "COMPLETED" else 1
 
 
-_COMMANDS: dict[str, Callable[[Config, Registry, argparse.Namespace], Awaitable[int]]] = {
-    "run": cmd_run, "migrate": cmd_migrate, "submit": cmd_submit, "status": cmd_status,
-    "cancel": cmd_cancel, "jobs": cmd_jobs, "demo": cmd_demo,
+def _post(action: str, query: dict[str, Any] | None = None) -> Callable[[ApiClient, argparse.Namespace], int]:
+    def run(client: ApiClient, args: argparse.Namespace) -> int:
+        inst = client.call("POST", f"/api/v1/instances/{args.instance_id}/{action}", query=query)
+        _show_instance(inst, args.json)
+        return 0
+    return run
+
+
+def cmd_chunks(client: ApiClient, args: argparse.Namespace) -> int:
+    page = client.call("GET", f"/api/v1/instances/{args.instance_id}/chunks", query={
+        "step": args.step, "status": args.status, "data": "true" if args.data else None,
+        "start": args.start, "count": args.count})
+    if args.json:
+        print(json.dumps(page, indent=2))
+    else:
+        cols = ["id", "step_name", "status", "attempt", "failures", "error_message"] + (["data"] if args.data else [])
+        print(table(page["chunks"], cols))
+        print(f"{page['count']} of {page['total']}")
+    return 0
+
+
+_REMOTE: dict[str, Callable[[ApiClient, argparse.Namespace], int]] = {
+    "jobs": cmd_jobs, "instances": cmd_instances, "show": cmd_show, "submit": cmd_submit,
+    "cancel": _post("cancel"), "stop": _post("stop", {"force": "true"}), "restart": _post("restart"),
+    "chunks": cmd_chunks,
 }

@@ -76,6 +76,22 @@ def _addr(raw: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
+def _bool(raw: str) -> bool:
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _url(raw: str) -> str:
+    v = raw.strip().rstrip("/")
+    if not v.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return v
+
+
 def _modules(raw: str) -> tuple[str, ...]:
     parts = tuple(p.strip() for p in raw.split(",") if p.strip())
     for p in parts:
@@ -116,6 +132,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     log_format: str
     pool_size: int
     http_addr: tuple[str, int] | None
+    api_tokens: str
+    api_tokens_file: str
+    api_insecure: bool
+    api_url: str
+    api_token: str
 
 
 class Var(msgspec.Struct, frozen=True):
@@ -164,6 +185,15 @@ VARIABLES: tuple[Var, ...] = (
         _choice("json", "console")),
     Var("CHUNKD_HTTP_ADDR", "http_addr", "127.0.0.1:8080",
         "Where the HTTP server (/metrics, /healthz, /readyz) listens; off disables it.", _addr),
+    Var("CHUNKD_API_TOKENS", "api_tokens", "",
+        "API bearer tokens as scope:token pairs, comma-separated (scopes: view, manage). "
+        "Prefer CHUNKD_API_TOKENS_FILE for secrets.", _text),
+    Var("CHUNKD_API_TOKENS_FILE", "api_tokens_file", "",
+        "File with one scope:token per line (# comments). Without any token the API serves only loopback.", _text),
+    Var("CHUNKD_API_INSECURE", "api_insecure", "false",
+        "true: allow serving the API on a non-loopback address without tokens.", _bool),
+    Var("CHUNKD_API_URL", "api_url", "http://127.0.0.1:8080", "Where the CLI reaches the daemon's API.", _url),
+    Var("CHUNKD_API_TOKEN", "api_token", "", "The bearer token the CLI sends.", _text),
     Var("CHUNKD_POOL_SIZE", "pool_size", "0",
         "Postgres connections in this daemon's pool; 0 means partitions + 4.", _int(0, 1000)),
 )

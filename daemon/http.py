@@ -1,50 +1,74 @@
-"""The daemon's HTTP server (Starlette on uvicorn): /metrics, /healthz, /readyz."""
+"""The daemon's HTTP server (Starlette on uvicorn): /metrics, /healthz, /readyz, the API."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import socket
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
-import msgspec
+import structlog
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .api import ApiError, _json, error_response, ok, routes
+from .api_models import Health
+from .auth import Scope
+from .openapi import document
+
 if TYPE_CHECKING:
     from .node import Node
 
-_json = msgspec.json.Encoder()
+log = structlog.get_logger("chunkd.http")
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(_json.encode(body), status_code=status, media_type="application/json")
+def build_app(node: "Node", tokens: dict[str, Scope] | None = None) -> Starlette:
+    tokens = tokens or {}
+    openapi = _json.encode(document(secured=bool(tokens)))
 
-
-def build_app(node: "Node") -> Starlette:
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(_: Request) -> Response:
         problems = node.liveness_problems()
-        return json_response({"status": "fail" if problems else "ok", "problems": problems},
-                             503 if problems else 200)
+        return ok(Health("fail" if problems else "ok", problems), 503 if problems else 200)
 
     async def readyz(_: Request) -> Response:
         problems = await node.readiness_problems()
-        return json_response({"status": "fail" if problems else "ok", "problems": problems},
-                             503 if problems else 200)
+        return ok(Health("fail" if problems else "ok", problems), 503 if problems else 200)
 
-    return Starlette(routes=[
-        Route("/metrics", metrics),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-    ])
+    async def openapi_json(_: Request) -> Response:
+        return Response(openapi, media_type="application/json")
+
+    async def on_api_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    async def on_http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
+
+    async def on_crash(_: Request, exc: Exception) -> Response:
+        log.error("API handler failed", error=repr(exc), exc_info=exc)
+        return error_response(ApiError(500, "internal", "internal error; see the daemon log"))
+
+    return Starlette(
+        routes=[
+            Route("/metrics", metrics),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/api/v1/openapi.json", openapi_json),
+            *routes(node, tokens),
+        ],
+        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash},
+    )
 
 
 class _Server(uvicorn.Server):

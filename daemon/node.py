@@ -22,6 +22,7 @@ from metrics import CHUNKS_RELEASED, MAILBOX_DEPTH, PARTITIONS_ASSIGNED, POOL_IN
 from storage.store import Store
 from storage.types import ClaimedChunk
 
+from .auth import check_exposure, load_tokens
 from .config import Config
 from .http import bind, build_app, serve
 from .registry import Registry
@@ -93,6 +94,8 @@ class Node:
 
     async def run(self, *, handle_signals: bool = True) -> None:
         cfg = self.cfg
+        self.tokens = load_tokens(cfg)
+        check_exposure(cfg, self.tokens)
         sock = None
         if cfg.http_addr is not None:
             sock = bind(*cfg.http_addr)  # before anything else: a taken port is a start-up error
@@ -144,7 +147,7 @@ class Node:
             log.info("daemon stopped")
 
     def _http_runner(self, sock: socket.socket) -> Callable[[], Awaitable[None]]:
-        app = build_app(self)
+        app = build_app(self, self.tokens)
         first = [sock]
 
         async def run() -> None:

@@ -1,6 +1,8 @@
 """Submitting a job: validate everything first, then one transaction, then the hint."""
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from channels.base import Channel
@@ -15,16 +17,27 @@ class SubmitError(ValueError):
     """Bad job name, version or parameters: nothing was written."""
 
 
+class UnknownJob(SubmitError):
+    pass
+
+
+class BadParameters(SubmitError):
+    def __init__(self, message: str, path: str | None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 def validate(registry: Registry, job_name: str, params_json: str | bytes, version: int | None = None) -> tuple[Job, str]:
     """Returns the job and the canonical parameters JSON (defaults filled in)."""
     try:
         job = registry.get(job_name, version)
     except LookupError as e:
-        raise SubmitError(str(e.args[0] if e.args else e)) from None
+        raise UnknownJob(str(e.args[0] if e.args else e)) from None
     try:
         params = job.decode_params(params_json)
     except DataError as e:
-        raise SubmitError(f"job {job.name!r}: {e}") from None
+        m = re.search(r"- at `([^`]+)`", str(e))
+        raise BadParameters(f"job {job.name!r}: {e}", m.group(1) if m else None) from None
     return job, to_json(params)
 
 

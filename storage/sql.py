@@ -5,7 +5,7 @@ of legal moves is the only place a transition is defined.
 """
 from __future__ import annotations
 
-from .states import C, I, chunk_allowed_from, instance_allowed_from
+from .states import RESTARTABLE, C, I, chunk_allowed_from, instance_allowed_from
 
 
 def _in(values: list[int] | list[str]) -> str:
@@ -120,7 +120,7 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE chunkd_chunk k
-   SET state = {int(C.IN_PROGRESS)}, attempt = k.attempt + 1,
+   SET state = {int(C.IN_PROGRESS)}, attempt = k.attempt + 1, claimed_at = now(),
        lease_owner = $3, lease_until = now() + make_interval(secs => $4)
   FROM picked
  WHERE k.id = picked.id AND k.state IN ({_in(chunk_allowed_from(C.IN_PROGRESS))})
@@ -224,6 +224,52 @@ INSTANCE_COUNT_BY_STATUS = "SELECT status, count(*) FROM chunkd_instance GROUP B
 
 CHUNK_COUNT_BY_STATE = """
 SELECT step, state, count(*) AS n FROM chunkd_chunk WHERE instance_id = $1 GROUP BY step, state ORDER BY step, state"""
+
+# ---------------------------------------------------------------- control plane
+INSTANCE_LIST_WHERE = """
+WHERE ($1::text IS NULL OR job_name = $1)
+  AND (cardinality($2::text[]) = 0 OR status = ANY($2::text[]))
+  AND ($3::timestamptz IS NULL OR created_at >= $3)
+  AND ($4::timestamptz IS NULL OR created_at < $4)"""
+INSTANCE_LIST = f"""
+SELECT * FROM chunkd_instance {INSTANCE_LIST_WHERE}
+ORDER BY created_at DESC, id DESC OFFSET $5 LIMIT $6"""
+INSTANCE_LIST_COUNT = f"SELECT count(*) FROM chunkd_instance {INSTANCE_LIST_WHERE}"
+
+CHUNK_LIST_WHERE = """
+WHERE instance_id = $1 AND ($2::smallint IS NULL OR step = $2)
+  AND (cardinality($3::smallint[]) = 0 OR state = ANY($3::smallint[]))"""
+CHUNK_LIST = f"""
+SELECT id, step, state, attempt, failures, max_attempts, lease_until, next_run_at, created_at, claimed_at, completed_at,
+       error_message, CASE WHEN $4 THEN data END AS data
+FROM chunkd_chunk {CHUNK_LIST_WHERE}
+ORDER BY id OFFSET $5 LIMIT $6"""
+CHUNK_LIST_COUNT = f"SELECT count(*) FROM chunkd_chunk {CHUNK_LIST_WHERE}"
+
+INSTANCE_RESTART = f"""
+UPDATE chunkd_instance
+   SET status = '{I.IN_PROGRESS.value}', finished_at = NULL, error_message = NULL, eta_seconds = NULL,
+       updated_at = now()
+ WHERE id = $1 AND status IN ({_in(sorted(s.value for s in RESTARTABLE if s.value in instance_allowed_from(I.IN_PROGRESS)))})
+RETURNING current_step, gated"""
+# Chunks that did not complete run again; completed ones never do. Those behind a gate
+# (later steps of a gated job, the reduction's input) wait again.
+CHUNK_RESTART = f"""
+WITH old AS (
+    SELECT id, state AS was FROM chunkd_chunk
+    WHERE instance_id = $1 AND state IN ({int(C.FAILED)}, {int(C.CANCELLED)}) FOR UPDATE
+)
+UPDATE chunkd_chunk k
+   SET state = CASE WHEN k.step > $2 OR k.step = $3 THEN {int(C.GATE_WAITING)} ELSE {int(C.READY)} END,
+       failures = 0, error_message = NULL, next_run_at = NULL, lease_owner = NULL, lease_until = NULL
+  FROM old WHERE k.id = old.id
+RETURNING k.step, old.was, k.state, k.partition"""
+# Force-stop: like cancel, and the chunks still running are cancelled too, so their
+# results are refused (for an instance stuck after a crash).
+CHUNK_CANCEL_ALL = f"""
+UPDATE chunkd_chunk SET state = {int(C.CANCELLED)}, lease_owner = NULL, lease_until = NULL
+WHERE instance_id = $1 AND state IN ({_in(chunk_allowed_from(C.CANCELLED))})
+RETURNING step"""
 
 # ---------------------------------------------------------------- counters
 COUNTERS_ADD = """

@@ -51,6 +51,11 @@ CHUNK_MOVES: dict[tuple[ChunkState, ChunkState], str] = {
     (C.POLL_WAITING, C.CANCELLED): "instance cancelled or failed",
     (C.ERRORED, C.READY): "retry backoff passed",
     (C.ERRORED, C.CANCELLED): "instance cancelled or failed",
+    # operator restart of a FAILED/CANCELLED instance: only what did not complete runs again
+    (C.FAILED, C.READY): "instance restarted",
+    (C.FAILED, C.GATE_WAITING): "instance restarted (behind a gate)",
+    (C.CANCELLED, C.READY): "instance restarted",
+    (C.CANCELLED, C.GATE_WAITING): "instance restarted (behind a gate)",
 }
 
 INSTANCE_MOVES: dict[tuple[InstanceState, InstanceState], str] = {
@@ -71,10 +76,13 @@ INSTANCE_MOVES: dict[tuple[InstanceState, InstanceState], str] = {
     (I.FINALIZE, I.COMPLETED): "reduction wrote the report",
     (I.FINALIZE, I.FAILED): "reduction raised",
     (I.FINALIZE, I.CANCELLED): "cancelled while stuck in FINALIZE",
+    (I.FAILED, I.IN_PROGRESS): "restarted by an operator",
+    (I.CANCELLED, I.IN_PROGRESS): "restarted by an operator",
 }
 
-CHUNK_TERMINAL = frozenset({C.FAILED, C.COMPLETED, C.CANCELLED})
+CHUNK_TERMINAL = frozenset({C.FAILED, C.COMPLETED, C.CANCELLED})   # left only by an operator restart
 INSTANCE_TERMINAL = frozenset({I.COMPLETED, I.FAILED, I.CANCELLED})
+RESTARTABLE = frozenset({I.FAILED, I.CANCELLED})
 INSTANCE_ACTIVE = frozenset({I.QUEUED, I.IN_PROGRESS, I.ERRORED})
 
 

@@ -113,15 +113,18 @@ class Store:
             return {r[0] for r in await conn.fetch(sql.CHUNK_OPEN_GATE, instance_id, to_step)}
 
     async def finish_instance(self, instance_id: int, to: I, *, report_json: str | None = None,
-                              error: str | None = None, conn: asyncpg.Connection | None = None) -> bool:
-        """COMPLETED / FAILED / CANCELLED, guarded; pending chunks are cancelled in the same transaction."""
+                              error: str | None = None, conn: asyncpg.Connection | None = None,
+                              running_too: bool = False) -> bool:
+        """COMPLETED / FAILED / CANCELLED, guarded; pending chunks (with `running_too`, also
+        the running ones, whose results will then be refused) are cancelled in the same transaction."""
         async def run(c: asyncpg.Connection) -> bool:
             ok = await c.fetchval(sql.INSTANCE_FINISH, instance_id, to.value, instance_allowed_from(to),
                                   report_json, error)
             if ok is None:
                 return False
             if to is not I.COMPLETED:
-                steps = Counter(r[0] for r in await c.fetch(sql.CHUNK_CANCEL_PENDING, instance_id))
+                stmt = sql.CHUNK_CANCEL_ALL if running_too else sql.CHUNK_CANCEL_PENDING
+                steps = Counter(r[0] for r in await c.fetch(stmt, instance_id))
                 delta = CounterDelta()
                 for step, n in steps.items():
                     delta.add(instance_id, step, CANCELLED, n)
@@ -135,6 +138,43 @@ class Store:
 
     async def cancel_instance(self, instance_id: int) -> bool:
         return await self.finish_instance(instance_id, I.CANCELLED, error="cancelled by request")
+
+    async def force_stop_instance(self, instance_id: int) -> bool:
+        return await self.finish_instance(instance_id, I.CANCELLED, running_too=True,
+                                          error="force-stopped by request")
+
+    async def restart_instance(self, instance_id: int, reduction_step: int | None) -> set[int] | None:
+        """FAILED/CANCELLED -> IN_PROGRESS; every chunk that did not complete runs again.
+        Returns the partitions to notify, or None if the instance is not restartable."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(sql.INSTANCE_RESTART, instance_id)
+            if row is None:
+                return None
+            current, gated = row
+            rows = await conn.fetch(sql.CHUNK_RESTART, instance_id, current if gated else 32767,
+                                    -1 if reduction_step is None else reduction_step)
+            delta = CounterDelta()
+            parts: set[int] = set()
+            for step, was, now, part in rows:
+                delta.add(instance_id, step, FAILED if was == C.FAILED else CANCELLED, -1)
+                if now == C.READY:
+                    parts.add(part)
+            if delta:
+                await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
+            return parts
+
+    async def list_instances(self, job: str | None, statuses: list[str], after: Any, before: Any,
+                             start: int, count: int) -> tuple[int, list[dict[str, Any]]]:
+        args = (job, statuses, after, before)
+        total = await self.pool.fetchval(sql.INSTANCE_LIST_COUNT, *args)
+        rows = await self.pool.fetch(sql.INSTANCE_LIST, *args, start, count)
+        return total, [dict(r) for r in rows]
+
+    async def list_chunks(self, instance_id: int, step: int | None, states: list[int], with_data: bool,
+                          start: int, count: int) -> tuple[int, list[dict[str, Any]]]:
+        total = await self.pool.fetchval(sql.CHUNK_LIST_COUNT, instance_id, step, states)
+        rows = await self.pool.fetch(sql.CHUNK_LIST, instance_id, step, states, with_data, start, count)
+        return total, [dict(r) for r in rows]
 
     async def instances_by_status(self) -> dict[str, int]:
         return {r[0]: r[1] for r in await self.pool.fetch(sql.INSTANCE_COUNT_BY_STATUS)}

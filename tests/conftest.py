@@ -170,3 +170,62 @@ async def wait_status(conn: asyncpg.Connection, instance_id: int, statuses: set[
         if time.monotonic() > deadline:
             raise AssertionError(f"instance {instance_id} is {status}, expected one of {statuses} within {timeout}s")
         await asyncio.sleep(0.1)
+
+
+async def submit_direct(dsn: str, job: str, params: dict[str, object], **kw: object) -> int:
+    """Submit without a daemon's API (the store and registry, as the API itself does)."""
+    import json
+
+    from daemon.registry import build_registry
+    from daemon.submit import submit
+    from storage.store import Store
+    store = await Store.open(dsn, partitions=4, min_size=1, max_size=2)
+    try:
+        res = await submit(store, None, build_registry(["tests.testjobs"]), job, json.dumps(params), **kw)  # type: ignore[arg-type]
+    finally:
+        await store.close()
+    return res.instance_id
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ApiDaemon:
+    def __init__(self, daemon: Daemon, port: int, tokens: str) -> None:
+        self.daemon = daemon
+        self.url = f"http://127.0.0.1:{port}"
+        self.tokens = tokens
+
+    def cli_env(self, token: str = "", **extra: str) -> dict[str, str]:
+        return daemon_env(self.daemon.dsn, CHUNKD_API_URL=self.url, CHUNKD_API_TOKEN=token, **extra)
+
+
+def wait_ready(url: str, timeout: float = 30) -> None:
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} never became ready")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def api_daemon(spawn_daemon):  # type: ignore[no-untyped-def]
+    """A daemon subprocess serving the API on a free loopback port; tokens optional."""
+    def start(tokens: str = "", **env: str) -> ApiDaemon:
+        port = free_port()
+        d = spawn_daemon(CHUNKD_HTTP_ADDR=f"127.0.0.1:{port}", CHUNKD_API_TOKENS=tokens, **env)
+        api = ApiDaemon(d, port, tokens)
+        wait_ready(api.url)
+        return api
+    return start

@@ -238,3 +238,44 @@ def _versioned(version: int) -> Job:
 
 versioned1 = _versioned(1)
 versioned2 = _versioned(2)
+
+
+# ------------------------------------------------------------ fixable: fails until a table says it is fixed
+class FixParams(msgspec.Struct):
+    chunks: int = 50
+    bad_every: int = 7
+
+
+fixable = Job("test.fixable", params=FixParams)
+
+
+@fixable.first_step(emits=Item)
+async def x_plan(params: FixParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+@fixable.step(consumes=Item, emits=Item, max_attempts=1, transactional=True)
+async def x_work(params: FixParams, chunk: Item, ctx: Context, sink: Sink[Item]) -> None:
+    import asyncpg
+    conn = await asyncpg.connect(os.environ["CHUNKD_DATABASE_URL"])
+    try:
+        fixed = await conn.fetchval("SELECT fixed FROM test_fix")
+        ok = fixed or chunk.n % params.bad_every != 3
+        await conn.execute("INSERT INTO test_runs (n, ok) VALUES ($1, $2)", chunk.n, ok)
+    finally:
+        await conn.close()
+    if not ok:
+        raise RuntimeError(f"item {chunk.n} is broken until test_fix.fixed")
+    ctx.tx.execute("INSERT INTO test_ledger (chunk_id, attempt, n, pid) VALUES ($1, $2, $3, $4)",
+                   ctx.chunk_id, ctx.attempt, chunk.n, os.getpid())
+    sink.emit(chunk)
+
+
+@fixable.reduce(consumes=Item)
+async def x_sum(params: FixParams, chunks: AsyncIterator[Item], ctx: Context) -> Sum:
+    count = total = 0
+    async for c in chunks:
+        count += 1
+        total += c.n
+    return Sum(count, total)

@@ -9,7 +9,7 @@ import anyio
 import asyncpg
 import pytest
 
-from tests.conftest import daemon_env, run_cli, wait_status
+from tests.conftest import submit_direct, wait_status
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 
@@ -17,11 +17,8 @@ LEDGER = "CREATE TABLE test_ledger (chunk_id bigint NOT NULL, attempt int NOT NU
 FAST_LEASES = {"CHUNKD_LEASE_SECONDS": "2", "CHUNKD_HEARTBEAT_SECONDS": "0.5"}
 
 
-def submit(dsn: str, chunks: int, work_ms: float) -> int:
-    res = run_cli("submit", "test.ledger", "--params", json.dumps({"chunks": chunks, "work_ms": work_ms}),
-                  env=daemon_env(dsn))
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)["instance_id"]
+async def submit(dsn: str, chunks: int, work_ms: float) -> int:
+    return await submit_direct(dsn, "test.ledger", {"chunks": chunks, "work_ms": work_ms})
 
 
 async def check_exactly_once(conn: asyncpg.Connection, iid: int, n: int) -> None:
@@ -41,7 +38,7 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
     n = 20_000
     await conn.execute(LEDGER)
-    iid = submit(dsn, n, work_ms=1)
+    iid = await submit(dsn, n, work_ms=1)
     daemon = spawn_daemon(**FAST_LEASES)
     rng = random.Random()
     kills = 0
@@ -68,7 +65,7 @@ async def test_two_daemons_share_the_work_without_double_writes(
     await conn.execute(LEDGER)
     a = spawn_daemon(CHUNKD_NODE_ID="a")
     b = spawn_daemon(CHUNKD_NODE_ID="b")
-    iid = submit(dsn, n, work_ms=2)
+    iid = await submit(dsn, n, work_ms=2)
     await wait_status(conn, iid, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=240)
     await check_exactly_once(conn, iid, n)
     per_pid = await conn.fetch("SELECT pid, count(*) FROM test_ledger GROUP BY pid")
@@ -80,7 +77,7 @@ async def test_database_connections_killed_mid_job_twice(
         pg_server: str, dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
     n = 10_000
     await conn.execute(LEDGER)
-    iid = submit(dsn, n, work_ms=1)
+    iid = await submit(dsn, n, work_ms=1)
     daemon = spawn_daemon()
     db = dsn.rsplit("/", 1)[1]
     admin = await asyncpg.connect(pg_server)

@@ -25,7 +25,7 @@ async def test_sigterm_finishes_in_flight_work_and_exits_zero(
         dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
     n = 20_000
     await conn.execute(LEDGER)
-    iid = submit(dsn, n, work_ms=20)
+    iid = await submit(dsn, n, work_ms=20)
     d = spawn_daemon(CHUNKD_SHUTDOWN_GRACE_SECONDS="10")
     await _until(conn, "SELECT count(*) FROM test_ledger", 2000)
     started = time.monotonic()
@@ -42,7 +42,7 @@ async def test_sigterm_finishes_in_flight_work_and_exits_zero(
 async def test_steps_longer_than_the_grace_are_released_not_failed(
         dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
     await conn.execute(LEDGER)
-    iid = submit(dsn, 50, work_ms=60_000)
+    iid = await submit(dsn, 50, work_ms=60_000)
     d = spawn_daemon(CHUNKD_SHUTDOWN_GRACE_SECONDS="1")
     await _until(conn, "SELECT count(*) FROM chunkd_chunk WHERE state = 3 AND step = 1", 1)
     started = time.monotonic()
@@ -56,7 +56,7 @@ async def test_steps_longer_than_the_grace_are_released_not_failed(
 async def test_a_second_signal_exits_at_once(dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
     import signal
     await conn.execute(LEDGER)
-    submit(dsn, 20, work_ms=60_000)
+    await submit(dsn, 20, work_ms=60_000)
     d = spawn_daemon(CHUNKD_SHUTDOWN_GRACE_SECONDS="60")
     await _until(conn, "SELECT count(*) FROM chunkd_chunk WHERE state = 3 AND step = 1", 1)
     d.proc.send_signal(signal.SIGTERM)

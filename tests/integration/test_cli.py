@@ -1,4 +1,4 @@
-"""The command line against a real database: clear one-line errors, nothing half-written."""
+"""The command line against a real daemon and database: clear one-line errors, nothing half-written."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.conftest import daemon_env, run_cli
+from tests.conftest import daemon_env, run_cli, wait_status
 
 pytestmark = pytest.mark.anyio
 
@@ -20,20 +20,20 @@ async def _db_state(conn: asyncpg.Connection) -> tuple[int, int]:
 @pytest.mark.parametrize("env,args,fragment", [
     ({"CHUNKD_PARTITIONS": "many"}, ["submit", "chunkd.synthetic", "--params", '{"chunks": 3}'],
      "invalid CHUNKD_PARTITIONS='many': expected an integer from 1 to 1024"),
-    ({"CHUNKD_LEASE_SECONDS": "0"}, ["run"], "invalid CHUNKD_LEASE_SECONDS='0'"),
-    ({"CHUNKD_JOBS": "no_such_module_xyz"}, ["run"], "cannot import job module 'no_such_module_xyz'"),
     ({}, ["submit", "chunkd.synthetic", "--params", '{"chunks": "lots"}'],
      "parameters do not match SyntheticParams: Expected `int`, got `str` - at `$.chunks`"),
     ({}, ["submit", "chunkd.synthetic", "--params", '{"chunks": 3, "bogus": 1}'], "unknown field `bogus`"),
     ({}, ["submit", "chunkd.synthetic", "--params", '{"chunks": -1}'], "chunks must be between 0 and 10000000"),
-    ({}, ["submit", "chunkd.synthetic", "--params", "{not json"], "parameters do not match"),
+    ({}, ["submit", "chunkd.synthetic", "--params", "{not json"], "--params is not valid JSON"),
     ({}, ["submit", "acme.nope", "--params", "{}"], "unknown job 'acme.nope'"),
     ({}, ["submit", "chunkd.synthetic", "--version", "7"], "unknown job 'chunkd.synthetic' version 7"),
+    ({}, ["show", "999999"], "no instance 999999 (HTTP 404 not_found)"),
 ])
 async def test_bad_input_is_one_clear_line_and_changes_nothing(
-        dsn: str, conn: asyncpg.Connection, env: dict[str, str], args: list[str], fragment: str) -> None:
+        conn: asyncpg.Connection, api_daemon, env: dict[str, str], args: list[str], fragment: str) -> None:  # type: ignore[no-untyped-def]
+    api = api_daemon()
     before = await _db_state(conn)
-    res = run_cli(*args, env=daemon_env(dsn, **env))
+    res = run_cli(*args, env=api.cli_env(**env))
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
@@ -42,25 +42,65 @@ async def test_bad_input_is_one_clear_line_and_changes_nothing(
     assert await _db_state(conn) == before
 
 
-async def test_submit_status_cancel(dsn: str, conn: asyncpg.Connection) -> None:
-    env = daemon_env(dsn)
-    res = run_cli("submit", "chunkd.synthetic", "--params", '{"chunks": 10}', "--idempotency-key", "k1", env=env)
+@pytest.mark.parametrize("env,fragment", [
+    ({"CHUNKD_LEASE_SECONDS": "0"}, "invalid CHUNKD_LEASE_SECONDS='0'"),
+    ({"CHUNKD_JOBS": "no_such_module_xyz"}, "cannot import job module 'no_such_module_xyz'"),
+    ({"CHUNKD_HTTP_ADDR": "0.0.0.0:0"}, "refusing to serve the API on a non-loopback address without tokens"),
+    ({"CHUNKD_API_TOKENS": "admin:s3cr3t-token"}, "invalid CHUNKD_API_TOKENS"),
+    ({"CHUNKD_API_TOKENS_FILE": "/nonexistent/tokens"}, "invalid CHUNKD_API_TOKENS_FILE='/nonexistent/tokens': cannot read it"),
+])
+async def test_bad_daemon_configuration_exits_2_before_touching_the_database(
+        dsn: str, conn: asyncpg.Connection, env: dict[str, str], fragment: str) -> None:
+    before = await _db_state(conn)
+    res = run_cli("run", env=daemon_env(dsn, **env), timeout=30)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], res.stderr
+    assert "s3cr3t" not in res.stderr  # a token never appears in output
+    assert await _db_state(conn) == before
+
+
+async def test_submit_wait_show_instances_chunks_cancel(conn: asyncpg.Connection, api_daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    api = api_daemon()
+    env = api.cli_env()
+    params = tmp_path / "p.json"
+    params.write_text('{"chunks": 25}')
+    res = run_cli("submit", "chunkd.synthetic", "--params", f"@{params}", "--wait", "--json", env=env)
     assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout)
-    again = json.loads(run_cli("submit", "chunkd.synthetic", "--params", '{"chunks": 10}',
-                               "--idempotency-key", "k1", env=env).stdout)
-    assert again == {**out, "created": False}
-    status = json.loads(run_cli("status", str(out["instance_id"]), env=env).stdout)
-    assert status["status"] == "QUEUED" and status["params"]["chunks"] == 10
-    assert status["chunks"] == [{"step": 0, "state": "READY", "count": 1}]
-    cancelled = json.loads(run_cli("cancel", str(out["instance_id"]), env=env).stdout)
-    assert cancelled["cancelled"] is True and cancelled["status"] == "CANCELLED"
-    assert await conn.fetchval("SELECT state FROM chunkd_chunk") == 8
+    inst = json.loads(res.stdout)
+    assert inst["status"] == "COMPLETED" and inst["report"] == {"chunks": 25, "outputs": 25, "total": 25}
+    shown = run_cli("show", str(inst["id"]), env=env)
+    assert shown.returncode == 0 and "COMPLETED" in shown.stdout and "summarize" in shown.stdout
+    listed = json.loads(run_cli("instances", "--status", "COMPLETED", "--json", env=env).stdout)
+    assert listed["total"] == 1 and listed["instances"][0]["id"] == inst["id"]
+    chunks = json.loads(run_cli("chunks", str(inst["id"]), "--step", "1", "--data", "--json", env=env).stdout)
+    assert chunks["total"] == 25 and all(c["status"] == "COMPLETED" for c in chunks["chunks"])
+    table = run_cli("jobs", env=env).stdout
+    assert "chunkd.synthetic" in table and "plan -> work -> summarize" in table
+
+    slow = json.loads(run_cli("submit", "chunkd.synthetic", "--params", '{"chunks": 5000, "work_ms": 50}',
+                              "--json", env=env).stdout)
+    cancelled = run_cli("cancel", str(slow["instance_id"]), "--json", env=env)
+    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["status"] == "CANCELLED"
+    again = run_cli("cancel", str(slow["instance_id"]), env=env)
+    assert again.returncode == 1 and "it is CANCELLED (HTTP 409 illegal_state)" in again.stderr
+    restarted = run_cli("restart", str(slow["instance_id"]), "--json", env=env)
+    assert restarted.returncode == 0 and json.loads(restarted.stdout)["status"] == "IN_PROGRESS"
+    stopped = run_cli("stop", str(slow["instance_id"]), "--force", "--json", env=env)
+    assert stopped.returncode == 0 and json.loads(stopped.stdout)["status"] == "CANCELLED"
+    await wait_status(conn, slow["instance_id"], {"CANCELLED"}, 5)
 
 
-async def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
-    env = daemon_env("postgresql://postgres@127.0.0.1:1/nowhere")
+async def test_unreachable_api_is_a_clear_error() -> None:
+    env = daemon_env("postgresql://postgres@127.0.0.1:1/nowhere", CHUNKD_API_URL="http://127.0.0.1:1")
     res = run_cli("submit", "chunkd.synthetic", "--params", '{"chunks": 1}', env=env)
+    assert res.returncode == 1
+    assert res.stderr.startswith("chunkd: cannot reach the chunkd API at http://127.0.0.1:1")
+    assert "Traceback" not in res.stderr
+
+
+async def test_unreachable_database_is_a_clear_error() -> None:
+    res = run_cli("migrate", env=daemon_env("postgresql://postgres@127.0.0.1:1/nowhere"))
     assert res.returncode == 1
     assert res.stderr.startswith("chunkd: cannot use the database") and "Traceback" not in res.stderr
 

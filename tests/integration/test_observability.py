@@ -52,7 +52,8 @@ async def test_metrics_health_and_json_logs(dsn: str, conn: asyncpg.Connection, 
             pass
         await anyio.sleep(0.1)
     n = 500
-    res = run_cli("submit", "chunkd.synthetic", "--params", json.dumps({"chunks": n, "fanout": 1}), env=daemon_env(dsn))
+    res = run_cli("submit", "chunkd.synthetic", "--params", json.dumps({"chunks": n, "fanout": 1}), "--json",
+                  env=daemon_env(dsn, CHUNKD_API_URL=base))
     iid = json.loads(res.stdout)["instance_id"]
     assert await wait_status(conn, iid, {"COMPLETED", "FAILED"}, 60) == "COMPLETED"
 

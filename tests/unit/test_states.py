@@ -13,6 +13,7 @@ LEGAL_CHUNK = {
     (C.IN_PROGRESS, C.POLL_WAITING), (C.IN_PROGRESS, C.READY), (C.IN_PROGRESS, C.CANCELLED),
     (C.POLL_WAITING, C.READY), (C.POLL_WAITING, C.CANCELLED),
     (C.ERRORED, C.READY), (C.ERRORED, C.CANCELLED),
+    (C.FAILED, C.READY), (C.FAILED, C.GATE_WAITING), (C.CANCELLED, C.READY), (C.CANCELLED, C.GATE_WAITING),
 }
 
 
@@ -22,11 +23,13 @@ def test_every_chunk_pair_is_decided_by_the_table(a: C, b: C) -> None:
     assert (int(a) in chunk_allowed_from(b)) == ((a, b) in LEGAL_CHUNK)
 
 
-def test_terminal_states_have_no_way_out() -> None:
-    for (a, _b) in CHUNK_MOVES:
-        assert a not in CHUNK_TERMINAL
-    for (a, _b) in INSTANCE_MOVES:
-        assert a not in INSTANCE_TERMINAL
+def test_terminal_states_are_left_only_by_a_restart() -> None:
+    for (a, b), why in CHUNK_MOVES.items():
+        assert a not in CHUNK_TERMINAL or "restarted" in why
+        assert a is not C.COMPLETED  # completed work is never redone
+    for (a, b), why in INSTANCE_MOVES.items():
+        assert a not in INSTANCE_TERMINAL or (b is I.IN_PROGRESS and "restarted" in why)
+        assert a is not I.COMPLETED
 
 
 @pytest.mark.parametrize("a,b", list(itertools.product(I, I)))
@@ -35,7 +38,7 @@ def test_every_instance_pair(a: I, b: I) -> None:
     assert (a.value in instance_allowed_from(b)) == legal
     if b is I.FINALIZE:
         assert legal == (a in (I.IN_PROGRESS, I.ERRORED))
-    if a in INSTANCE_TERMINAL or a == b:
+    if a == b or a is I.COMPLETED:
         assert not legal
 
 

@@ -1,0 +1,322 @@
+"""The HTTP control API: /api/v1/... on the daemon's Starlette app."""
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from storage.states import C, RESTARTABLE, I
+from storage.types import StepCounts
+
+from . import api_models as m
+from .auth import Scope, allows, scope_of
+from .registry import UnknownJobError
+from .sdk import Job, StepKind
+from .submit import BadParameters, UnknownJob, submit
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = structlog.get_logger("chunkd.api")
+
+MAX_BODY = 1 << 20          # bytes; larger bodies get 413
+MAX_PAGE = 500
+_MAX_ID = (1 << 63) - 1
+_json = msgspec.json.Encoder()
+_submit_decoder = msgspec.json.Decoder(m.SubmitRequest)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details, self.headers = status, code, message, details, headers
+
+
+def error_response(err: ApiError) -> Response:
+    body = m.ErrorBody(m.ErrorDetail(err.code, err.message, err.details))
+    return Response(_json.encode(body), err.status, headers=err.headers, media_type="application/json")
+
+
+def ok(body: Any, status: int = 200) -> Response:
+    return Response(_json.encode(body), status, media_type="application/json")
+
+
+# ---------------------------------------------------------------- request parsing
+def _int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"query parameter {name!r} must be an integer", {"parameter": name}) from None
+    if not lo <= v <= hi:
+        raise ApiError(400, "bad_request", f"query parameter {name!r} must be between {lo} and {hi}",
+                       {"parameter": name})
+    return v
+
+
+def _time(request: Request, name: str) -> datetime | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        v = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "bad_request", f"query parameter {name!r} must be an ISO 8601 timestamp",
+                       {"parameter": name}) from None
+    if v.tzinfo is None:
+        raise ApiError(400, "bad_request", f"query parameter {name!r} needs a time zone (e.g. Z)",
+                       {"parameter": name})
+    return v
+
+
+def _flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise ApiError(400, "bad_request", f"query parameter {name!r} must be true or false", {"parameter": name})
+    return raw in ("true", "1")
+
+
+def _instance_id(request: Request) -> int:
+    v = request.path_params["id"]
+    if not 1 <= v <= _MAX_ID:
+        raise ApiError(404, "not_found", f"no instance {v}")
+    return v
+
+
+async def _body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise ApiError(413, "too_large", f"request body over {MAX_BODY} bytes")
+    chunks, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY:
+            raise ApiError(413, "too_large", f"request body over {MAX_BODY} bytes")
+        chunks.append(part)
+    return b"".join(chunks)
+
+
+# ---------------------------------------------------------------- representations
+def job_info(job: Job, latest: bool) -> m.JobInfo:
+    return m.JobInfo(
+        name=job.name, version=job.version, latest=latest, gated=job.gated, description=job.description,
+        concurrency=job.concurrency,
+        steps=[m.StepInfo(s.index, s.name, s.kind.value, s.consumes.__name__ if s.consumes else None,
+                          s.emits.__name__ if s.emits else None, s.max_attempts, s.transactional, s.weight)
+               for s in job.steps])
+
+
+def _step_names(node: "Node", job: str, version: int) -> list[str]:
+    try:
+        return [s.name for s in node.registry.get(job, version).steps]
+    except UnknownJobError:
+        return []
+
+
+def _name(names: list[str], i: int) -> str:
+    return names[i] if i < len(names) else str(i)
+
+
+def instance_out(row: dict[str, Any]) -> m.Instance:
+    return m.Instance(
+        id=row["id"], job=row["job_name"], version=row["job_version"], status=row["status"], gated=row["gated"],
+        current_step=row["current_step"], parameters=json.loads(row["params"]),
+        idempotency_key=row["idempotency_key"], created_at=row["created_at"], started_at=row["started_at"],
+        finished_at=row["finished_at"], updated_at=row["updated_at"], progress=row["progress"],
+        chunks_per_second=row["chunks_per_second"], eta_seconds=row["eta_seconds"],
+        error_message=row["error_message"], error_count=row["error_count"],
+        report=json.loads(row["report"]) if row["report"] is not None else None)
+
+
+def _decode_data(data: bytes | None) -> Any:
+    if not data:
+        return None
+    try:
+        return msgspec.msgpack.decode(data)
+    except msgspec.DecodeError:
+        return {"undecodable_bytes": len(data)}
+
+
+# ---------------------------------------------------------------- routes
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
+    def guarded(need: Scope, fn: Handler) -> Handler:
+        async def handler(request: Request) -> Response:
+            if tokens:
+                auth = request.headers.get("authorization", "")
+                kind, _, presented = auth.partition(" ")
+                if kind.lower() != "bearer" or not presented:
+                    raise ApiError(401, "unauthorized", "missing bearer token",
+                                   headers={"WWW-Authenticate": 'Bearer realm="chunkd"'})
+                have = scope_of(tokens, presented.strip())
+                if have is None:
+                    raise ApiError(401, "unauthorized", "unknown token",
+                                   headers={"WWW-Authenticate": 'Bearer realm="chunkd"'})
+                if not allows(have, need):
+                    raise ApiError(403, "forbidden", f"this token has the {have.value} scope; "
+                                                     f"this operation needs {need.value}")
+            return await fn(request)
+        return handler
+
+    def engine():  # type: ignore[no-untyped-def]
+        if node.engine is None:
+            raise ApiError(503, "unavailable", "the daemon is starting")
+        return node.engine
+
+    async def load(iid: int) -> dict[str, Any]:
+        row = await engine().store.get_instance(iid)
+        if row is None:
+            raise ApiError(404, "not_found", f"no instance {iid}")
+        return row
+
+    async def detailed(row: dict[str, Any]) -> m.Instance:
+        e = engine()
+        out = instance_out(row)
+        names = _step_names(node, row["job_name"], row["job_version"])
+        counts = (await e.store.step_counts([row["id"]])).get(row["id"], [])
+        by_state: dict[int, dict[str, int]] = {}
+        for step, state, n in await e.store.chunk_counts(row["id"]):
+            by_state.setdefault(step, {})[C(state).name] = n
+        steps: dict[int, StepCounts] = {c.step: c for c in counts}
+        out.steps = [m.StepProgress(i, _name(names, i), c.created, c.completed, c.failed, c.cancelled, c.errors,
+                                    by_state.get(i, {}))
+                     for i, c in sorted(steps.items())]
+        out.warnings = await e.store.warnings(row["id"])
+        return out
+
+    async def list_jobs(request: Request) -> Response:
+        jobs = node.registry.jobs()
+        latest = {j.name: max(x.version for x in jobs if x.name == j.name) for j in jobs}
+        return ok(m.JobList([job_info(j, j.version == latest[j.name]) for j in jobs]))
+
+    async def create_instance(request: Request) -> Response:
+        raw = await _body(request)
+        try:
+            req = _submit_decoder.decode(raw)
+        except msgspec.ValidationError as e:
+            raise ApiError(400, "bad_request", f"invalid request body: {e}") from None
+        except msgspec.DecodeError as e:
+            raise ApiError(400, "malformed_json", f"request body is not valid JSON: {e}") from None
+        if req.version is not None and not 1 <= req.version <= 2**31 - 1:
+            raise ApiError(400, "bad_request", "version must be a positive integer")
+        e = engine()
+        try:
+            res = await submit(e.store, e.channel, node.registry, req.job, _json.encode(req.parameters),
+                               version=req.version, idempotency_key=req.idempotency_key)
+        except UnknownJob as err:
+            raise ApiError(404, "unknown_job", str(err)) from None
+        except BadParameters as err:
+            raise ApiError(422, "invalid_parameters", str(err),
+                           {"path": err.path} if err.path else None) from None
+        row = await load(res.instance_id)
+        if res.created:
+            log.info("instance submitted", job=res.job, instance_id=res.instance_id)
+        return ok(await detailed(row), 201 if res.created else 200)
+
+    async def list_instances(request: Request) -> Response:
+        statuses = request.query_params.getlist("status")
+        valid = {s.value for s in I}
+        bad = [s for s in statuses if s not in valid]
+        if bad:
+            raise ApiError(400, "bad_request", f"unknown status {bad[0]!r}; one of {', '.join(sorted(valid))}",
+                           {"parameter": "status"})
+        start = _int(request, "start", 0, 0, 10_000_000)
+        count = _int(request, "count", 50, 1, MAX_PAGE)
+        total, rows = await engine().store.list_instances(
+            request.query_params.get("job"), statuses, _time(request, "created_after"),
+            _time(request, "created_before"), start, count)
+        return ok(m.InstanceList(total, start, len(rows), [instance_out(r) for r in rows]))
+
+    async def get_instance(request: Request) -> Response:
+        return ok(await detailed(await load(_instance_id(request))))
+
+    async def list_chunks(request: Request) -> Response:
+        iid = _instance_id(request)
+        row = await load(iid)
+        names = _step_names(node, row["job_name"], row["job_version"])
+        step = request.query_params.get("step")
+        step_i = None if step is None else _int(request, "step", 0, 0, 32767)
+        states = []
+        for s in request.query_params.getlist("status"):
+            if s not in C.__members__:
+                raise ApiError(400, "bad_request", f"unknown chunk status {s!r}; one of {', '.join(C.__members__)}",
+                               {"parameter": "status"})
+            states.append(int(C[s]))
+        with_data = _flag(request, "data")
+        start = _int(request, "start", 0, 0, 100_000_000)
+        count = _int(request, "count", 100, 1, MAX_PAGE)
+        total, rows = await engine().store.list_chunks(iid, step_i, states, with_data, start, count)
+        chunks = [m.Chunk(id=r["id"], step=r["step"], step_name=_name(names, r["step"]), status=C(r["state"]).name,
+                          attempt=r["attempt"], failures=r["failures"], max_attempts=r["max_attempts"],
+                          created_at=r["created_at"], claimed_at=r["claimed_at"], completed_at=r["completed_at"],
+                          lease_until=r["lease_until"],
+                          next_run_at=r["next_run_at"], error_message=r["error_message"],
+                          data=_decode_data(r["data"]) if with_data else None)
+                  for r in rows]
+        return ok(m.ChunkList(total, start, len(chunks), chunks))
+
+    def conflict(row: dict[str, Any], what: str) -> ApiError:
+        return ApiError(409, "illegal_state", f"cannot {what} instance {row['id']}: it is {row['status']}",
+                        {"status": row["status"]})
+
+    async def cancel(request: Request) -> Response:
+        iid = _instance_id(request)
+        row = await load(iid)
+        if not await engine().store.cancel_instance(iid):
+            raise conflict(await load(iid), "cancel")
+        log.info("instance state change", job=row["job_name"], instance_id=iid, status="CANCELLED")
+        return ok(await detailed(await load(iid)))
+
+    async def stop(request: Request) -> Response:
+        iid = _instance_id(request)
+        if not _flag(request, "force"):
+            raise ApiError(400, "bad_request", "stop needs force=true (use cancel to let running chunks finish)",
+                           {"parameter": "force"})
+        row = await load(iid)
+        if not await engine().store.force_stop_instance(iid):
+            raise conflict(await load(iid), "stop")
+        log.info("instance state change", job=row["job_name"], instance_id=iid, status="CANCELLED", forced=True)
+        return ok(await detailed(await load(iid)))
+
+    async def restart(request: Request) -> Response:
+        iid = _instance_id(request)
+        row = await load(iid)
+        if row["status"] not in {s.value for s in RESTARTABLE}:
+            raise conflict(row, "restart")
+        try:
+            job = node.registry.get(row["job_name"], row["job_version"])
+        except UnknownJobError as err:
+            raise ApiError(409, "unknown_job", f"cannot restart: {err}") from None
+        reduction = job.steps[-1].index if job.steps[-1].kind is StepKind.REDUCE else None
+        e = engine()
+        parts = await e.store.restart_instance(iid, reduction)
+        if parts is None:
+            raise conflict(await load(iid), "restart")
+        if parts:
+            await e.channel.publish(parts)
+        log.info("instance state change", job=row["job_name"], instance_id=iid, status="IN_PROGRESS", restarted=True)
+        return ok(await detailed(await load(iid)))
+
+    V, M = Scope.VIEW, Scope.MANAGE
+    return [
+        Route("/api/v1/jobs", guarded(V, list_jobs), methods=["GET"]),
+        Route("/api/v1/instances", guarded(M, create_instance), methods=["POST"]),
+        Route("/api/v1/instances", guarded(V, list_instances), methods=["GET"]),
+        Route("/api/v1/instances/{id:int}", guarded(V, get_instance), methods=["GET"]),
+        Route("/api/v1/instances/{id:int}/chunks", guarded(V, list_chunks), methods=["GET"]),
+        Route("/api/v1/instances/{id:int}/cancel", guarded(M, cancel), methods=["POST"]),
+        Route("/api/v1/instances/{id:int}/stop", guarded(M, stop), methods=["POST"]),
+        Route("/api/v1/instances/{id:int}/restart", guarded(M, restart), methods=["POST"]),
+    ]

@@ -1,0 +1,123 @@
+"""Bodies of the HTTP control API (msgspec: validated in, encoded out, and the source of
+the OpenAPI schemas, so the document matches what is served)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+
+class ErrorDetail(msgspec.Struct):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True):
+    job: str
+    parameters: dict[str, Any] = {}
+    version: int | None = None
+    idempotency_key: str | None = None
+
+
+class StepInfo(msgspec.Struct):
+    index: int
+    name: str
+    kind: str
+    consumes: str | None
+    emits: str | None
+    max_attempts: int
+    transactional: bool
+    weight: float
+
+
+class JobInfo(msgspec.Struct):
+    name: str
+    version: int
+    latest: bool
+    gated: bool
+    description: str
+    concurrency: int | None
+    steps: list[StepInfo]
+
+
+class JobList(msgspec.Struct):
+    jobs: list[JobInfo]
+
+
+class StepProgress(msgspec.Struct):
+    index: int
+    name: str
+    created: int
+    completed: int
+    failed: int
+    cancelled: int
+    errors: int
+    states: dict[str, int]
+
+
+class Instance(msgspec.Struct):
+    id: int
+    job: str
+    version: int
+    status: str
+    gated: bool
+    current_step: int
+    parameters: dict[str, Any]
+    idempotency_key: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    progress: float
+    chunks_per_second: float | None
+    eta_seconds: float | None
+    error_message: str | None
+    error_count: int
+    report: Any
+    steps: list[StepProgress] | None = None
+    warnings: list[str] | None = None
+
+
+class InstanceList(msgspec.Struct):
+    total: int
+    start: int
+    count: int
+    instances: list[Instance]
+
+
+class Chunk(msgspec.Struct):
+    id: int
+    step: int
+    step_name: str
+    status: str
+    attempt: int
+    failures: int
+    max_attempts: int
+    created_at: datetime
+    claimed_at: datetime | None
+    completed_at: datetime | None
+    lease_until: datetime | None
+    next_run_at: datetime | None
+    error_message: str | None
+    data: Any = None
+
+
+class ChunkList(msgspec.Struct):
+    total: int
+    start: int
+    count: int
+    chunks: list[Chunk]
+
+
+class Health(msgspec.Struct):
+    status: str
+    problems: list[str]
+
+
+SCHEMA_TYPES = (ErrorBody, SubmitRequest, JobList, Instance, InstanceList, ChunkList, Health)

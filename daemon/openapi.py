@@ -1,0 +1,99 @@
+"""The OpenAPI 3.1 document for /api/v1, built from the msgspec bodies the server uses."""
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from storage.states import C, I
+
+from . import api_models as m
+
+_REF = "#/components/schemas/{name}"
+
+
+def _ref(tp: type) -> dict[str, str]:
+    return {"$ref": _REF.format(name=tp.__name__)}
+
+
+def _json(tp: type) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": _ref(tp)}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    words = {400: "Bad request", 401: "Missing or unknown token", 403: "Token lacks the scope",
+             404: "Not found", 409: "Illegal state change", 413: "Body too large",
+             422: "Parameters fail the job's schema", 503: "Not ready"}
+    return {str(c): {"description": words[c], **_json(m.ErrorBody)} for c in codes}
+
+
+def _q(name: str, schema: dict[str, Any], desc: str, *, array: bool = False) -> dict[str, Any]:
+    p: dict[str, Any] = {"name": name, "in": "query", "required": False, "description": desc,
+                         "schema": {"type": "array", "items": schema} if array else schema}
+    if array:
+        p["style"], p["explode"] = "form", True
+    return p
+
+
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+_AUTH = _errors(401, 403)
+
+
+def document(secured: bool) -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(m.SCHEMA_TYPES, ref_template=_REF)
+    security = [{"bearer": []}] if secured else []
+
+    def op(summary: str, ok: dict[str, Any], *errors: int, params: list[dict[str, Any]] | None = None,
+           body: type | None = None) -> dict[str, Any]:
+        o: dict[str, Any] = {"summary": summary, "security": security, "parameters": params or [],
+                             "responses": {**ok, **_errors(*errors), **(_AUTH if secured else {})}}
+        if body is not None:
+            o["requestBody"] = {"required": True, **_json(body)}
+        return o
+
+    inst = {"200": {"description": "The instance", **_json(m.Instance)}}
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "chunkd control API", "version": "1"},
+        "paths": {
+            "/api/v1/jobs": {"get": op("Job definitions", {"200": {"description": "Jobs", **_json(m.JobList)}})},
+            "/api/v1/instances": {
+                "post": op("Submit an instance",
+                           {"201": {"description": "Created", **_json(m.Instance)},
+                            "200": {"description": "Existing instance (same idempotency key)", **_json(m.Instance)}},
+                           400, 404, 413, 422, body=m.SubmitRequest),
+                "get": op("List instances, newest first", {"200": {"description": "A page", **_json(m.InstanceList)}},
+                          400, params=[
+                              _q("job", {"type": "string"}, "job name"),
+                              _q("status", {"type": "string", "enum": [s.value for s in I]}, "status", array=True),
+                              _q("created_after", {"type": "string", "format": "date-time"}, "inclusive"),
+                              _q("created_before", {"type": "string", "format": "date-time"}, "exclusive"),
+                              _q("start", {"type": "integer", "minimum": 0, "maximum": 10_000_000}, "offset"),
+                              _q("count", {"type": "integer", "minimum": 1, "maximum": 500}, "page size")]),
+            },
+            "/api/v1/instances/{id}": {"get": op("One instance with per-step counts", inst, 404, params=[_ID])},
+            "/api/v1/instances/{id}/chunks": {"get": op(
+                "Chunks of an instance", {"200": {"description": "A page", **_json(m.ChunkList)}}, 400, 404,
+                params=[_ID,
+                        _q("step", {"type": "integer", "minimum": 0, "maximum": 32767}, "step index"),
+                        _q("status", {"type": "string", "enum": list(C.__members__)}, "chunk status", array=True),
+                        _q("data", {"type": "boolean"}, "include the decoded chunk data"),
+                        _q("start", {"type": "integer", "minimum": 0, "maximum": 100_000_000}, "offset"),
+                        _q("count", {"type": "integer", "minimum": 1, "maximum": 500}, "page size")])},
+            "/api/v1/instances/{id}/cancel": {"post": op("Cancel", inst, 404, 409, params=[_ID])},
+            "/api/v1/instances/{id}/stop": {"post": op(
+                "Force-stop (running chunks are cancelled too)", inst, 400, 404, 409,
+                params=[_ID, {**_q("force", {"type": "boolean"}, "must be true"), "required": True}])},
+            "/api/v1/instances/{id}/restart": {"post": op(
+                "Restart a FAILED or CANCELLED instance; completed work is not redone", inst, 404, 409,
+                params=[_ID])},
+            "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {
+                "200": {"description": "Alive", **_json(m.Health)}, "503": {"description": "Wedged", **_json(m.Health)}}}},
+            "/readyz": {"get": {"summary": "Readiness", "security": [], "responses": {
+                "200": {"description": "Ready", **_json(m.Health)}, "503": {"description": "Not ready", **_json(m.Health)}}}},
+        },
+        "components": {"schemas": components},
+    }
+    if secured:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return doc
