@@ -6,11 +6,13 @@ import time
 from collections import Counter
 
 import anyio
+import asyncpg
 import structlog
 
 from metrics import (CLAIM_TO_COMPLETE, CHUNKS_COMPLETED, CHUNKS_ERRORED, CHUNKS_FAILED, CHUNKS_POLL_WAITING, CHUNKS_REFUSED,
                      FLUSH_SECONDS, FLUSH_SIZE)
 from storage.errors import TRANSIENT, Backoff
+from storage.states import SETBACK_BY_ATTEMPTS
 from storage.states import C
 from storage.types import Setback, Success
 
@@ -47,6 +49,27 @@ def _drain(recv: anyio.abc.ObjectReceiveStream[Outcome], batch: list[Outcome], l
 
 
 async def flush(engine: Engine, batch: list[Outcome]) -> None:
+    try:
+        await _flush(engine, batch)
+    except asyncpg.PostgresError as e:
+        # Not the connection: something in the batch (a transactional step's own write, say)
+        # broke the transaction. Find the culprit by writing one at a time; it errors alone.
+        if len(batch) > 1:
+            for one in batch:
+                await flush(engine, [one])
+            return
+        (o,) = batch
+        if not isinstance(o.result, Success):
+            engine.inflight.forget([o.result.chunk_id])
+            raise
+        r = o.result
+        log.warning("a chunk's transactional writes failed", job=o.job, step=o.step, chunk_id=r.chunk_id, error=repr(e))
+        setback = Setback(r.chunk_id, r.attempt, r.instance_id, r.step, SETBACK_BY_ATTEMPTS, True, 1.0,
+                          f"the step's transactional writes failed: {type(e).__name__}: {e}"[:2000])
+        await _flush(engine, [Outcome(setback, o.job, o.step, o.partition, o.claimed_at)])
+
+
+async def _flush(engine: Engine, batch: list[Outcome]) -> None:
     successes = [o.result for o in batch if isinstance(o.result, Success)]
     setbacks = [o.result for o in batch if isinstance(o.result, Setback)]
     backoff = Backoff(0.05, 5.0)
@@ -60,6 +83,8 @@ async def flush(engine: Engine, batch: list[Outcome]) -> None:
             delay = backoff.failed()
             log.warning("completer flush failed; retrying", error=repr(e), batch=len(batch), retry_in=delay)
             await anyio.sleep(delay)
+        except asyncpg.PostgresError:
+            raise  # the caller isolates the culprit
         except BaseException:
             # This batch is lost with us: stop extending its leases so maintenance rescues it.
             engine.inflight.forget([o.result.chunk_id for o in batch])

@@ -5,7 +5,7 @@ of legal moves is the only place a transition is defined.
 """
 from __future__ import annotations
 
-from .states import RESTARTABLE, C, I, chunk_allowed_from, instance_allowed_from
+from .states import RESTARTABLE, SETBACK_BY_ATTEMPTS, C, I, chunk_allowed_from, instance_allowed_from
 
 
 def _in(values: list[int] | list[str]) -> str:
@@ -135,15 +135,18 @@ UPDATE chunkd_chunk k
 RETURNING k.id"""
 
 # Errors, failures and poll-waits in one fenced statement; the target state per row
-# is computed in Python (storage.retry) and checked here against the table.
+# is computed in Python (storage.retry) and checked here against the table, or, with
+# SETBACK_BY_ATTEMPTS, decided here from the row's own failures and max_attempts.
 CHUNK_SETBACK = f"""
 UPDATE chunkd_chunk k
-   SET state = d.state, failures = k.failures + d.failure, error_message = coalesce(d.message, k.error_message),
+   SET state = CASE WHEN d.state <> {SETBACK_BY_ATTEMPTS} THEN d.state
+                    WHEN k.failures + 1 >= k.max_attempts THEN {int(C.FAILED)} ELSE {int(C.ERRORED)} END,
+       failures = k.failures + d.failure, error_message = coalesce(d.message, k.error_message),
        next_run_at = now() + make_interval(secs => d.delay), lease_owner = NULL, lease_until = NULL
   FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::smallint[], $5::float8[], $6::text[])
        AS d(id, attempt, state, failure, delay, message)
  WHERE k.id = d.id AND k.attempt = d.attempt AND k.state = {int(C.IN_PROGRESS)}
-   AND d.state IN ({int(C.ERRORED)}, {int(C.FAILED)}, {int(C.POLL_WAITING)})
+   AND d.state IN ({int(C.ERRORED)}, {int(C.FAILED)}, {int(C.POLL_WAITING)}, {SETBACK_BY_ATTEMPTS})
 RETURNING k.id, k.instance_id, k.step, k.state"""
 
 # Lease expired: the worker died or froze. Counts as a failure (poison chunks end FAILED).

@@ -80,6 +80,10 @@ INSTANCE_MOVES: dict[tuple[InstanceState, InstanceState], str] = {
     (I.CANCELLED, I.IN_PROGRESS): "restarted by an operator",
 }
 
+# A setback whose target (ERRORED or FAILED) the database decides from the chunk's own
+# failures and max_attempts.
+SETBACK_BY_ATTEMPTS = 0
+
 CHUNK_TERMINAL = frozenset({C.FAILED, C.COMPLETED, C.CANCELLED})   # left only by an operator restart
 INSTANCE_TERMINAL = frozenset({I.COMPLETED, I.FAILED, I.CANCELLED})
 RESTARTABLE = frozenset({I.FAILED, I.CANCELLED})

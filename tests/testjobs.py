@@ -279,3 +279,18 @@ async def x_sum(params: FixParams, chunks: AsyncIterator[Item], ctx: Context) ->
         count += 1
         total += c.n
     return Sum(count, total)
+
+
+# ------------------------------------------------------------ a transactional write that violates a constraint
+badwrite = Job("test.badwrite", params=CountParams)
+
+
+@badwrite.first_step(emits=Item)
+async def w_plan(params: CountParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+@badwrite.step(consumes=Item, transactional=True, max_attempts=2, backoff_base=0.05)
+async def w_write(params: CountParams, chunk: Item, ctx: Context) -> None:
+    ctx.tx.execute("INSERT INTO test_unique (k) VALUES ($1)", chunk.n)

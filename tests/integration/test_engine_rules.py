@@ -100,3 +100,18 @@ async def submit_job_version(node, version):  # type: ignore[no-untyped-def]
     from daemon.submit import submit
     e = node.engine
     return (await submit(e.store, e.channel, e.registry, "test.versioned", "{}", version=version)).instance_id
+
+
+async def test_a_failing_transactional_write_fails_only_its_chunk(dsn: str, conn: asyncpg.Connection) -> None:
+    await conn.execute("CREATE TABLE test_unique (k int PRIMARY KEY); INSERT INTO test_unique VALUES (3)")
+    async with running_node(dsn, CHUNKD_COMPLETER_FLUSH_MS="20") as node:
+        res = await submit_job(node, "test.badwrite", chunks=200)
+        assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 30) == "FAILED"
+        assert node.engine is not None and not node._stop.is_set()  # the daemon kept going
+    bad = await conn.fetchrow("SELECT state, failures, error_message FROM chunkd_chunk WHERE instance_id = $1 "
+                              "AND step = 1 AND state = 6", res.instance_id)
+    assert bad["failures"] == 2 and "transactional writes failed: UniqueViolationError" in bad["error_message"]
+    assert await conn.fetchval("SELECT count(*) FROM test_unique") >= 150  # the other chunks' writes committed
+    done = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = 7",
+                               res.instance_id)
+    assert done == await conn.fetchval("SELECT count(*) FROM test_unique") - 1
