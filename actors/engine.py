@@ -14,6 +14,7 @@ from daemon.registry import Registry, UnknownJobError
 from daemon.sdk import Job
 from metrics import IN_FLIGHT
 from storage.codec import DataError
+from storage.reader import Reader
 from storage.store import Store
 from storage.types import ClaimedChunk, Setback, Success
 
@@ -118,6 +119,7 @@ class Engine:
         self.completer_send, self.completer_recv = anyio.create_memory_object_stream[Outcome](
             max_buffer_size=max(1000, cfg.completer_batch * 4))
         self.leader = False
+        self.reader = Reader(dsn)  # ctx.db and submit-time checks
 
     async def runtime(self, instance_id: int) -> Runtime:
         """Job + decoded parameters for an instance; errors are cached too (the row won't change)."""

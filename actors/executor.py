@@ -63,7 +63,7 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
     step_name = step.name
     ctx = Context(job.name, chunk.instance_id, chunk.id, step.name, chunk.attempt,
                   log.bind(job=job.name, instance_id=chunk.instance_id, step=step.name, chunk_id=chunk.id),
-                  step.transactional)
+                  step.transactional, engine.reader)
     sink: Sink[Any] | None = Sink(step.emits) if step.emits is not None else None
     started = time.perf_counter()
     try:

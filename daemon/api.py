@@ -214,7 +214,7 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         e = engine()
         try:
             res = await submit(e.store, e.channel, node.registry, req.job, _json.encode(req.parameters),
-                               version=req.version, idempotency_key=req.idempotency_key)
+                               version=req.version, idempotency_key=req.idempotency_key, reader=e.reader)
         except UnknownJob as err:
             raise ApiError(404, "unknown_job", str(err)) from None
         except BadParameters as err:

@@ -47,8 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the daemon")
     sub.add_parser("migrate", help="apply database migrations and exit")
-    d = sub.add_parser("demo", help="run the built-in demo job end to end (local, embedded Postgres by default)")
-    d.add_argument("--chunks", type=int, default=20_000)
+    d = sub.add_parser("demo", help="export 100,000 FHIR-like resources with chunkd.bulk-export "
+                                     "(local, embedded Postgres by default)")
+    d.add_argument("--rows", type=int, default=100_000)
 
     def remote(name: str, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help + " (via the API)")
@@ -160,7 +161,9 @@ async def cmd_migrate(cfg: Config, registry: Registry, args: argparse.Namespace)
 
 async def cmd_demo(cfg: Config, registry: Registry, args: argparse.Namespace) -> int:
     from .demo import run_demo
-    return await run_demo(cfg, registry, resolve_dsn(cfg), args.chunks)
+    if not 1 <= args.rows <= 10_000_000:
+        raise CliError("--rows must be between 1 and 10000000")
+    return await run_demo(cfg, registry, resolve_dsn(cfg), args.rows)
 
 
 _LOCAL: dict[str, Callable[[Config, Registry, argparse.Namespace], Awaitable[int]]] = {

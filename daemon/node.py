@@ -143,6 +143,7 @@ class Node:
                 except Exception:  # noqa: BLE001 - the row is purged later anyway
                     pass
                 await channel.close()
+                await engine.reader.close()
                 await store.close()
             log.info("daemon stopped")
 

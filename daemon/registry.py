@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from .sdk import Job, JobDefinitionError
 
-BUILTIN_MODULES = ("daemon.builtin_jobs",)
+BUILTIN_MODULES = ("daemon.jobs.synthetic", "daemon.jobs.bulk_export", "daemon.jobs.reindex")
 
 
 class UnknownJobError(LookupError):

@@ -36,6 +36,14 @@ class PermanentError(Exception):
     """Raise from a step to fail the chunk at once, without retries."""
 
 
+class ParameterError(ValueError):
+    """Raise from a job's params_check: the submit is refused (HTTP 422) and nothing is written."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class RetryLater(Exception):
     """Raised by ctx.retry_later(): run this chunk again later; not an error."""
 
@@ -89,10 +97,10 @@ class Tx:
 class Context:
     """What a step run knows about itself."""
 
-    __slots__ = ("job", "instance_id", "chunk_id", "step", "attempt", "log", "tx", "warnings")
+    __slots__ = ("job", "instance_id", "chunk_id", "step", "attempt", "log", "tx", "warnings", "db")
 
     def __init__(self, job: str, instance_id: int, chunk_id: int | None, step: str, attempt: int,
-                 log: Any, transactional: bool) -> None:
+                 log: Any, transactional: bool, db: Any = None) -> None:
         self.job = job
         self.instance_id = instance_id
         self.chunk_id = chunk_id
@@ -101,6 +109,7 @@ class Context:
         self.log = log
         self.tx = Tx(transactional)
         self.warnings: list[str] = []
+        self.db = db  # reads: await ctx.db.fetch(sql, *args) / fetchrow / fetchval
 
     def retry_later(self, seconds: float) -> NoReturn:
         """Run this chunk again after `seconds`, without counting an error (batch2's POLL_WAITING)."""
@@ -156,6 +165,7 @@ class Job:
         self.steps: list[StepDef] = []
         self.on_complete: Callable[..., Any] | None = None
         self.on_error: Callable[..., Any] | None = None
+        self.check: Callable[..., Any] | None = None
 
     def __repr__(self) -> str:
         return f"Job({self.name!r}, version={self.version})"
@@ -214,6 +224,12 @@ class Job:
         """`fn(params, chunks, ctx) -> report`: sees every chunk of the previous step, streamed."""
         return lambda fn: self._add(fn, StepKind.REDUCE, consumes, None, name, 1, transactional,
                                     weight, 1.0, 1.0)
+
+    def params_check(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`async fn(params, db)`: checks that need the database (does the table exist?), run at
+        submit; raise ParameterError to refuse the submit with a 422."""
+        self.check = fn
+        return fn
 
     def completion_handler(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """`fn(instance_id, report)` after the instance COMPLETED (best effort, at-least-once)."""

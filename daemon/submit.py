@@ -9,8 +9,10 @@ from channels.base import Channel
 from storage.codec import DataError, to_json
 from storage.store import Store
 
+from storage.reader import Reader
+
 from .registry import Registry
-from .sdk import Job
+from .sdk import Job, ParameterError
 
 
 class SubmitError(ValueError):
@@ -28,7 +30,7 @@ class BadParameters(SubmitError):
 
 
 def validate(registry: Registry, job_name: str, params_json: str | bytes, version: int | None = None) -> tuple[Job, str]:
-    """Returns the job and the canonical parameters JSON (defaults filled in)."""
+    """Pure checks. Returns the job and the canonical parameters JSON (defaults filled in)."""
     try:
         job = registry.get(job_name, version)
     except LookupError as e:
@@ -50,8 +52,18 @@ class Submitted(msgspec.Struct):
 
 async def submit(store: Store, channel: Channel | None, registry: Registry, job_name: str,
                  params_json: str | bytes, *, version: int | None = None,
-                 idempotency_key: str | None = None) -> Submitted:
+                 idempotency_key: str | None = None, reader: Reader | None = None) -> Submitted:
     job, canonical = validate(registry, job_name, params_json, version)
+    if job.check is not None:
+        own = reader is None
+        reader = reader or Reader(store.dsn, max_size=1)
+        try:
+            await job.check(job.decode_params(canonical), reader)
+        except ParameterError as e:
+            raise BadParameters(f"job {job.name!r}: {e}", e.path) from None
+        finally:
+            if own:
+                await reader.close()
     first = job.steps[0]
     iid, created, part = await store.create_instance(job.name, job.version, canonical, job.gated,
                                                      idempotency_key, b"", first.max_attempts)

@@ -19,16 +19,17 @@ _COPY_THRESHOLD = 2000
 
 
 class Store:
-    def __init__(self, pool: asyncpg.Pool, partitions: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, partitions: int, dsn: str = "") -> None:
         self.pool = pool
         self.partitions = partitions
+        self.dsn = dsn
         self._rr = itertools.count()
 
     @classmethod
     async def open(cls, dsn: str, partitions: int, *, min_size: int = 2, max_size: int = 10) -> "Store":
         pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
                                          server_settings={"application_name": "chunkd"})
-        return cls(pool, partitions)
+        return cls(pool, partitions, dsn)
 
     async def close(self) -> None:
         await self.pool.close()

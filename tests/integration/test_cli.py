@@ -110,9 +110,13 @@ def test_demo_runs_on_the_embedded_postgres(tmp_path: Path) -> None:
     del env["CHUNKD_DATABASE_URL"]
     env["CHUNKD_HOME"] = str(tmp_path / "home")
     env["PGHOST"] = "/nonexistent"  # nothing may fall back to a local server
-    res = run_cli("demo", "--chunks", "500", env=env, timeout=300)
+    res = run_cli("demo", "--rows", "3000", env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout)
-    assert out["status"] == "COMPLETED"
-    assert out["report"] == {"chunks": 500, "outputs": 500, "total": 500}
+    manifest = json.loads(res.stdout)  # stdout is the manifest
+    assert sum(o["count"] for o in manifest["output"]) == 3000
+    assert {o["type"] for o in manifest["output"]} == {"Patient", "Observation"}
+    export = tmp_path / "home" / "demo-export"
+    lines = [json.loads(line) for f in export.glob("*.ndjson") for line in f.read_text().splitlines()]
+    assert len(lines) == 3000 and {r["resourceType"] for r in lines} == {"Patient", "Observation"}
     assert (tmp_path / "home" / "pgdata" / "PG_VERSION").exists()
+    assert "exported 3,000 resources" in res.stderr

@@ -1,0 +1,101 @@
+"""The built-in jobs against real tables."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from daemon.client import ApiCallError, ApiClient
+from tests.conftest import wait_status
+
+from .helpers import running_node, submit_job
+
+pytestmark = pytest.mark.anyio
+
+SEED = """
+CREATE TABLE resources (id bigserial PRIMARY KEY, resource_type text NOT NULL,
+                        updated_at timestamptz NOT NULL, resource jsonb NOT NULL);
+INSERT INTO resources (resource_type, updated_at, resource)
+SELECT CASE WHEN g % 4 = 0 THEN 'Patient' WHEN g % 4 = 1 THEN 'Observation' ELSE 'Encounter' END,
+       timestamptz '2026-01-01' + g * interval '1 minute',
+       jsonb_build_object('resourceType', 'X', 'id', g::text, 'name', 'n' || g, 'score', g % 97, 'tags', jsonb_build_array(g % 3, 'x'))
+FROM generate_series(1, $1::int) g;
+"""
+
+
+async def seed(conn: asyncpg.Connection, n: int) -> None:
+    await conn.execute(SEED.replace("$1::int", str(int(n))))
+
+
+def read_export(out: Path, manifest: dict) -> dict[str, list[dict]]:
+    lines: dict[str, list[dict]] = {}
+    for o in manifest["output"]:
+        path = Path(urlsplit(o["url"]).path)
+        assert path.parent == out
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len(rows) == o["count"]
+        lines.setdefault(o["type"], []).extend(rows)
+    return lines
+
+
+async def test_export_100k_rows_with_filters(dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await seed(conn, 100_000)
+    out = tmp_path / "export"
+    async with running_node(dsn, CHUNKD_PARTITION_CONCURRENCY="4") as node:
+        res = await submit_job(node, "chunkd.bulk-export", table="resources", output=out.as_uri(),
+                               type_column="resource_type", types=["Patient", "Observation"],
+                               updated_column="updated_at", since="2026-01-10T00:00:00Z")
+        assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 120) == "COMPLETED"
+    report = json.loads(await conn.fetchval("SELECT report FROM chunkd_instance WHERE id = $1", res.instance_id))
+    assert json.loads((out / "manifest.json").read_text()) == report
+    assert report["error"] == [] and report["transactionTime"]
+    exported = read_export(out, report)
+    expected = {r[0]: json.loads(r[1]) for r in await conn.fetch(
+        "SELECT id, to_jsonb(t)::text FROM resources t WHERE resource_type IN ('Patient', 'Observation') "
+        "AND updated_at >= '2026-01-10T00:00:00Z'")}
+    got = [row for rows in exported.values() for row in rows]
+    assert len(got) == len(expected) > 40_000
+    assert {row["id"]: row for row in got} == expected  # each line equals its source row
+    assert set(exported) == {"Patient", "Observation"}
+    for rtype, rows in exported.items():
+        assert all(r["resource_type"] == rtype for r in rows)
+    assert not list(out.glob(".*tmp*"))
+
+
+async def test_export_rejects_bad_names_at_submit(conn: asyncpg.Connection, api_daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    await seed(conn, 10)
+    c = ApiClient(api_daemon().url)
+    base = {"table": "resources", "output": str(tmp_path)}
+    cases = [
+        ({"table": "nope"}, "$.table", "no table or view named 'nope'"),
+        ({"table": "resources; DROP TABLE resources"}, "$.table", "no table or view"),
+        ({"table": 'resources" ; --'}, "$.table", "no table or view"),
+        ({"type_column": "kind"}, "$.type_column", "has no column 'kind'"),
+        ({"column": "resource_type"}, "$.column", "expected one of ['json', 'jsonb']"),
+        ({"id_column": "resource_type"}, "$.id_column", "expected one of"),
+        ({"output": "relative/dir"}, "$.output", "absolute directory"),
+        ({"types": ["Patient"]}, "$.types", "types needs type_column"),
+    ]
+    for override, path, message in cases:
+        with pytest.raises(ApiCallError) as e:
+            c.call("POST", "/api/v1/instances", body={"job": "chunkd.bulk-export", "parameters": {**base, **override}})
+        assert e.value.status == 422 and e.value.details == {"path": path} and message in e.value.message, override
+    assert await conn.fetchval("SELECT count(*) FROM chunkd_instance") == 0
+    assert await conn.fetchval("SELECT count(*) FROM resources") == 10
+
+
+async def test_reindex_writes_each_row_once(dsn: str, conn: asyncpg.Connection) -> None:
+    await seed(conn, 5000)
+    async with running_node(dsn) as node:
+        res = await submit_job(node, "chunkd.reindex", table="resources", source_column="resource",
+                               path=["tags", "0"], target="resources_by_tag", chunk_size=300)
+        assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 60) == "COMPLETED"
+    report = json.loads(await conn.fetchval("SELECT report FROM chunkd_instance WHERE id = $1", res.instance_id))
+    assert report == {"rows": 5000, "chunks": 17, "target": "resources_by_tag"}
+    assert await conn.fetchval("SELECT count(*) FROM resources_by_tag WHERE writes = 1") == 5000
+    wrong = await conn.fetchval("SELECT count(*) FROM resources_by_tag i JOIN resources r ON r.id = i.id "
+                                "WHERE i.value IS DISTINCT FROM (r.resource #>> '{tags,0}')")
+    assert wrong == 0
