@@ -6,6 +6,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import structlog
@@ -32,8 +33,8 @@ log = structlog.get_logger("chunkd.node")
 _LIVENESS_STALE = 15.0  # seconds without a tick before /healthz fails
 
 
-async def open_store(cfg: Config, dsn: str) -> Store:
-    store = await Store.open(dsn, cfg.partitions, min_size=2, max_size=cfg.pool_size)
+async def open_store(cfg: Config, dsn: str, on_query: Callable[[Any], None] | None = None) -> Store:
+    store = await Store.open(dsn, cfg.partitions, min_size=2, max_size=cfg.pool_size, on_query=on_query)
     applied = await store.migrate()
     if applied:
         log.info("migrations applied", migrations=applied)
@@ -43,8 +44,10 @@ async def open_store(cfg: Config, dsn: str) -> Store:
 class Node:
     """A running daemon. `run()` returns when `stop()` is called or a signal arrives."""
 
-    def __init__(self, cfg: Config, registry: Registry, dsn: str) -> None:
+    def __init__(self, cfg: Config, registry: Registry, dsn: str,
+                 on_query: Callable[[Any], None] | None = None) -> None:
         self.cfg = cfg
+        self.on_query = on_query
         self.registry = registry
         self.dsn = dsn
         self._stop = anyio.Event()
@@ -100,7 +103,7 @@ class Node:
         if cfg.http_addr is not None:
             sock = bind(*cfg.http_addr)  # before anything else: a taken port is a start-up error
             self.http_port = sock.getsockname()[1]
-        store = await open_store(cfg, self.dsn)
+        store = await open_store(cfg, self.dsn, self.on_query)
         self._migrated = True
         channel = PostgresChannel(self.dsn, cfg.partitions)
         node_id = await store.register_node(cfg.node_id, os.getpid())

@@ -63,7 +63,10 @@ RETURNING id"""
 INSTANCE_BY_IDEMPOTENCY_KEY = "SELECT id FROM chunkd_instance WHERE idempotency_key = $1"
 INSTANCE_GET = "SELECT * FROM chunkd_instance WHERE id = $1"
 INSTANCE_RUNTIME = "SELECT id, job_name, job_version, params::text AS params, gated, status FROM chunkd_instance WHERE id = $1"
-INSTANCE_STATUS_FOR_SHARE = "SELECT id, status FROM chunkd_instance WHERE id = ANY($1::bigint[]) ORDER BY id FOR SHARE"
+# KEY SHARE: no conflict with maintenance's progress updates, but ordered against a
+# cancel/fail, which takes INSTANCE_LOCK (FOR UPDATE) first.
+INSTANCE_STATUS_FOR_SHARE = "SELECT id, status FROM chunkd_instance WHERE id = ANY($1::bigint[]) ORDER BY id FOR KEY SHARE"
+INSTANCE_LOCK = "SELECT id FROM chunkd_instance WHERE id = $1 FOR UPDATE"
 INSTANCE_MARK_STARTED = f"""
 UPDATE chunkd_instance SET status = '{I.IN_PROGRESS.value}', started_at = now(), updated_at = now()
 WHERE id = ANY($1::bigint[]) AND status = '{I.QUEUED.value}'"""
@@ -126,12 +129,15 @@ UPDATE chunkd_chunk k
  WHERE k.id = picked.id AND k.state IN ({_in(chunk_allowed_from(C.IN_PROGRESS))})
 RETURNING k.id, k.instance_id, k.step, k.attempt, k.failures, k.data"""
 
+# No join with unnest(): with the in-progress rows' statistics always stale, the planner
+# picked a nested loop comparing every pair (O(batch^2) tuples, ~200 ms per 1,000). An
+# index lookup per id and the fencing token found by array_position (a C loop) is ~50x cheaper.
 CHUNK_COMPLETE = f"""
 UPDATE chunkd_chunk k
    SET state = {int(C.COMPLETED)}, data = NULL, lease_owner = NULL, lease_until = NULL,
        completed_at = now(), error_message = NULL
-  FROM unnest($1::bigint[], $2::int[]) AS d(id, attempt)
- WHERE k.id = d.id AND k.attempt = d.attempt AND k.state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.IN_PROGRESS})))})
+ WHERE k.id = ANY($1::bigint[]) AND k.attempt = ($2::int[])[array_position($1::bigint[], k.id)]
+   AND k.state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.IN_PROGRESS})))})
 RETURNING k.id"""
 
 # Errors, failures and poll-waits in one fenced statement; the target state per row
@@ -168,7 +174,7 @@ RETURNING k.instance_id, k.step, k.state, k.partition"""
 # Graceful shutdown: hand back what this node still holds; the attempt is not a failure.
 CHUNK_RELEASE_OWNED = f"""
 UPDATE chunkd_chunk SET state = {int(C.READY)}, lease_owner = NULL, lease_until = NULL
-WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1
+WHERE state = {int(C.IN_PROGRESS)} AND lease_until IS NOT NULL AND lease_owner = $1
 RETURNING partition"""
 
 def _release_due(waiting: C) -> str:

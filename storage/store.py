@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -26,8 +26,13 @@ class Store:
         self._rr = itertools.count()
 
     @classmethod
-    async def open(cls, dsn: str, partitions: int, *, min_size: int = 2, max_size: int = 10) -> "Store":
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+    async def open(cls, dsn: str, partitions: int, *, min_size: int = 2, max_size: int = 10,
+                   on_query: Callable[[Any], None] | None = None) -> "Store":
+        """`on_query` sees every statement (the benchmark counts round trips with it)."""
+        async def init(conn: asyncpg.Connection) -> None:
+            if on_query is not None:
+                conn.add_query_logger(on_query)
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init,
                                          server_settings={"application_name": "chunkd"})
         return cls(pool, partitions, dsn)
 
@@ -119,6 +124,7 @@ class Store:
         """COMPLETED / FAILED / CANCELLED, guarded; pending chunks (with `running_too`, also
         the running ones, whose results will then be refused) are cancelled in the same transaction."""
         async def run(c: asyncpg.Connection) -> bool:
+            await c.execute(sql.INSTANCE_LOCK, instance_id)
             ok = await c.fetchval(sql.INSTANCE_FINISH, instance_id, to.value, instance_allowed_from(to),
                                   report_json, error)
             if ok is None:
