@@ -86,6 +86,13 @@ def _flag(request: Request, name: str) -> bool:
     return raw in ("true", "1")
 
 
+def _no_nul(value: str | None, name: str) -> str | None:
+    """Postgres text cannot hold NUL: refuse it here instead of failing in the database."""
+    if value is not None and "\x00" in value:
+        raise ApiError(400, "bad_request", f"{name} must not contain NUL characters", {"parameter": name})
+    return value
+
+
 def _instance_id(request: Request) -> int:
     v = request.path_params["id"]
     if not 1 <= v <= _MAX_ID:
@@ -211,6 +218,8 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
             raise ApiError(400, "malformed_json", f"request body is not valid JSON: {e}") from None
         if req.version is not None and not 1 <= req.version <= 2**31 - 1:
             raise ApiError(400, "bad_request", "version must be a positive integer")
+        _no_nul(req.job, "job")
+        _no_nul(req.idempotency_key, "idempotency_key")
         e = engine()
         try:
             res = await submit(e.store, e.channel, node.registry, req.job, _json.encode(req.parameters),
@@ -235,7 +244,7 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         start = _int(request, "start", 0, 0, 10_000_000)
         count = _int(request, "count", 50, 1, MAX_PAGE)
         total, rows = await engine().store.list_instances(
-            request.query_params.get("job"), statuses, _time(request, "created_after"),
+            _no_nul(request.query_params.get("job"), "job"), statuses, _time(request, "created_after"),
             _time(request, "created_before"), start, count)
         return ok(m.InstanceList(total, start, len(rows), [instance_out(r) for r in rows]))
 

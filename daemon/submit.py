@@ -40,7 +40,10 @@ def validate(registry: Registry, job_name: str, params_json: str | bytes, versio
     except DataError as e:
         m = re.search(r"- at `([^`]+)`", str(e))
         raise BadParameters(f"job {job.name!r}: {e}", m.group(1) if m else None) from None
-    return job, to_json(params)
+    canonical = to_json(params)
+    if "\\u0000" in canonical:
+        raise BadParameters(f"job {job.name!r}: parameters must not contain NUL characters", None)
+    return job, canonical
 
 
 class Submitted(msgspec.Struct):

@@ -115,6 +115,8 @@ async def test_endpoints_and_error_statuses(conn: asyncpg.Connection, api_daemon
     bad = err("POST", "/api/v1/instances", body={"job": "chunkd.synthetic", "parameters": {"chunks": "x"}})
     assert bad.status == 422 and bad.details == {"path": "$.chunks"}
     assert err("POST", "/api/v1/instances", body={"job": "nope.job"}).status == 404
+    assert err("POST", "/api/v1/instances", body={"job": "chunkd.synthetic", "idempotency_key": "a\x00b"}).status == 400
+    assert err("GET", "/api/v1/instances", query={"job": "a\x00"}).status == 400
     # 413: the server answers from the declared length, before reading (or waiting for) the body
     import http.client
     h = http.client.HTTPConnection("127.0.0.1", int(api.url.rsplit(":", 1)[1]), timeout=10)
