@@ -2,6 +2,7 @@
 completer is the model), then publishes the partitions that gained READY children."""
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 
@@ -100,6 +101,11 @@ async def _flush(engine: Engine, batch: list[Outcome]) -> None:
         await engine.channel.publish(res.ready_partitions)
 
 
+@functools.lru_cache(maxsize=4096)
+def claim_to_complete(job: str, step: str):  # type: ignore[no-untyped-def]
+    return CLAIM_TO_COMPLETE.labels(job, step)
+
+
 def _count(batch: list[Outcome], accepted: set[int], setback_states: dict[int, int]) -> None:
     tally: Counter[tuple[str, str, str]] = Counter()
     now = time.monotonic()
@@ -108,7 +114,7 @@ def _count(batch: list[Outcome], accepted: set[int], setback_states: dict[int, i
         if cid in accepted:
             tally[("completed", o.job, o.step)] += 1
             if o.claimed_at:
-                CLAIM_TO_COMPLETE.labels(o.job, o.step).observe(now - o.claimed_at)
+                claim_to_complete(o.job, o.step).observe(now - o.claimed_at)
         elif cid in setback_states:
             tally[(C(setback_states[cid]).name, o.job, o.step)] += 1
     for (kind, job, step), n in tally.items():

@@ -12,7 +12,6 @@ from channels.base import Channel
 from daemon.config import Config
 from daemon.registry import Registry, UnknownJobError
 from daemon.sdk import Job
-from metrics import IN_FLIGHT
 from storage.codec import DataError
 from storage.reader import Reader
 from storage.store import Store
@@ -43,11 +42,9 @@ class InFlight:
             for i in ids:
                 self._held[i] = partition
         self.running[partition] += len(ids)
-        IN_FLIGHT.inc(len(ids))
 
     def handed_off(self, partition: int) -> None:
         self.running[partition] -= 1
-        IN_FLIGHT.dec()
         if self.running[partition] <= self.concurrency:
             self._space[partition].set()
 
@@ -120,6 +117,10 @@ class Engine:
             max_buffer_size=max(1000, cfg.completer_batch * 4))
         self.leader = False
         self.reader = Reader(dsn)  # ctx.db and submit-time checks
+
+    def cached_runtime(self, instance_id: int) -> Runtime | None:
+        hit = self._runtimes.get(instance_id)
+        return hit if isinstance(hit, Runtime) else None
 
     async def runtime(self, instance_id: int) -> Runtime:
         """Job + decoded parameters for an instance; errors are cached too (the row won't change)."""

@@ -8,6 +8,7 @@ from collections import deque
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
@@ -45,7 +46,7 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
                                failure, delay, message), job_name, step_name, partition, chunk.claimed_at)
 
     try:
-        rt = await engine.runtime(chunk.instance_id)
+        rt = engine.cached_runtime(chunk.instance_id) or await engine.runtime(chunk.instance_id)
     except TRANSIENT as e:
         # the database is away: try this chunk again soon, without counting a failure
         return setback(C.POLL_WAITING, f"could not load the instance: {e!r}", failure=False, delay=1.0)
@@ -61,8 +62,7 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
         return setback(C.FAILED, f"job {job.name} v{job.version} has no runnable step {chunk.step}", failure=True)
     step = job.steps[chunk.step]
     step_name = step.name
-    ctx = Context(job.name, chunk.instance_id, chunk.id, step.name, chunk.attempt,
-                  log.bind(job=job.name, instance_id=chunk.instance_id, step=step.name, chunk_id=chunk.id),
+    ctx = Context(job.name, chunk.instance_id, chunk.id, step.name, chunk.attempt, log,
                   step.transactional, engine.reader)
     sink: Sink[Any] | None = Sink(step.emits) if step.emits is not None else None
     started = time.perf_counter()
@@ -87,7 +87,7 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
         ctx.log.debug("step raised", error=_error_text(e), next_state=state.name)
         return setback(state, _error_text(e), failure=True, delay=delay)
     finally:
-        STEP_SECONDS.labels(job_name, step_name).observe(time.perf_counter() - started)
+        step_seconds(job_name, step_name).observe(time.perf_counter() - started)
     nxt = chunk.step + 1
     return Outcome(Success(
         chunk_id=chunk.id, attempt=chunk.attempt, instance_id=chunk.instance_id, step=chunk.step,
@@ -97,9 +97,31 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
         tx_ops=ctx.tx.ops, warnings=ctx.warnings), job_name, step_name, partition, chunk.claimed_at)
 
 
+@functools.lru_cache(maxsize=4096)
+def step_seconds(job: str, step: str):  # type: ignore[no-untyped-def]
+    return STEP_SECONDS.labels(job, step)  # the labelled child, looked up once
+
+
 async def execute_partition(engine: Engine, partition: int, inbox: MemoryObjectReceiveStream[ClaimedChunk]) -> None:
     """One executor worker; a partition runs CHUNKD_PARTITION_CONCURRENCY of them."""
-    async for chunk in inbox:
+    streak = 0
+    while True:
+        # Take what is already there without a scheduling round trip; yield now and then so
+        # steps that never await cannot monopolise the loop.
+        try:
+            chunk = inbox.receive_nowait()
+            streak += 1
+            if streak >= 64:
+                streak = 0
+                await anyio.lowlevel.checkpoint()
+        except anyio.WouldBlock:
+            streak = 0
+            try:
+                chunk = await inbox.receive()
+            except anyio.EndOfStream:
+                return
+        except anyio.EndOfStream:
+            return
         if engine.stopping:
             continue  # not started: stays held and is released at shutdown
         try:
@@ -114,7 +136,7 @@ async def execute_partition(engine: Engine, partition: int, inbox: MemoryObjectR
 
 async def _run_with_slots(engine: Engine, partition: int, chunk: ClaimedChunk) -> None:
     try:
-        rt = await engine.runtime(chunk.instance_id)
+        rt = engine.cached_runtime(chunk.instance_id) or await engine.runtime(chunk.instance_id)
     except Exception:  # noqa: BLE001 - run_chunk loads it again and reports the problem
         rt = None
     if rt is not None and not engine.slots.try_take(rt.job):
@@ -123,7 +145,10 @@ async def _run_with_slots(engine: Engine, partition: int, chunk: ClaimedChunk) -
     try:
         while True:
             outcome = await run_chunk(engine, chunk, partition)
-            await engine.completer_send.send(outcome)
+            try:
+                engine.completer_send.send_nowait(outcome)
+            except anyio.WouldBlock:
+                await engine.completer_send.send(outcome)  # the completer is behind: wait for room
             engine.inflight.handed_off(partition)
             queue = engine.slots.parked.get(rt.job.name) if rt is not None else None
             if not queue or engine.stopping:

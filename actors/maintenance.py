@@ -206,7 +206,7 @@ class Maintenance:
         try:
             params = job.decode_params(inst.params)
             async with store.pool.acquire() as conn, conn.transaction():
-                ctx = Context(job.name, inst.id, None, step.name, 1, bound, step.transactional, self.engine.reader)
+                ctx = Context(job.name, inst.id, None, step.name, 1, log, step.transactional, self.engine.reader)
                 raw = store.reduction_input(conn, inst.id, step.index)
                 items = _decoded(raw, step.consumes)  # type: ignore[arg-type]
                 if step.is_async:

@@ -19,7 +19,7 @@ from actors.heartbeat import Heartbeat
 from actors.maintenance import Maintenance
 from actors.runtime import Supervisor
 from channels.postgres import PostgresChannel
-from metrics import CHUNKS_RELEASED, MAILBOX_DEPTH, PARTITIONS_ASSIGNED, POOL_IN_USE, POOL_SIZE
+from metrics import CHUNKS_RELEASED, IN_FLIGHT, MAILBOX_DEPTH, PARTITIONS_ASSIGNED, POOL_IN_USE, POOL_SIZE
 from storage.store import Store
 from storage.types import ClaimedChunk
 
@@ -91,6 +91,7 @@ class Node:
             MAILBOX_DEPTH.labels("completer").set(engine.completer_send.statistics().current_buffer_used)
             MAILBOX_DEPTH.labels("step-executor").set(
                 sum(m.statistics().current_buffer_used for m in self._mailboxes))
+            IN_FLIGHT.set(sum(engine.inflight.running))
             POOL_SIZE.set(engine.store.pool.get_size())
             POOL_IN_USE.set(engine.store.pool.get_size() - engine.store.pool.get_idle_size())
             await anyio.sleep(1)

@@ -97,7 +97,7 @@ class Tx:
 class Context:
     """What a step run knows about itself."""
 
-    __slots__ = ("job", "instance_id", "chunk_id", "step", "attempt", "log", "tx", "warnings", "db")
+    __slots__ = ("job", "instance_id", "chunk_id", "step", "attempt", "_log", "_base_log", "tx", "warnings", "db")
 
     def __init__(self, job: str, instance_id: int, chunk_id: int | None, step: str, attempt: int,
                  log: Any, transactional: bool, db: Any = None) -> None:
@@ -106,10 +106,20 @@ class Context:
         self.chunk_id = chunk_id
         self.step = step
         self.attempt = attempt
-        self.log = log
+        self._base_log = log
+        self._log: Any = None
         self.tx = Tx(transactional)
         self.warnings: list[str] = []
         self.db = db  # reads: await ctx.db.fetch(sql, *args) / fetchrow / fetchval
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to job, instance, step and chunk (bound on first use:
+        most steps never log, and binding per chunk is measurable)."""
+        if self._log is None:
+            self._log = self._base_log.bind(job=self.job, instance_id=self.instance_id, step=self.step,
+                                            chunk_id=self.chunk_id)
+        return self._log
 
     def retry_later(self, seconds: float) -> NoReturn:
         """Run this chunk again after `seconds`, without counting an error (batch2's POLL_WAITING)."""
