@@ -232,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.chunks < 1 or a.daemons < 1 or a.partitions < 1 or a.concurrency < 1 or a.batch < 1:
         print("chunkd bench: --chunks, --daemons, --partitions, --concurrency and --batch must be >= 1", file=sys.stderr)
         return 2
+    from daemon.logs import configure
+    try:
+        env_cfg = config_mod.load({**os.environ, "CHUNKD_LOG_LEVEL": os.environ.get("CHUNKD_LOG_LEVEL", "warning")})
+    except config_mod.ConfigError as e:
+        print(f"chunkd bench: {e}", file=sys.stderr)
+        return 2
+    configure(env_cfg.log_level, env_cfg.log_format)
     opts = Options(workload=a.workload, chunks=a.chunks, daemons=a.daemons, partitions=a.partitions,
                    concurrency=a.concurrency, batch=a.batch, completer_batch=a.completer_batch, work_ms=a.work_ms,
                    timeout=a.timeout, plot=a.plot, as_json=a.as_json)
