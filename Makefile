@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test unit run clean promtool
+.PHONY: demo test unit run clean promtool bench
 
 $(VENV): requirements.lock requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,8 @@ unit: $(VENV)
 
 clean:
 	rm -rf $(VENV) .chunkd
+
+# The benchmark against its peers (installs pgqueuer and procrastinate into .venv).
+bench: $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check pgqueuer==1.6.0 procrastinate==3.10.0 "psycopg[binary]==3.3.9" uvloop==0.23.0
+	$(BIN)/chunkd bench --chunks 100000 --compare

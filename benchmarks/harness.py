@@ -47,6 +47,8 @@ class Options(msgspec.Struct, kw_only=True):
     timeout: float = 600.0
     plot: str | None = None
     as_json: bool = False
+    compare: bool = False
+    peer_jobs: dict[str, int] = {}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,6 +65,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--plot", metavar="PNG", help="write a throughput-over-time chart (needs matplotlib)")
     p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
+    p.add_argument("--compare", action="store_true",
+                   help="also run pgqueuer and procrastinate on the same server (pip install 'chunkd[peers]')")
+    p.add_argument("--procrastinate-jobs", type=int, default=10_000,
+                   help="jobs for procrastinate in --compare (it drains ~400-900/s here)")
     return p
 
 
@@ -202,9 +208,39 @@ async def run(opts: Options) -> dict[str, Any]:
                      "completer_batch": opts.completer_batch, "work_ms": opts.work_ms, **facts},
         "timeline": [[round(t, 3), n] for t, n in timeline],
     }
+    if opts.compare:
+        report["peers"] = await compare(admin_dsn, opts, report)
     if opts.plot:
         plot(report, opts.plot)
     return report
+
+
+async def compare(admin_dsn: str, opts: Options, ours: dict[str, Any]) -> dict[str, Any]:
+    """Each peer in its own process and database, same server, same run, same no-op work."""
+    from . import peers
+    ours_rate = ours["chunks_per_second"]
+    out: dict[str, Any] = {}
+    for name in peers.PEERS:
+        db = f"{BENCH_DB}_{name}"
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            await admin.execute(f'CREATE DATABASE "{db}"')
+        finally:
+            await admin.close()
+        jobs = opts.peer_jobs.get(name, opts.chunks)
+        res = await anyio.run_process([sys.executable, "-m", "benchmarks.peers", name, _with_db(admin_dsn, db), str(jobs)],
+                                      check=False)
+        try:
+            result = json.loads(res.stdout.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            result = {"error": res.stderr.decode()[-500:]}
+        if "jobs_per_second" in result:
+            theirs = result["jobs_per_second"] if opts.workload == "drain" else result["enqueue_plus_drain_per_second"]
+            result["compared"] = "drain" if opts.workload == "drain" else "enqueue_plus_drain"
+            result["ratio"] = round(ours_rate / theirs, 2) if theirs else None
+        out[name] = result
+    return out
 
 
 def plot(report: dict[str, Any], path: str) -> None:
@@ -241,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     configure(env_cfg.log_level, env_cfg.log_format)
     opts = Options(workload=a.workload, chunks=a.chunks, daemons=a.daemons, partitions=a.partitions,
                    concurrency=a.concurrency, batch=a.batch, completer_batch=a.completer_batch, work_ms=a.work_ms,
-                   timeout=a.timeout, plot=a.plot, as_json=a.as_json)
+                   timeout=a.timeout, plot=a.plot, as_json=a.as_json, compare=a.compare,
+                   peer_jobs={"procrastinate": min(a.chunks, a.procrastinate_jobs)})
     try:
         report = anyio.run(run, opts)
     except config_mod.ConfigError as e:
@@ -259,4 +296,11 @@ def main(argv: list[str] | None = None) -> int:
               f"postgres {report['cpu_seconds_per_1000_chunks']['postgres']}")
         print(f"chunk table {report['chunk_table_bytes'] / 1e6:.1f} MB; synchronous_commit="
               f"{report['settings']['synchronous_commit']}")
+        for name, peer in report.get("peers", {}).items():
+            if "error" in peer:
+                print(f"{name}: {peer['error']}")
+            else:
+                print(f"{name} {peer['version']}: {peer['jobs_per_second']:,.0f} jobs/s drain, "
+                      f"{peer['enqueue_plus_drain_per_second']:,.0f} enqueue+drain ({peer['jobs']} jobs, "
+                      f"{peer['settings']}); chunkd/{name} = {peer['ratio']}x")
     return 0 if report["completed"] >= report["chunks"] else 1
