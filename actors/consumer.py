@@ -17,19 +17,44 @@ from .engine import Engine
 
 log = structlog.get_logger("chunkd.consumer")
 
+RESCAN_EVERY = 5.0  # seconds: a full scan picks up rescued or released chunks with lower ids
+
+
+class ClaimCursor:
+    """Where the next claim starts in the partition's READY index. Claimed rows leave dead
+    entries at the front of that index until vacuum; starting past them keeps a claim's cost
+    flat under a large backlog (pgqueuer #607). A short claim, or every RESCAN_EVERY seconds,
+    starts again from the beginning, so nothing behind the cursor waits for long."""
+
+    def __init__(self) -> None:
+        self.next_id = 0
+        self.rescan_at = 0.0
+
+    def start(self, now: float) -> int:
+        if now >= self.rescan_at:
+            self.rescan_at = now + RESCAN_EVERY
+            self.next_id = 0
+        return self.next_id
+
+    def claimed(self, ids: list[int], requested: int) -> None:
+        self.next_id = max(ids) + 1 if len(ids) == requested else 0
+
 
 async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSendStream[ClaimedChunk]) -> None:
     cfg = engine.cfg
     signal = engine.channel.signal(partition)
     claimed_metric = CHUNKS_CLAIMED.labels(str(partition))
     backoff = Backoff(0.1, 5.0)
+    cursor = ClaimCursor()
     while not engine.stopping:
         # At most slots + one batch in flight: claim only when the running count is within the slots.
         await engine.inflight.wait_for_room(partition)
         if engine.stopping:
             return
         try:
-            chunks = await engine.store.claim(partition, cfg.claim_batch, engine.node_id, cfg.lease_seconds)
+            chunks = await engine.store.claim(partition, cfg.claim_batch, engine.node_id, cfg.lease_seconds,
+                                              cursor.start(time.monotonic()))
+            cursor.claimed([c.id for c in chunks], cfg.claim_batch)
             backoff.ok()
         except TRANSIENT as e:
             delay = backoff.failed()

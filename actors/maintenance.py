@@ -40,6 +40,7 @@ class Maintenance:
         self.reducing: set[int] = set()
         self.wake = anyio.Event()
         self._gauges_at = 0.0
+        self._republish_at = 0.0
 
     async def run(self) -> None:
         cfg = self.engine.cfg
@@ -104,9 +105,12 @@ class Maintenance:
         publish |= await self.instances()
         if publish:
             await self.engine.channel.publish(publish)
-        stale = await store.stale_partitions(range(self.engine.cfg.partitions), self.engine.cfg.republish_after)
-        if stale:
-            await self.engine.channel.publish(stale)
+        now = time.monotonic()
+        if now >= self._republish_at:  # not every pass: it reads the head of each READY queue
+            self._republish_at = now + self.engine.cfg.republish_after
+            stale = await store.stale_partitions(range(self.engine.cfg.partitions), self.engine.cfg.republish_after)
+            if stale:
+                await self.engine.channel.publish(stale)
 
     def _step_name(self, job_name: str, version: int, step: int) -> str:
         try:

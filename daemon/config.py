@@ -92,6 +92,18 @@ def _url(raw: str) -> str:
     return v
 
 
+def _duration(raw: str) -> float:
+    v = raw.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        seconds = float(v[:-1]) * units[v[-1]] if v and v[-1] in units else float(v)
+    except ValueError:
+        raise ValueError("expected a duration such as 90s, 30m, 12h, 7d (or seconds)") from None
+    if not 60 <= seconds <= 3650 * 86400:
+        raise ValueError("expected a duration from 1 minute to 10 years, e.g. 7d")
+    return seconds
+
+
 def _modules(raw: str) -> tuple[str, ...]:
     parts = tuple(p.strip() for p in raw.split(",") if p.strip())
     for p in parts:
@@ -131,6 +143,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str
     log_format: str
     pool_size: int
+    scheduling: bool
+    scheduler_concurrency: int
+    retention: float
+    retention_failed: float
     http_addr: tuple[str, int] | None
     api_tokens: str
     api_tokens_file: str
@@ -194,6 +210,14 @@ VARIABLES: tuple[Var, ...] = (
         "true: allow serving the API on a non-loopback address without tokens.", _bool),
     Var("CHUNKD_API_URL", "api_url", "http://127.0.0.1:8080", "Where the CLI reaches the daemon's API.", _url),
     Var("CHUNKD_API_TOKEN", "api_token", "", "The bearer token the CLI sends.", _text),
+    Var("CHUNKD_SCHEDULING", "scheduling", "true",
+        "false: this daemon neither fires schedules nor takes the maintenance lead (it still runs chunks).",
+        _bool),
+    Var("CHUNKD_SCHEDULER_CONCURRENCY", "scheduler_concurrency", "4", "Schedule firings in flight at once.",
+        _int(1, 1000)),
+    Var("CHUNKD_RETENTION", "retention", "7d",
+        "Finished (COMPLETED, CANCELLED) instances and their chunks older than this are purged.", _duration),
+    Var("CHUNKD_RETENTION_FAILED", "retention_failed", "30d", "FAILED instances are kept this long.", _duration),
     Var("CHUNKD_POOL_SIZE", "pool_size", "0",
         "Postgres connections in this daemon's pool; 0 means partitions + 4.", _int(0, 1000)),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 
-from .sdk import Job, JobDefinitionError
+from .sdk import Job, JobDefinitionError, LocalTask, Schedule
 
 BUILTIN_MODULES = ("daemon.jobs.synthetic", "daemon.jobs.bulk_export", "daemon.jobs.reindex")
 
@@ -16,6 +16,8 @@ class UnknownJobError(LookupError):
 class Registry:
     def __init__(self) -> None:
         self._jobs: dict[tuple[str, int], Job] = {}
+        self.schedules: dict[str, Schedule] = {}
+        self.local_tasks: dict[str, LocalTask] = {}
 
     def register(self, job: Job) -> None:
         job.validate()
@@ -31,10 +33,16 @@ class Registry:
         except ImportError as e:
             raise JobDefinitionError(f"cannot import job module {module_name!r}: {e}") from None
         found = [v for v in vars(module).values() if isinstance(v, Job)]
-        if not found:
-            raise JobDefinitionError(f"job module {module_name!r} defines no Job")
+        extras = [v for v in vars(module).values() if isinstance(v, (Schedule, LocalTask))]
+        if not found and not extras:
+            raise JobDefinitionError(f"job module {module_name!r} defines no Job, Schedule or LocalTask")
         for job in found:
             self.register(job)
+        for item in extras:
+            if isinstance(item, Schedule):
+                self.schedules[item.name] = item
+            else:
+                self.local_tasks[item.name] = item
         return found
 
     def get(self, name: str, version: int | None = None) -> Job:

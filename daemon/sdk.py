@@ -281,3 +281,23 @@ class Job:
     def decode_params(self, raw: str | bytes) -> Any:
         from storage.codec import params_from_json
         return params_from_json(raw, self.params)
+
+
+class Schedule(msgspec.Struct, frozen=True, kw_only=True):
+    """A clustered schedule declared in a job module: fires once per occurrence across
+    all daemons. Give `cron` (5 fields, or 6 with seconds first) or `every` (seconds)."""
+    name: str
+    job: str
+    params: dict[str, Any] = {}
+    cron: str | None = None
+    every: float | None = None
+    timezone: str = "UTC"
+    missed: str = "skip"          # or "run_once": after downtime, one run for all missed ones
+    version: int | None = None
+
+
+class LocalTask(msgspec.Struct, frozen=True, kw_only=True):
+    """Runs on every daemon every `every` seconds (e.g. cache expiry): `fn()` or `async fn()`."""
+    name: str
+    every: float
+    fn: Callable[[], Any]

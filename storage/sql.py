@@ -118,7 +118,7 @@ CHUNK_COPY_COLUMNS = ("instance_id", "step", "state", "partition", "max_attempts
 CHUNK_CLAIM = f"""
 WITH picked AS (
     SELECT id FROM chunkd_chunk
-    WHERE state = {int(C.READY)} AND partition = $1
+    WHERE state = {int(C.READY)} AND partition = $1 AND id >= $5
     ORDER BY id LIMIT $2
     FOR UPDATE SKIP LOCKED
 )

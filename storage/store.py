@@ -193,9 +193,11 @@ class Store:
         return [(r[0], r[1], r[2]) for r in await self.pool.fetch(sql.CHUNK_COUNT_BY_STATE, instance_id)]
 
     # ------------------------------------------------------------ claims
-    async def claim(self, partition: int, limit: int, node_id: int, lease_seconds: float) -> list[ClaimedChunk]:
+    async def claim(self, partition: int, limit: int, node_id: int, lease_seconds: float,
+                    from_id: int = 0) -> list[ClaimedChunk]:
+        """Up to `limit` READY chunks of `partition` with id >= from_id, oldest first."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(sql.CHUNK_CLAIM, partition, limit, node_id, lease_seconds)
+            rows = await conn.fetch(sql.CHUNK_CLAIM, partition, limit, node_id, lease_seconds, from_id)
         return [ClaimedChunk(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     # ------------------------------------------------------------ completion

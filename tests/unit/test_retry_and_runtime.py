@@ -79,3 +79,15 @@ def test_counter_delta_sorted_arrays() -> None:
     d.add(1, 0, CREATED)
     inst, step, created, completed, *_ = d.arrays()
     assert inst == [1, 2] and step == [0, 1] and created == [2, 0] and completed == [0, 3]
+
+
+def test_claim_cursor_moves_past_claimed_rows_and_rescans() -> None:
+    from actors.consumer import RESCAN_EVERY, ClaimCursor
+    c = ClaimCursor()
+    assert c.start(0.0) == 0
+    c.claimed([5, 9, 7], requested=3)
+    assert c.start(1.0) == 10  # a full batch: the next claim starts past it
+    c.claimed([12], requested=3)
+    assert c.start(2.0) == 0  # a short claim: back to the beginning
+    c.claimed([1, 2, 3], requested=3)
+    assert c.start(RESCAN_EVERY + 0.1) == 0  # periodic rescan for lower ids released meanwhile
