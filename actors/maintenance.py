@@ -73,6 +73,8 @@ class Maintenance:
 
     async def _round(self, ttl: float) -> None:
         """Renew (or take) the leader lease; if we hold it, run one pass."""
+        if not self.engine.cfg.scheduling:
+            return  # CHUNKD_SCHEDULING=false: a secondary node never leads
         term = await self.engine.store.acquire_leadership(self.engine.node_id, ttl)
         if term is not None and not self.engine.leader:
             log.info("became maintenance leader", term=term)

@@ -12,6 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from actors.scheduler import row_for, spec_of
+from storage.schedules import ScheduleRow, Schedules
 from storage.states import C, RESTARTABLE, I
 from storage.types import StepCounts
 
@@ -19,7 +21,10 @@ from . import api_models as m
 from .auth import Scope, allows, scope_of
 from .registry import UnknownJobError
 from .sdk import Job, StepKind
+from .scheduling import ScheduleError, next_after
+from .scheduling import validate as validate_spec
 from .submit import BadParameters, UnknownJob, submit
+from .submit import validate as validate_params
 
 if TYPE_CHECKING:
     from .node import Node
@@ -318,8 +323,81 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         log.info("instance state change", job=row["job_name"], instance_id=iid, status="IN_PROGRESS", restarted=True)
         return ok(await detailed(await load(iid)))
 
+    # ---------------------------------------------------------------- schedules
+    def schedule_out(r: ScheduleRow) -> m.Schedule:
+        return m.Schedule(id=r.id, job=r.job_name, version=r.job_version, parameters=json.loads(r.params),
+                          cron=r.cron, every_seconds=r.interval_seconds, timezone=r.timezone, missed=r.missed,
+                          paused=r.paused, source=r.source, created_at=r.created_at, next_fire_at=r.next_fire_at,
+                          last_fire_at=r.last_fire_at, last_instance_id=r.last_instance_id)
+
+    def schedules() -> Schedules:
+        return Schedules(engine().store.pool)
+
+    async def load_schedule(sid: str) -> ScheduleRow:
+        _no_nul(sid, "id")
+        row = await schedules().get(sid)
+        if row is None:
+            raise ApiError(404, "not_found", f"no schedule {sid!r}")
+        return row
+
+    async def list_schedules(request: Request) -> Response:
+        return ok(m.ScheduleList([schedule_out(r) for r in await schedules().list()]))
+
+    async def create_schedule(request: Request) -> Response:
+        raw = await _body(request)
+        try:
+            req = msgspec.json.decode(raw, type=m.ScheduleIn)
+        except msgspec.ValidationError as e:
+            raise ApiError(400, "bad_request", f"invalid request body: {e}") from None
+        except msgspec.DecodeError as e:
+            raise ApiError(400, "malformed_json", f"request body is not valid JSON: {e}") from None
+        for name in ("id", "job", "cron", "timezone", "missed"):
+            _no_nul(getattr(req, name), name)
+        if not req.id or len(req.id) > 200:
+            raise ApiError(422, "invalid_schedule", "id must be 1 to 200 characters", {"path": "$.id"})
+        if req.version is not None and not 1 <= req.version <= 2**31 - 1:
+            raise ApiError(400, "bad_request", "version must be a positive integer")
+        try:
+            spec = validate_spec(req.cron, req.every_seconds, req.timezone, req.missed)
+        except ScheduleError as err:
+            raise ApiError(422, "invalid_schedule", str(err), {"path": err.path}) from None
+        try:
+            job, canonical = validate_params(node.registry, req.job, _json.encode(req.parameters), req.version)
+        except UnknownJob as err:
+            raise ApiError(404, "unknown_job", str(err)) from None
+        except BadParameters as err:
+            raise ApiError(422, "invalid_parameters", str(err), {"path": err.path} if err.path else None) from None
+        now = await schedules().now()
+        row = row_for(req.id, job.name, req.version, canonical, spec, "api", now)
+        if not await schedules().create(row):
+            raise ApiError(409, "exists", f"schedule {req.id!r} exists; delete it first", {"status": "exists"})
+        log.info("schedule created", schedule=req.id, job=job.name)
+        return ok(schedule_out(await load_schedule(req.id)), 201)
+
+    async def get_schedule(request: Request) -> Response:
+        return ok(schedule_out(await load_schedule(request.path_params["sid"])))
+
+    async def delete_schedule(request: Request) -> Response:
+        row = await load_schedule(request.path_params["sid"])
+        await schedules().delete(row.id)
+        return ok(m.Deleted(row.id))
+
+    def pause_or_resume(paused: bool) -> Handler:
+        async def handler(request: Request) -> Response:
+            row = await load_schedule(request.path_params["sid"])
+            now = await schedules().now()
+            await schedules().set_paused(row.id, paused, None if paused else next_after(spec_of(row), now))
+            return ok(schedule_out(await load_schedule(row.id)))
+        return handler
+
     V, M = Scope.VIEW, Scope.MANAGE
     return [
+        Route("/api/v1/schedules", guarded(V, list_schedules), methods=["GET"]),
+        Route("/api/v1/schedules", guarded(M, create_schedule), methods=["POST"]),
+        Route("/api/v1/schedules/{sid}", guarded(V, get_schedule), methods=["GET"]),
+        Route("/api/v1/schedules/{sid}", guarded(M, delete_schedule), methods=["DELETE"]),
+        Route("/api/v1/schedules/{sid}/pause", guarded(M, pause_or_resume(True)), methods=["POST"]),
+        Route("/api/v1/schedules/{sid}/resume", guarded(M, pause_or_resume(False)), methods=["POST"]),
         Route("/api/v1/jobs", guarded(V, list_jobs), methods=["GET"]),
         Route("/api/v1/instances", guarded(M, create_instance), methods=["POST"]),
         Route("/api/v1/instances", guarded(V, list_instances), methods=["GET"]),

@@ -115,9 +115,46 @@ class ChunkList(msgspec.Struct):
     chunks: list[Chunk]
 
 
+class ScheduleIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    job: str
+    parameters: dict[str, Any] = {}
+    version: int | None = None
+    cron: str | None = None
+    every_seconds: float | None = None
+    timezone: str = "UTC"
+    missed: str = "skip"
+
+
+class Schedule(msgspec.Struct):
+    id: str
+    job: str
+    version: int | None
+    parameters: dict[str, Any]
+    cron: str | None
+    every_seconds: float | None
+    timezone: str
+    missed: str
+    paused: bool
+    source: str
+    created_at: datetime
+    next_fire_at: datetime
+    last_fire_at: datetime | None
+    last_instance_id: int | None
+
+
+class ScheduleList(msgspec.Struct):
+    schedules: list[Schedule]
+
+
+class Deleted(msgspec.Struct):
+    deleted: str
+
+
 class Health(msgspec.Struct):
     status: str
     problems: list[str]
 
 
-SCHEMA_TYPES = (ErrorBody, SubmitRequest, JobList, Instance, InstanceList, ChunkList, Health)
+SCHEMA_TYPES = (ErrorBody, SubmitRequest, JobList, Instance, InstanceList, ChunkList, Health, ScheduleIn,
+                Schedule, ScheduleList, Deleted)

@@ -76,6 +76,23 @@ def _parser() -> argparse.ArgumentParser:
     st = remote("stop", "force-stop an instance stuck after a crash")
     st.add_argument("instance_id", type=int)
     st.add_argument("--force", action="store_true", required=True)
+    sc = remote("schedules", "list or manage clustered schedules")
+    scs = sc.add_subparsers(dest="action", required=False)
+    add = scs.add_parser("add", help="create a schedule")
+    add.add_argument("id")
+    add.add_argument("job")
+    add.add_argument("--params", default="{}", help="parameters as JSON, or @file")
+    group = add.add_mutually_exclusive_group(required=True)
+    group.add_argument("--cron", help="5 fields, or 6 with seconds first")
+    group.add_argument("--every", type=float, help="seconds")
+    add.add_argument("--timezone", default="UTC")
+    add.add_argument("--missed", choices=("skip", "run_once"), default="skip")
+    add.add_argument("--version", type=int)
+    add.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    for action in ("delete", "pause", "resume", "show"):
+        ap = scs.add_parser(action)
+        ap.add_argument("id")
+        ap.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     ch = remote("chunks", "list an instance's chunks")
     ch.add_argument("instance_id", type=int)
     ch.add_argument("--step", type=int)
@@ -296,7 +313,34 @@ def cmd_chunks(client: ApiClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedules(client: ApiClient, args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+    action = args.action or "list"
+    if action == "list":
+        rows = client.call("GET", "/api/v1/schedules")["schedules"]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(table([{**r, "when": r["cron"] or f"every {r['every_seconds']:g}s"} for r in rows],
+                        ["id", "job", "when", "timezone", "paused", "next_fire_at", "last_fire_at", "last_instance_id"]))
+        return 0
+    if action == "add":
+        body = {"id": args.id, "job": args.job, "parameters": _params(args.params), "cron": args.cron,
+                "every_seconds": args.every, "timezone": args.timezone, "missed": args.missed,
+                "version": args.version}
+        row = client.call("POST", "/api/v1/schedules", body=body)
+    elif action == "show":
+        row = client.call("GET", f"/api/v1/schedules/{quote(args.id, safe='')}")
+    elif action == "delete":
+        row = client.call("DELETE", f"/api/v1/schedules/{quote(args.id, safe='')}")
+    else:
+        row = client.call("POST", f"/api/v1/schedules/{quote(args.id, safe='')}/{action}")
+    print(json.dumps(row, indent=2) if args.json else " ".join(f"{k}={v}" for k, v in row.items()))
+    return 0
+
+
 _REMOTE: dict[str, Callable[[ApiClient, argparse.Namespace], int]] = {
+    "schedules": cmd_schedules,
     "jobs": cmd_jobs, "instances": cmd_instances, "show": cmd_show, "submit": cmd_submit,
     "cancel": _post("cancel"), "stop": _post("stop", {"force": "true"}), "restart": _post("restart"),
     "chunks": cmd_chunks,

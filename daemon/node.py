@@ -18,6 +18,7 @@ from actors.executor import execute_partition
 from actors.heartbeat import Heartbeat
 from actors.maintenance import Maintenance
 from actors.runtime import Supervisor
+from actors.scheduler import Scheduler
 from channels.postgres import PostgresChannel
 from metrics import CHUNKS_RELEASED, IN_FLIGHT, MAILBOX_DEPTH, PARTITIONS_ASSIGNED, POOL_IN_USE, POOL_SIZE
 from storage.store import Store
@@ -124,6 +125,7 @@ class Node:
                     background.start_soon(sup.supervise, "http", "http", self._http_runner(sock))
                 maintenance = Maintenance(engine)
                 background.start_soon(sup.supervise, "maintenance", "maintenance", maintenance.run)
+                background.start_soon(sup.supervise, "scheduler", "scheduler", Scheduler(engine).run)
                 if handle_signals:
                     background.start_soon(self._signals)
                 async with anyio.create_task_group() as completer_tg:

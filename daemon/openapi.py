@@ -37,6 +37,7 @@ def _q(name: str, schema: dict[str, Any], desc: str, *, array: bool = False) -> 
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 _AUTH = _errors(401, 403)
+_SID = {"name": "sid", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 def document(secured: bool) -> dict[str, Any]:
@@ -87,6 +88,22 @@ def document(secured: bool) -> dict[str, Any]:
             "/api/v1/instances/{id}/restart": {"post": op(
                 "Restart a FAILED or CANCELLED instance; completed work is not redone", inst, 404, 409,
                 params=[_ID])},
+            "/api/v1/schedules": {
+                "get": op("Schedules", {"200": {"description": "All schedules", **_json(m.ScheduleList)}}),
+                "post": op("Create a schedule", {"201": {"description": "Created", **_json(m.Schedule)}},
+                           400, 404, 409, 413, 422, body=m.ScheduleIn),
+            },
+            "/api/v1/schedules/{sid}": {
+                "get": op("One schedule", {"200": {"description": "The schedule", **_json(m.Schedule)}}, 400, 404,
+                          params=[_SID]),
+                "delete": op("Delete a schedule", {"200": {"description": "Deleted", **_json(m.Deleted)}}, 400, 404,
+                             params=[_SID]),
+            },
+            "/api/v1/schedules/{sid}/pause": {"post": op(
+                "Pause", {"200": {"description": "The schedule", **_json(m.Schedule)}}, 400, 404, params=[_SID])},
+            "/api/v1/schedules/{sid}/resume": {"post": op(
+                "Resume (from the next occurrence; missed ones are not replayed)",
+                {"200": {"description": "The schedule", **_json(m.Schedule)}}, 400, 404, params=[_SID])},
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {
                 "200": {"description": "Alive", **_json(m.Health)}, "503": {"description": "Wedged", **_json(m.Health)}}}},
             "/readyz": {"get": {"summary": "Readiness", "security": [], "responses": {

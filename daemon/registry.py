@@ -6,7 +6,8 @@ from collections.abc import Iterable
 
 from .sdk import Job, JobDefinitionError, LocalTask, Schedule
 
-BUILTIN_MODULES = ("daemon.jobs.synthetic", "daemon.jobs.bulk_export", "daemon.jobs.reindex")
+BUILTIN_MODULES = ("daemon.jobs.synthetic", "daemon.jobs.bulk_export", "daemon.jobs.reindex",
+                   "daemon.jobs.retention")
 
 
 class UnknownJobError(LookupError):

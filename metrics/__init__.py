@@ -42,6 +42,7 @@ ACTOR_RESTARTS = Counter("chunkd_actor_restarts", "Actor restarts by the supervi
 MAINTENANCE_SECONDS = Histogram("chunkd_maintenance_pass_seconds", "Maintenance pass duration.",
                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10))
 LEASES_RESCUED = Counter("chunkd_leases_rescued", "Expired leases rescued by maintenance.")
+RETENTION_PURGED = Counter("chunkd_retention_purged", "Rows purged by retention.", ["table"])
 KAFKA_LAG = Gauge("chunkd_kafka_consumer_lag", "Kafka consumer lag per assigned partition (kafka channel only).",
                   ["partition"])
 IS_LEADER = Gauge("chunkd_maintenance_leader", "1 while this daemon is the maintenance leader.")

@@ -32,6 +32,16 @@ class Reader:
     async def fetchval(self, query: str, *args: Any) -> Any:
         return await (await self._get()).fetchval(query, *args)
 
+    async def acquire_pool(self) -> asyncpg.Pool:
+        return await self._get()
+
+    def pool_for_maintenance(self) -> "Reader":
+        """Built-in maintenance jobs write through this (user steps use ctx.tx)."""
+        return self
+
+    async def execute(self, query: str, *args: Any) -> str:
+        return await (await self._get()).execute(query, *args)
+
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()

@@ -195,3 +195,47 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(api_daemon, tm
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
     assert time.monotonic() - started < 600
+
+
+async def test_schedules_api_and_cli(conn: asyncpg.Connection, api_daemon) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import run_cli
+    api = api_daemon()
+    c = ApiClient(api.url)
+    ids = {s["id"] for s in c.call("GET", "/api/v1/schedules")["schedules"]}
+    assert "chunkd.retention" in ids  # the built-in retention schedule
+    body = {"id": "nightly", "job": "chunkd.synthetic", "parameters": {"chunks": 2},
+            "cron": "30 2 * * *", "timezone": "Europe/Berlin"}
+    made = c.call("POST", "/api/v1/schedules", body=body)
+    assert made["next_fire_at"] and made["paused"] is False and made["parameters"]["chunks"] == 2
+    with pytest.raises(ApiCallError) as e:
+        c.call("POST", "/api/v1/schedules", body=body)
+    assert e.value.status == 409
+    for bad, path in (({"cron": "61 * * * *"}, "$.cron"), ({"timezone": "Mars/Olympus"}, "$.timezone"),
+                      ({"parameters": {"chunks": "x"}}, "$.chunks")):
+        with pytest.raises(ApiCallError) as e:
+            c.call("POST", "/api/v1/schedules", body={**body, "id": "x", **bad})
+        assert e.value.status == 422 and e.value.details == {"path": path}
+    assert c.call("POST", "/api/v1/schedules/nightly/pause")["paused"] is True
+    assert c.call("POST", "/api/v1/schedules/nightly/resume")["paused"] is False
+    assert c.call("DELETE", "/api/v1/schedules/nightly") == {"deleted": "nightly"}
+    with pytest.raises(ApiCallError) as e:
+        c.call("GET", "/api/v1/schedules/nightly")
+    assert e.value.status == 404
+
+    env = api.cli_env()
+    res = run_cli("schedules", "add", "tick", "chunkd.synthetic", "--every", "1", "--params", '{"chunks": 1}', env=env)
+    assert res.returncode == 0, res.stderr
+    bad = run_cli("schedules", "add", "t2", "chunkd.synthetic", "--cron", "* * * * 9", env=env)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "bad cron expression" in bad.stderr
+    tz = run_cli("schedules", "add", "t3", "chunkd.synthetic", "--every", "5", "--timezone", "Nowhere/Land", env=env)
+    assert tz.returncode == 2 and "unknown timezone 'Nowhere/Land'" in tz.stderr
+    deadline = time.monotonic() + 10
+    while True:
+        shown = json.loads(run_cli("schedules", "show", "tick", "--json", env=env).stdout)
+        if shown["last_instance_id"]:
+            break
+        assert time.monotonic() < deadline
+        await anyio.sleep(0.3)
+    assert shown["last_fire_at"] and shown["next_fire_at"] > shown["last_fire_at"]
+    listing = run_cli("schedules", env=env).stdout
+    assert "tick" in listing and "every 1s" in listing

@@ -99,3 +99,33 @@ async def test_reindex_writes_each_row_once(dsn: str, conn: asyncpg.Connection) 
     wrong = await conn.fetchval("SELECT count(*) FROM resources_by_tag i JOIN resources r ON r.id = i.id "
                                 "WHERE i.value IS DISTINCT FROM (r.resource #>> '{tags,0}')")
     assert wrong == 0
+
+
+async def test_retention_purges_exactly_what_is_past_the_window(dsn: str, conn: asyncpg.Connection) -> None:
+    async with running_node(dsn) as node:
+        ids = []
+        for _ in range(5):
+            res = await submit_job(node, "chunkd.synthetic", chunks=50)
+            ids.append(res.instance_id)
+        for iid in ids:
+            assert await wait_status(conn, iid, {"COMPLETED"}, 30) == "COMPLETED"
+        old_done, recent_done, failed_kept, failed_old, cancelled_old = ids
+        await conn.execute("UPDATE chunkd_instance SET finished_at = now() - interval '8 days' WHERE id = ANY($1)",
+                           [old_done, failed_kept, cancelled_old])
+        await conn.execute("UPDATE chunkd_instance SET status = 'FAILED' WHERE id = ANY($1)", [failed_kept, failed_old])
+        await conn.execute("UPDATE chunkd_instance SET status = 'CANCELLED' WHERE id = $1", cancelled_old)
+        await conn.execute("UPDATE chunkd_instance SET finished_at = now() - interval '31 days' WHERE id = $1",
+                           failed_old)
+        # a job keeps running while retention works
+        busy = await submit_job(node, "chunkd.synthetic", chunks=3000, work_ms=1)
+        purge = await submit_job(node, "chunkd.retention", keep_seconds=7 * 86400, keep_failed_seconds=30 * 86400)
+        assert await wait_status(conn, purge.instance_id, {"COMPLETED", "FAILED"}, 60) == "COMPLETED"
+        assert await wait_status(conn, busy.instance_id, {"COMPLETED", "FAILED"}, 60) == "COMPLETED"
+    left = {r[0] for r in await conn.fetch("SELECT id FROM chunkd_instance")}
+    assert left == {recent_done, failed_kept, busy.instance_id, purge.instance_id}
+    gone = [old_done, failed_old, cancelled_old]
+    assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = ANY($1)", gone) == 0
+    assert await conn.fetchval("SELECT count(*) FROM chunkd_step_counter WHERE instance_id = ANY($1)", gone) == 0
+    assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1", recent_done) == 101  # plan + 50 work + 50 reduction input
+    report = json.loads(await conn.fetchval("SELECT report FROM chunkd_instance WHERE id = $1", purge.instance_id))
+    assert report == {"chunks": 3 * 101, "instances": 3}

@@ -1,0 +1,139 @@
+"""Scheduler: fires due clustered schedules (each occurrence exactly once across daemons,
+claimed in Postgres) and runs this daemon's local tasks."""
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from datetime import datetime
+
+import anyio
+import structlog
+
+from daemon.registry import UnknownJobError
+from daemon.scheduling import ScheduleError, Spec, next_after, plan_fire, validate
+from daemon.sdk import LocalTask
+from storage.codec import DataError
+from storage.errors import TRANSIENT, Backoff
+from storage.schedules import ScheduleRow, Schedules
+
+from .engine import Engine
+
+log = structlog.get_logger("chunkd.scheduler")
+
+RETENTION_SCHEDULE = "chunkd.retention"
+RETENTION_EVERY = 300.0
+
+
+def row_for(sid: str, job: str, version: int | None, params_json: str, spec: Spec, source: str,
+            now: datetime) -> ScheduleRow:
+    return ScheduleRow(id=sid, job_name=job, job_version=version, params=params_json, cron=spec.cron,
+                       interval_seconds=spec.every, timezone=spec.timezone, missed=spec.missed, paused=False,
+                       source=source, created_at=now, next_fire_at=next_after(spec, now), last_fire_at=None,
+                       last_instance_id=None)
+
+
+def spec_of(row: ScheduleRow) -> Spec:
+    return Spec(row.cron, row.interval_seconds, row.timezone, row.missed)
+
+
+class Scheduler:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.schedules = Schedules(engine.store.pool)
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for task in self.engine.registry.local_tasks.values():
+                tg.start_soon(self._local, task)
+            if self.engine.cfg.scheduling:
+                await self._register()
+                tg.start_soon(self._fire_loop)
+
+    async def _register(self) -> None:
+        """Schedules declared in job modules, and the built-in retention schedule."""
+        now = await self.schedules.now()
+        cfg = self.engine.cfg
+        declared = [(s.name, s.job, s.version, json.dumps(s.params), s.cron, s.every, s.timezone, s.missed, "code")
+                    for s in self.engine.registry.schedules.values()]
+        declared.append((RETENTION_SCHEDULE, "chunkd.retention", None,
+                         json.dumps({"keep_seconds": cfg.retention, "keep_failed_seconds": cfg.retention_failed}),
+                         None, RETENTION_EVERY, "UTC", "skip", "builtin"))
+        from daemon.submit import validate as validate_params
+        for sid, job, version, params, cron, every, tz, missed, source in declared:
+            try:
+                spec = validate(cron, every, tz, missed)
+                j, canonical = validate_params(self.engine.registry, job, params, version)
+            except (ScheduleError, ValueError) as e:
+                log.error("declared schedule is invalid; not registered", schedule=sid, error=str(e))
+                continue
+            await self.schedules.upsert(row_for(sid, j.name, version, canonical, spec, source, now))
+
+    async def _fire_loop(self) -> None:
+        limiter = anyio.CapacityLimiter(self.engine.cfg.scheduler_concurrency)
+        backoff = Backoff(0.2, 5.0)
+        async with anyio.create_task_group() as tg:
+            firing: set[str] = set()
+            while True:
+                try:
+                    due = await self.schedules.due(100)
+                    backoff.ok()
+                except TRANSIENT as e:
+                    delay = backoff.failed()
+                    log.warning("reading schedules failed; retrying", error=repr(e), retry_in=delay)
+                    await anyio.sleep(delay)
+                    continue
+                for row, now in due:
+                    if row.id not in firing:
+                        firing.add(row.id)
+                        tg.start_soon(self._fire_one, row, now, limiter, firing)
+                try:
+                    wait = await self.schedules.seconds_to_next()
+                except TRANSIENT:
+                    wait = 1.0
+                await anyio.sleep(min(0.5, max(0.05, wait if wait is not None else 0.5)))
+
+    async def _fire_one(self, row: ScheduleRow, now: datetime, limiter: anyio.CapacityLimiter,
+                        firing: set[str]) -> None:
+        try:
+            async with limiter:
+                await self._fire(row, now)
+        except TRANSIENT as e:
+            log.warning("firing a schedule failed; another pass retries it", schedule=row.id, error=repr(e))
+        except RuntimeError as e:
+            log.info("schedule changed while firing; skipped this pass", schedule=row.id, error=str(e))
+        finally:
+            firing.discard(row.id)
+
+    async def _fire(self, row: ScheduleRow, now: datetime) -> None:
+        engine = self.engine
+        try:
+            job = engine.registry.get(row.job_name, row.job_version)
+            job.decode_params(row.params)
+        except (UnknownJobError, DataError) as e:
+            # perhaps another daemon has this job loaded; it fires it then
+            log.warning("cannot fire schedule here", schedule=row.id, error=str(e))
+            return
+        spec = spec_of(row)
+        fire, nxt = plan_fire(spec, row.next_fire_at, now)
+        instance = (job.name, job.version, row.params, job.gated, b"", job.steps[0].max_attempts) if fire else None
+        part = engine.store.next_partition()
+        fired, iid = await self.schedules.fire(row, row.next_fire_at, nxt, engine.cfg.node_id, instance,
+                                               engine.cfg.partitions, part)
+        if fired and iid is not None:
+            await engine.channel.publish([part])
+            log.info("schedule fired", schedule=row.id, job=job.name, instance_id=iid,
+                     occurrence=row.next_fire_at.isoformat())
+        elif fired:
+            log.info("missed occurrence skipped", schedule=row.id, occurrence=row.next_fire_at.isoformat())
+
+    async def _local(self, task: LocalTask) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                result = task.fn()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as e:  # noqa: BLE001 - a local task must not stop the others
+                log.warning("local task failed", task=task.name, error=repr(e))
+            await anyio.sleep(max(0.0, task.every - (time.monotonic() - started)))
