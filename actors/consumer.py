@@ -51,10 +51,14 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
         await engine.inflight.wait_for_room(partition)
         if engine.stopping:
             return
+        if not engine.channel.owns(partition):  # Kafka gave this partition to another daemon
+            await engine.channel.assignment_changed.wait()
+            continue
         try:
             chunks = await engine.store.claim(partition, cfg.claim_batch, engine.node_id, cfg.lease_seconds,
                                               cursor.start(time.monotonic()))
             cursor.claimed([c.id for c in chunks], cfg.claim_batch)
+            engine.channel.acked(partition)  # hints so far are served: their offsets may be committed
             backoff.ok()
         except TRANSIENT as e:
             delay = backoff.failed()

@@ -34,6 +34,17 @@ class PartitionSignal:
 
 class Channel(Protocol):
     name: str
+    partitions: int
+    assignment_changed: anyio.Event
+
+    async def prepare(self) -> int:
+        """Connect/create what the transport needs; returns the partition count to use."""
+
+    def owns(self, partition: int) -> bool:
+        """Does this daemon consume `partition` now? (Kafka decides; Postgres: always.)"""
+
+    def acked(self, partition: int) -> None:
+        """The partition's consumer has claimed after the hints received so far."""
 
     def signal(self, partition: int) -> PartitionSignal:
         """The wake-up for a partition this daemon consumes."""
@@ -45,6 +56,22 @@ class Channel(Protocol):
         """Receive notifications until cancelled."""
 
     def connected(self) -> bool: ...
+
+
+class AllPartitions:
+    """Ownership for transports where every daemon consumes every partition."""
+
+    partitions: int
+    assignment_changed: anyio.Event
+
+    async def prepare(self) -> int:
+        return self.partitions
+
+    def owns(self, partition: int) -> bool:
+        return 0 <= partition < self.partitions
+
+    def acked(self, partition: int) -> None:
+        return None
 
 
 class LocalSignals:

@@ -5,13 +5,15 @@ from collections.abc import Iterable
 
 import anyio
 
-from .base import LocalSignals, PartitionSignal
+from .base import AllPartitions, LocalSignals, PartitionSignal
 
 
-class MemoryChannel:
+class MemoryChannel(AllPartitions):
     name = "memory"
 
     def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.assignment_changed = anyio.Event()
         self._local = LocalSignals(partitions)
         self.published: list[int] = []
 
@@ -29,3 +31,6 @@ class MemoryChannel:
 
     def connected(self) -> bool:
         return True
+
+    async def close(self) -> None:
+        return None

@@ -8,7 +8,7 @@ import anyio
 import asyncpg
 import structlog
 
-from .base import LocalSignals, PartitionSignal
+from .base import AllPartitions, LocalSignals, PartitionSignal
 
 CHANNEL = "chunkd_work"
 _LISTEN = f"LISTEN {CHANNEL}"
@@ -17,11 +17,13 @@ _NOTIFY = "SELECT pg_notify($1, $2)"
 log = structlog.get_logger("chunkd.channel.postgres")
 
 
-class PostgresChannel:
+class PostgresChannel(AllPartitions):
     name = "postgres"
 
     def __init__(self, dsn: str, partitions: int, *, reconnect_max: float = 5.0) -> None:
         self._dsn = dsn
+        self.partitions = partitions
+        self.assignment_changed = anyio.Event()
         self._local = LocalSignals(partitions)
         self._listen: asyncpg.Connection | None = None
         self._send: asyncpg.Connection | None = None

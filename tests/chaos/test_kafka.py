@@ -1,0 +1,108 @@
+"""The Kafka channel against a real Kafka-protocol broker (tansu), never a mock."""
+from __future__ import annotations
+
+import json
+import time
+
+import anyio
+import asyncpg
+import pytest
+
+from tests.conftest import submit_direct, wait_status
+
+from .test_kill import LEDGER, check_exactly_once
+
+pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
+
+
+def kafka_env(broker, group: str = "g1", **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {"CHUNKD_CHANNEL": "kafka", "CHUNKD_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "CHUNKD_KAFKA_GROUP": group,
+            "CHUNKD_PARTITIONS": "8", "CHUNKD_LOG_LEVEL": "info", "CHUNKD_LEASE_SECONDS": "3",
+            "CHUNKD_HEARTBEAT_SECONDS": "1", **extra}
+
+
+def assigned(daemon) -> set[int]:  # type: ignore[no-untyped-def]
+    """Every partition the daemon's log says Kafka ever assigned it."""
+    out: set[int] = set()
+    for line in daemon.log_path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if r.get("event") == "kafka partitions assigned":
+            out |= set(r["partitions"])
+    return out
+
+
+async def wait_for(cond, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await anyio.sleep(0.1)
+
+
+async def test_two_daemons_share_kafka_partitions(dsn: str, conn: asyncpg.Connection, spawn_daemon, kafka_broker) -> None:  # type: ignore[no-untyped-def]
+    await conn.execute(LEDGER)
+    a = spawn_daemon(**kafka_env(kafka_broker))
+    b = spawn_daemon(**kafka_env(kafka_broker))
+    await wait_for(lambda: _both_assigned(a, b), 30)
+    n = 20_000
+    iid = await submit_direct(dsn, "test.ledger", {"chunks": n, "work_ms": 1})
+    await wait_status(conn, iid, {"COMPLETED", "FAILED"}, 180)
+    await check_exactly_once(conn, iid, n)
+    assert assigned(a) and assigned(b) and assigned(a) | assigned(b) == set(range(8))
+    assert {r[0] for r in await conn.fetch("SELECT DISTINCT pid FROM test_ledger")} == {a.proc.pid, b.proc.pid}
+    assert a.terminate() == 0 and b.terminate() == 0
+
+
+async def _both_assigned(a, b) -> bool:  # type: ignore[no-untyped-def]
+    return bool(assigned(a)) and bool(assigned(b))
+
+
+async def test_survivor_takes_over_a_killed_daemons_partitions(
+        dsn: str, conn: asyncpg.Connection, spawn_daemon, kafka_broker) -> None:  # type: ignore[no-untyped-def]
+    await conn.execute(LEDGER)
+    a = spawn_daemon(**kafka_env(kafka_broker))
+    b = spawn_daemon(**kafka_env(kafka_broker))
+    await wait_for(lambda: _both_assigned(a, b), 30)
+    n = 20_000
+    iid = await submit_direct(dsn, "test.ledger", {"chunks": n, "work_ms": 2})
+    while await conn.fetchval("SELECT count(*) FROM test_ledger") < n // 4:
+        await anyio.sleep(0.05)
+    b.kill()
+    await wait_status(conn, iid, {"COMPLETED", "FAILED"}, 180)
+    await check_exactly_once(conn, iid, n)
+    assert assigned(a) == set(range(8))  # after the rebalance the survivor had every partition
+    assert a.terminate() == 0
+
+
+async def test_broker_outage_mid_job(dsn: str, conn: asyncpg.Connection, spawn_daemon, kafka_broker) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import free_port, wait_ready
+    from tests.integration.test_observability import get
+    await conn.execute(LEDGER)
+    port = free_port()
+    a = spawn_daemon(**kafka_env(kafka_broker, CHUNKD_HTTP_ADDR=f"127.0.0.1:{port}"))
+    wait_ready(f"http://127.0.0.1:{port}")
+    await wait_for(lambda: _one_assigned(a), 30)
+    n = 20_000
+    iid = await submit_direct(dsn, "test.ledger", {"chunks": n, "work_ms": 100})  # outlasts the outage
+    while await conn.fetchval("SELECT count(*) FROM test_ledger") < n // 10:
+        await anyio.sleep(0.05)
+    kafka_broker.stop()
+
+    async def not_ready() -> bool:
+        status, body = get(f"http://127.0.0.1:{port}/readyz")
+        return status == 503 and "kafka channel not connected" in body
+    await wait_for(not_ready, 8)
+    await anyio.sleep(5)
+    assert a.proc.poll() is None  # the daemon keeps running without its broker
+    kafka_broker.start()  # a new, empty broker on the same port
+    assert await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", iid) == "IN_PROGRESS"
+    wait_ready(f"http://127.0.0.1:{port}", timeout=60)  # reconnected, topic re-created
+    await wait_status(conn, iid, {"COMPLETED", "FAILED"}, 180)
+    await check_exactly_once(conn, iid, n)
+    assert a.terminate() == 0
+
+
+async def _one_assigned(a) -> bool:  # type: ignore[no-untyped-def]
+    return bool(assigned(a))
