@@ -41,16 +41,18 @@ class Scheduler:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.schedules = Schedules(engine.store.pool)
+        self.registered = False
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
             for task in self.engine.registry.local_tasks.values():
                 tg.start_soon(self._local, task)
             if self.engine.cfg.scheduling:
-                await self._register()
+                if not self.registered:
+                    await self.register()
                 tg.start_soon(self._fire_loop)
 
-    async def _register(self) -> None:
+    async def register(self) -> None:
         """Schedules declared in job modules, and the built-in retention schedule."""
         now = await self.schedules.now()
         cfg = self.engine.cfg
@@ -68,6 +70,7 @@ class Scheduler:
                 log.error("declared schedule is invalid; not registered", schedule=sid, error=str(e))
                 continue
             await self.schedules.upsert(row_for(sid, j.name, version, canonical, spec, source, now))
+        self.registered = True
 
     async def _fire_loop(self) -> None:
         limiter = anyio.CapacityLimiter(self.engine.cfg.scheduler_concurrency)

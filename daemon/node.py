@@ -23,6 +23,7 @@ from actors.scheduler import Scheduler
 from channels.base import Channel
 from channels.postgres import PostgresChannel
 from metrics import CHUNKS_RELEASED, IN_FLIGHT, MAILBOX_DEPTH, PARTITIONS_ASSIGNED, POOL_IN_USE, POOL_SIZE
+from storage.errors import TRANSIENT
 from storage.store import Store
 from storage.types import ClaimedChunk
 
@@ -132,7 +133,13 @@ class Node:
                     background.start_soon(sup.supervise, "http", "http", self._http_runner(sock))
                 maintenance = Maintenance(engine)
                 background.start_soon(sup.supervise, "maintenance", "maintenance", maintenance.run)
-                background.start_soon(sup.supervise, "scheduler", "scheduler", Scheduler(engine).run)
+                scheduler = Scheduler(engine)
+                if cfg.scheduling:
+                    try:
+                        await scheduler.register()  # declared schedules exist once the daemon is up
+                    except TRANSIENT as e:
+                        log.warning("registering schedules failed; the scheduler retries", error=repr(e))
+                background.start_soon(sup.supervise, "scheduler", "scheduler", scheduler.run)
                 if handle_signals:
                     background.start_soon(self._signals)
                 async with anyio.create_task_group() as completer_tg:

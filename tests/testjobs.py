@@ -294,3 +294,17 @@ async def w_plan(params: CountParams, ctx: Context, sink: Sink[Item]) -> None:
 @badwrite.step(consumes=Item, transactional=True, max_attempts=2, backoff_base=0.05)
 async def w_write(params: CountParams, chunk: Item, ctx: Context) -> None:
     ctx.tx.execute("INSERT INTO test_unique (k) VALUES ($1)", chunk.n)
+
+
+# ------------------------------------------------------------ a local task (runs on every daemon)
+from daemon.sdk import LocalTask  # noqa: E402
+
+LOCAL_RUNS: list[float] = []
+
+
+def _tick() -> None:
+    import time
+    LOCAL_RUNS.append(time.monotonic())
+
+
+local_tick = LocalTask(name="test.local-tick", every=0.2, fn=_tick)

@@ -33,6 +33,8 @@ async def test_export_survives_two_sigkills(dsn: str, conn: asyncpg.Connection, 
     exported = read_export(out, manifest)
     ids = [row["id"] for rows in exported.values() for row in rows]
     assert len(ids) == n and len(set(ids)) == n  # every row once, no duplicate lines
+    source = {r[0]: json.loads(r[1]) for r in await conn.fetch("SELECT id, to_jsonb(t)::text FROM resources t")}
+    assert {row["id"]: row for rows in exported.values() for row in rows} == source  # each line equals its row
     listed = {Path(o["url"]).name for o in manifest["output"]}
     on_disk = {p.name for p in out.glob("*.ndjson")}
     assert listed == on_disk and len(listed) == 3 * (n // 250)  # 3 types in every 250-row chunk

@@ -115,3 +115,10 @@ async def test_a_failing_transactional_write_fails_only_its_chunk(dsn: str, conn
     done = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = 7",
                                res.instance_id)
     assert done == await conn.fetchval("SELECT count(*) FROM test_unique") - 1
+
+
+async def test_local_tasks_run_on_every_daemon_even_without_scheduling(dsn: str) -> None:
+    testjobs.LOCAL_RUNS.clear()
+    async with running_node(dsn, CHUNKD_SCHEDULING="false"):
+        await anyio.sleep(1.1)
+    assert len(testjobs.LOCAL_RUNS) >= 4
