@@ -128,17 +128,17 @@ class Node:
         try:
             async with anyio.create_task_group() as background:
                 await background.start(channel.run)
+                scheduler = Scheduler(engine)
+                if cfg.scheduling:
+                    try:
+                        await scheduler.register()  # declared schedules exist once the API answers
+                    except TRANSIENT as e:
+                        log.warning("registering schedules failed; the scheduler retries", error=repr(e))
                 background.start_soon(self._tick, engine)
                 if sock is not None:
                     background.start_soon(sup.supervise, "http", "http", self._http_runner(sock))
                 maintenance = Maintenance(engine)
                 background.start_soon(sup.supervise, "maintenance", "maintenance", maintenance.run)
-                scheduler = Scheduler(engine)
-                if cfg.scheduling:
-                    try:
-                        await scheduler.register()  # declared schedules exist once the daemon is up
-                    except TRANSIENT as e:
-                        log.warning("registering schedules failed; the scheduler retries", error=repr(e))
                 background.start_soon(sup.supervise, "scheduler", "scheduler", scheduler.run)
                 if handle_signals:
                     background.start_soon(self._signals)
