@@ -122,3 +122,24 @@ async def test_local_tasks_run_on_every_daemon_even_without_scheduling(dsn: str)
     async with running_node(dsn, CHUNKD_SCHEDULING="false"):
         await anyio.sleep(1.1)
     assert len(testjobs.LOCAL_RUNS) >= 4
+
+
+async def test_undecodable_chunk_data_fails_only_that_chunk(dsn: str, conn: asyncpg.Connection) -> None:
+    async with running_node(dsn, CHUNKD_POLL_INTERVAL="0.2") as node:
+        # an instance whose step 1 has five good chunks and one that does not decode
+        iid = await conn.fetchval("""
+            INSERT INTO chunkd_instance (job_name, job_version, params, gated, status)
+            VALUES ('test.flaky', 1, '{"chunks": 3, "bad": 99}', false, 'IN_PROGRESS') RETURNING id""")
+        from storage.codec import encode
+        from tests.testjobs import Item
+        rows = [(iid, 1, 2, 0, 3, encode(Item(i))) for i in range(5)] + [(iid, 1, 2, 0, 3, b"\xc1garbage")]
+        await conn.copy_records_to_table("chunkd_chunk", records=rows,
+                                         columns=["instance_id", "step", "state", "partition", "max_attempts", "data"])
+        await conn.execute("INSERT INTO chunkd_step_counter (instance_id, step, created, completed) "
+                           "VALUES ($1, 0, 1, 1), ($1, 1, 6, 0)", iid)
+        await node.engine.channel.publish([0])  # type: ignore[union-attr]
+        assert await wait_status(conn, iid, {"COMPLETED", "FAILED"}, 30) == "FAILED"
+    states = await conn.fetch("SELECT state, attempt, error_message FROM chunkd_chunk WHERE instance_id = $1 ORDER BY id", iid)
+    assert [r["state"] for r in states[:5]].count(7) >= 1
+    bad = states[5]
+    assert bad["state"] == 6 and bad["attempt"] == 1 and "chunk data does not decode as Item" in bad["error_message"]

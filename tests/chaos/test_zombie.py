@@ -1,0 +1,52 @@
+"""A frozen worker (SIGSTOP) past its lease: another daemon rescues its chunks, and the
+zombie's late results are refused by the fencing token."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import anyio
+import asyncpg
+import pytest
+
+from tests.conftest import submit_direct, wait_status
+
+from .test_kill import LEDGER, check_exactly_once
+
+pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
+
+FAST = {"CHUNKD_LEASE_SECONDS": "2", "CHUNKD_HEARTBEAT_SECONDS": "0.5", "CHUNKD_LOG_LEVEL": "info"}
+
+
+async def test_zombie_results_are_refused(dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
+    await conn.execute(LEDGER)
+    zombie = spawn_daemon(CHUNKD_NODE_ID="zombie", CHUNKD_PARTITION_CONCURRENCY="4", CHUNKD_CLAIM_BATCH="4", **FAST)
+    n = 40
+    iid = await submit_direct(dsn, "test.ledger", {"chunks": n, "work_ms": 1500})
+    deadline = time.monotonic() + 30
+    while await conn.fetchval("""SELECT count(*) FROM chunkd_chunk c JOIN chunkd_node n ON n.id = c.lease_owner
+                                 WHERE c.state = 3 AND c.step = 1 AND n.name = 'zombie'""") < 4:
+        assert time.monotonic() < deadline
+        await anyio.sleep(0.05)
+    held = {r[0]: r[1] for r in await conn.fetch(
+        "SELECT c.id, c.attempt FROM chunkd_chunk c JOIN chunkd_node n ON n.id = c.lease_owner "
+        "WHERE c.state = 3 AND c.step = 1 AND n.name = 'zombie'")}
+    zombie.proc.send_signal(signal.SIGSTOP)
+    rescuer = spawn_daemon(CHUNKD_NODE_ID="rescuer", **FAST)
+    # the rescuer takes over (leader lease and chunk leases expire) and runs them again
+    deadline = time.monotonic() + 30
+    while await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE id = ANY($1) AND attempt > $2 AND state = 7",
+                              list(held), min(held.values())) < len(held):
+        assert time.monotonic() < deadline, "held chunks were not rescued"
+        await anyio.sleep(0.1)
+    zombie.proc.send_signal(signal.SIGCONT)  # it wakes up and tries to complete what it held
+    await wait_status(conn, iid, {"COMPLETED", "FAILED"}, 120)
+    await check_exactly_once(conn, iid, n)
+    await anyio.sleep(1.0)
+    assert zombie.terminate() == 0 and rescuer.terminate() == 0
+    refused = [json.loads(line) for line in zombie.log_path.read_text().splitlines()
+               if "refused by fencing token" in line]
+    assert sum(r["count"] for r in refused) >= len(held)  # its late results were fenced out
+    ledger_pids = await conn.fetch("SELECT chunk_id, pid FROM test_ledger WHERE chunk_id = ANY($1)", list(held))
+    assert {r["pid"] for r in ledger_pids} == {rescuer.proc.pid}  # the zombie wrote none of them
