@@ -22,7 +22,6 @@ from .engine import Engine
 log = structlog.get_logger("chunkd.scheduler")
 
 RETENTION_SCHEDULE = "chunkd.retention"
-RETENTION_EVERY = 300.0
 
 
 def row_for(sid: str, job: str, version: int | None, params_json: str, spec: Spec, source: str,
@@ -58,9 +57,12 @@ class Scheduler:
         cfg = self.engine.cfg
         declared = [(s.name, s.job, s.version, json.dumps(s.params), s.cron, s.every, s.timezone, s.missed, "code")
                     for s in self.engine.registry.schedules.values()]
-        declared.append((RETENTION_SCHEDULE, "chunkd.retention", None,
-                         json.dumps({"keep_seconds": cfg.retention, "keep_failed_seconds": cfg.retention_failed}),
-                         None, RETENTION_EVERY, "UTC", "skip", "builtin"))
+        if cfg.retention_every:
+            declared.append((RETENTION_SCHEDULE, "chunkd.retention", None,
+                             json.dumps({"keep_seconds": cfg.retention, "keep_failed_seconds": cfg.retention_failed}),
+                             None, max(1.0, cfg.retention_every), "UTC", "skip", "builtin"))
+        else:
+            await self.schedules.delete(RETENTION_SCHEDULE)
         from daemon.submit import validate as validate_params
         for sid, job, version, params, cron, every, tz, missed, source in declared:
             try:

@@ -156,6 +156,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     scheduler_concurrency: int
     retention: float
     retention_failed: float
+    retention_every: float
     http_addr: tuple[str, int] | None
     api_tokens: str
     api_tokens_file: str
@@ -240,6 +241,8 @@ VARIABLES: tuple[Var, ...] = (
     Var("CHUNKD_RETENTION", "retention", "7d",
         "Finished (COMPLETED, CANCELLED) instances and their chunks older than this are purged.", _duration),
     Var("CHUNKD_RETENTION_FAILED", "retention_failed", "30d", "FAILED instances are kept this long.", _duration),
+    Var("CHUNKD_RETENTION_EVERY", "retention_every", "300",
+        "Seconds between runs of the built-in retention schedule; 0 removes that schedule.", _float(0, 86_400)),
     Var("CHUNKD_POOL_SIZE", "pool_size", "0",
         "Postgres connections in this daemon's pool; 0 means partitions + 4.", _int(0, 1000)),
 )

@@ -106,6 +106,7 @@ def daemon_env(dsn: str, **extra: str) -> dict[str, str]:
         "CHUNKD_MAINTENANCE_INTERVAL": "0.2",
         "CHUNKD_POLL_INTERVAL": "0.5",
         "CHUNKD_HTTP_ADDR": "127.0.0.1:0",  # several daemons per test: each takes a free port
+        "CHUNKD_RETENTION_EVERY": "0",  # no built-in retention run landing in a test's counts
         "PYTHONPATH": str(ROOT),
     })
     env.update(extra)

@@ -16,7 +16,7 @@ from daemon.submit import Submitted, submit
 def test_config(**env: str):  # type: ignore[no-untyped-def]
     base = {"CHUNKD_JOBS": "tests.testjobs", "CHUNKD_MAINTENANCE_INTERVAL": "0.1", "CHUNKD_POLL_INTERVAL": "0.5",
             "CHUNKD_LOG_LEVEL": "warning", "CHUNKD_SHUTDOWN_GRACE_SECONDS": "5",
-            "CHUNKD_HTTP_ADDR": "127.0.0.1:0"}
+            "CHUNKD_HTTP_ADDR": "127.0.0.1:0", "CHUNKD_RETENTION_EVERY": "0"}
     base.update(env)
     return load(base)
 

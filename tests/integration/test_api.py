@@ -199,7 +199,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(api_daemon, tm
 
 async def test_schedules_api_and_cli(conn: asyncpg.Connection, api_daemon) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import run_cli
-    api = api_daemon()
+    api = api_daemon(CHUNKD_RETENTION_EVERY="300")
     c = ApiClient(api.url)
     ids = {s["id"] for s in c.call("GET", "/api/v1/schedules")["schedules"]}
     assert "chunkd.retention" in ids  # the built-in retention schedule
