@@ -77,6 +77,17 @@ def _with_db(dsn: str, db: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + db, parts.query, parts.fragment))
 
 
+async def fresh_database(admin_dsn: str, name: str) -> str:
+    """Drop and create `name` on the server of `admin_dsn`; returns its DSN."""
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return _with_db(admin_dsn, name)
+
+
 def _postgres_cpu() -> float:
     total = 0.0
     for proc in psutil.process_iter(["name"]):
@@ -114,13 +125,7 @@ async def run(opts: Options) -> dict[str, Any]:
                            "CHUNKD_MAINTENANCE_INTERVAL": "0.2"})
     from daemon.cli import resolve_dsn
     admin_dsn = resolve_dsn(cfg)
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    finally:
-        await admin.close()
-    dsn = _with_db(admin_dsn, BENCH_DB)
+    dsn = await fresh_database(admin_dsn, BENCH_DB)
     registry = build_registry(cfg.jobs)
     store = await open_store(cfg, dsn)
     conn = await asyncpg.connect(dsn)
@@ -221,15 +226,9 @@ async def compare(admin_dsn: str, opts: Options, ours: dict[str, Any]) -> dict[s
     ours_rate = ours["chunks_per_second"]
     out: dict[str, Any] = {}
     for name in peers.PEERS:
-        db = f"{BENCH_DB}_{name}"
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-            await admin.execute(f'CREATE DATABASE "{db}"')
-        finally:
-            await admin.close()
+        peer_dsn = await fresh_database(admin_dsn, f"{BENCH_DB}_{name}")
         jobs = opts.peer_jobs.get(name, opts.chunks)
-        res = await anyio.run_process([sys.executable, "-m", "benchmarks.peers", name, _with_db(admin_dsn, db), str(jobs)],
+        res = await anyio.run_process([sys.executable, "-m", "benchmarks.peers", name, peer_dsn, str(jobs)],
                                       check=False)
         try:
             result = json.loads(res.stdout.decode().strip().splitlines()[-1])
