@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test unit run clean promtool bench
+.PHONY: demo test unit run clean promtool chromium bench
 
 $(VENV): requirements.lock requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(VENV): requirements.lock requirements-dev.lock pyproject.toml
 demo: $(VENV)
 	$(BIN)/chunkd demo
 
-test: $(VENV) promtool
+test: $(VENV) promtool chromium
 	$(BIN)/python -m pytest -q tests
 
 # Best effort: the metrics test also runs `promtool check metrics` when it is installed
@@ -23,6 +23,13 @@ promtool:
 	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; } || \
 	  echo "promtool not installed: the promtool metrics check will be skipped"
+
+# The dashboard's browser tests drive Debian's Chromium with Playwright (never a downloaded
+# browser). Installed when root with apt; otherwise the test says how (CI fails without it).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; } || \
+	  echo "chromium not installed: the dashboard browser test will be skipped (outside CI)"
 
 unit: $(VENV)
 	$(BIN)/python -m pytest -q tests/unit

@@ -16,13 +16,15 @@ log = structlog.get_logger("chunkd.heartbeat")
 
 class Heartbeat(threading.Thread):
     def __init__(self, dsn: str, node_id: int, lease_seconds: float, period: float,
-                 held: Callable[[], Sequence[int]]) -> None:
+                 held: Callable[[], Sequence[int]],
+                 partitions: Callable[[], Sequence[int]] = lambda: ()) -> None:
         super().__init__(name="chunkd-heartbeat", daemon=True)
         self._dsn = dsn
         self._node_id = node_id
         self._lease = lease_seconds
         self._period = period
         self._held = held
+        self._partitions = partitions
         self._stop = threading.Event()
         self.last_beat = time.monotonic()
 
@@ -34,7 +36,8 @@ class Heartbeat(threading.Thread):
         try:
             while not self._stop.is_set():
                 try:
-                    released = await conn.beat(self._node_id, self._lease, self._held(), 2 * self._period)
+                    released = await conn.beat(self._node_id, self._lease, self._held(), 2 * self._period,
+                                               self._partitions())
                     self.last_beat = time.monotonic()
                     if released:
                         log.info("released chunks this process no longer tracks", chunks=released)

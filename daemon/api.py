@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -25,6 +25,7 @@ from .scheduling import ScheduleError, next_after
 from .scheduling import validate as validate_spec
 from .submit import BadParameters, UnknownJob, submit
 from .submit import validate as validate_params
+from .throughput import bucket_seconds
 
 if TYPE_CHECKING:
     from .node import Node
@@ -33,6 +34,7 @@ log = structlog.get_logger("chunkd.api")
 
 MAX_BODY = 1 << 20          # bytes; larger bodies get 413
 MAX_PAGE = 500
+NODE_SEEN_WITHIN = 60.0   # seconds; the cluster view lists daemons that beat this recently
 _MAX_ID = (1 << 63) - 1
 _json = msgspec.json.Encoder()
 _submit_decoder = msgspec.json.Decoder(m.SubmitRequest)
@@ -271,7 +273,8 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         with_data = _flag(request, "data")
         start = _int(request, "start", 0, 0, 100_000_000)
         count = _int(request, "count", 100, 1, MAX_PAGE)
-        total, rows = await engine().store.list_chunks(iid, step_i, states, with_data, start, count)
+        total, rows = await engine().store.list_chunks(iid, step_i, states, with_data, start, count,
+                                                       errors_only=_flag(request, "errors"))
         chunks = [m.Chunk(id=r["id"], step=r["step"], step_name=_name(names, r["step"]), status=C(r["state"]).name,
                           attempt=r["attempt"], failures=r["failures"], max_attempts=r["max_attempts"],
                           created_at=r["created_at"], claimed_at=r["claimed_at"], completed_at=r["completed_at"],
@@ -280,6 +283,25 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
                           data=_decode_data(r["data"]) if with_data else None)
                   for r in rows]
         return ok(m.ChunkList(total, start, len(chunks), chunks))
+
+    async def throughput(request: Request) -> Response:
+        row = await load(_instance_id(request))
+        began = row["started_at"] or row["created_at"]
+        until = row["finished_at"] or datetime.now(timezone.utc)
+        bucket = bucket_seconds((until - began).total_seconds())
+        points = await engine().store.throughput(row["id"], bucket)
+        return ok(m.Throughput(bucket, [m.ThroughputPoint(at, n) for at, n in points]))
+
+    async def cluster(request: Request) -> Response:
+        rows = await engine().store.nodes(NODE_SEEN_WITHIN)
+        return ok(m.Cluster([m.Node(**r) for r in rows]))
+
+    async def whoami(request: Request) -> Response:
+        if not tokens:
+            return ok(m.WhoAmI(Scope.MANAGE.value, False))
+        presented = request.headers.get("authorization", "").partition(" ")[2].strip()
+        have = scope_of(tokens, presented)
+        return ok(m.WhoAmI(have.value if have else Scope.VIEW.value, True))
 
     def conflict(row: dict[str, Any], what: str) -> ApiError:
         return ApiError(409, "illegal_state", f"cannot {what} instance {row['id']}: it is {row['status']}",
@@ -403,6 +425,9 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         Route("/api/v1/instances", guarded(V, list_instances), methods=["GET"]),
         Route("/api/v1/instances/{id:int}", guarded(V, get_instance), methods=["GET"]),
         Route("/api/v1/instances/{id:int}/chunks", guarded(V, list_chunks), methods=["GET"]),
+        Route("/api/v1/instances/{id:int}/throughput", guarded(V, throughput), methods=["GET"]),
+        Route("/api/v1/cluster", guarded(V, cluster), methods=["GET"]),
+        Route("/api/v1/whoami", guarded(V, whoami), methods=["GET"]),
         Route("/api/v1/instances/{id:int}/cancel", guarded(M, cancel), methods=["POST"]),
         Route("/api/v1/instances/{id:int}/stop", guarded(M, stop), methods=["POST"]),
         Route("/api/v1/instances/{id:int}/restart", guarded(M, restart), methods=["POST"]),

@@ -156,5 +156,36 @@ class Health(msgspec.Struct):
     problems: list[str]
 
 
+class ThroughputPoint(msgspec.Struct):
+    at: datetime
+    completed: int
+
+
+class Throughput(msgspec.Struct):
+    bucket_seconds: float
+    points: list[ThroughputPoint]
+
+
+class Node(msgspec.Struct):
+    id: int
+    name: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    seen_seconds_ago: float
+    partitions: list[int]
+    in_flight: int
+    leader: bool
+
+
+class Cluster(msgspec.Struct):
+    nodes: list[Node]
+
+
+class WhoAmI(msgspec.Struct):
+    scope: str
+    auth_required: bool
+
+
 SCHEMA_TYPES = (ErrorBody, SubmitRequest, JobList, Instance, InstanceList, ChunkList, Health, ScheduleIn,
-                Schedule, ScheduleList, Deleted)
+                Schedule, ScheduleList, Deleted, Throughput, Cluster, WhoAmI)

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from .api import ApiError, _json, error_response, ok, routes
 from .api_models import Health
+from . import dashboard
 from .auth import Scope
 from .openapi import document
 
@@ -66,6 +67,7 @@ def build_app(node: "Node", tokens: dict[str, Scope] | None = None) -> Starlette
             Route("/readyz", readyz),
             Route("/api/v1/openapi.json", openapi_json),
             *routes(node, tokens),
+            *dashboard.routes(),
         ],
         exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash},
     )

@@ -119,7 +119,8 @@ class Node:
         node_id = await store.register_node(cfg.node_id, os.getpid())
         structlog.contextvars.bind_contextvars(node=cfg.node_id)
         engine = self.engine = Engine(cfg, store, channel, self.registry, node_id, self.dsn)
-        heartbeat = Heartbeat(self.dsn, node_id, cfg.lease_seconds, cfg.heartbeat_seconds, engine.inflight.held)
+        heartbeat = Heartbeat(self.dsn, node_id, cfg.lease_seconds, cfg.heartbeat_seconds, engine.inflight.held,
+                              lambda: [p for p in range(cfg.partitions) if channel.owns(p)])
         heartbeat.start()
         sup = Supervisor()
         log.info("daemon started", node_id=node_id, partitions=cfg.partitions,

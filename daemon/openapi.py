@@ -79,8 +79,17 @@ def document(secured: bool) -> dict[str, Any]:
                         _q("step", {"type": "integer", "minimum": 0, "maximum": 32767}, "step index"),
                         _q("status", {"type": "string", "enum": list(C.__members__)}, "chunk status", array=True),
                         _q("data", {"type": "boolean"}, "include the decoded chunk data"),
+                        _q("errors", {"type": "boolean"}, "only chunks with an error message"),
                         _q("start", {"type": "integer", "minimum": 0, "maximum": 100_000_000}, "offset"),
                         _q("count", {"type": "integer", "minimum": 1, "maximum": 500}, "page size")])},
+            "/api/v1/instances/{id}/throughput": {"get": op(
+                "Completed chunks per time bucket (about 60 buckets over the instance's life)",
+                {"200": {"description": "The series", **_json(m.Throughput)}}, 404, params=[_ID])},
+            "/api/v1/cluster": {"get": op(
+                "Daemons seen in the last minute: partitions, chunks in flight, the maintenance leader",
+                {"200": {"description": "The daemons", **_json(m.Cluster)}})},
+            "/api/v1/whoami": {"get": op(
+                "The scope of the presented token", {"200": {"description": "The scope", **_json(m.WhoAmI)}})},
             "/api/v1/instances/{id}/cancel": {"post": op("Cancel", inst, 404, 409, params=[_ID])},
             "/api/v1/instances/{id}/stop": {"post": op(
                 "Force-stop (running chunks are cancelled too)", inst, 400, 404, 409,

@@ -14,14 +14,16 @@ class HeartbeatConnection:
         self._dsn = dsn
         self._conn: asyncpg.Connection | None = None
 
-    async def beat(self, node_id: int, lease_seconds: float, held: Sequence[int], orphan_after: float) -> int:
+    async def beat(self, node_id: int, lease_seconds: float, held: Sequence[int], orphan_after: float,
+                   partitions: Sequence[int] = ()) -> int:
         """Extend the leases of `held`; release owned chunks not held whose lease was last set
-        more than `orphan_after` seconds ago. Returns how many were released."""
+        more than `orphan_after` seconds ago; record the partitions this daemon consumes.
+        Returns how many were released."""
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(self._dsn, timeout=10)
         try:
             ids = list(held)
-            await self._conn.execute(sql.NODE_HEARTBEAT, node_id, lease_seconds, ids, timeout=10)
+            await self._conn.execute(sql.NODE_HEARTBEAT, node_id, lease_seconds, ids, list(partitions), timeout=10)
             rows = await self._conn.fetch(sql.NODE_RELEASE_ORPHANS, node_id, ids,
                                           lease_seconds - orphan_after, timeout=10)
             return len(rows)

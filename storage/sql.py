@@ -28,7 +28,8 @@ NODE_REGISTER = "INSERT INTO chunkd_node (name, pid) VALUES ($1, $2) RETURNING i
 # The heartbeat: one UPDATE extends every lease this process holds.
 # Only the chunks this process still tracks: a chunk its actors lost must expire.
 NODE_HEARTBEAT = f"""
-WITH beat AS (UPDATE chunkd_node SET heartbeat_at = now() WHERE id = $1)
+WITH beat AS (UPDATE chunkd_node SET heartbeat_at = now(), partitions = $4::smallint[],
+                                     in_flight = cardinality($3::bigint[]) WHERE id = $1)
 UPDATE chunkd_chunk SET lease_until = now() + make_interval(secs => $2)
 WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1 AND id = ANY($3::bigint[])"""
 # Chunks this node owns but no longer tracks (a claim whose reply was lost with its
@@ -41,6 +42,15 @@ WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1 AND NOT (id = ANY($2::bi
   AND lease_until < now() + make_interval(secs => $3)
 RETURNING partition"""
 NODE_DELETE = "DELETE FROM chunkd_node WHERE id = $1"
+# Daemons seen within $1 seconds, with the one holding the maintenance lease marked.
+NODE_LIST = """
+SELECT n.id, n.name, n.pid, n.started_at, n.heartbeat_at, n.partitions, n.in_flight,
+       extract(epoch FROM now() - n.heartbeat_at)::float8 AS seen_seconds_ago,
+       (l.node_id IS NOT NULL) AS leader
+FROM chunkd_node n
+LEFT JOIN chunkd_leader l ON l.role = 'maintenance' AND l.node_id = n.id AND l.lease_until > now()
+WHERE n.heartbeat_at > now() - make_interval(secs => $1)
+ORDER BY n.name, n.id"""
 NODE_PURGE_STALE = "DELETE FROM chunkd_node WHERE heartbeat_at < now() - make_interval(secs => $1)"
 
 LEADER_ACQUIRE = """
@@ -247,12 +257,19 @@ INSTANCE_LIST_COUNT = f"SELECT count(*) FROM chunkd_instance {INSTANCE_LIST_WHER
 
 CHUNK_LIST_WHERE = """
 WHERE instance_id = $1 AND ($2::smallint IS NULL OR step = $2)
-  AND (cardinality($3::smallint[]) = 0 OR state = ANY($3::smallint[]))"""
+  AND (cardinality($3::smallint[]) = 0 OR state = ANY($3::smallint[]))
+  AND (NOT $4::bool OR error_message IS NOT NULL)"""
 CHUNK_LIST = f"""
 SELECT id, step, state, attempt, failures, max_attempts, lease_until, next_run_at, created_at, claimed_at, completed_at,
-       error_message, CASE WHEN $4 THEN data END AS data
+       error_message, CASE WHEN $5 THEN data END AS data
 FROM chunkd_chunk {CHUNK_LIST_WHERE}
-ORDER BY id OFFSET $5 LIMIT $6"""
+ORDER BY id OFFSET $6 LIMIT $7"""
+# Completed chunks of an instance per time bucket of $2 seconds (the dashboard's chart).
+CHUNK_THROUGHPUT = f"""
+SELECT date_bin(make_interval(secs => $2), completed_at, TIMESTAMPTZ '2000-01-01') AS at, count(*)::int AS n
+FROM chunkd_chunk
+WHERE instance_id = $1 AND state = {int(C.COMPLETED)} AND completed_at IS NOT NULL
+GROUP BY 1 ORDER BY 1"""
 CHUNK_LIST_COUNT = f"SELECT count(*) FROM chunkd_chunk {CHUNK_LIST_WHERE}"
 
 INSTANCE_RESTART = f"""

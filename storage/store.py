@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import datetime
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
@@ -178,10 +179,16 @@ class Store:
         return total, [dict(r) for r in rows]
 
     async def list_chunks(self, instance_id: int, step: int | None, states: list[int], with_data: bool,
-                          start: int, count: int) -> tuple[int, list[dict[str, Any]]]:
-        total = await self.pool.fetchval(sql.CHUNK_LIST_COUNT, instance_id, step, states)
-        rows = await self.pool.fetch(sql.CHUNK_LIST, instance_id, step, states, with_data, start, count)
+                          start: int, count: int, errors_only: bool = False) -> tuple[int, list[dict[str, Any]]]:
+        total = await self.pool.fetchval(sql.CHUNK_LIST_COUNT, instance_id, step, states, errors_only)
+        rows = await self.pool.fetch(sql.CHUNK_LIST, instance_id, step, states, errors_only, with_data, start, count)
         return total, [dict(r) for r in rows]
+
+    async def throughput(self, instance_id: int, bucket_seconds: float) -> list[tuple[datetime, int]]:
+        return [(r[0], r[1]) for r in await self.pool.fetch(sql.CHUNK_THROUGHPUT, instance_id, bucket_seconds)]
+
+    async def nodes(self, seen_within: float) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.pool.fetch(sql.NODE_LIST, seen_within)]
 
     async def instances_by_status(self) -> dict[str, int]:
         return {r[0]: r[1] for r in await self.pool.fetch(sql.INSTANCE_COUNT_BY_STATUS)}

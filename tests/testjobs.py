@@ -308,3 +308,36 @@ def _tick() -> None:
 
 
 local_tick = LocalTask(name="test.local-tick", every=0.2, fn=_tick)
+
+
+# ------------------------------------------------------------ the dashboard's test job: slow, a few retries
+class DashParams(msgspec.Struct, forbid_unknown_fields=True):
+    chunks: int = 400
+    work_ms: float = 50.0
+    flaky_every: int = 50   # items n % flaky_every == 7 fail on their first attempt
+
+
+dash = Job("test.dash", params=DashParams, gated=True, description="Slow items with a few retries, then a sum")
+
+
+@dash.first_step(emits=Item)
+async def d_plan(params: DashParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+@dash.step(consumes=Item, emits=Squared, backoff_base=0.2, backoff_max=1)
+async def d_square(params: DashParams, chunk: Item, ctx: Context, sink: Sink[Squared]) -> None:
+    await anyio.sleep(params.work_ms / 1000)
+    if chunk.n % params.flaky_every == 7 and ctx.attempt == 1:
+        raise RuntimeError(f"item {chunk.n} failed on its first attempt")
+    sink.emit(Squared(chunk.n, chunk.n * chunk.n))
+
+
+@dash.reduce(consumes=Squared)
+async def d_sum(params: DashParams, chunks: AsyncIterator[Squared], ctx: Context) -> Sum:
+    count = total = 0
+    async for c in chunks:
+        count += 1
+        total += c.sq
+    return Sum(count, total)

@@ -239,3 +239,46 @@ async def test_schedules_api_and_cli(conn: asyncpg.Connection, api_daemon) -> No
     assert shown["last_fire_at"] and shown["next_fire_at"] > shown["last_fire_at"]
     listing = run_cli("schedules", env=env).stdout
     assert "tick" in listing and "every 1s" in listing
+
+
+async def test_dashboard_endpoints(conn: asyncpg.Connection, api_daemon) -> None:  # type: ignore[no-untyped-def]
+    api = api_daemon(TOKENS)
+    view, manage = ApiClient(api.url, VIEW), ApiClient(api.url, MANAGE)
+    assert view.call("GET", "/api/v1/whoami") == {"scope": "view", "auth_required": True}
+    assert manage.call("GET", "/api/v1/whoami")["scope"] == "manage"
+    assert status_of(lambda: ApiClient(api.url).call("GET", "/api/v1/whoami")) == 401
+
+    iid = manage.call("POST", "/api/v1/instances",
+                      body={"job": "test.flaky", "parameters": {"chunks": 5, "bad": 2, "permanent": True}})["id"]
+    await wait_status(conn, iid, {"FAILED"}, 30)
+    errs = view.call("GET", f"/api/v1/instances/{iid}/chunks?errors=true")
+    assert errs["total"] == 1 and "item 2 can never work" in errs["chunks"][0]["error_message"]
+    assert view.call("GET", f"/api/v1/instances/{iid}/chunks")["total"] == 6  # plan + 5 items
+
+    series = view.call("GET", f"/api/v1/instances/{iid}/throughput")
+    completed = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state = 7", iid)
+    assert series["bucket_seconds"] >= 1 and sum(p["completed"] for p in series["points"]) == completed == 5
+    assert status_of(lambda: view.call("GET", "/api/v1/instances/999999/throughput")) == 404
+
+    deadline = time.monotonic() + 10
+    while not (nodes := view.call("GET", "/api/v1/cluster")["nodes"]) or not nodes[0]["partitions"]:
+        assert time.monotonic() < deadline, nodes  # the first heartbeat records the partitions
+        await anyio.sleep(0.2)
+    me = await conn.fetchrow("SELECT id, pid FROM chunkd_node")
+    assert [(n["id"], n["pid"]) for n in nodes] == [(me["id"], me["pid"])]
+    assert nodes[0]["partitions"] == [0, 1, 2, 3] and nodes[0]["in_flight"] == 0
+    assert nodes[0]["leader"] is True and nodes[0]["seen_seconds_ago"] < 10
+
+
+async def test_dashboard_is_served_with_a_strict_policy(api_daemon) -> None:  # type: ignore[no-untyped-def]
+    import urllib.request
+    api = api_daemon(TOKENS)
+    with urllib.request.urlopen(api.url + "/ui") as r:  # no token needed for the page itself
+        html = r.read().decode()
+        csp = r.headers["Content-Security-Policy"]
+    assert r.url.endswith("/ui/") and '<script type="module" src="/ui/app.js">' in html
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp and "unsafe-inline" not in csp
+    for asset, kind in (("app.js", "text/javascript"), ("app.css", "text/css")):
+        with urllib.request.urlopen(f"{api.url}/ui/{asset}") as r:
+            assert r.headers["Content-Type"].startswith(kind) and r.read()
+    assert "http" not in html.replace("http-equiv", "")  # nothing fetched from elsewhere
