@@ -37,7 +37,8 @@ class ClaimCursor:
         return self.next_id
 
     def claimed(self, ids: list[int], requested: int) -> None:
-        self.next_id = max(ids) + 1 if len(ids) == requested else 0
+        if requested > 0:  # 0 when the whole batch went to a suspect: the cursor learnt nothing
+            self.next_id = max(ids) + 1 if len(ids) == requested else 0
 
 
 async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSendStream[ClaimedChunk]) -> None:
@@ -54,19 +55,26 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
         if not engine.channel.owns(partition):  # Kafka gave this partition to another daemon
             await engine.channel.assignment_changed.wait()
             continue
+        suspect = engine.inflight.take_suspect_slot()
         try:
             chunks = await engine.store.claim(partition, cfg.claim_batch, engine.node_id, cfg.lease_seconds,
-                                              cursor.start(time.monotonic()))
-            cursor.claimed([c.id for c in chunks], cfg.claim_batch)
+                                              cursor.start(time.monotonic()), suspect)
+            normal = [c.id for c in chunks if not c.suspect]
+            cursor.claimed(normal, cfg.claim_batch - (len(chunks) - len(normal)))
             engine.channel.acked(partition)  # hints so far are served: their offsets may be committed
             backoff.ok()
         except TRANSIENT as e:
+            if suspect:
+                engine.inflight.suspect_claimed(None)
             delay = backoff.failed()
             log.warning("claim failed; retrying", partition=partition, error=repr(e), retry_in=delay)
             await anyio.sleep(delay)
             continue
         if chunks:
             engine.inflight.claimed(partition, [c.id for c in chunks])
+        if suspect:  # after `claimed`, so the slot stays taken while the suspect is held
+            engine.inflight.suspect_claimed(next((c.id for c in chunks if c.suspect), None))
+        if chunks:
             claimed_metric.inc(len(chunks))
             CLAIM_BATCH.observe(len(chunks))
             try:

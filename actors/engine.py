@@ -26,6 +26,9 @@ class Outcome(msgspec.Struct, array_like=True):
     claimed_at: float = 0.0
 
 
+_RESERVED = -1  # a claim that may take the suspect slot is under way
+
+
 class InFlight:
     """Chunks this daemon holds. `held` feeds the heartbeat (another thread), so it is
     guarded by a lock; `running` per partition drives the consumers' backpressure."""
@@ -36,6 +39,7 @@ class InFlight:
         self.running = [0] * partitions
         self.concurrency = concurrency
         self._space = [anyio.Event() for _ in range(partitions)]
+        self._suspect: int | None = None   # the suspect chunk this process runs, or _RESERVED
 
     def claimed(self, partition: int, ids: list[int]) -> None:
         with self._lock:
@@ -56,6 +60,20 @@ class InFlight:
     def held(self) -> list[int]:
         with self._lock:
             return list(self._held)
+
+    def take_suspect_slot(self) -> bool:
+        """May the next claim include a suspect chunk? One at a time per process: if it
+        kills the process again, no other suspect shares the blame."""
+        with self._lock:
+            if self._suspect is _RESERVED or (self._suspect is not None and self._suspect in self._held):
+                return False
+            self._suspect = _RESERVED
+            return True
+
+    def suspect_claimed(self, chunk_id: int | None) -> None:
+        """After a claim that took the slot: the suspect it got, if any."""
+        with self._lock:
+            self._suspect = chunk_id
 
     def has_room(self, partition: int) -> bool:
         return self.running[partition] <= self.concurrency

@@ -5,7 +5,7 @@ of legal moves is the only place a transition is defined.
 """
 from __future__ import annotations
 
-from .states import RESTARTABLE, SETBACK_BY_ATTEMPTS, C, I, chunk_allowed_from, instance_allowed_from
+from .states import RESTARTABLE, SETBACK_BY_ATTEMPTS, SUSPECT_AFTER, C, I, chunk_allowed_from, instance_allowed_from
 
 
 def _in(values: list[int] | list[str]) -> str:
@@ -125,19 +125,27 @@ INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, dat
 SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::smallint[], $4::smallint[], $5::smallint[], $6::bytea[])"""
 CHUNK_COPY_COLUMNS = ("instance_id", "step", "state", "partition", "max_attempts", "data")
 
+# With $6 (this daemon runs no suspect now) the batch may include one suspect: a chunk
+# orphaned SUSPECT_AFTER times in a row (see migration 0008); the batch never exceeds $2.
+# With $6 false the suspect branch is a one-time filter that costs nothing on the hot path.
 CHUNK_CLAIM = f"""
-WITH picked AS (
+WITH suspect AS (
     SELECT id FROM chunkd_chunk
-    WHERE state = {int(C.READY)} AND partition = $1 AND id >= $5
-    ORDER BY id LIMIT $2
+    WHERE $6::bool AND state = {int(C.READY)} AND orphaned >= {SUSPECT_AFTER} AND partition = $1
+    ORDER BY id LIMIT 1
     FOR UPDATE SKIP LOCKED
-)
+), normal AS (
+    SELECT id FROM chunkd_chunk
+    WHERE state = {int(C.READY)} AND orphaned < {SUSPECT_AFTER} AND partition = $1 AND id >= $5
+    ORDER BY id LIMIT $2 - (SELECT count(*) FROM suspect)
+    FOR UPDATE SKIP LOCKED
+), picked AS (SELECT id FROM suspect UNION ALL SELECT id FROM normal)
 UPDATE chunkd_chunk k
    SET state = {int(C.IN_PROGRESS)}, attempt = k.attempt + 1, claimed_at = now(),
        lease_owner = $3, lease_until = now() + make_interval(secs => $4)
   FROM picked
  WHERE k.id = picked.id AND k.state IN ({_in(chunk_allowed_from(C.IN_PROGRESS))})
-RETURNING k.id, k.instance_id, k.step, k.attempt, k.failures, k.data"""
+RETURNING k.id, k.instance_id, k.step, k.attempt, k.failures, k.data, k.orphaned >= {SUSPECT_AFTER}"""
 
 # No join with unnest(): with the in-progress rows' statistics always stale, the planner
 # picked a nested loop comparing every pair (O(batch^2) tuples, ~200 ms per 1,000). An
@@ -158,6 +166,7 @@ UPDATE chunkd_chunk k
    SET state = CASE WHEN d.state <> {SETBACK_BY_ATTEMPTS} THEN d.state
                     WHEN k.failures + 1 >= k.max_attempts THEN {int(C.FAILED)} ELSE {int(C.ERRORED)} END,
        failures = k.failures + d.failure, error_message = coalesce(d.message, k.error_message),
+       orphaned = 0,  -- it came back with a result: it is not the chunk killing workers
        next_run_at = now() + make_interval(secs => d.delay), lease_owner = NULL, lease_until = NULL
   FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::smallint[], $5::float8[], $6::text[])
        AS d(id, attempt, state, failure, delay, message)
@@ -165,7 +174,8 @@ UPDATE chunkd_chunk k
    AND d.state IN ({int(C.ERRORED)}, {int(C.FAILED)}, {int(C.POLL_WAITING)}, {SETBACK_BY_ATTEMPTS})
 RETURNING k.id, k.instance_id, k.step, k.state"""
 
-# Lease expired: the worker died or froze. Counts as a failure (poison chunks end FAILED).
+# Lease expired: the worker died or froze. Counts as a failure (poison chunks end FAILED),
+# and counts towards the chunk becoming a suspect (see CHUNK_CLAIM).
 CHUNK_RESCUE_EXPIRED = f"""
 WITH expired AS (
     SELECT id FROM chunkd_chunk
@@ -174,7 +184,7 @@ WITH expired AS (
 )
 UPDATE chunkd_chunk k
    SET state = CASE WHEN k.failures + 1 >= k.max_attempts THEN {int(C.FAILED)} ELSE {int(C.READY)} END,
-       failures = k.failures + 1, lease_owner = NULL, lease_until = NULL,
+       failures = k.failures + 1, lease_owner = NULL, lease_until = NULL, orphaned = k.orphaned + 1,
        error_message = 'the worker died or stalled while running this chunk (lease expired, attempt '
                        || k.attempt || ')'
   FROM expired

@@ -84,6 +84,10 @@ INSTANCE_MOVES: dict[tuple[InstanceState, InstanceState], str] = {
 # failures and max_attempts.
 SETBACK_BY_ATTEMPTS = 0
 
+# Deaths in a row (worker gone while holding the chunk) after which a chunk is a suspect
+# and runs alone among suspects (see migration 0008). The index there says 2 as well.
+SUSPECT_AFTER = 2
+
 CHUNK_TERMINAL = frozenset({C.FAILED, C.COMPLETED, C.CANCELLED})   # left only by an operator restart
 INSTANCE_TERMINAL = frozenset({I.COMPLETED, I.FAILED, I.CANCELLED})
 RESTARTABLE = frozenset({I.FAILED, I.CANCELLED})

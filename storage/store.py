@@ -201,11 +201,12 @@ class Store:
 
     # ------------------------------------------------------------ claims
     async def claim(self, partition: int, limit: int, node_id: int, lease_seconds: float,
-                    from_id: int = 0) -> list[ClaimedChunk]:
-        """Up to `limit` READY chunks of `partition` with id >= from_id, oldest first."""
+                    from_id: int = 0, suspect: bool = False) -> list[ClaimedChunk]:
+        """Up to `limit` READY chunks of `partition` with id >= from_id, oldest first; with
+        `suspect`, one of them may be a suspect (its workers died holding it, see CHUNK_CLAIM)."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(sql.CHUNK_CLAIM, partition, limit, node_id, lease_seconds, from_id)
-        return [ClaimedChunk(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+            rows = await conn.fetch(sql.CHUNK_CLAIM, partition, limit, node_id, lease_seconds, from_id, suspect)
+        return [ClaimedChunk(r[0], r[1], r[2], r[3], r[4], r[5], suspect=r[6]) for r in rows]
 
     # ------------------------------------------------------------ completion
     async def flush(self, successes: Sequence[Success], setbacks: Sequence[Setback]) -> FlushResult:

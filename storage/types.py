@@ -14,6 +14,7 @@ class ClaimedChunk(msgspec.Struct, array_like=True):
     failures: int
     data: bytes | None
     claimed_at: float = 0.0  # monotonic, set by the consumer: claim-to-complete latency
+    suspect: bool = False    # its workers died holding it: runs alone among suspects (CHUNK_CLAIM)
 
 
 class TxOp(msgspec.Struct, array_like=True):

@@ -90,6 +90,7 @@ class LedgerParams(msgspec.Struct, forbid_unknown_fields=True):
 
 
 ledger = Job("test.ledger", params=LedgerParams, gated=True)
+SLOW_STEP_SECONDS = float(os.environ.get("TEST_SLOW_STEP_SECONDS", "0"))
 
 
 @ledger.first_step(emits=Item)
@@ -102,6 +103,8 @@ async def l_plan(params: LedgerParams, ctx: Context, sink: Sink[Item]) -> None:
 async def l_record(params: LedgerParams, chunk: Item, ctx: Context, sink: Sink[Item]) -> None:
     if params.work_ms:
         await anyio.sleep(params.work_ms / 1000)
+    if SLOW_STEP_SECONDS:  # the backpressure scenario's slow daemon
+        await anyio.sleep(SLOW_STEP_SECONDS)
     ctx.tx.execute("INSERT INTO test_ledger (chunk_id, attempt, n, pid) VALUES ($1, $2, $3, $4)",
                    ctx.chunk_id, ctx.attempt, chunk.n, os.getpid())
     sink.emit(chunk)
@@ -341,3 +344,28 @@ async def d_sum(params: DashParams, chunks: AsyncIterator[Squared], ctx: Context
         count += 1
         total += c.sq
     return Sum(count, total)
+
+
+# ------------------------------------------------------------ a poison chunk: kills its own process
+class PoisonParams(msgspec.Struct, forbid_unknown_fields=True):
+    chunks: int = 300
+    poison: int = 17
+    work_ms: float = 5.0
+
+
+poison = Job("test.poison", params=PoisonParams, gated=True)
+
+
+@poison.first_step(emits=Item)
+async def x_plan(params: PoisonParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+@poison.step(consumes=Item, transactional=True, max_attempts=3, backoff_base=0.05, backoff_max=0.2)
+async def x_record(params: PoisonParams, chunk: Item, ctx: Context) -> None:
+    if chunk.n == params.poison:
+        os._exit(70)  # as a segfaulting native library would: no exception, no cleanup
+    await anyio.sleep(params.work_ms / 1000)
+    ctx.tx.execute("INSERT INTO test_ledger (chunk_id, attempt, n, pid) VALUES ($1, $2, $3, $4)",
+                   ctx.chunk_id, ctx.attempt, chunk.n, os.getpid())

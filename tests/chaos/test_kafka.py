@@ -10,35 +10,10 @@ import pytest
 
 from tests.conftest import submit_direct, wait_status
 
+from .channels import assigned, kafka_env, wait_for
 from .test_kill import LEDGER, check_exactly_once
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
-
-
-def kafka_env(broker, group: str = "g1", **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {"CHUNKD_CHANNEL": "kafka", "CHUNKD_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "CHUNKD_KAFKA_GROUP": group,
-            "CHUNKD_PARTITIONS": "8", "CHUNKD_LOG_LEVEL": "info", "CHUNKD_LEASE_SECONDS": "3",
-            "CHUNKD_HEARTBEAT_SECONDS": "1", **extra}
-
-
-def assigned(daemon) -> set[int]:  # type: ignore[no-untyped-def]
-    """Every partition the daemon's log says Kafka ever assigned it."""
-    out: set[int] = set()
-    for line in daemon.log_path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if r.get("event") == "kafka partitions assigned":
-            out |= set(r["partitions"])
-    return out
-
-
-async def wait_for(cond, timeout: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await anyio.sleep(0.1)
 
 
 async def test_two_daemons_share_kafka_partitions(dsn: str, conn: asyncpg.Connection, spawn_daemon, kafka_broker) -> None:  # type: ignore[no-untyped-def]

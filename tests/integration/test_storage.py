@@ -52,7 +52,7 @@ async def test_zombie_completion_is_refused_by_the_fencing_token(store: Store, c
     rescued, failed, _ = await store.rescue_expired(100)
     assert (rescued, failed) == (1, 0)
     (second,) = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30)]
-    assert second.id == first.id and second.attempt == 2
+    assert second.id == first.id and second.attempt == 2 and not second.suspect
 
     def done(attempt: int) -> Success:
         return Success(chunk_id=first.id, attempt=attempt, instance_id=iid, step=0, children=[b"\x91\x01"],
@@ -89,7 +89,7 @@ async def test_lease_expiry_past_max_attempts_fails_a_poison_chunk(store: Store,
     await conn.execute("UPDATE chunkd_chunk SET max_attempts = 2 WHERE instance_id = $1", iid)
     node = await store.register_node("test", 1)
     for expect_failed in (0, 1):
-        claimed = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30)]
+        claimed = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30, suspect=True)]
         assert len(claimed) == 1
         await conn.execute("UPDATE chunkd_chunk SET lease_until = now() - interval '1 second'")
         _, failed, _ = await store.rescue_expired(100)
@@ -129,3 +129,20 @@ async def test_migrations_apply_once_when_daemons_start_together(pg_server: str)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_a_chunk_orphaned_twice_runs_only_in_the_suspect_slot(store: Store, conn: asyncpg.Connection) -> None:
+    iid = await _instance(store)
+    node = await store.register_node("test", 1)
+    for deaths in (1, 2):  # its worker dies holding it, twice
+        (c,) = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30)]
+        assert not c.suspect
+        await conn.execute("UPDATE chunkd_chunk SET lease_until = now() - interval '1 second'")
+        await store.rescue_expired(100)
+        assert await conn.fetchval("SELECT orphaned FROM chunkd_chunk WHERE id = $1", c.id) == deaths
+    assert [c for p in (0, 1) for c in await store.claim(p, 10, node, 30)] == []  # not in a normal batch
+    (s,) = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30, suspect=True)]
+    assert s.suspect and s.attempt == 3
+    # it came back with an ordinary error: no longer suspected of killing workers
+    await store.flush([], [Setback(s.id, s.attempt, iid, 0, int(C.ERRORED), True, 0.0, "boom")])
+    assert await conn.fetchval("SELECT orphaned FROM chunkd_chunk WHERE id = $1", s.id) == 0
