@@ -2,7 +2,9 @@
 
 A child that raises is restarted after a backoff; more than `max_restarts` restarts
 within `window` seconds means something is badly wrong, so the supervisor gives up and
-the daemon exits non-zero (the container runtime restarts it).
+the daemon exits non-zero (the container runtime restarts it). A crash caused by a database
+outage (storage.errors.is_transient) is restarted with the same backoff but does not count
+towards that limit: the daemon waits the outage out, reporting not-ready, instead of exiting.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from metrics import ACTOR_RESTARTS
+from storage.errors import is_transient
 
 T = TypeVar("T")
 log = structlog.get_logger("chunkd.supervisor")
@@ -41,9 +44,11 @@ class RestartPolicy:
         self._times: deque[float] = deque()
         self._streak: dict[str, int] = {}
 
-    def record(self, name: str, now: float) -> float:
-        """Register a crash of `name`; returns the backoff, or raises SupervisorGaveUp."""
-        self._times.append(now)
+    def record(self, name: str, now: float, counts: bool = True) -> float:
+        """Register a crash of `name`; returns the backoff, or raises SupervisorGaveUp.
+        `counts=False` (an outage, not a bug): backoff only, no step towards giving up."""
+        if counts:
+            self._times.append(now)
         while self._times and self._times[0] < now - self.window:
             self._times.popleft()
         if len(self._times) > self.max_restarts:
@@ -75,8 +80,13 @@ class Supervisor:
             except Exception as exc:  # noqa: BLE001 - a supervisor's job is to catch everything
                 if time.monotonic() - started > healthy_after:
                     self.policy.healthy(name)
-                delay = self.policy.record(name, time.monotonic())
+                outage = is_transient(exc)
+                delay = self.policy.record(name, time.monotonic(), counts=not outage)
                 ACTOR_RESTARTS.labels(kind).inc()
-                log.error("actor crashed; restarting", actor=name, kind=kind, error=repr(exc),
-                          retry_in=round(delay, 2), exc_info=True)
+                if outage:
+                    log.warning("actor lost the database; restarting", actor=name, kind=kind, error=repr(exc),
+                                retry_in=round(delay, 2))
+                else:
+                    log.error("actor crashed; restarting", actor=name, kind=kind, error=repr(exc),
+                              retry_in=round(delay, 2), exc_info=True)
                 await anyio.sleep(delay)

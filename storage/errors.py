@@ -11,7 +11,17 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.ConnectionDoesNotExistError, asyncpg.InvalidCatalogNameError,
     # seen from a pooled connection whose server side was terminated mid-query
     asyncpg.InternalClientError,
+    # "database ... is not currently accepting connections" (ALLOW_CONNECTIONS false during
+    # maintenance) and lock_not_available: both pass
+    asyncpg.ObjectNotInPrerequisiteStateError,
 )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database outage rather than a bug, also when it arrives inside an ExceptionGroup."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_transient(e) for e in exc.exceptions)
+    return isinstance(exc, TRANSIENT)
 
 
 class Backoff:

@@ -2,7 +2,6 @@
 zombie's late results are refused by the fencing token."""
 from __future__ import annotations
 
-import json
 import signal
 import time
 
@@ -44,13 +43,11 @@ async def test_zombie_results_are_refused(dsn: str, conn: asyncpg.Connection, sp
     zombie.proc.send_signal(signal.SIGCONT)  # it wakes up and tries to complete what it held
     await wait_status(conn, iid, {"COMPLETED", "FAILED"}, 120)
     await check_exactly_once(conn, iid, n)
+
     async def refused() -> bool:  # counted where they happen: the zombie's own metrics
         _, text = get(f"http://127.0.0.1:{port}/metrics")
         return samples(text)[("chunkd_chunks_refused_total", ())] >= len(held)
     await wait_for(refused, 20, "every held chunk's late result refused")
     assert zombie.terminate() == 0 and rescuer.terminate() == 0
-    refused = [json.loads(line) for line in zombie.log_path.read_text().splitlines()
-               if "refused by fencing token" in line]
-    assert sum(r["count"] for r in refused) >= len(held)  # its late results were fenced out
     ledger_pids = await conn.fetch("SELECT chunk_id, pid FROM test_ledger WHERE chunk_id = ANY($1)", list(held))
     assert {r["pid"] for r in ledger_pids} == {rescuer.proc.pid}  # the zombie wrote none of them

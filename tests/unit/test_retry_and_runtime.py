@@ -91,3 +91,20 @@ def test_claim_cursor_moves_past_claimed_rows_and_rescans() -> None:
     assert c.start(2.0) == 0  # a short claim: back to the beginning
     c.claimed([1, 2, 3], requested=3)
     assert c.start(RESCAN_EVERY + 0.1) == 0  # periodic rescan for lower ids released meanwhile
+
+
+def test_outages_restart_with_backoff_without_exhausting_the_supervisor() -> None:
+    import asyncpg
+
+    from actors.runtime import RestartPolicy
+    from storage.errors import is_transient
+    p = RestartPolicy(max_restarts=2, window=60)
+    delays = [p.record("consumer-0", float(t), counts=False) for t in range(50)]  # a long outage
+    assert delays[0] == 0.2 and delays[-1] == 10.0  # backing off, never giving up
+    p.record("x", 51.0)
+    p.record("x", 52.0)
+    with pytest.raises(SupervisorGaveUp):
+        p.record("x", 53.0)  # real crashes still count
+    refused = asyncpg.ObjectNotInPrerequisiteStateError("database is not currently accepting connections")
+    assert is_transient(refused) and is_transient(ExceptionGroup("g", [refused, ConnectionResetError()]))
+    assert not is_transient(ExceptionGroup("g", [refused, ValueError("bug")])) and not is_transient(KeyError())
