@@ -186,7 +186,7 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
 
     def engine():  # type: ignore[no-untyped-def]
         if node.engine is None:
-            raise ApiError(503, "unavailable", "the daemon is starting")
+            raise ApiError(503, "unavailable", "the daemon is starting", headers={"Retry-After": "1"})
         return node.engine
 
     async def load(iid: int) -> dict[str, Any]:
@@ -215,7 +215,22 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         latest = {j.name: max(x.version for x in jobs if x.name == j.name) for j in jobs}
         return ok(m.JobList([job_info(j, j.version == latest[j.name]) for j in jobs]))
 
+    submitting = 0
+
     async def create_instance(request: Request) -> Response:
+        # Shed load rather than queue it: a storm of submissions must not pile up requests
+        # (and their memory) behind the connection pool; a refused one wrote nothing.
+        nonlocal submitting
+        if submitting >= node.cfg.api_max_submits:
+            raise ApiError(429, "too_many_requests", f"{submitting} submissions are in progress "
+                           f"(CHUNKD_API_MAX_SUBMITS); retry shortly", headers={"Retry-After": "1"})
+        submitting += 1
+        try:
+            return await _create_instance(request)
+        finally:
+            submitting -= 1
+
+    async def _create_instance(request: Request) -> Response:
         raw = await _body(request)
         try:
             req = _submit_decoder.decode(raw)

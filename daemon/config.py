@@ -161,6 +161,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     api_tokens: str
     api_tokens_file: str
     api_insecure: bool
+    api_max_submits: int
     api_url: str
     api_token: str
 
@@ -231,6 +232,9 @@ VARIABLES: tuple[Var, ...] = (
         "File with one scope:token per line (# comments). Without any token the API serves only loopback.", _text),
     Var("CHUNKD_API_INSECURE", "api_insecure", "false",
         "true: allow serving the API on a non-loopback address without tokens.", _bool),
+    Var("CHUNKD_API_MAX_SUBMITS", "api_max_submits", "256",
+        "Submissions the API handles at once; more get 429 with Retry-After (load shedding, not queueing).",
+        _int(1, 100_000)),
     Var("CHUNKD_API_URL", "api_url", "http://127.0.0.1:8080", "Where the CLI reaches the daemon's API.", _url),
     Var("CHUNKD_API_TOKEN", "api_token", "", "The bearer token the CLI sends.", _text),
     Var("CHUNKD_SCHEDULING", "scheduling", "true",

@@ -93,7 +93,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         raise HttpBindError(f"cannot listen on CHUNKD_HTTP_ADDR={host}:{port}: {e.strerror or e}") from None
-    sock.listen(128)
+    sock.listen(1024)  # a burst of clients queues in the kernel, not refused at connect
     sock.setblocking(False)
     return sock
 

@@ -23,7 +23,8 @@ def _json(tp: type) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     words = {400: "Bad request", 401: "Missing or unknown token", 403: "Token lacks the scope",
              404: "Not found", 409: "Illegal state change", 413: "Body too large",
-             422: "Parameters fail the job's schema", 503: "Not ready"}
+             422: "Parameters fail the job's schema", 429: "Too many submissions in progress; see Retry-After",
+             503: "Not ready"}
     return {str(c): {"description": words[c], **_json(m.ErrorBody)} for c in codes}
 
 
@@ -62,7 +63,7 @@ def document(secured: bool) -> dict[str, Any]:
                 "post": op("Submit an instance",
                            {"201": {"description": "Created", **_json(m.Instance)},
                             "200": {"description": "Existing instance (same idempotency key)", **_json(m.Instance)}},
-                           400, 404, 413, 422, body=m.SubmitRequest),
+                           400, 404, 413, 422, 429, body=m.SubmitRequest),
                 "get": op("List instances, newest first", {"200": {"description": "A page", **_json(m.InstanceList)}},
                           400, params=[
                               _q("job", {"type": "string"}, "job name"),
