@@ -65,6 +65,13 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
     ctx = Context(job.name, chunk.instance_id, chunk.id, step.name, chunk.attempt, log,
                   step.transactional, engine.reader)
     sink: Sink[Any] | None = Sink(step.emits) if step.emits is not None else None
+    if chunk.orphaned:
+        # A worker already died holding it: record that this attempt really starts, so that
+        # if this process dies now the blame falls on it and not on chunks still waiting.
+        try:
+            await engine.store.mark_chunk_started(chunk.id, chunk.attempt)
+        except TRANSIENT as e:
+            return setback(C.POLL_WAITING, f"could not record the start: {e!r}", failure=False, delay=1.0)
     started = time.perf_counter()
     try:
         if step.kind is StepKind.FIRST:

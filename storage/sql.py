@@ -145,7 +145,9 @@ UPDATE chunkd_chunk k
        lease_owner = $3, lease_until = now() + make_interval(secs => $4)
   FROM picked
  WHERE k.id = picked.id AND k.state IN ({_in(chunk_allowed_from(C.IN_PROGRESS))})
-RETURNING k.id, k.instance_id, k.step, k.attempt, k.failures, k.data, k.orphaned >= {SUSPECT_AFTER}"""
+RETURNING k.id, k.instance_id, k.step, k.attempt, k.failures, k.data, k.orphaned"""
+# Before an orphaned chunk runs: which attempt really started (see migration 0008).
+CHUNK_MARK_STARTED = "UPDATE chunkd_chunk SET started_attempt = $2 WHERE id = $1 AND attempt = $2"
 
 # No join with unnest(): with the in-progress rows' statistics always stale, the planner
 # picked a nested loop comparing every pair (O(batch^2) tuples, ~200 ms per 1,000). An
@@ -166,7 +168,7 @@ UPDATE chunkd_chunk k
    SET state = CASE WHEN d.state <> {SETBACK_BY_ATTEMPTS} THEN d.state
                     WHEN k.failures + 1 >= k.max_attempts THEN {int(C.FAILED)} ELSE {int(C.ERRORED)} END,
        failures = k.failures + d.failure, error_message = coalesce(d.message, k.error_message),
-       orphaned = 0,  -- it came back with a result: it is not the chunk killing workers
+       orphaned = CASE WHEN d.failure > 0 THEN 0 ELSE k.orphaned END,  -- it ran and raised: not a killer
        next_run_at = now() + make_interval(secs => d.delay), lease_owner = NULL, lease_until = NULL
   FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::smallint[], $5::float8[], $6::text[])
        AS d(id, attempt, state, failure, delay, message)
@@ -174,21 +176,25 @@ UPDATE chunkd_chunk k
    AND d.state IN ({int(C.ERRORED)}, {int(C.FAILED)}, {int(C.POLL_WAITING)}, {SETBACK_BY_ATTEMPTS})
 RETURNING k.id, k.instance_id, k.step, k.state"""
 
-# Lease expired: the worker died or froze. Counts as a failure (poison chunks end FAILED),
-# and counts towards the chunk becoming a suspect (see CHUNK_CLAIM).
+# Lease expired: the worker died or froze. Counts as a failure (poison chunks end FAILED) and
+# towards the chunk becoming a suspect, for the chunks that may have been running: all of
+# them the first time, then those whose start was recorded (see migration 0008).
 CHUNK_RESCUE_EXPIRED = f"""
 WITH expired AS (
-    SELECT id FROM chunkd_chunk
+    SELECT id, (orphaned = 0 OR started_attempt IS NOT DISTINCT FROM attempt) AS blamed FROM chunkd_chunk
     WHERE state = {int(C.IN_PROGRESS)} AND lease_until < now()
     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
 )
 UPDATE chunkd_chunk k
-   SET state = CASE WHEN k.failures + 1 >= k.max_attempts THEN {int(C.FAILED)} ELSE {int(C.READY)} END,
-       failures = k.failures + 1, lease_owner = NULL, lease_until = NULL, orphaned = k.orphaned + 1,
-       error_message = 'the worker died or stalled while running this chunk (lease expired, attempt '
-                       || k.attempt || ')'
-  FROM expired
- WHERE k.id = expired.id AND k.state = {int(C.IN_PROGRESS)}
+   SET state = CASE WHEN e.blamed AND k.failures + 1 >= k.max_attempts THEN {int(C.FAILED)} ELSE {int(C.READY)} END,
+       failures = k.failures + e.blamed::int, orphaned = k.orphaned + e.blamed::int,
+       lease_owner = NULL, lease_until = NULL,
+       error_message = CASE WHEN e.blamed
+                            THEN 'the worker died or stalled while running this chunk (lease expired, attempt '
+                                 || k.attempt || ')'
+                            ELSE k.error_message END
+  FROM expired e
+ WHERE k.id = e.id AND k.state = {int(C.IN_PROGRESS)}
 RETURNING k.instance_id, k.step, k.state, k.partition"""
 
 # Graceful shutdown: hand back what this node still holds; the attempt is not a failure.

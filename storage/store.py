@@ -206,7 +206,10 @@ class Store:
         `suspect`, one of them may be a suspect (its workers died holding it, see CHUNK_CLAIM)."""
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(sql.CHUNK_CLAIM, partition, limit, node_id, lease_seconds, from_id, suspect)
-        return [ClaimedChunk(r[0], r[1], r[2], r[3], r[4], r[5], suspect=r[6]) for r in rows]
+        return [ClaimedChunk(r[0], r[1], r[2], r[3], r[4], r[5], orphaned=r[6]) for r in rows]
+
+    async def mark_chunk_started(self, chunk_id: int, attempt: int) -> None:
+        await self.pool.execute(sql.CHUNK_MARK_STARTED, chunk_id, attempt)
 
     # ------------------------------------------------------------ completion
     async def flush(self, successes: Sequence[Success], setbacks: Sequence[Setback]) -> FlushResult:

@@ -5,6 +5,8 @@ from typing import Any
 
 import msgspec
 
+from .states import SUSPECT_AFTER
+
 
 class ClaimedChunk(msgspec.Struct, array_like=True):
     id: int
@@ -14,7 +16,11 @@ class ClaimedChunk(msgspec.Struct, array_like=True):
     failures: int
     data: bytes | None
     claimed_at: float = 0.0  # monotonic, set by the consumer: claim-to-complete latency
-    suspect: bool = False    # its workers died holding it: runs alone among suspects (CHUNK_CLAIM)
+    orphaned: int = 0        # times its worker died holding it (migration 0008)
+
+    @property
+    def suspect(self) -> bool:
+        return self.orphaned >= SUSPECT_AFTER
 
 
 class TxOp(msgspec.Struct, array_like=True):

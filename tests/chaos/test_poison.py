@@ -49,7 +49,7 @@ async def test_poison_chunk_fails_alone_and_the_crash_loop_ends(
     completed = sum(1 for r in others if r["state"] == 7)
     # Nothing waits behind it: the others ran between the crashes, and when the poison chunk
     # failed, the instance failed and what had not run yet was cancelled (fail-fast, as batch2).
-    assert len(others) == n - 1 and {r["state"] for r in others} <= {7, 8} and completed >= n // 2
+    assert len(others) == n - 1 and {r["state"] for r in others} <= {7, 8} and completed >= n * 9 // 10
     # bystanders claimed beside it died with it at most SUSPECT_AFTER times, never max_attempts
     assert max(r["failures"] for r in others) < max_attempts
     ledger = await conn.fetch("SELECT n, count(*) AS times FROM test_ledger GROUP BY n")

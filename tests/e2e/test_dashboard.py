@@ -97,13 +97,16 @@ def test_dashboard_end_to_end(api_daemon, browser, tmp_path: Path) -> None:  # t
     assert "manage" in page.locator("#toast").inner_text()
     assert manage.call("GET", f"/api/v1/instances/{iid}")["status"] == "IN_PROGRESS"
 
-    # sign in again with the manage token; the hash (never the token) keeps the page
+    # sign in again with the manage token, by keyboard alone; the hash (never the token) keeps the page
     page.get_by_role("button", name="Sign out").click()
-    sign_in(page, MANAGE)
+    page.get_by_label("API token").fill(MANAGE)
+    page.keyboard.press("Enter")
     page.get_by_text("Signed in: manage token").wait_for()
     assert page.locator("#view-only").count() == 0
-    page.get_by_role("button", name="Cancel").click()
-    page.get_by_role("dialog").get_by_role("button", name="Yes").click()
+    page.get_by_role("button", name="Cancel").focus()
+    page.keyboard.press("Enter")
+    page.get_by_role("dialog").wait_for()
+    page.keyboard.press("Enter")  # the confirmation's focused button is "Yes"
     page.locator("#status").filter(has_text="CANCELLED").wait_for(timeout=15_000)
     assert manage.call("GET", f"/api/v1/instances/{iid}")["status"] == "CANCELLED"
     page.screenshot(path=str(tmp_path / "instance-cancelled.png"), full_page=True)
@@ -113,6 +116,25 @@ def test_dashboard_end_to_end(api_daemon, browser, tmp_path: Path) -> None:  # t
         page.get_by_role("heading", level=1, name=name).wait_for()
     page.locator("#nodes tbody tr").first.wait_for()
     assert "leader" in page.locator("#nodes").inner_text()
+
+    # a schedule paused and resumed from its page
+    manage.call("POST", "/api/v1/schedules", body={"id": "nightly", "job": "test.dash", "cron": "0 3 * * *"})
+    page.get_by_role("navigation").get_by_role("link", name="Schedules").click()
+    page.get_by_role("button", name="Pause nightly").click()
+    page.get_by_role("button", name="Resume nightly").wait_for()
+    assert manage.call("GET", "/api/v1/schedules/nightly")["paused"] is True
+    page.get_by_role("button", name="Resume nightly").click()
+    page.get_by_role("button", name="Pause nightly").wait_for()
+    assert manage.call("GET", "/api/v1/schedules/nightly")["paused"] is False
+
+    dark = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="dark")
+    dark.on("request", lambda r: requests.append(r.url))
+    night = dark.new_page()
+    night.goto(f"{origin}/ui/#/instances/{iid}")
+    sign_in(night, VIEW)
+    night.locator("#steps tbody tr").first.wait_for()
+    night.screenshot(path=str(tmp_path / "instance-detail-dark.png"), full_page=True)
+    dark.close()
 
     # everything the page fetched came from the daemon itself, and no URL carried a token
     assert requests, "the page made no requests"

@@ -91,6 +91,7 @@ async def test_lease_expiry_past_max_attempts_fails_a_poison_chunk(store: Store,
     for expect_failed in (0, 1):
         claimed = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30, suspect=True)]
         assert len(claimed) == 1
+        await store.mark_chunk_started(claimed[0].id, claimed[0].attempt)  # as the executor does once orphaned
         await conn.execute("UPDATE chunkd_chunk SET lease_until = now() - interval '1 second'")
         _, failed, _ = await store.rescue_expired(100)
         assert failed == expect_failed
@@ -134,15 +135,28 @@ async def test_migrations_apply_once_when_daemons_start_together(pg_server: str)
 async def test_a_chunk_orphaned_twice_runs_only_in_the_suspect_slot(store: Store, conn: asyncpg.Connection) -> None:
     iid = await _instance(store)
     node = await store.register_node("test", 1)
-    for deaths in (1, 2):  # its worker dies holding it, twice
-        (c,) = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30)]
-        assert not c.suspect
-        await conn.execute("UPDATE chunkd_chunk SET lease_until = now() - interval '1 second'")
+    mate = await _chunk_in(conn, iid, C.READY)  # claimed beside it, never started
+
+    async def die() -> None:
+        await conn.execute("UPDATE chunkd_chunk SET lease_until = now() - interval '1 second' WHERE state = 3")
         await store.rescue_expired(100)
-        assert await conn.fetchval("SELECT orphaned FROM chunkd_chunk WHERE id = $1", c.id) == deaths
-    assert [c for p in (0, 1) for c in await store.claim(p, 10, node, 30)] == []  # not in a normal batch
-    (s,) = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30, suspect=True)]
-    assert s.suspect and s.attempt == 3
+
+    async def orphaned(cid: int) -> tuple[int, int]:
+        r = await conn.fetchrow("SELECT orphaned, failures FROM chunkd_chunk WHERE id = $1", cid)
+        return r["orphaned"], r["failures"]
+
+    claimed = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30)]
+    (c,) = [c for c in claimed if c.id != mate]
+    await die()  # first death: nobody knows what was running, both count it
+    assert await orphaned(c.id) == (1, 1) and await orphaned(mate) == (1, 1)
+    claimed = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30)]
+    assert {x.id for x in claimed} == {c.id, mate} and all(x.orphaned == 1 and not x.suspect for x in claimed)
+    await store.mark_chunk_started(c.id, c.attempt + 1)  # the executor records only the one it starts
+    await die()
+    assert await orphaned(c.id) == (2, 2) and await orphaned(mate) == (1, 1)  # the waiting one is not blamed
+    assert {x.id for p in (0, 1) for x in await store.claim(p, 10, node, 30)} == {mate}  # a suspect stays out
+    (s,) = [x for p in (0, 1) for x in await store.claim(p, 10, node, 30, suspect=True)]
+    assert s.id == c.id and s.suspect and s.attempt == 3
     # it came back with an ordinary error: no longer suspected of killing workers
     await store.flush([], [Setback(s.id, s.attempt, iid, 0, int(C.ERRORED), True, 0.0, "boom")])
-    assert await conn.fetchval("SELECT orphaned FROM chunkd_chunk WHERE id = $1", s.id) == 0
+    assert (await orphaned(s.id))[0] == 0
