@@ -15,7 +15,7 @@ import structlog
 from daemon.registry import UnknownJobError
 from daemon.sdk import Context, Job, StepKind
 from metrics import CHUNKS_RETRIED, INSTANCE_ETA, INSTANCES, IS_LEADER, LEASES_RESCUED, MAINTENANCE_SECONDS
-from storage.codec import DataError, decode, to_json
+from storage.codec import decode, to_json
 from storage.errors import TRANSIENT, Backoff
 from storage.states import I
 from storage.types import InstanceRow

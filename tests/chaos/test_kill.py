@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 
 import anyio
 import asyncpg
@@ -37,20 +36,20 @@ async def check_exactly_once(conn: asyncpg.Connection, iid: int, n: int) -> None
 
 
 async def test_kill_loop_three_daemons(dsn: str, conn: asyncpg.Connection, spawn_daemon, channel) -> None:  # type: ignore[no-untyped-def]
-    """Three daemons on a 50,000-chunk gated job (plan, ledger step, reduction); every 2-3 s
+    """Three daemons on a 50,000-chunk gated job (plan, ledger step, reduction); every 2-2.5 s
     one of them, chosen at random, is SIGKILLed and started again; ten times."""
     n, kills_wanted = 50_000, 10
     await conn.execute(LEDGER)
     # Kafka gives each partition to one daemon, so each daemon runs more per partition there.
     env = channel(CHUNKD_PARTITION_CONCURRENCY="16" if channel.name == "kafka" else "8")
     daemons = [spawn_daemon(**env) for _ in range(3)]
-    iid = await submit(dsn, n, work_ms=80)  # outlasts the kill loop: >= 30 s of work for 3 daemons
+    iid = await submit(dsn, n, work_ms=60)  # outlasts the kill loop: >= 30 s of work for 3 daemons
     while await conn.fetchval("SELECT count(*) FROM test_ledger") < 500:
         await anyio.sleep(0.05)
     rng = random.Random()
     killed_pids = []
     for _ in range(kills_wanted):
-        await anyio.sleep(rng.uniform(2.0, 3.0))
+        await anyio.sleep(rng.uniform(2.0, 2.5))
         status = await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", iid)
         assert status == "IN_PROGRESS", f"the job ended ({status}) before kill {len(killed_pids) + 1}"
         i = rng.randrange(len(daemons))

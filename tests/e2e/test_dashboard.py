@@ -13,6 +13,7 @@ import pytest
 from daemon.client import ApiClient
 
 VIEW, MANAGE = "ui-view-token", "ui-manage-token"
+RUNNING = {"IN_PROGRESS", "ERRORED"}  # ERRORED: some chunks wait to retry, the rest run on
 # As root in a sandbox, with no network: no sandboxing, no calls home.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]
@@ -81,7 +82,7 @@ def test_dashboard_end_to_end(api_daemon, browser, tmp_path: Path) -> None:  # t
         assert time.monotonic() < deadline, f"progress stayed at {first}%"
         page.wait_for_timeout(250)
     assert len(navigations) == loads, "the page reloaded instead of updating in place"
-    assert row.locator(".status").inner_text() == "IN_PROGRESS"
+    assert row.locator(".status").inner_text() in RUNNING
     page.screenshot(path=str(tmp_path / "instances.png"), full_page=True)
 
     row.get_by_role("link", name=f"#{iid}").click()
@@ -95,7 +96,7 @@ def test_dashboard_end_to_end(api_daemon, browser, tmp_path: Path) -> None:  # t
     page.get_by_role("dialog").get_by_role("button", name="Yes").click()
     page.locator("#toast").filter(has_text="Refused").wait_for()
     assert "manage" in page.locator("#toast").inner_text()
-    assert manage.call("GET", f"/api/v1/instances/{iid}")["status"] == "IN_PROGRESS"
+    assert manage.call("GET", f"/api/v1/instances/{iid}")["status"] in RUNNING
 
     # sign in again with the manage token, by keyboard alone; the hash (never the token) keeps the page
     page.get_by_role("button", name="Sign out").click()
