@@ -30,8 +30,11 @@ _RESERVED = -1  # a claim that may take the suspect slot is under way
 
 
 class InFlight:
-    """Chunks this daemon holds. `held` feeds the heartbeat (another thread), so it is
-    guarded by a lock; `running` per partition drives the consumers' backpressure."""
+    """Chunks this daemon holds, from claim until their result is committed (or they are
+    given up). `held` feeds the heartbeat (another thread), so it is guarded by a lock;
+    `running` per partition drives the consumers' backpressure: a partition claims again
+    only while it holds no more than its slots, so it never holds more than slots + one
+    batch, counting results still on their way through the completer."""
 
     def __init__(self, partitions: int, concurrency: int) -> None:
         self._lock = threading.Lock()
@@ -47,15 +50,18 @@ class InFlight:
                 self._held[i] = partition
         self.running[partition] += len(ids)
 
-    def handed_off(self, partition: int) -> None:
-        self.running[partition] -= 1
-        if self.running[partition] <= self.concurrency:
-            self._space[partition].set()
-
     def forget(self, ids: list[int] | set[int]) -> None:
+        """Committed, refused or given up: no longer held, room for another claim."""
+        freed: list[int] = []
         with self._lock:
             for i in ids:
-                self._held.pop(i, None)
+                p = self._held.pop(i, None)
+                if p is not None:
+                    freed.append(p)
+        for p in freed:
+            self.running[p] -= 1
+            if self.running[p] <= self.concurrency:
+                self._space[p].set()
 
     def held(self) -> list[int]:
         with self._lock:

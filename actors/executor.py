@@ -156,7 +156,6 @@ async def _run_with_slots(engine: Engine, partition: int, chunk: ClaimedChunk) -
                 engine.completer_send.send_nowait(outcome)
             except anyio.WouldBlock:
                 await engine.completer_send.send(outcome)  # the completer is behind: wait for room
-            engine.inflight.handed_off(partition)
             queue = engine.slots.parked.get(rt.job.name) if rt is not None else None
             if not queue or engine.stopping:
                 return

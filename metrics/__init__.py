@@ -36,7 +36,7 @@ POOL_IN_USE = Gauge("chunkd_db_pool_in_use", "Pool connections checked out.")
 INSTANCES = Gauge("chunkd_instances", "Job instances by status (exported by the maintenance leader).", ["status"])
 INSTANCE_ETA = Gauge("chunkd_instance_eta_seconds",
                      "Longest ETA among running instances of a job (exported by the maintenance leader).", ["job"])
-IN_FLIGHT = Gauge("chunkd_chunks_in_flight", "Chunks claimed by this daemon and not yet handed to the completer.")
+IN_FLIGHT = Gauge("chunkd_chunks_in_flight", "Chunks claimed by this daemon whose result is not committed yet.")
 ACTOR_RESTARTS = Counter("chunkd_actor_restarts", "Actor restarts by the supervisor.", ["kind"])
 
 MAINTENANCE_SECONDS = Histogram("chunkd_maintenance_pass_seconds", "Maintenance pass duration.",
