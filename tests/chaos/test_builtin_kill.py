@@ -17,13 +17,13 @@ FAST_LEASES = {"CHUNKD_LEASE_SECONDS": "2", "CHUNKD_HEARTBEAT_SECONDS": "0.5"}
 
 
 async def test_export_survives_two_sigkills(dsn: str, conn: asyncpg.Connection, spawn_daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    n = 100_000
+    n = 60_000
     await seed(conn, n)
     out = tmp_path / "export"
     iid = await submit_direct(dsn, "chunkd.bulk-export", {"table": "resources", "output": str(out),
                                                           "type_column": "resource_type", "chunk_size": 250})
     daemon = spawn_daemon(**FAST_LEASES)
-    for files in (40, 250):
+    for files in (24, 150):
         while len(list(out.glob("*.ndjson"))) < files:
             await anyio.sleep(0.01)
         daemon.kill()

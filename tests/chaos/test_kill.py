@@ -108,7 +108,7 @@ async def test_postgres_outage_mid_job_twice(
                                 db, conn.get_server_pid())
             await wait_for(not_ready, 10, "/readyz reporting the database unreachable")
             frozen = await conn.fetchval("SELECT count(*) FROM test_ledger")
-            await anyio.sleep(3)
+            await anyio.sleep(2)
             assert await conn.fetchval("SELECT count(*) FROM test_ledger") == frozen  # really cut off
             await admin.execute(f'ALTER DATABASE "{db}" WITH ALLOW_CONNECTIONS true')
             wait_ready(url, timeout=30)

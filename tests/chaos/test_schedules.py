@@ -32,9 +32,9 @@ async def test_three_daemons_fire_each_occurrence_exactly_once(
     await create_schedule(dsn, "every-second", 1)
     started = time.monotonic()
     killed = None
-    while time.monotonic() - started < 20:
+    while time.monotonic() - started < 12:
         await anyio.sleep(0.25)
-        if killed is None and time.monotonic() - started > 8:
+        if killed is None and time.monotonic() - started > 5:
             last = await conn.fetchval("SELECT fired_by FROM chunkd_schedule_fire WHERE schedule_id = 'every-second' "
                                        "ORDER BY fire_at DESC LIMIT 1")
             daemons[last].kill()  # the daemon that fired last
@@ -45,7 +45,7 @@ async def test_three_daemons_fire_each_occurrence_exactly_once(
     fires = await conn.fetch("SELECT fire_at, instance_id, fired_by FROM chunkd_schedule_fire "
                              "WHERE schedule_id = 'every-second' ORDER BY fire_at")
     times = [f["fire_at"] for f in fires]
-    assert len(fires) >= 17
+    assert len(fires) >= 10
     gaps = [(str(a), str(b), f["fired_by"]) for (a, b), f in zip(zip(times, times[1:]), fires[1:])
             if b - a != timedelta(seconds=1)]
     assert not gaps, (gaps, killed)  # no occurrence missed
