@@ -143,13 +143,15 @@ async function act(path, done) {
 
 // ---------------------------------------------------------------- pages
 function instancesPage() {
-  const state = { job: "", status: "" };
+  const state = { job: "", status: "", count: 50 };
   const jobSelect = h("select", { id: "f-job", onchange: (e) => { state.job = e.target.value; refresh(); } },
     h("option", { value: "" }, "All jobs"));
   const statusSelect = h("select", { id: "f-status", onchange: (e) => { state.status = e.target.value; refresh(); } },
     h("option", { value: "" }, "All statuses"), STATUSES.map((st) => h("option", { value: st }, st)));
   const body = h("tbody");
   const summary = h("p", { class: "muted", "aria-live": "polite" });
+  const more = h("button", { type: "button", hidden: true,
+                             onclick: () => { state.count = Math.min(500, state.count + 50); refresh(); } }, "Show more");
   const root = h("section", { "aria-labelledby": "page-title" },
     h("h1", { id: "page-title" }, "Instances"),
     h("div", { class: "filters" }, h("label", {}, "Job", jobSelect), h("label", {}, "Status", statusSelect)),
@@ -157,18 +159,20 @@ function instancesPage() {
     h("table", { id: "instances" },
       h("thead", {}, h("tr", {}, ["ID", "Job", "Status", "Progress", "Chunks/s", "ETA", "Started", "Ended", "Errors"]
         .map((t, i) => h("th", { scope: "col", class: [0, 4, 5, 8].includes(i) ? "num" : null }, t)))),
-      body));
+      body),
+    h("p", {}, more));
 
   api("/api/v1/jobs").then(({ jobs }) => {
     for (const name of [...new Set(jobs.map((j) => j.name))].sort()) jobSelect.append(h("option", { value: name }, name));
   }).catch(() => {});
 
   async function refresh() {
-    const q = new URLSearchParams({ count: "50" });
+    const q = new URLSearchParams({ count: String(state.count) });
     if (state.job) q.set("job", state.job);
     if (state.status) q.set("status", state.status);
     const page = await api(`/api/v1/instances?${q}`);
     summary.textContent = `Newest first: ${page.count} of ${fmt.int(page.total)}.`;
+    more.hidden = page.total <= page.count || state.count >= 500;
     body.replaceChildren(...page.instances.map((i) => h("tr", { "data-instance-id": i.id },
       h("td", { class: "num" }, h("a", { href: `#/instances/${i.id}` }, `#${i.id}`)),
       h("td", {}, i.job, h("span", { class: "muted" }, ` v${i.version}`)),

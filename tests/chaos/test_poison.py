@@ -25,6 +25,7 @@ async def test_poison_chunk_fails_alone_and_the_crash_loop_ends(
     env = channel(CHUNKD_CLAIM_BATCH="8")  # batches small beside the job, as 100 is beside a large one
     daemon = spawn_daemon(**env)
     deaths = 0
+    done_at_death: list[int] = []
     deadline = time.monotonic() + 150
     while (status := await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", iid)) \
             not in ("COMPLETED", "FAILED", "CANCELLED"):
@@ -32,6 +33,7 @@ async def test_poison_chunk_fails_alone_and_the_crash_loop_ends(
         if daemon.proc.poll() is not None:
             assert daemon.proc.returncode == 70  # the poison's own exit code, not a chunkd crash
             deaths += 1
+            done_at_death.append(await conn.fetchval("SELECT count(*) FROM test_ledger"))
             daemon = spawn_daemon(**env)  # as a supervisor (systemd, Kubernetes) would
         await anyio.sleep(0.1)
     assert status == "FAILED"
@@ -44,12 +46,13 @@ async def test_poison_chunk_fails_alone_and_the_crash_loop_ends(
     assert poison["failures"] == max_attempts and "worker died" in poison["error_message"]
     others = await conn.fetch("SELECT state, failures FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 "
                               "AND id <> $2", iid, poison["id"])
-    print(f"deaths={deaths} completed={sum(1 for r in others if r['state'] == 7)} "
+    print(f"deaths={deaths} done at each death={done_at_death} completed={sum(1 for r in others if r['state'] == 7)} "
           f"failures={sorted(collections.Counter(r['failures'] for r in others).items())}")
     completed = sum(1 for r in others if r["state"] == 7)
     # Nothing waits behind it: the others ran between the crashes, and when the poison chunk
     # failed, the instance failed and what had not run yet was cancelled (fail-fast, as batch2).
-    assert len(others) == n - 1 and {r["state"] for r in others} <= {7, 8} and completed >= n * 9 // 10
+    assert len(others) == n - 1 and {r["state"] for r in others} <= {7, 8} and completed >= n // 2
+    assert done_at_death[-1] > done_at_death[0], done_at_death  # work went on between the deaths
     # bystanders claimed beside it died with it at most SUSPECT_AFTER times, never max_attempts
     assert max(r["failures"] for r in others) < max_attempts
     ledger = await conn.fetch("SELECT n, count(*) AS times FROM test_ledger GROUP BY n")
