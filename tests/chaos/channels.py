@@ -11,8 +11,8 @@ import anyio
 
 def kafka_env(broker: Any, group: str = "g1", **extra: str) -> dict[str, str]:
     return {"CHUNKD_CHANNEL": "kafka", "CHUNKD_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "CHUNKD_KAFKA_GROUP": group,
-            "CHUNKD_PARTITIONS": "8", "CHUNKD_LOG_LEVEL": "info", "CHUNKD_LEASE_SECONDS": "3",
-            "CHUNKD_HEARTBEAT_SECONDS": "1", **extra}
+            "CHUNKD_PARTITIONS": "8", "CHUNKD_LOG_LEVEL": "info", "CHUNKD_LEASE_SECONDS": "2",
+            "CHUNKD_HEARTBEAT_SECONDS": "0.5", **extra}
 
 
 def postgres_env(**extra: str) -> dict[str, str]:

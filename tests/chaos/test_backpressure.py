@@ -40,11 +40,11 @@ async def test_slow_daemon_holds_only_what_it_can_run(
     await wait_for(backlog_ready, 30, "the 10,000 chunks planned")
     node = await conn.fetchval("SELECT id FROM chunkd_node WHERE name = 'slow'")
 
-    # The slow daemon alone for 8 s: sample what it holds and its memory.
+    # The slow daemon alone for 6 s: sample what it holds and its memory.
     held_max: dict[int, int] = {}
     rss: list[tuple[float, int]] = []
     started = time.monotonic()
-    while (t := time.monotonic() - started) < 8:
+    while (t := time.monotonic() - started) < 6:
         for p, n in await conn.fetch("SELECT partition, count(*) FROM chunkd_chunk WHERE state = 3 AND lease_owner = $1 "
                                      "GROUP BY partition", node):
             held_max[p] = max(held_max.get(p, 0), n)
@@ -54,7 +54,7 @@ async def test_slow_daemon_holds_only_what_it_can_run(
     ready = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = 2", iid)
     assert held_max and max(held_max.values()) <= SLOTS_PER_PARTITION + BATCH, held_max
     assert sum(held_max.values()) <= PARTITIONS * (SLOTS_PER_PARTITION + BATCH)
-    assert done_alone <= 8 * PARTITIONS * SLOTS_PER_PARTITION + PARTITIONS * SLOTS_PER_PARTITION  # 1 s per chunk
+    assert done_alone <= 7 * PARTITIONS * SLOTS_PER_PARTITION  # 1 s per chunk, 4 slots, 6 s (+1 for luck)
     assert ready >= N - done_alone - PARTITIONS * (SLOTS_PER_PARTITION + BATCH)  # the rest is left for others
     warm = [kib for t, kib in rss if t >= 2]
     growth_kib = max(warm) - warm[0]

@@ -35,7 +35,7 @@ async def post(host: str, port: int, path: str, body: bytes) -> tuple[int, dict[
 
 async def test_submission_storm(conn: asyncpg.Connection, api_daemon, channel) -> None:  # type: ignore[no-untyped-def]
     # A low admission limit, so that the storm is shed in part and both answers are exercised.
-    api = api_daemon(f"manage:{TOKEN}", **channel(CHUNKD_API_MAX_SUBMITS="100", CHUNKD_LOG_LEVEL="warning"))
+    api = api_daemon(f"manage:{TOKEN}", **channel(CHUNKD_API_MAX_SUBMITS="200", CHUNKD_LOG_LEVEL="warning"))
     host, port = api.url.removeprefix("http://").split(":")
     n = 2_000
 
