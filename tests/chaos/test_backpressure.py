@@ -54,7 +54,7 @@ async def test_slow_daemon_holds_only_what_it_can_run(
     ready = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = 2", iid)
     assert held_max and max(held_max.values()) <= SLOTS_PER_PARTITION + BATCH, held_max
     assert sum(held_max.values()) <= PARTITIONS * (SLOTS_PER_PARTITION + BATCH)
-    assert done_alone <= 7 * PARTITIONS * SLOTS_PER_PARTITION  # 1 s per chunk, 4 slots, 6 s (+1 for luck)
+    assert done_alone <= 8 * PARTITIONS * SLOTS_PER_PARTITION  # 1 s per chunk on 4 slots: the 6 s window + start-up
     assert ready >= N - done_alone - PARTITIONS * (SLOTS_PER_PARTITION + BATCH)  # the rest is left for others
     warm = [kib for t, kib in rss if t >= 2]
     growth_kib = max(warm) - warm[0]
