@@ -166,15 +166,18 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
+    def presented_scope(request: Request) -> Scope | None:
+        """The scope of the request's bearer token; raises 401 if there is none or it is unknown."""
+        kind, _, presented = request.headers.get("authorization", "").partition(" ")
+        if kind.lower() != "bearer" or not presented:
+            raise ApiError(401, "unauthorized", "missing bearer token",
+                           headers={"WWW-Authenticate": 'Bearer realm="chunkd"'})
+        return scope_of(tokens, presented.strip())
+
     def guarded(need: Scope, fn: Handler) -> Handler:
         async def handler(request: Request) -> Response:
             if tokens:
-                auth = request.headers.get("authorization", "")
-                kind, _, presented = auth.partition(" ")
-                if kind.lower() != "bearer" or not presented:
-                    raise ApiError(401, "unauthorized", "missing bearer token",
-                                   headers={"WWW-Authenticate": 'Bearer realm="chunkd"'})
-                have = scope_of(tokens, presented.strip())
+                have = presented_scope(request)
                 if have is None:
                     raise ApiError(401, "unauthorized", "unknown token",
                                    headers={"WWW-Authenticate": 'Bearer realm="chunkd"'})
@@ -314,9 +317,9 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
     async def whoami(request: Request) -> Response:
         if not tokens:
             return ok(m.WhoAmI(Scope.MANAGE.value, False))
-        presented = request.headers.get("authorization", "").partition(" ")[2].strip()
-        have = scope_of(tokens, presented)
-        return ok(m.WhoAmI(have.value if have else Scope.VIEW.value, True))
+        have = presented_scope(request)  # guarded: known by now
+        assert have is not None
+        return ok(m.WhoAmI(have.value, True))
 
     def conflict(row: dict[str, Any], what: str) -> ApiError:
         return ApiError(409, "illegal_state", f"cannot {what} instance {row['id']}: it is {row['status']}",

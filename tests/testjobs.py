@@ -47,6 +47,10 @@ async def g_square(params: CountParams, chunk: Item, ctx: Context, sink: Sink[Sq
 
 @gated.reduce(consumes=Squared)
 async def g_sum(params: CountParams, chunks: AsyncIterator[Squared], ctx: Context) -> Sum:
+    return await sum_squares(chunks)
+
+
+async def sum_squares(chunks: AsyncIterator[Squared]) -> Sum:
     count = total = 0
     async for c in chunks:
         count += 1
@@ -339,11 +343,7 @@ async def d_square(params: DashParams, chunk: Item, ctx: Context, sink: Sink[Squ
 
 @dash.reduce(consumes=Squared)
 async def d_sum(params: DashParams, chunks: AsyncIterator[Squared], ctx: Context) -> Sum:
-    count = total = 0
-    async for c in chunks:
-        count += 1
-        total += c.sq
-    return Sum(count, total)
+    return await sum_squares(chunks)
 
 
 # ------------------------------------------------------------ a poison chunk: kills its own process
@@ -357,13 +357,13 @@ poison = Job("test.poison", params=PoisonParams, gated=True)
 
 
 @poison.first_step(emits=Item)
-async def x_plan(params: PoisonParams, ctx: Context, sink: Sink[Item]) -> None:
+async def pz_plan(params: PoisonParams, ctx: Context, sink: Sink[Item]) -> None:
     for i in range(params.chunks):
         sink.emit(Item(i))
 
 
 @poison.step(consumes=Item, transactional=True, max_attempts=3, backoff_base=0.05, backoff_max=0.2)
-async def x_record(params: PoisonParams, chunk: Item, ctx: Context) -> None:
+async def pz_record(params: PoisonParams, chunk: Item, ctx: Context) -> None:
     if chunk.n == params.poison:
         os._exit(70)  # as a segfaulting native library would: no exception, no cleanup
     await anyio.sleep(params.work_ms / 1000)

@@ -32,6 +32,10 @@ def assigned(daemon: Any) -> set[int]:
     return out
 
 
+async def has_partitions(daemon: Any) -> bool:
+    return bool(assigned(daemon))
+
+
 async def wait_for(cond: Callable[[], Awaitable[bool]], timeout: float, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not await cond():

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import submit_direct, wait_status
 
-from .channels import assigned, wait_for
+from .channels import has_partitions, wait_for
 from .test_kill import LEDGER, check_exactly_once
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
@@ -66,8 +66,7 @@ async def test_slow_daemon_holds_only_what_it_can_run(
     if channel.name == "kafka":
         # Kafka gives each partition to one daemon: the fast one takes its share at the
         # rebalance and the rest when the slow one leaves (it hands back what it holds).
-        await wait_for(lambda: _has(fast), 30, "the fast daemon assigned a partition")
-        await anyio.sleep(2)
+        await wait_for(lambda: has_partitions(fast), 30, "the fast daemon assigned a partition")
         assert slow.terminate() == 0
     await wait_status(conn, iid, {"COMPLETED", "FAILED"}, 120)
     await check_exactly_once(conn, iid, N)
@@ -76,7 +75,3 @@ async def test_slow_daemon_holds_only_what_it_can_run(
     assert fast.terminate() == 0
     if slow.proc.poll() is None:
         assert slow.terminate() == 0
-
-
-async def _has(daemon) -> bool:  # type: ignore[no-untyped-def]
-    return bool(assigned(daemon))

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import submit_direct, wait_status
 
-from .channels import assigned, kafka_env, wait_for
+from .channels import assigned, has_partitions, kafka_env, wait_for
 from .test_kill import LEDGER, check_exactly_once
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
@@ -42,7 +42,7 @@ async def test_broker_outage_mid_job_twice(dsn: str, conn: asyncpg.Connection, s
     url = f"http://127.0.0.1:{port}"
     a = spawn_daemon(**kafka_env(kafka_broker, CHUNKD_HTTP_ADDR=f"127.0.0.1:{port}"))
     wait_ready(url)
-    await wait_for(lambda: _one_assigned(a), 30)
+    await wait_for(lambda: has_partitions(a), 30)
     n = 12_000
     # ~28 s of work: it outlasts both outages (it goes on during them: Postgres is the truth)
     iid = await submit_direct(dsn, "test.ledger", {"chunks": n, "work_ms": 150})
@@ -64,7 +64,3 @@ async def test_broker_outage_mid_job_twice(dsn: str, conn: asyncpg.Connection, s
     await wait_status(conn, iid, {"COMPLETED", "FAILED"}, 180)
     await check_exactly_once(conn, iid, n)
     assert a.terminate() == 0
-
-
-async def _one_assigned(a) -> bool:  # type: ignore[no-untyped-def]
-    return bool(assigned(a))
