@@ -12,7 +12,7 @@ import structlog
 
 from metrics import (CLAIM_TO_COMPLETE, CHUNKS_COMPLETED, CHUNKS_ERRORED, CHUNKS_FAILED, CHUNKS_POLL_WAITING, CHUNKS_REFUSED,
                      FLUSH_SECONDS, FLUSH_SIZE)
-from storage.errors import TRANSIENT, Backoff
+from storage.errors import BAD_INPUT, Backoff, is_transient
 from storage.states import SETBACK_BY_ATTEMPTS
 from storage.states import C
 from storage.types import Setback, Success
@@ -34,60 +34,108 @@ async def complete_forever(engine: Engine) -> None:
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             return
         batch = [first]
-        _drain(recv, batch, cfg.completer_batch)
-        if len(batch) < cfg.completer_batch and wait > 0:
+        size = _drain(recv, batch, cfg.completer_batch, _size(first))
+        if len(batch) < cfg.completer_batch and size < FLUSH_BYTES and wait > 0:
             await anyio.sleep(wait)
-            _drain(recv, batch, cfg.completer_batch)
+            _drain(recv, batch, cfg.completer_batch, size)
         await flush(engine, batch)
 
 
-def _drain(recv: anyio.abc.ObjectReceiveStream[Outcome], batch: list[Outcome], limit: int) -> None:
-    while len(batch) < limit:
+# A flush stops taking results past this many bytes of child data: one transaction (and
+# one protocol message) stays far below Postgres's 1 GB limits whatever the steps emit.
+FLUSH_BYTES = 64 << 20
+# Transient failures in a row after which, if the database still answers a ping, the batch
+# is taken for the cause and split (a lone result is replaced by a bare setback): a result
+# that breaks the connection every time must not hold the rest, nor be retried forever
+# while its lease is kept alive. During a real outage the ping fails and nothing is blamed.
+SPLIT_AFTER = 5
+
+
+def _size(o: Outcome) -> int:
+    r = o.result
+    return sum(len(c) for c in r.children) if isinstance(r, Success) else 0
+
+
+def _drain(recv: anyio.abc.ObjectReceiveStream[Outcome], batch: list[Outcome], limit: int, size: int) -> int:
+    while len(batch) < limit and size < FLUSH_BYTES:
         try:
-            batch.append(recv.receive_nowait())
+            o = recv.receive_nowait()
         except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-            return
+            break
+        batch.append(o)
+        size += _size(o)
+    return size
+
+
+class _Unstorable(Exception):
+    """The batch cannot be written as it is (an error of its content, not of the database)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
 
 
 async def flush(engine: Engine, batch: list[Outcome]) -> None:
+    """Write a batch; if its content breaks the transaction, bisect it so the culprit is
+    written alone and replaced by a bare setback: batch-mates are never held back by it."""
     try:
         await _flush(engine, batch)
-    except asyncpg.PostgresError as e:
-        # Not the connection: something in the batch (a transactional step's own write, say)
-        # broke the transaction. Find the culprit by writing one at a time; it errors alone.
-        if len(batch) > 1:
-            for one in batch:
-                await flush(engine, [one])
-            return
-        (o,) = batch
-        if not isinstance(o.result, Success):
-            engine.inflight.forget([o.result.chunk_id])
-            raise
-        r = o.result
-        log.warning("a chunk's transactional writes failed", job=o.job, step=o.step, chunk_id=r.chunk_id, error=repr(e))
-        setback = Setback(r.chunk_id, r.attempt, r.instance_id, r.step, SETBACK_BY_ATTEMPTS, True, 1.0,
-                          f"the step's transactional writes failed: {type(e).__name__}: {e}"[:2000])
-        await _flush(engine, [Outcome(setback, o.job, o.step, o.partition, o.claimed_at)])
+        return
+    except _Unstorable as e:
+        cause = e.cause
+    if len(batch) > 1:
+        mid = len(batch) // 2
+        await flush(engine, batch[:mid])
+        await flush(engine, batch[mid:])
+        return
+    (o,) = batch
+    r = o.result
+    if isinstance(r, Success) and r.tx_ops:
+        what = "the step's transactional writes failed"
+    elif isinstance(r, Success):
+        what = "the step's result could not be stored"
+    else:
+        what = "the chunk's error could not be stored"
+    log.warning("a chunk's result could not be written; recording a bare failure instead", job=o.job,
+                step=o.step, chunk_id=r.chunk_id, error=repr(cause))
+    bare = Setback(r.chunk_id, r.attempt, r.instance_id, r.step, SETBACK_BY_ATTEMPTS, True, 1.0,
+                   f"{what}: {type(cause).__name__}: {cause}")
+    try:
+        await _flush(engine, [Outcome(bare, o.job, o.step, o.partition, o.claimed_at)], bare=True)
+    except _Unstorable as e:
+        # Not even a bare setback can be written: give the chunk up; the heartbeat hands it
+        # back as an orphan and counts the attempt, so it ends FAILED at max attempts.
+        log.error("a chunk's failure could not be written either; giving it up", chunk_id=r.chunk_id,
+                  error=repr(e.cause))
+        engine.inflight.forget([r.chunk_id])
 
 
-async def _flush(engine: Engine, batch: list[Outcome]) -> None:
+async def _flush(engine: Engine, batch: list[Outcome], *, bare: bool = False) -> None:
     successes = [o.result for o in batch if isinstance(o.result, Success)]
     setbacks = [o.result for o in batch if isinstance(o.result, Setback)]
     backoff = Backoff(0.05, 5.0)
+    failures = 0
     while True:
         started = time.perf_counter()
         try:
             res = await engine.store.flush(successes, setbacks)  # type: ignore[arg-type]
             break
-        except TRANSIENT as e:
-            # Safe to retry: the fencing token refuses anything that already committed.
-            delay = backoff.failed()
-            log.warning("completer flush failed; retrying", error=repr(e), batch=len(batch), retry_in=delay)
-            await anyio.sleep(delay)
-        except asyncpg.PostgresError:
-            raise  # the caller isolates the culprit
-        except BaseException:
-            # This batch is lost with us: stop extending its leases so maintenance rescues it.
+        except anyio.get_cancelled_exc_class():
+            engine.inflight.forget([o.result.chunk_id for o in batch])
+            raise
+        except Exception as e:
+            if is_transient(e):
+                # Safe to retry: the fencing token refuses anything that already committed.
+                failures += 1
+                if failures >= SPLIT_AFTER and not bare and await engine.store.alive():
+                    raise _Unstorable(e) from e  # the database answers: it is this batch
+                delay = backoff.failed()
+                log.warning("completer flush failed; retrying", error=repr(e), batch=len(batch), retry_in=delay)
+                await anyio.sleep(delay)
+                continue
+            if isinstance(e, (asyncpg.PostgresError, *BAD_INPUT)):
+                raise _Unstorable(e) from e  # the caller isolates the culprit
+            # Our bug: this batch is lost with us; stop extending its leases so they are rescued.
             engine.inflight.forget([o.result.chunk_id for o in batch])
             raise
     FLUSH_SECONDS.observe(time.perf_counter() - started)
@@ -118,6 +166,8 @@ def _count(batch: list[Outcome], accepted: set[int], setback_states: dict[int, i
         elif cid in setback_states:
             tally[(C(setback_states[cid]).name, o.job, o.step)] += 1
     for (kind, job, step), n in tally.items():
+        if kind == "CANCELLED":
+            continue  # released unstarted (instance ended): not a step outcome
         metric = {"completed": CHUNKS_COMPLETED, "ERRORED": CHUNKS_ERRORED, "FAILED": CHUNKS_FAILED,
                   "POLL_WAITING": CHUNKS_POLL_WAITING}[kind]
         metric.labels(job, step).inc(n)

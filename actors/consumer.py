@@ -52,8 +52,9 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
         await engine.inflight.wait_for_room(partition)
         if engine.stopping:
             return
-        if not engine.channel.owns(partition):  # Kafka gave this partition to another daemon
-            await engine.channel.assignment_changed.wait()
+        if not engine.channel.owns(partition) and not engine.starved:  # Kafka gave it to another daemon
+            with anyio.move_on_after(cfg.poll_interval):  # (or none to us: see Node._check_starved)
+                await engine.channel.assignment_changed.wait()
             continue
         suspect = engine.inflight.take_suspect_slot()
         try:
@@ -71,7 +72,7 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
             await anyio.sleep(delay)
             continue
         if chunks:
-            engine.inflight.claimed(partition, [c.id for c in chunks])
+            engine.inflight.claimed(partition, chunks)
         if suspect:  # after `claimed`, so the slot stays taken while the suspect is held
             engine.inflight.suspect_claimed(next((c.id for c in chunks if c.suspect), None))
         if chunks:

@@ -38,26 +38,26 @@ class InFlight:
 
     def __init__(self, partitions: int, concurrency: int) -> None:
         self._lock = threading.Lock()
-        self._held: dict[int, int] = {}
+        self._held: dict[int, tuple[int, int]] = {}   # chunk id -> (partition, instance id)
         self.running = [0] * partitions
         self.concurrency = concurrency
         self._space = [anyio.Event() for _ in range(partitions)]
         self._suspect: int | None = None   # the suspect chunk this process runs, or _RESERVED
 
-    def claimed(self, partition: int, ids: list[int]) -> None:
+    def claimed(self, partition: int, chunks: list[ClaimedChunk]) -> None:
         with self._lock:
-            for i in ids:
-                self._held[i] = partition
-        self.running[partition] += len(ids)
+            for c in chunks:
+                self._held[c.id] = (partition, c.instance_id)
+        self.running[partition] += len(chunks)
 
     def forget(self, ids: list[int] | set[int]) -> None:
         """Committed, refused or given up: no longer held, room for another claim."""
         freed: list[int] = []
         with self._lock:
             for i in ids:
-                p = self._held.pop(i, None)
-                if p is not None:
-                    freed.append(p)
+                held = self._held.pop(i, None)
+                if held is not None:
+                    freed.append(held[0])
         for p in freed:
             self.running[p] -= 1
             if self.running[p] <= self.concurrency:
@@ -66,6 +66,10 @@ class InFlight:
     def held(self) -> list[int]:
         with self._lock:
             return list(self._held)
+
+    def held_instances(self) -> set[int]:
+        with self._lock:
+            return {inst for _, inst in self._held.values()}
 
     def take_suspect_slot(self) -> bool:
         """May the next claim include a suspect chunk? One at a time per process: if it
@@ -135,12 +139,18 @@ class Engine:
         self.inflight = InFlight(cfg.partitions, cfg.partition_concurrency)
         self.slots = JobSlots(cfg.job_concurrency)
         self.stopping = False
+        self.starved = False  # Kafka gave this daemon no partition for long: claim from all (daemon/node.py)
         self._runtimes: dict[int, Runtime | Exception] = {}
         self._started: set[int] = set()
         self.completer_send, self.completer_recv = anyio.create_memory_object_stream[Outcome](
             max_buffer_size=max(1000, cfg.completer_batch * 4))
         self.leader = False
         self.reader = Reader(dsn)  # ctx.db and submit-time checks
+        # Instances that ended (cancelled, failed) while this daemon holds chunks of them:
+        # those chunks never start (actors/stopper.py keeps this current).
+        self.ended: set[int] = set()
+        # Steps running now: chunk id -> (instance id, its Context, the cancel scope of an async step)
+        self.running: dict[int, tuple[int, Any, anyio.CancelScope | None]] = {}
 
     def cached_runtime(self, instance_id: int) -> Runtime | None:
         hit = self._runtimes.get(instance_id)

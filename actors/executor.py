@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+import traceback
 from collections import deque
 from typing import Any
 
@@ -27,8 +28,11 @@ log = structlog.get_logger("chunkd.executor")
 
 
 def _error_text(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 2000 else text[:1997] + "..."
+    return f"{type(exc).__name__}: {exc}"  # made storable (NUL, length) by the store
+
+
+def _trace(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))  # bounded by the store (storage.text.MAX_TRACE)
 
 
 async def _call(step: StepDef, *args: Any) -> None:
@@ -41,9 +45,15 @@ async def _call(step: StepDef, *args: Any) -> None:
 async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outcome:
     job_name, step_name = "?", str(chunk.step)
 
-    def setback(state: C, message: str | None, *, failure: bool, delay: float = 0.0) -> Outcome:
+    def setback(state: C, message: str | None, *, failure: bool, delay: float = 0.0,
+                exc: BaseException | None = None) -> Outcome:
         return Outcome(Setback(chunk.id, chunk.attempt, chunk.instance_id, chunk.step, int(state),
-                               failure, delay, message), job_name, step_name, partition, chunk.claimed_at)
+                               failure, delay, message, _trace(exc) if exc is not None else None),
+                       job_name, step_name, partition, chunk.claimed_at)
+
+    if chunk.instance_id in engine.ended:
+        # Cancelled (or failed) after this chunk was claimed: it never starts.
+        return setback(C.CANCELLED, None, failure=False)
 
     try:
         rt = engine.cached_runtime(chunk.instance_id) or await engine.runtime(chunk.instance_id)
@@ -64,7 +74,7 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
     step_name = step.name
     ctx = Context(job.name, chunk.instance_id, chunk.id, step.name, chunk.attempt, log,
                   step.transactional, engine.reader)
-    sink: Sink[Any] | None = Sink(step.emits) if step.emits is not None else None
+    sink: Sink[Any] | None = Sink(step.emits, engine.cfg.max_chunk_bytes) if step.emits is not None else None
     if chunk.orphaned:
         # A worker already died holding it: record that this attempt really starts, so that
         # if this process dies now the blame falls on it and not on chunks still waiting.
@@ -73,28 +83,40 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
         except TRANSIENT as e:
             return setback(C.POLL_WAITING, f"could not record the start: {e!r}", failure=False, delay=1.0)
     started = time.perf_counter()
+    # Async steps run in a scope the stopper cancels when the instance ends (cancel,
+    # force-stop, fail-fast): the step is interrupted at its next await.
+    scope = anyio.CancelScope()
+    engine.running[chunk.id] = (chunk.instance_id, ctx, scope if step.is_async else None)
     try:
-        if step.kind is StepKind.FIRST:
-            await _call(step, rt.params, ctx, sink)
-        else:
-            item = decode(chunk.data, step.consumes)  # type: ignore[arg-type]
-            if sink is not None:
-                await _call(step, rt.params, item, ctx, sink)
+        with scope:
+            if step.kind is StepKind.FIRST:
+                await _call(step, rt.params, ctx, sink)
             else:
-                await _call(step, rt.params, item, ctx)
+                item = decode(chunk.data, step.consumes)  # type: ignore[arg-type]
+                if sink is not None:
+                    await _call(step, rt.params, item, ctx, sink)
+                else:
+                    await _call(step, rt.params, item, ctx)
     except RetryLater as r:
         return setback(C.POLL_WAITING, None, failure=False, delay=max(0.0, r.seconds))
     except DataError as e:
         return setback(C.FAILED, str(e), failure=True)
     except PermanentError as e:
-        return setback(C.FAILED, f"permanent error: {_error_text(e)}", failure=True)
+        return setback(C.FAILED, f"permanent error: {_error_text(e)}", failure=True, exc=e)
     except Exception as e:  # noqa: BLE001 - any step failure becomes a retry or a FAILED chunk
+        if sink is not None and sink.too_large:
+            return setback(C.FAILED, sink.too_large, failure=True)
         state, delay = after_error(chunk.failures, step.max_attempts, permanent=False,
                                    base=step.backoff_base, cap=step.backoff_max)
         ctx.log.debug("step raised", error=_error_text(e), next_state=state.name)
-        return setback(state, _error_text(e), failure=True, delay=delay)
+        return setback(state, _error_text(e), failure=True, delay=delay, exc=e)
     finally:
+        engine.running.pop(chunk.id, None)
         step_seconds(job_name, step_name).observe(time.perf_counter() - started)
+    if scope.cancelled_caught:
+        return setback(C.CANCELLED, "the instance ended while this step ran; the step was cancelled", failure=False)
+    if sink is not None and sink.too_large:  # the step swallowed ChunkTooLarge: still a failure
+        return setback(C.FAILED, sink.too_large, failure=True)
     nxt = chunk.step + 1
     return Outcome(Success(
         chunk_id=chunk.id, attempt=chunk.attempt, instance_id=chunk.instance_id, step=chunk.step,

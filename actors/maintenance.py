@@ -18,7 +18,7 @@ from metrics import CHUNKS_RETRIED, INSTANCE_ETA, INSTANCES, IS_LEADER, LEASES_R
 from storage.codec import decode, to_json
 from storage.errors import TRANSIENT, Backoff
 from storage.states import I
-from storage.types import InstanceRow
+from storage.types import InstanceRow, LeaderTerm, NotLeader
 
 from .engine import Engine
 from .planner import Action, JobShape, plan
@@ -38,6 +38,7 @@ class Maintenance:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.reducing: set[int] = set()
+        self.term: LeaderTerm | None = None  # the fencing token of every leader write
         self.wake = anyio.Event()
         self._gauges_at = 0.0
         self._republish_at = 0.0
@@ -53,6 +54,9 @@ class Maintenance:
                     try:
                         await self._round(ttl)
                         backoff.ok()
+                    except NotLeader as e:
+                        log.warning("maintenance term ended mid-pass; its writes were rolled back", error=str(e))
+                        self._lose()
                     except TRANSIENT as e:
                         delay = backoff.failed()
                         log.warning("maintenance pass failed; retrying", error=repr(e), retry_in=delay)
@@ -68,8 +72,12 @@ class Maintenance:
                             await self.engine.store.resign_leadership(self.engine.node_id)
                         except TRANSIENT:
                             pass
-                    self.engine.leader = False
-                    IS_LEADER.set(0)
+                    self._lose()
+
+    def _lose(self) -> None:
+        self.engine.leader = False
+        self.term = None
+        IS_LEADER.set(0)
 
     async def _round(self, ttl: float) -> None:
         """Renew (or take) the leader lease; if we hold it, run one pass."""
@@ -79,6 +87,7 @@ class Maintenance:
         if term is not None and not self.engine.leader:
             log.info("became maintenance leader", term=term)
         was_leader, self.engine.leader = self.engine.leader, term is not None
+        self.term = LeaderTerm(self.engine.node_id, term) if term is not None else None
         IS_LEADER.set(1 if self.engine.leader else 0)
         if was_leader and not self.engine.leader:
             log.info("lost maintenance leadership")
@@ -164,35 +173,38 @@ class Maintenance:
         return publish
 
     async def apply(self, inst: InstanceRow, job: Job, action: Action, to_step: int) -> set[int]:
+        """Every write here is fenced by the leader term (rule 6): a leader paused past its
+        lease finds it refused (NotLeader) instead of applying a decision made on old reads."""
         store = self.engine.store
+        term = self.term
         bound = log.bind(job=job.name, instance_id=inst.id)
         if action is Action.START:
-            await store.set_instance_status(inst.id, I.IN_PROGRESS)
+            await store.set_instance_status(inst.id, I.IN_PROGRESS, term)
         elif action is Action.MARK_ERRORED:
-            if await store.set_instance_status(inst.id, I.ERRORED):
+            if await store.set_instance_status(inst.id, I.ERRORED, term):
                 bound.info("instance state change", status=I.ERRORED.value)
         elif action is Action.CLEAR_ERRORED:
-            if await store.set_instance_status(inst.id, I.IN_PROGRESS):
+            if await store.set_instance_status(inst.id, I.IN_PROGRESS, term):
                 bound.info("instance state change", status=I.IN_PROGRESS.value)
         elif action is Action.ADVANCE:
-            parts = await store.advance_gate(inst.id, to_step)
+            parts = await store.advance_gate(inst.id, to_step, term)
             if parts is not None:
                 bound.info("gate advanced", step=job.steps[to_step].name)
                 self.wake.set()  # the next step may already be finished (it was empty)
                 return parts
         elif action is Action.COMPLETE:
-            if await store.finish_instance(inst.id, I.COMPLETED):
+            if await store.finish_instance(inst.id, I.COMPLETED, leader=term):
                 bound.info("instance state change", status=I.COMPLETED.value)
                 await _handler(job.on_complete, inst.id, None)
         elif action is Action.FAIL:
             last = await store.last_error(inst.id)
             msg = (f"step {job.steps[last[0]].name!r} failed: {last[1]}" if last
                    else "a chunk failed")
-            if await store.finish_instance(inst.id, I.FAILED, error=msg):
+            if await store.finish_instance(inst.id, I.FAILED, error=msg, leader=term):
                 bound.info("instance state change", status=I.FAILED.value, error=msg)
                 await _handler(job.on_error, inst.id, msg)
         elif action is Action.FINALIZE:
-            if await store.set_instance_status(inst.id, I.FINALIZE):
+            if await store.set_instance_status(inst.id, I.FINALIZE, term):
                 bound.info("instance state change", status=I.FINALIZE.value)
                 self._start_reduction(inst, job)
         elif action is Action.REDUCE:
@@ -205,36 +217,72 @@ class Maintenance:
             self._tg.start_soon(self._reduce, inst, job)
 
     async def _reduce(self, inst: InstanceRow, job: Job) -> None:
+        """Runs the reduction in one transaction that commits only if, at its end, the
+        instance is still in FINALIZE and this node still holds the term it started with;
+        otherwise everything rolls back, the reduction's own ctx.tx writes included."""
         store = self.engine.store
         step = job.steps[-1]
         assert step.kind is StepKind.REDUCE
+        term = self.term
         bound = log.bind(job=job.name, instance_id=inst.id, step=step.name)
         try:
-            params = job.decode_params(inst.params)
-            async with store.pool.acquire() as conn, conn.transaction():
-                ctx = Context(job.name, inst.id, None, step.name, 1, log, step.transactional, self.engine.reader)
-                raw = store.reduction_input(conn, inst.id, step.index)
-                items = _decoded(raw, step.consumes)  # type: ignore[arg-type]
-                if step.is_async:
-                    report = await step.fn(params, items, ctx)
-                else:
-                    report = await anyio.to_thread.run_sync(
-                        functools.partial(step.fn, params, _SyncBridge(items), ctx))
-                for op in ctx.tx.ops:
-                    await conn.execute(op.sql, *op.args)
-                done = await store.complete_reduction(conn, inst.id, step.index, to_json(report))
-            if done:
-                bound.info("instance state change", status=I.COMPLETED.value)
-                await _handler(job.on_complete, inst.id, report)
-        except TRANSIENT as e:
-            bound.warning("reduction interrupted by a database error; will run again", error=repr(e))
-        except Exception as e:  # noqa: BLE001 - the user's reducer failed (or its data is bad)
-            msg = f"reduction step {step.name!r} failed: {type(e).__name__}: {e}"
-            bound.warning("reduction failed", error=msg)
-            if await store.finish_instance(inst.id, I.FAILED, error=msg):
-                await _handler(job.on_error, inst.id, msg)
+            if term is None:
+                return
+            try:
+                report = await self._reduce_in_tx(inst, job, term)
+            except _Superseded:
+                bound.info("reduction rolled back: the instance left FINALIZE (cancelled or finished elsewhere)")
+                return
+            except NotLeader as e:
+                bound.warning("reduction rolled back: this node's maintenance term ended", error=str(e))
+                return
+            except TRANSIENT as e:
+                bound.warning("reduction interrupted by a database error; will run again", error=repr(e))
+                return
+            except Exception as e:  # noqa: BLE001 - the user's reducer failed (or its data is bad)
+                msg = f"reduction step {step.name!r} failed: {type(e).__name__}: {e}"
+                bound.warning("reduction failed", error=msg)
+                if await store.finish_instance(inst.id, I.FAILED, error=msg, leader=term):
+                    await _handler(job.on_error, inst.id, msg)
+                return
+            bound.info("instance state change", status=I.COMPLETED.value)
+            await _handler(job.on_complete, inst.id, report)
+        except (NotLeader, *TRANSIENT) as e:  # recording the failure itself failed: the next pass retries
+            bound.warning("could not record the reduction's failure; will run again", error=repr(e))
         finally:
             self.reducing.discard(inst.id)
+
+    async def _reduce_in_tx(self, inst: InstanceRow, job: Job, term: LeaderTerm) -> Any:
+        store = self.engine.store
+        step = job.steps[-1]
+        params = job.decode_params(inst.params)
+        async with store.pool.acquire() as conn, conn.transaction():
+            ctx = Context(job.name, inst.id, None, step.name, 1, log, step.transactional, self.engine.reader)
+            raw = store.reduction_input(conn, inst.id, step.index)
+            items = _decoded(raw, step.consumes)  # type: ignore[arg-type]
+            if step.is_async:
+                report = await step.fn(params, items, ctx)
+            else:
+                report = await anyio.to_thread.run_sync(
+                    functools.partial(step.fn, params, _SyncBridge(items), ctx))
+            report_json = to_json(report)
+            limit = self.engine.cfg.max_report_bytes
+            if len(report_json) > limit:
+                raise ReportTooLarge(f"the report is {len(report_json):,} bytes of JSON, over the limit of "
+                                     f"{limit:,} bytes (CHUNKD_MAX_REPORT_BYTES)")
+            for op in ctx.tx.ops:
+                await conn.execute(op.sql, *op.args)
+            if not await store.complete_reduction(conn, inst.id, step.index, report_json, term):
+                raise _Superseded()  # leaving the block rolls the transaction back
+        return report
+
+
+class ReportTooLarge(ValueError):
+    """A reduction's report over CHUNKD_MAX_REPORT_BYTES: the instance fails, naming the limit."""
+
+
+class _Superseded(Exception):
+    """The instance is no longer in FINALIZE: this reduction's work must not commit."""
 
 
 async def _decoded(raw: AsyncIterator[bytes], tp: type) -> AsyncIterator[Any]:

@@ -164,7 +164,7 @@ class KafkaChannel:
             try:
                 await self._consume(task_status if not started else None)
                 started = True
-            except (KafkaError, OSError) as e:
+            except Exception as e:  # noqa: BLE001 - the consumer outlives any broker or client fault
                 self._connected = False
                 log.warning("kafka consumer failed; reconnecting", error=repr(e), retry_in=delay)
             if not started:
@@ -174,7 +174,7 @@ class KafkaChannel:
             delay = min(delay * 2, 5.0)
             try:
                 await self.prepare_again()
-            except (KafkaError, OSError):
+            except Exception:  # noqa: BLE001 - retried on the next round
                 pass
 
     async def prepare_again(self) -> None:

@@ -47,7 +47,7 @@ class PostgresChannel(AllPartitions):
                 if self._send is None or self._send.is_closed():
                     self._send = await asyncpg.connect(self._dsn)
                 await self._send.execute(_NOTIFY, CHANNEL, payload)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except Exception as e:  # noqa: BLE001 - any connection fault, asyncpg's InternalClientError too
             # A lost hint only delays work: maintenance re-publishes stale READY partitions.
             log.warning("notify failed", error=str(e))
             self._send = None
@@ -79,8 +79,9 @@ class PostgresChannel(AllPartitions):
                     self._listen = None
                     with anyio.CancelScope(shield=True):
                         await conn.close(timeout=2)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-                log.warning("listener connection lost; reconnecting", error=str(e), retry_in=delay)
+            except Exception as e:  # noqa: BLE001 - the listener outlives any connection fault
+                # (seen during a server restart: InternalClientError "cannot switch to state 15")
+                log.warning("listener connection lost; reconnecting", error=repr(e), retry_in=delay)
             if not started:
                 started = True
                 task_status.started()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -17,8 +17,11 @@ from storage.schedules import ScheduleRow, Schedules
 from storage.states import C, RESTARTABLE, I
 from storage.types import StepCounts
 
+from actors.stopper import stop_running
+
 from . import api_models as m
 from .auth import Scope, allows, scope_of
+from .limits import MAX_BODY, MAX_IDEMPOTENCY_KEY, MAX_JSON_DEPTH, MAX_NAME, json_depth
 from .registry import UnknownJobError
 from .sdk import Job, StepKind
 from .scheduling import ScheduleError, next_after
@@ -32,12 +35,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("chunkd.api")
 
-MAX_BODY = 1 << 20          # bytes; larger bodies get 413
 MAX_PAGE = 500
 NODE_SEEN_WITHIN = 60.0   # seconds; the cluster view lists daemons that beat this recently
 _MAX_ID = (1 << 63) - 1
 _json = msgspec.json.Encoder()
-_submit_decoder = msgspec.json.Decoder(m.SubmitRequest)
 
 
 class ApiError(Exception):
@@ -118,6 +119,33 @@ async def _body(request: Request) -> bytes:
             raise ApiError(413, "too_large", f"request body over {MAX_BODY} bytes")
         chunks.append(part)
     return b"".join(chunks)
+
+
+def _decode(raw: bytes, tp: type) -> Any:
+    """A request body as `tp`: 400 for malformed or over-nested JSON, naming the problem."""
+    try:
+        req = msgspec.json.decode(raw, type=tp)
+    except msgspec.ValidationError as e:
+        raise ApiError(400, "bad_request", f"invalid request body: {e}") from None
+    except msgspec.DecodeError as e:
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "too_deep", f"request body is nested more than {MAX_JSON_DEPTH} levels deep",
+                       {"limit": MAX_JSON_DEPTH}) from None
+    params = getattr(req, "parameters", None)
+    if params is not None and json_depth(params) > MAX_JSON_DEPTH:
+        raise ApiError(422, "invalid_parameters", f"parameters are nested more than {MAX_JSON_DEPTH} levels deep",
+                       {"path": "$.parameters", "limit": MAX_JSON_DEPTH})
+    return req
+
+
+def _bounded(value: str | None, name: str, limit: int) -> str | None:
+    """Refuse NUL and over-long text before the database sees it."""
+    _no_nul(value, name)
+    if value is not None and len(value) > limit:
+        raise ApiError(422, "too_long", f"{name} is {len(value)} characters; the limit is {limit}",
+                       {"path": f"$.{name}", "limit": limit})
+    return value
 
 
 # ---------------------------------------------------------------- representations
@@ -234,17 +262,11 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
             submitting -= 1
 
     async def _create_instance(request: Request) -> Response:
-        raw = await _body(request)
-        try:
-            req = _submit_decoder.decode(raw)
-        except msgspec.ValidationError as e:
-            raise ApiError(400, "bad_request", f"invalid request body: {e}") from None
-        except msgspec.DecodeError as e:
-            raise ApiError(400, "malformed_json", f"request body is not valid JSON: {e}") from None
+        req = _decode(await _body(request), m.SubmitRequest)
         if req.version is not None and not 1 <= req.version <= 2**31 - 1:
             raise ApiError(400, "bad_request", "version must be a positive integer")
-        _no_nul(req.job, "job")
-        _no_nul(req.idempotency_key, "idempotency_key")
+        _bounded(req.job, "job", MAX_NAME)
+        _bounded(req.idempotency_key, "idempotency_key", MAX_IDEMPOTENCY_KEY)
         e = engine()
         try:
             res = await submit(e.store, e.channel, node.registry, req.job, _json.encode(req.parameters),
@@ -305,7 +327,7 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
     async def throughput(request: Request) -> Response:
         row = await load(_instance_id(request))
         began = row["started_at"] or row["created_at"]
-        until = row["finished_at"] or datetime.now(timezone.utc)
+        until = row["finished_at"] or await engine().store.db_now()  # the database's clock, like the rows
         bucket = bucket_seconds((until - began).total_seconds())
         points = await engine().store.throughput(row["id"], bucket)
         return ok(m.Throughput(bucket, [m.ThroughputPoint(at, n) for at, n in points]))
@@ -322,7 +344,8 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         return ok(m.WhoAmI(have.value, True))
 
     def conflict(row: dict[str, Any], what: str) -> ApiError:
-        return ApiError(409, "illegal_state", f"cannot {what} instance {row['id']}: it is {row['status']}",
+        state = "being purged by retention" if row.get("purging") else row["status"]
+        return ApiError(409, "illegal_state", f"cannot {what} instance {row['id']}: it is {state}",
                         {"status": row["status"]})
 
     async def cancel(request: Request) -> Response:
@@ -330,6 +353,7 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         row = await load(iid)
         if not await engine().store.cancel_instance(iid):
             raise conflict(await load(iid), "cancel")
+        stop_running(engine(), {iid})  # this daemon at once; the others within a poll (actors/stopper.py)
         log.info("instance state change", job=row["job_name"], instance_id=iid, status="CANCELLED")
         return ok(await detailed(await load(iid)))
 
@@ -341,6 +365,7 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         row = await load(iid)
         if not await engine().store.force_stop_instance(iid):
             raise conflict(await load(iid), "stop")
+        stop_running(engine(), {iid})
         log.info("instance state change", job=row["job_name"], instance_id=iid, status="CANCELLED", forced=True)
         return ok(await detailed(await load(iid)))
 
@@ -384,17 +409,11 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         return ok(m.ScheduleList([schedule_out(r) for r in await schedules().list()]))
 
     async def create_schedule(request: Request) -> Response:
-        raw = await _body(request)
-        try:
-            req = msgspec.json.decode(raw, type=m.ScheduleIn)
-        except msgspec.ValidationError as e:
-            raise ApiError(400, "bad_request", f"invalid request body: {e}") from None
-        except msgspec.DecodeError as e:
-            raise ApiError(400, "malformed_json", f"request body is not valid JSON: {e}") from None
+        req = _decode(await _body(request), m.ScheduleIn)
         for name in ("id", "job", "cron", "timezone", "missed"):
-            _no_nul(getattr(req, name), name)
-        if not req.id or len(req.id) > 200:
-            raise ApiError(422, "invalid_schedule", "id must be 1 to 200 characters", {"path": "$.id"})
+            _bounded(getattr(req, name), name, MAX_NAME)
+        if not req.id:
+            raise ApiError(422, "invalid_schedule", f"id must be 1 to {MAX_NAME} characters", {"path": "$.id"})
         if req.version is not None and not 1 <= req.version <= 2**31 - 1:
             raise ApiError(400, "bad_request", "version must be a positive integer")
         try:

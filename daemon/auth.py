@@ -16,12 +16,14 @@ class Scope(str, enum.Enum):
 
 
 def parse_tokens(text: str, source: str, *, separator: str = ",") -> dict[str, Scope]:
-    """'view:abc,manage:def' (or one per line with # comments) -> {token: scope}."""
+    """'view:abc,manage:def' (or one per line; a line starting with # is a comment) -> {token: scope}."""
     tokens: dict[str, Scope] = {}
     items = text.splitlines() if separator == "\n" else text.split(separator)
     for n, raw in enumerate(items, 1):
-        item = raw.split("#", 1)[0].strip() if separator == "\n" else raw.strip()
-        if not item:
+        item = raw.strip()
+        # '#' starts a comment only at the start of a line: inside a token it is part of
+        # the secret (cutting it there would accept the token's prefix).
+        if not item or (separator == "\n" and item.startswith("#")):
             continue
         scope, sep, token = item.partition(":")
         where = f"line {n}" if separator == "\n" else f"entry {n}"

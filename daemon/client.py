@@ -33,8 +33,8 @@ class ApiClient:
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
         req = urllib.request.Request(url, data=data, method=method)
         req.add_header("Accept", "application/json")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
+        if data is not None or method != "GET":
+            req.add_header("Content-Type", "application/json")  # the daemon's CSRF guard asks for it
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:

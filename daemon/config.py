@@ -112,6 +112,34 @@ def _modules(raw: str) -> tuple[str, ...]:
     return parts
 
 
+def _bytes(lo: int, hi: int) -> Callable[[str], int]:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+    def parse(raw: str) -> int:
+        v = raw.strip().lower().removesuffix("ib").removesuffix("b")
+        try:
+            n = int(float(v[:-1]) * units[v[-1]]) if v and v[-1] in units else int(v)
+        except ValueError:
+            raise ValueError(f"expected a size such as 64MiB, 512k or bytes, from {lo} to {hi}") from None
+        if not lo <= n <= hi:
+            raise ValueError(f"expected a size from {lo:,} to {hi:,} bytes")
+        return n
+    return parse
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _relations(raw: str) -> tuple[str, ...]:
+    parts = _names(raw)
+    for p in parts:
+        schema, dot, table = p.partition(".")
+        if not dot or not schema or not table or any(c.isspace() for c in p):
+            raise ValueError("expected schema.table or schema.* entries separated by commas, e.g. public.resources")
+    return parts
+
+
 def _job_caps(raw: str) -> dict[str, int]:
     caps: dict[str, int] = {}
     for item in (p.strip() for p in raw.split(",") if p.strip()):
@@ -164,6 +192,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     api_max_submits: int
     api_url: str
     api_token: str
+    api_allowed_hosts: tuple[str, ...]
+    max_chunk_bytes: int
+    max_report_bytes: int
+    export_dir: str
+    export_tables: tuple[str, ...]
 
 
 class Var(msgspec.Struct, frozen=True):
@@ -229,7 +262,7 @@ VARIABLES: tuple[Var, ...] = (
         "API bearer tokens as scope:token pairs, comma-separated (scopes: view, manage). "
         "Prefer CHUNKD_API_TOKENS_FILE for secrets.", _text),
     Var("CHUNKD_API_TOKENS_FILE", "api_tokens_file", "",
-        "File with one scope:token per line (# comments). Without any token the API serves only loopback.", _text),
+        "File with one scope:token per line (a line starting with # is a comment). Without any token the API serves only loopback.", _text),
     Var("CHUNKD_API_INSECURE", "api_insecure", "false",
         "true: allow serving the API on a non-loopback address without tokens.", _bool),
     Var("CHUNKD_API_MAX_SUBMITS", "api_max_submits", "256",
@@ -248,8 +281,31 @@ VARIABLES: tuple[Var, ...] = (
     Var("CHUNKD_RETENTION_EVERY", "retention_every", "300",
         "Seconds between runs of the built-in retention schedule; 0 removes that schedule.", _float(0, 86_400)),
     Var("CHUNKD_POOL_SIZE", "pool_size", "0",
-        "Postgres connections in this daemon's pool; 0 means partitions + 4.", _int(0, 1000)),
+        "Postgres connections in this daemon's pool (at least 2); 0 means partitions + 4.", _int(0, 1000)),
+    Var("CHUNKD_API_ALLOWED_HOSTS", "api_allowed_hosts", "",
+        "Host names the API answers to besides loopback, IP literals and CHUNKD_HTTP_ADDR's host "
+        "(e.g. a Kubernetes Service name), comma-separated; other Host headers get 421 (DNS rebinding).",
+        _names),
+    Var("CHUNKD_MAX_CHUNK_BYTES", "max_chunk_bytes", "64MiB",
+        "Largest encoded chunk a step may emit; a larger one fails its step at once, naming this limit.",
+        _bytes(1024, 512 << 20)),
+    Var("CHUNKD_MAX_REPORT_BYTES", "max_report_bytes", "16MiB",
+        "Largest reduction report (JSON); a larger one fails the instance, naming this limit.",
+        _bytes(1024, 256 << 20)),
+    Var("CHUNKD_EXPORT_DIR", "export_dir", "",
+        "The only directory chunkd.bulk-export writes under (its `output` is a name relative to it); "
+        "default CHUNKD_HOME/exports.", _text),
+    Var("CHUNKD_EXPORT_TABLES", "export_tables", "",
+        "Relations the built-in jobs (bulk-export, reindex) may read or write: schema.table or schema.* "
+        "entries, comma-separated. Empty: none. pg_catalog, information_schema and chunkd's own tables "
+        "never.", _relations),
 )
+
+# Bounds on combinations (each variable alone has its own range): what one daemon may
+# hold in memory is about partitions x (partition concurrency + claim batch) chunks, and
+# one worker task per partition x concurrency slot.
+MAX_WORKERS = 10_000
+MAX_HELD_CHUNKS = 200_000
 
 
 def load(env: Mapping[str, str] | None = None) -> Config:
@@ -273,4 +329,19 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError("CHUNKD_KAFKA_BOOTSTRAP_SERVERS", "", "required with CHUNKD_CHANNEL=kafka")
     if not values["pool_size"]:
         values["pool_size"] = values["partitions"] + 4
+    elif values["pool_size"] < 2:
+        raise ConfigError("CHUNKD_POOL_SIZE", env.get("CHUNKD_POOL_SIZE", ""),
+                          "at least 2 connections (or 0 for partitions + 4)")
+    workers = values["partitions"] * values["partition_concurrency"]
+    if workers > MAX_WORKERS:
+        raise ConfigError("CHUNKD_PARTITION_CONCURRENCY", env.get("CHUNKD_PARTITION_CONCURRENCY", ""),
+                          f"CHUNKD_PARTITIONS x CHUNKD_PARTITION_CONCURRENCY = {workers:,} step workers; "
+                          f"at most {MAX_WORKERS:,} per daemon")
+    held = values["partitions"] * (values["partition_concurrency"] + values["claim_batch"])
+    if held > MAX_HELD_CHUNKS:
+        raise ConfigError("CHUNKD_CLAIM_BATCH", env.get("CHUNKD_CLAIM_BATCH", ""),
+                          f"CHUNKD_PARTITIONS x (CHUNKD_PARTITION_CONCURRENCY + CHUNKD_CLAIM_BATCH) = {held:,} "
+                          f"chunks held in memory; at most {MAX_HELD_CHUNKS:,} per daemon")
+    if not values["export_dir"]:
+        values["export_dir"] = os.path.join(values["home"], "exports")
     return Config(**values)

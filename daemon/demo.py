@@ -23,7 +23,7 @@ from .submit import submit
 async def run_demo(cfg: Config, registry: Registry, dsn: str, rows: int) -> int:
     cfg = _demo_config(cfg)
     node = Node(cfg, registry, dsn)
-    out_dir = (Path(cfg.home).resolve() / "demo-export")
+    out_dir = Path(cfg.export_dir).resolve() / "demo"
     code = 1
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: node.run(handle_signals=True))
@@ -33,9 +33,9 @@ async def run_demo(cfg: Config, registry: Registry, dsn: str, rows: int) -> int:
         say(f"chunkd demo: database {'CHUNKD_DATABASE_URL' if cfg.database_url else 'embedded Postgres in ' + str(Path(cfg.home).resolve() / 'pgdata')}")
         t0 = time.monotonic()
         await seed_demo_resources(engine.store.pool, rows)
-        say(f"created {rows:,} FHIR-like resources (Patient, Observation) as JSONB in table chunkd_demo_resource "
+        say(f"created {rows:,} FHIR-like resources (Patient, Observation) as JSONB in table demo_resource "
             f"({time.monotonic() - t0:.1f}s)")
-        params = {"table": "chunkd_demo_resource", "output": str(out_dir), "type_column": "resource_type",
+        params = {"table": "demo_resource", "output": "demo", "type_column": "resource_type",
                   "column": "resource", "chunk_size": 1000}
         started = time.monotonic()
         res = await submit(engine.store, engine.channel, registry, "chunkd.bulk-export", json.dumps(params),
@@ -64,8 +64,10 @@ async def run_demo(cfg: Config, registry: Registry, dsn: str, rows: int) -> int:
 def _demo_config(cfg: Config) -> Config:
     import msgspec
     # a free port: the demo must not fail because something already listens on 8080
+    # the demo exports its own table: on the allow-list whatever CHUNKD_EXPORT_TABLES says
     return msgspec.structs.replace(cfg, http_addr=("127.0.0.1", 0) if cfg.http_addr else None,
-                                   maintenance_interval=min(cfg.maintenance_interval, 0.2))
+                                   maintenance_interval=min(cfg.maintenance_interval, 0.2),
+                                   export_tables=(*cfg.export_tables, "public.demo_resource"))
 
 
 def _completed_chunks() -> float:

@@ -12,7 +12,9 @@ import structlog
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+import asyncpg
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,6 +23,7 @@ from .api import ApiError, _json, error_response, ok, routes
 from .api_models import Health
 from . import dashboard
 from .auth import Scope
+from .guard import Guard
 from .openapi import document
 
 if TYPE_CHECKING:
@@ -57,6 +60,9 @@ def build_app(node: "Node", tokens: dict[str, Scope] | None = None) -> Starlette
         return error_response(ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
 
     async def on_crash(_: Request, exc: Exception) -> Response:
+        if isinstance(exc, (asyncpg.DataError, asyncpg.ProgramLimitExceededError)):
+            # The input broke a database rule no limit of ours caught: the client's error.
+            return error_response(ApiError(422, "invalid_input", f"the database refused the input: {exc}"))
         log.error("API handler failed", error=repr(exc), exc_info=exc)
         return error_response(ApiError(500, "internal", "internal error; see the daemon log"))
 
@@ -70,6 +76,8 @@ def build_app(node: "Node", tokens: dict[str, Scope] | None = None) -> Starlette
             *dashboard.routes(),
         ],
         exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash},
+        middleware=[Middleware(Guard, own_hosts=[*node.cfg.api_allowed_hosts,
+                                                 *([node.cfg.http_addr[0]] if node.cfg.http_addr else [])])],
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,9 +21,11 @@ from actors.heartbeat import Heartbeat
 from actors.maintenance import Maintenance
 from actors.runtime import Supervisor
 from actors.scheduler import Scheduler
+from actors.stopper import watch_ended
 from channels.base import Channel
 from channels.postgres import PostgresChannel
-from metrics import CHUNKS_RELEASED, IN_FLIGHT, MAILBOX_DEPTH, PARTITIONS_ASSIGNED, POOL_IN_USE, POOL_SIZE
+from metrics import (CHANNEL_STARVED, CHUNKS_RELEASED, IN_FLIGHT, MAILBOX_DEPTH, PARTITIONS_ASSIGNED, POOL_IN_USE,
+                     POOL_SIZE)
 from storage.errors import TRANSIENT
 from storage.store import Store
 from storage.types import ClaimedChunk
@@ -30,11 +33,18 @@ from storage.types import ClaimedChunk
 from .auth import check_exposure, load_tokens
 from .config import Config
 from .http import bind, build_app, serve
+from .jobs import sandbox
 from .registry import Registry
 
 log = structlog.get_logger("chunkd.node")
 
 _LIVENESS_STALE = 15.0  # seconds without a tick before /healthz fails
+# Kafka: a daemon with no partition assigned for this long while READY chunks wait is
+# starved (a broken group): it says so and claims from every partition until assigned.
+# Three of the consumer's 6 s session timeouts: a normal rebalance is over by then.
+STARVED_AFTER = 18.0
+_COMPLETER_DRAIN = 10.0  # seconds the completer may take to flush after the executors stop
+_CLEANUP = 5.0           # seconds for each shutdown step that talks to the database
 
 
 async def open_store(cfg: Config, dsn: str, on_query: Callable[[Any], None] | None = None) -> Store:
@@ -61,6 +71,8 @@ class Node:
         self.http_port: int | None = None
         self._tick_at = time.monotonic()
         self._migrated = False
+        self._phase = "starting"  # what start-up waits for, as /readyz says it
+        self._unassigned_since: float | None = None
         self._mailboxes: list[anyio.abc.ObjectSendStream[ClaimedChunk]] = []
 
     def stop(self) -> None:
@@ -77,7 +89,7 @@ class Node:
         if self._stop.is_set():
             problems.append("shutting down")
         if engine is None or not self._migrated:
-            return problems + ["starting: database not opened or migrations not applied"]
+            return problems + [f"starting: {self._phase}"]
         try:
             with anyio.fail_after(2):
                 await engine.store.pool.fetchval("SELECT 1")
@@ -85,20 +97,51 @@ class Node:
             problems.append(f"database unreachable: {type(e).__name__}")
         if not engine.channel.connected():
             problems.append(f"{engine.channel.name} channel not connected")
+        if engine.starved:
+            problems.append(f"no {engine.channel.name} partition assigned for over {STARVED_AFTER:.0f}s while "
+                            "READY chunks wait; claiming from every partition until one is")
         return problems
 
-    async def _tick(self, engine: Engine) -> None:
-        """Liveness tick and the gauges nobody else sets."""
+    async def _tick(self) -> None:
+        """Liveness tick (from the first moment: a daemon waiting for its broker is alive)
+        and the gauges nobody else sets."""
         while True:
             self._tick_at = time.monotonic()
-            PARTITIONS_ASSIGNED.set(sum(1 for p in range(self.cfg.partitions) if engine.channel.owns(p)))
-            MAILBOX_DEPTH.labels("completer").set(engine.completer_send.statistics().current_buffer_used)
-            MAILBOX_DEPTH.labels("step-executor").set(
-                sum(m.statistics().current_buffer_used for m in self._mailboxes))
-            IN_FLIGHT.set(sum(engine.inflight.running))
-            POOL_SIZE.set(engine.store.pool.get_size())
-            POOL_IN_USE.set(engine.store.pool.get_size() - engine.store.pool.get_idle_size())
+            engine = self.engine
+            if engine is not None:
+                await self._gauges(engine)
             await anyio.sleep(1)
+
+    async def _gauges(self, engine: Engine) -> None:
+        assigned = sum(1 for p in range(self.cfg.partitions) if engine.channel.owns(p))
+        PARTITIONS_ASSIGNED.set(assigned)
+        with anyio.move_on_after(2):  # the liveness tick must not wait on the database
+            await self._check_starved(engine, assigned)
+        MAILBOX_DEPTH.labels("completer").set(engine.completer_send.statistics().current_buffer_used)
+        MAILBOX_DEPTH.labels("step-executor").set(sum(m.statistics().current_buffer_used for m in self._mailboxes))
+        IN_FLIGHT.set(sum(engine.inflight.running))
+        POOL_SIZE.set(engine.store.pool.get_size())
+        POOL_IN_USE.set(engine.store.pool.get_size() - engine.store.pool.get_idle_size())
+
+    async def _check_starved(self, engine: Engine, assigned: int) -> None:
+        if assigned or engine.channel.name != "kafka":
+            self._unassigned_since = None
+            if engine.starved:
+                log.info("partitions assigned again; claiming only those")
+            engine.starved = False
+        else:
+            now = time.monotonic()
+            self._unassigned_since = self._unassigned_since or now
+            if now - self._unassigned_since >= STARVED_AFTER and not engine.starved:
+                try:
+                    waiting = await engine.store.any_ready()
+                except TRANSIENT:
+                    waiting = False
+                if waiting:
+                    engine.starved = True
+                    log.warning("no kafka partition assigned while READY chunks wait; claiming from every "
+                                "partition until the group assigns some", unassigned_seconds=round(now - self._unassigned_since))
+        CHANNEL_STARVED.set(1 if engine.starved else 0)
 
     async def run(self, *, handle_signals: bool = True) -> None:
         cfg = self.cfg
@@ -108,21 +151,44 @@ class Node:
         if cfg.http_addr is not None:
             sock = bind(*cfg.http_addr)  # before anything else: a taken port is a start-up error
             self.http_port = sock.getsockname()[1]
+        sup = Supervisor()
+        # Probes answer from the moment the port is bound: /healthz alive, /readyz 503 naming
+        # what start-up waits for (the database, migrations, the broker).
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._tick)
+            if sock is not None:
+                outer.start_soon(sup.supervise, "http", "http", self._http_runner(sock))
+            if handle_signals:
+                outer.start_soon(self._signals)
+            try:
+                await self._run(sup)
+            finally:
+                outer.cancel_scope.cancel()
+
+    async def _run(self, sup: Supervisor) -> None:
+        cfg = self.cfg
+        sandbox.configure(cfg.export_dir, cfg.export_tables)
+        self._phase = "opening the database and applying migrations"
         store = await open_store(cfg, self.dsn, self.on_query)
         self._migrated = True
         channel = make_channel(cfg, self.dsn)
-        partitions = await _prepare(channel)
+        self._phase = (f"waiting for the Kafka broker at {cfg.kafka_bootstrap_servers}" if channel.name == "kafka"
+                       else f"connecting the {channel.name} channel")
+        partitions = await _prepare(channel, self._stop)
+        if partitions is None:  # stopped while waiting
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP):
+                await store.close()
+            return
         if partitions != cfg.partitions:  # an existing Kafka topic's partition count wins
             log.info("using the topic's partition count", partitions=partitions)
             cfg = self.cfg = msgspec.structs.replace(cfg, partitions=partitions)
             store.partitions = partitions
         node_id = await store.register_node(cfg.node_id, os.getpid())
         structlog.contextvars.bind_contextvars(node=cfg.node_id)
-        engine = self.engine = Engine(cfg, store, channel, self.registry, node_id, self.dsn)
+        engine = Engine(cfg, store, channel, self.registry, node_id, self.dsn)
         heartbeat = Heartbeat(self.dsn, node_id, cfg.lease_seconds, cfg.heartbeat_seconds, engine.inflight.held,
                               lambda: [p for p in range(cfg.partitions) if channel.owns(p)])
         heartbeat.start()
-        sup = Supervisor()
         log.info("daemon started", node_id=node_id, partitions=cfg.partitions,
                  concurrency=cfg.partition_concurrency, jobs=self.registry.names(),
                  http=f"{cfg.http_addr[0]}:{self.http_port}" if cfg.http_addr else "off")
@@ -135,37 +201,47 @@ class Node:
                         await scheduler.register()  # declared schedules exist once the API answers
                     except TRANSIENT as e:
                         log.warning("registering schedules failed; the scheduler retries", error=repr(e))
-                background.start_soon(self._tick, engine)
-                if sock is not None:
-                    background.start_soon(sup.supervise, "http", "http", self._http_runner(sock))
+                self.engine = engine  # the API serves from here on
                 maintenance = Maintenance(engine)
                 background.start_soon(sup.supervise, "maintenance", "maintenance", maintenance.run)
                 background.start_soon(sup.supervise, "scheduler", "scheduler", scheduler.run)
-                if handle_signals:
-                    background.start_soon(self._signals)
+                background.start_soon(sup.supervise, "stopper", "stopper", lambda: watch_ended(engine))
                 async with anyio.create_task_group() as completer_tg:
                     completer_tg.start_soon(sup.supervise, "completer", "completer",
                                             lambda: complete_forever(engine))
                     await self._work(engine, sup)
-                    # executors are done: let the completer drain and exit
+                    # executors are done: let the completer drain and exit, within a bound
+                    # (a database that is away must not hold the shutdown: what is not
+                    # written is rescued, as after a crash)
                     engine.completer_send.close()
+                    completer_tg.cancel_scope.deadline = anyio.current_time() + _COMPLETER_DRAIN
                 # Everything this process still owns, including a claim whose result was lost
                 # to the consumers' cancellation: the node id is unique to this process.
-                released = await store.release_owned(node_id)
-                if released:
-                    CHUNKS_RELEASED.inc(len(released))
-                    await channel.publish({p for p in released})
+                with anyio.move_on_after(_CLEANUP):
+                    try:
+                        released = await store.release_owned(node_id)
+                        if released:
+                            CHUNKS_RELEASED.inc(len(released))
+                            await channel.publish({p for p in released})
+                    except TRANSIENT as e:
+                        log.warning("could not release held chunks; their leases expire instead", error=repr(e))
                 background.cancel_scope.cancel()
         finally:
             heartbeat.stop()
             with anyio.CancelScope(shield=True):
-                try:
-                    await store.unregister_node(node_id)
-                except Exception:  # noqa: BLE001 - the row is purged later anyway
-                    pass
-                await channel.close()
-                await engine.reader.close()
-                await store.close()
+                with anyio.move_on_after(_CLEANUP):
+                    try:
+                        await store.unregister_node(node_id)
+                    except Exception:  # noqa: BLE001 - the row is purged later anyway
+                        pass
+                with anyio.move_on_after(_CLEANUP):
+                    await channel.close()
+                with anyio.move_on_after(_CLEANUP):
+                    await engine.reader.close()
+                with anyio.move_on_after(_CLEANUP) as closing:
+                    await store.close()
+                if closing.cancelled_caught:
+                    store.pool.terminate()
             log.info("daemon stopped")
 
     def _http_runner(self, sock: socket.socket) -> Callable[[], Awaitable[None]]:
@@ -214,18 +290,34 @@ class Node:
                     os._exit(1)
                 log.info("signal received: shutting down", signal=sig.name)
                 self._stop.set()
+                _watchdog(self.cfg.shutdown_grace_seconds + _COMPLETER_DRAIN + 4 * _CLEANUP + 10)
 
 
-async def _prepare(channel: Channel) -> int:
-    """A broker that is down at start-up delays the start; it is not a crash."""
+def _watchdog(seconds: float) -> None:
+    """Shutdown is bounded by design (grace, completer drain, cleanup steps); this thread
+    is the last resort should anything still hang (rule 5: SIGTERM always ends)."""
+    def expire() -> None:
+        log.error("shutdown did not finish in time; exiting", seconds=seconds)
+        os._exit(1)
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
+async def _prepare(channel: Channel, stop: anyio.Event) -> int | None:
+    """A broker that is down at start-up delays the start; it is not a crash. None when
+    the daemon is told to stop meanwhile."""
     delay = 0.5
-    while True:
+    while not stop.is_set():
         try:
-            return await channel.prepare()
+            with anyio.fail_after(30):
+                return await channel.prepare()
         except Exception as e:  # noqa: BLE001 - transport errors differ per channel
             log.warning("channel not reachable; retrying", channel=channel.name, error=repr(e), retry_in=delay)
-            await anyio.sleep(delay)
+            with anyio.move_on_after(delay):
+                await stop.wait()
             delay = min(delay * 2, 5.0)
+    return None
 
 
 def make_channel(cfg: Config, dsn: str) -> Channel:

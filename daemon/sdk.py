@@ -59,19 +59,34 @@ class StepKind(str, enum.Enum):
     REDUCE = "reduce"
 
 
+class ChunkTooLarge(PermanentError):
+    """An emitted chunk's encoded data is over CHUNKD_MAX_CHUNK_BYTES: the step fails at once."""
+
+
+DEFAULT_MAX_CHUNK_BYTES = 64 << 20
+
+
 class Sink(Generic[T]):
-    """Where a step emits its output chunks; each is encoded once, here."""
+    """Where a step emits its output chunks; each is encoded once, here, and checked
+    against the size limit before it can reach the database."""
 
-    __slots__ = ("_type", "encoded")
+    __slots__ = ("_type", "encoded", "max_bytes", "too_large")
 
-    def __init__(self, tp: type) -> None:
+    def __init__(self, tp: type, max_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> None:
         self._type = tp
         self.encoded: list[bytes] = []
+        self.max_bytes = max_bytes
+        self.too_large: str | None = None  # set even if the step swallows the exception
 
     def emit(self, item: T) -> None:
         if not isinstance(item, self._type):
             raise TypeError(f"this step emits {self._type.__name__}, got {type(item).__name__}")
-        self.encoded.append(encode(item))
+        data = encode(item)
+        if len(data) > self.max_bytes:
+            self.too_large = (f"an emitted {self._type.__name__} chunk is {len(data):,} bytes, over the limit of "
+                              f"{self.max_bytes:,} bytes (CHUNKD_MAX_CHUNK_BYTES); emit smaller chunks")
+            raise ChunkTooLarge(self.too_large)
+        self.encoded.append(data)
 
     def __len__(self) -> int:
         return len(self.encoded)
@@ -97,7 +112,8 @@ class Tx:
 class Context:
     """What a step run knows about itself."""
 
-    __slots__ = ("job", "instance_id", "chunk_id", "step", "attempt", "_log", "_base_log", "tx", "warnings", "db")
+    __slots__ = ("job", "instance_id", "chunk_id", "step", "attempt", "_log", "_base_log", "tx", "warnings", "db",
+                 "cancelled")
 
     def __init__(self, job: str, instance_id: int, chunk_id: int | None, step: str, attempt: int,
                  log: Any, transactional: bool, db: Any = None) -> None:
@@ -111,6 +127,10 @@ class Context:
         self.tx = Tx(transactional)
         self.warnings: list[str] = []
         self.db = db  # reads: await ctx.db.fetch(sql, *args) / fetchrow / fetchval
+        # True once the instance was cancelled (or failed) while this step runs. An async
+        # step is also cancelled at its next await; a plain-function step (a worker
+        # thread cannot be interrupted) should check this flag in long loops and return.
+        self.cancelled = False
 
     @property
     def log(self) -> Any:

@@ -46,6 +46,9 @@ RETENTION_PURGED = Counter("chunkd_retention_purged", "Rows purged by retention.
 KAFKA_LAG = Gauge("chunkd_kafka_consumer_lag", "Kafka consumer lag per assigned partition (kafka channel only).",
                   ["partition"])
 IS_LEADER = Gauge("chunkd_maintenance_leader", "1 while this daemon is the maintenance leader.")
+CHANNEL_STARVED = Gauge("chunkd_channel_starved",
+                        "1 while this daemon has had no Kafka partition for over 18 s while READY chunks wait "
+                        "(it then claims from every partition).")
 
 BUILD = Info("chunkd_build", "Build information.")
 BUILD.info({"version": "0.1.0", "python": platform.python_version()})

@@ -4,8 +4,8 @@ from __future__ import annotations
 import asyncpg
 
 _CREATE = """
-DROP TABLE IF EXISTS chunkd_demo_resource;
-CREATE TABLE chunkd_demo_resource (
+DROP TABLE IF EXISTS demo_resource;
+CREATE TABLE demo_resource (
     id            bigint PRIMARY KEY,
     resource_type text NOT NULL,
     updated_at    timestamptz NOT NULL,
@@ -13,7 +13,7 @@ CREATE TABLE chunkd_demo_resource (
 )"""
 # One Patient per five resources; the rest are Observations referring to a patient.
 _FILL = """
-INSERT INTO chunkd_demo_resource (id, resource_type, updated_at, resource)
+INSERT INTO demo_resource (id, resource_type, updated_at, resource)
 SELECT g,
        CASE WHEN g % 5 = 0 THEN 'Patient' ELSE 'Observation' END,
        timestamptz '2026-01-01' + g * interval '1 second',

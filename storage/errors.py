@@ -1,27 +1,42 @@
-"""Database errors that mean "try again later" (connection lost, server restarting,
-deadlock, serialization failure) rather than a bug."""
+"""Database errors that mean "try again later" rather than a bug of ours.
+
+A daemon exits only when its own code is broken: a lost connection, a server restarting,
+a statement cancelled by an operator or by statement_timeout (SQLSTATE 57014), a
+deadlock, a full disk or too many connections all pass, so actors retry them with backoff.
+"""
 from __future__ import annotations
 
 import asyncpg
+from asyncpg.exceptions._base import DataError as ClientDataError
 
 TRANSIENT: tuple[type[BaseException], ...] = (
     OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-    asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, asyncpg.TooManyConnectionsError,
-    asyncpg.ConnectionDoesNotExistError, asyncpg.InvalidCatalogNameError,
-    # seen from a pooled connection whose server side was terminated mid-query
+    # class 57: admin shutdown, crash shutdown, cannot connect now, query cancelled
+    # (pg_cancel_backend, statement_timeout)
+    asyncpg.OperatorInterventionError,
+    # class 40: deadlock, serialization failure; class 53: too many connections, disk full,
+    # out of memory; class 58: I/O errors of the server
+    asyncpg.TransactionRollbackError, asyncpg.InsufficientResourcesError, asyncpg.PostgresSystemError,
+    asyncpg.InvalidCatalogNameError,
+    # seen from a pooled connection whose server side was terminated mid-query, and as
+    # "cannot switch to state 15; another operation is in progress" during a server restart
     asyncpg.InternalClientError,
     # "database ... is not currently accepting connections" (ALLOW_CONNECTIONS false during
     # maintenance) and lock_not_available: both pass
     asyncpg.ObjectNotInPrerequisiteStateError,
 )
 
+# An argument asyncpg could not encode (a transactional step's write with a value of the
+# wrong type, say). It derives from InterfaceError but retrying cannot help: it is the
+# input's fault, so it is never transient.
+BAD_INPUT: tuple[type[BaseException], ...] = (ClientDataError,)
+
 
 def is_transient(exc: BaseException) -> bool:
     """A database outage rather than a bug, also when it arrives inside an ExceptionGroup."""
     if isinstance(exc, BaseExceptionGroup):
         return all(is_transient(e) for e in exc.exceptions)
-    return isinstance(exc, TRANSIENT)
+    return isinstance(exc, TRANSIENT) and not isinstance(exc, BAD_INPUT)
 
 
 class Backoff:

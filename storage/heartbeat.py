@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import asyncpg
 
 from . import sql
+from .counters import ERRORS, FAILED, CounterDelta
+from .states import C
 
 
 class HeartbeatConnection:
@@ -17,15 +19,23 @@ class HeartbeatConnection:
     async def beat(self, node_id: int, lease_seconds: float, held: Sequence[int], orphan_after: float,
                    partitions: Sequence[int] = ()) -> int:
         """Extend the leases of `held`; release owned chunks not held whose lease was last set
-        more than `orphan_after` seconds ago; record the partitions this daemon consumes.
-        Returns how many were released."""
+        more than `orphan_after` seconds ago (a failed attempt each: FAILED past max
+        attempts); record the partitions this daemon consumes. Returns how many were released."""
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(self._dsn, timeout=10)
         try:
             ids = list(held)
             await self._conn.execute(sql.NODE_HEARTBEAT, node_id, lease_seconds, ids, list(partitions), timeout=10)
-            rows = await self._conn.fetch(sql.NODE_RELEASE_ORPHANS, node_id, ids,
-                                          lease_seconds - orphan_after, timeout=10)
+            async with self._conn.transaction():
+                rows = await self._conn.fetch(sql.NODE_RELEASE_ORPHANS, node_id, ids,
+                                              lease_seconds - orphan_after, timeout=10)
+                delta = CounterDelta()
+                for inst, step, state, _ in rows:
+                    if state == C.FAILED:
+                        delta.add(inst, step, FAILED)
+                        delta.add(inst, step, ERRORS)
+                if delta:
+                    await self._conn.execute(sql.COUNTERS_ADD, *delta.arrays(), timeout=10)
             return len(rows)
         except BaseException:
             conn, self._conn = self._conn, None

@@ -5,7 +5,8 @@ of legal moves is the only place a transition is defined.
 """
 from __future__ import annotations
 
-from .states import RESTARTABLE, SETBACK_BY_ATTEMPTS, SUSPECT_AFTER, C, I, chunk_allowed_from, instance_allowed_from
+from .states import (INSTANCE_TERMINAL, RESTARTABLE, SETBACK_BY_ATTEMPTS, SUSPECT_AFTER, C, I, chunk_allowed_from,
+                     instance_allowed_from)
 
 
 def _in(values: list[int] | list[str]) -> str:
@@ -23,6 +24,9 @@ CREATE TABLE IF NOT EXISTS chunkd_migration (
 MIGRATIONS_APPLIED = "SELECT version FROM chunkd_migration ORDER BY version"
 MIGRATION_RECORD = "INSERT INTO chunkd_migration (version, name) VALUES ($1, $2)"
 
+PING = "SELECT 1"
+DB_NOW = "SELECT statement_timestamp()"
+
 # ---------------------------------------------------------------- nodes, leader
 NODE_REGISTER = "INSERT INTO chunkd_node (name, pid) VALUES ($1, $2) RETURNING id"
 # The heartbeat: one UPDATE extends every lease this process holds.
@@ -33,14 +37,19 @@ WITH beat AS (UPDATE chunkd_node SET heartbeat_at = now(), partitions = $4::smal
 UPDATE chunkd_chunk SET lease_until = now() + make_interval(secs => $2)
 WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1 AND id = ANY($3::bigint[])"""
 # Chunks this node owns but no longer tracks (a claim whose reply was lost with its
-# connection, a batch lost with a crashed completer) and that the last beats did not
+# connection, a batch lost with a crashed actor) and that the last beats did not
 # extend: hand them back now instead of waiting out the lease. Fresh claims are excluded
-# by their lease_until, which the claim set to now() + lease.
+# by their lease_until, which the claim set to now() + lease. Like an expired lease, this
+# re-run counts towards max_attempts: a result that crashes our completer every time must
+# end FAILED, not run forever.
 NODE_RELEASE_ORPHANS = f"""
-UPDATE chunkd_chunk SET state = {int(C.READY)}, lease_owner = NULL, lease_until = NULL
+UPDATE chunkd_chunk
+   SET state = CASE WHEN failures + 1 >= max_attempts THEN {int(C.FAILED)} ELSE {int(C.READY)} END,
+       failures = failures + 1, lease_owner = NULL, lease_until = NULL,
+       error_message = 'the daemon lost this chunk''s result (an internal error; attempt ' || attempt || ')'
 WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1 AND NOT (id = ANY($2::bigint[]))
   AND lease_until < now() + make_interval(secs => $3)
-RETURNING partition"""
+RETURNING instance_id, step, state, partition"""
 NODE_DELETE = "DELETE FROM chunkd_node WHERE id = $1"
 # Daemons seen within $1 seconds, with the one holding the maintenance lease marked.
 NODE_LIST = """
@@ -52,6 +61,15 @@ LEFT JOIN chunkd_leader l ON l.role = 'maintenance' AND l.node_id = n.id AND l.l
 WHERE n.heartbeat_at > now() - make_interval(secs => $1)
 ORDER BY n.name, n.id"""
 NODE_PURGE_STALE = "DELETE FROM chunkd_node WHERE heartbeat_at < now() - make_interval(secs => $1)"
+
+# The leader's fencing token, checked inside each of its writing transactions just before
+# commit: this node still holds the term it started with. A takeover increments the term,
+# and FOR SHARE makes it (LEADER_ACQUIRE updates the row) wait until this transaction ends,
+# so a deposed leader's work commits before the new term begins or not at all. An expired
+# lease that nobody took over is still this node's term: nobody else can have acted.
+LEADER_FENCE = """
+SELECT 1 FROM chunkd_leader WHERE role = 'maintenance' AND node_id = $1 AND term = $2
+FOR SHARE"""
 
 LEADER_ACQUIRE = """
 INSERT INTO chunkd_leader AS l (role, node_id, term, lease_until)
@@ -77,6 +95,11 @@ INSTANCE_RUNTIME = "SELECT id, job_name, job_version, params::text AS params, ga
 # cancel/fail, which takes INSTANCE_LOCK (FOR UPDATE) first.
 INSTANCE_STATUS_FOR_SHARE = "SELECT id, status FROM chunkd_instance WHERE id = ANY($1::bigint[]) ORDER BY id FOR KEY SHARE"
 INSTANCE_LOCK = "SELECT id FROM chunkd_instance WHERE id = $1 FOR UPDATE"
+# Of the instances whose chunks a daemon holds, those that ended (cancelled, failed): their
+# queued chunks must not start and their running steps are told (actors/stopper.py).
+INSTANCES_ENDED_AMONG = f"""
+SELECT id FROM chunkd_instance
+WHERE id = ANY($1::bigint[]) AND status IN ({_in(sorted(s.value for s in INSTANCE_TERMINAL))})"""
 INSTANCE_MARK_STARTED = f"""
 UPDATE chunkd_instance SET status = '{I.IN_PROGRESS.value}', started_at = now(), updated_at = now()
 WHERE id = ANY($1::bigint[]) AND status = '{I.QUEUED.value}'"""
@@ -168,12 +191,13 @@ UPDATE chunkd_chunk k
    SET state = CASE WHEN d.state <> {SETBACK_BY_ATTEMPTS} THEN d.state
                     WHEN k.failures + 1 >= k.max_attempts THEN {int(C.FAILED)} ELSE {int(C.ERRORED)} END,
        failures = k.failures + d.failure, error_message = coalesce(d.message, k.error_message),
+       error_trace = CASE WHEN d.message IS NULL THEN k.error_trace ELSE d.trace END,
        orphaned = CASE WHEN d.failure > 0 THEN 0 ELSE k.orphaned END,  -- it ran and raised: not a killer
        next_run_at = now() + make_interval(secs => d.delay), lease_owner = NULL, lease_until = NULL
-  FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::smallint[], $5::float8[], $6::text[])
-       AS d(id, attempt, state, failure, delay, message)
+  FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::smallint[], $5::float8[], $6::text[], $7::text[])
+       AS d(id, attempt, state, failure, delay, message, trace)
  WHERE k.id = d.id AND k.attempt = d.attempt AND k.state = {int(C.IN_PROGRESS)}
-   AND d.state IN ({int(C.ERRORED)}, {int(C.FAILED)}, {int(C.POLL_WAITING)}, {SETBACK_BY_ATTEMPTS})
+   AND d.state IN ({int(C.ERRORED)}, {int(C.FAILED)}, {int(C.POLL_WAITING)}, {int(C.CANCELLED)}, {SETBACK_BY_ATTEMPTS})
 RETURNING k.id, k.instance_id, k.step, k.state"""
 
 # Lease expired: the worker died or froze. Counts as a failure (poison chunks end FAILED) and
@@ -226,6 +250,7 @@ CHUNK_RELEASE_DUE_POLL = _release_due(C.POLL_WAITING)
 CHUNK_PARTITION_HEAD_AGE = f"""
 SELECT extract(epoch FROM now() - created_at)::float8 FROM chunkd_chunk
 WHERE state = {int(C.READY)} AND partition = $1 ORDER BY id LIMIT 1"""
+CHUNK_ANY_READY = f"SELECT EXISTS (SELECT 1 FROM chunkd_chunk WHERE state = {int(C.READY)})"
 # Chunks written by a daemon configured with more partitions than this one consumes.
 CHUNK_REHOME = f"""
 UPDATE chunkd_chunk SET partition = id % $1
@@ -277,7 +302,7 @@ WHERE instance_id = $1 AND ($2::smallint IS NULL OR step = $2)
   AND (NOT $4::bool OR error_message IS NOT NULL)"""
 CHUNK_LIST = f"""
 SELECT id, step, state, attempt, failures, max_attempts, lease_until, next_run_at, created_at, claimed_at, completed_at,
-       error_message, CASE WHEN $5 THEN data END AS data
+       error_message, error_trace, CASE WHEN $5 THEN data END AS data
 FROM chunkd_chunk {CHUNK_LIST_WHERE}
 ORDER BY id OFFSET $6 LIMIT $7"""
 # Completed chunks of an instance per time bucket of $2 seconds (the dashboard's chart).
@@ -293,6 +318,7 @@ UPDATE chunkd_instance
    SET status = '{I.IN_PROGRESS.value}', finished_at = NULL, error_message = NULL, eta_seconds = NULL,
        updated_at = now()
  WHERE id = $1 AND status IN ({_in(sorted(s.value for s in RESTARTABLE if s.value in instance_allowed_from(I.IN_PROGRESS)))})
+   AND NOT purging  -- retention has begun deleting it (storage/retention.py)
 RETURNING current_step, gated"""
 # Chunks that did not complete run again; completed ones never do. Those behind a gate
 # (later steps of a gated job, the reduction's input) wait again.

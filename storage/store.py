@@ -13,10 +13,13 @@ from . import sql
 from .counters import CANCELLED, COMPLETED, CREATED, ERRORS, FAILED, CounterDelta
 from .migrate import migrate
 from .states import C, I, INSTANCE_TERMINAL, instance_allowed_from
-from .types import ClaimedChunk, FlushResult, InstanceRow, Setback, StepCounts, Success
+from .text import MAX_TRACE, storable, storable_json
+from .types import ClaimedChunk, FlushResult, InstanceRow, LeaderTerm, NotLeader, Setback, StepCounts, Success
 
 # Above this many child rows, COPY beats an unnest INSERT.
 _COPY_THRESHOLD = 2000
+# Warnings kept per chunk run (each cut to storage.text.MAX_MESSAGE characters).
+MAX_WARNINGS = 100
 
 
 class Store:
@@ -40,6 +43,17 @@ class Store:
     async def close(self) -> None:
         await self.pool.close()
 
+    async def db_now(self) -> Any:
+        """The database's clock: times that mean "as of the data" never come from the host's."""
+        return await self.pool.fetchval(sql.DB_NOW)
+
+    async def alive(self) -> bool:
+        """Does the database answer a trivial query right now?"""
+        try:
+            return await self.pool.fetchval(sql.PING, timeout=5) == 1
+        except Exception:  # noqa: BLE001 - any failure means no
+            return False
+
     async def migrate(self) -> list[str]:
         async with self.pool.acquire() as conn:
             return await migrate(conn)
@@ -59,6 +73,13 @@ class Store:
 
     async def resign_leadership(self, node_id: int) -> None:
         await self.pool.execute(sql.LEADER_RESIGN, node_id)
+
+    @staticmethod
+    async def fence_leader(conn: asyncpg.Connection, leader: LeaderTerm | None) -> None:
+        """Inside a leader's transaction, last before commit: raises NotLeader (so the
+        transaction rolls back) unless `leader` still holds its term and lease."""
+        if leader is not None and await conn.fetchval(sql.LEADER_FENCE, leader.node_id, leader.term) is None:
+            raise NotLeader(f"maintenance term {leader.term} of node {leader.node_id} is over")
 
     # ------------------------------------------------------------ instances
     async def create_instance(self, job_name: str, version: int, params_json: str, gated: bool,
@@ -100,8 +121,10 @@ class Store:
     async def instances_with_errored_chunks(self, instance_ids: Sequence[int]) -> set[int]:
         return {r[0] for r in await self.pool.fetch(sql.INSTANCE_HAS_ERRORED_CHUNKS, list(instance_ids))}
 
-    async def set_instance_status(self, instance_id: int, to: I) -> bool:
-        row = await self.pool.fetchval(sql.INSTANCE_SET_STATUS, instance_id, to.value, instance_allowed_from(to))
+    async def set_instance_status(self, instance_id: int, to: I, leader: LeaderTerm | None = None) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchval(sql.INSTANCE_SET_STATUS, instance_id, to.value, instance_allowed_from(to))
+            await self.fence_leader(conn, leader)
         return row is not None
 
     async def set_progress(self, instance_id: int, progress: float, rate: float | None,
@@ -112,22 +135,24 @@ class Store:
         row = await self.pool.fetchrow(sql.INSTANCE_LAST_ERROR, instance_id)
         return (row[0], row[1]) if row else None
 
-    async def advance_gate(self, instance_id: int, to_step: int) -> set[int] | None:
+    async def advance_gate(self, instance_id: int, to_step: int, leader: LeaderTerm | None = None) -> set[int] | None:
         """Open step `to_step` of a gated instance. None if someone else already did."""
         async with self.pool.acquire() as conn, conn.transaction():
             if await conn.fetchval(sql.INSTANCE_ADVANCE_GATE, instance_id, to_step) is None:
                 return None
-            return {r[0] for r in await conn.fetch(sql.CHUNK_OPEN_GATE, instance_id, to_step)}
+            parts = {r[0] for r in await conn.fetch(sql.CHUNK_OPEN_GATE, instance_id, to_step)}
+            await self.fence_leader(conn, leader)
+            return parts
 
     async def finish_instance(self, instance_id: int, to: I, *, report_json: str | None = None,
                               error: str | None = None, conn: asyncpg.Connection | None = None,
-                              running_too: bool = False) -> bool:
+                              running_too: bool = False, leader: LeaderTerm | None = None) -> bool:
         """COMPLETED / FAILED / CANCELLED, guarded; pending chunks (with `running_too`, also
         the running ones, whose results will then be refused) are cancelled in the same transaction."""
         async def run(c: asyncpg.Connection) -> bool:
             await c.execute(sql.INSTANCE_LOCK, instance_id)
             ok = await c.fetchval(sql.INSTANCE_FINISH, instance_id, to.value, instance_allowed_from(to),
-                                  report_json, error)
+                                  None if report_json is None else storable_json(report_json), storable(error))
             if ok is None:
                 return False
             if to is not I.COMPLETED:
@@ -138,6 +163,7 @@ class Store:
                     delta.add(instance_id, step, CANCELLED, n)
                 if delta:
                     await c.execute(sql.COUNTERS_ADD, *delta.arrays())
+            await self.fence_leader(c, leader)
             return True
         if conn is not None:
             return await run(conn)
@@ -235,7 +261,7 @@ class Store:
                 res.completed = len(ok)
                 await self._apply_tx_ops(conn, ok)
                 await self._insert_children(conn, ok, closed, delta, res)
-                warn = [(s.instance_id, s.chunk_id, w) for s in ok for w in s.warnings]
+                warn = [(s.instance_id, s.chunk_id, storable(w)) for s in ok for w in s.warnings[:MAX_WARNINGS]]
                 if warn:
                     await conn.execute(sql.WARNING_INSERT, *map(list, zip(*warn)))
                 for s in ok:
@@ -244,7 +270,8 @@ class Store:
                 rows = await conn.fetch(
                     sql.CHUNK_SETBACK, [b.chunk_id for b in setbacks], [b.attempt for b in setbacks],
                     [b.state for b in setbacks], [int(b.failure) for b in setbacks],
-                    [b.delay for b in setbacks], [b.message for b in setbacks])
+                    [b.delay for b in setbacks], [storable(b.message) for b in setbacks],
+                    [storable(b.trace, MAX_TRACE) for b in setbacks])
                 res.refused += len(setbacks) - len(rows)
                 for cid, inst, step, state in rows:
                     res.setback_states[cid] = state
@@ -255,6 +282,9 @@ class Store:
                     elif state == C.ERRORED:
                         res.errored += 1
                         delta.add(inst, step, ERRORS)
+                    elif state == C.CANCELLED:
+                        res.cancelled += 1
+                        delta.add(inst, step, CANCELLED)
                     else:
                         res.poll_waiting += 1
             if delta:
@@ -349,17 +379,28 @@ class Store:
             yield r[1]
 
     async def complete_reduction(self, conn: asyncpg.Connection, instance_id: int, step: int,
-                                 report_json: str) -> bool:
-        """In the caller's transaction: report written and input consumed exactly once."""
+                                 report_json: str, leader: LeaderTerm | None) -> bool:
+        """In the caller's transaction: report written and input consumed exactly once.
+        False when the instance is no longer in FINALIZE (cancelled, or finished by another
+        leader); NotLeader when this leader's term is over. In both cases the caller must
+        roll back, taking the reduction's own ctx.tx writes with it."""
         ok = await conn.fetchval(sql.INSTANCE_FINISH, instance_id, I.COMPLETED.value,
-                                 [I.FINALIZE.value], report_json, None)
+                                 [I.FINALIZE.value], storable_json(report_json), None)
         if ok is None:
             return False
         n = await conn.fetchval(sql.CHUNK_REDUCTION_CONSUMED, instance_id, step)
         delta = CounterDelta()
         delta.add(instance_id, step, COMPLETED, n)
         await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
+        await self.fence_leader(conn, leader)
         return True
+
+    async def any_ready(self) -> bool:
+        return bool(await self.pool.fetchval(sql.CHUNK_ANY_READY))
+
+    async def ended_among(self, instance_ids: Sequence[int]) -> set[int]:
+        """Which of these instances have ended (cancelled, failed, completed)."""
+        return {r[0] for r in await self.pool.fetch(sql.INSTANCES_ENDED_AMONG, list(instance_ids))}
 
     async def move_chunk(self, chunk_id: int, to: C, allowed_from: list[int]) -> bool:
         return await self.pool.fetchval(sql.CHUNK_MOVE, chunk_id, int(to), allowed_from) is not None

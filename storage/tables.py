@@ -50,6 +50,20 @@ async def find_table(db: Db, name: str) -> Table | None:
     return Table(schema, rel, cols)
 
 
+_NOW = "SELECT statement_timestamp()"
+_CURRENT_SCHEMA = "SELECT current_schema()"
+
+
+async def db_time(db: Db) -> Any:
+    """The database's clock (a bulk export's transactionTime is "as of the data")."""
+    return await db.fetchval(_NOW)
+
+
+async def current_schema(db: Db) -> str:
+    """Where an unqualified new table is created."""
+    return await db.fetchval(_CURRENT_SCHEMA)
+
+
 # ---------------------------------------------------------------- bulk export
 class ExportSql(msgspec.Struct, frozen=True):
     first_page: str

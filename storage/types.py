@@ -51,6 +51,7 @@ class Setback(msgspec.Struct):
     failure: bool       # counts towards max_attempts
     delay: float        # seconds until it may run again
     message: str | None
+    trace: str | None = None   # the traceback of the step's exception, if it raised
 
 
 class FlushResult(msgspec.Struct):
@@ -59,6 +60,7 @@ class FlushResult(msgspec.Struct):
     errored: int = 0
     failed: int = 0
     poll_waiting: int = 0
+    cancelled: int = 0
     children: int = 0
     ready_partitions: set[int] = set()
     accepted: set[int] = set()            # chunk ids whose completion committed
@@ -87,3 +89,13 @@ class StepCounts(msgspec.Struct, array_like=True):
     @property
     def pending(self) -> int:
         return self.created - self.completed - self.failed - self.cancelled
+
+
+class LeaderTerm(msgspec.Struct, frozen=True):
+    """The maintenance leader's fencing token: its writes commit only while it holds it."""
+    node_id: int
+    term: int
+
+
+class NotLeader(Exception):
+    """A leader's write found its term over (deposed while paused): it was rolled back."""

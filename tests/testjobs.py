@@ -369,3 +369,65 @@ async def pz_record(params: PoisonParams, chunk: Item, ctx: Context) -> None:
     await anyio.sleep(params.work_ms / 1000)
     ctx.tx.execute("INSERT INTO test_ledger (chunk_id, attempt, n, pid) VALUES ($1, $2, $3, $4)",
                    ctx.chunk_id, ctx.attempt, chunk.n, os.getpid())
+
+
+# ------------------------------------------------------------ trust (issue 14)
+class TrustParams(msgspec.Struct, forbid_unknown_fields=True):
+    chunks: int = 1
+    work_ms: float = 0.0
+    nul: str = ""               # "error", "warn" or "report": where a NUL goes
+    emit_bytes: int = 0         # one child chunk of this many bytes
+    reduce_ms: float = 0.0      # the reduction awaits this long, in small steps
+    block_reduce_s: float = 0.0  # the reduction blocks its event loop this long (time.sleep)
+    block_env: str = ""         # ...only on the daemon whose environment has this variable
+
+
+class Blob(msgspec.Struct, array_like=True):
+    n: int
+    data: bytes = b""
+
+
+trust = Job("test.trust", params=TrustParams, gated=True)
+
+
+@trust.first_step(emits=Blob)
+async def t_plan(params: TrustParams, ctx: Context, sink: Sink[Blob]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Blob(i))
+
+
+@trust.step(consumes=Blob, emits=Blob, max_attempts=3, backoff_base=0.05, backoff_max=0.2)
+async def t_work(params: TrustParams, chunk: Blob, ctx: Context, sink: Sink[Blob]) -> None:
+    # the start of every run, written at once (not with the chunk): what ran, and when
+    await ctx.db.fetchval("INSERT INTO test_started (instance_id, n, at) VALUES ($1, $2, clock_timestamp()) "
+                          "RETURNING 1", ctx.instance_id, chunk.n)
+    if params.work_ms:
+        await anyio.sleep(params.work_ms / 1000)
+    if params.nul == "error" and chunk.n == 0:
+        raise RuntimeError("binary input \x00 here")
+    if params.nul == "warn" and chunk.n == 0:
+        ctx.warn("odd byte \x00 in row")
+    if params.emit_bytes and chunk.n == 0:
+        sink.emit(Blob(chunk.n, b"x" * params.emit_bytes))
+        return
+    sink.emit(Blob(chunk.n))
+
+
+@trust.reduce(consumes=Blob, transactional=True)
+async def t_reduce(params: TrustParams, chunks: AsyncIterator[Blob], ctx: Context) -> dict[str, object]:
+    count = 0
+    async for _ in chunks:
+        count += 1
+    waited = 0.0
+    while waited * 1000 < params.reduce_ms:
+        await anyio.sleep(0.05)
+        waited += 0.05
+    if params.block_reduce_s and (not params.block_env or os.environ.get(params.block_env)):
+        import time
+        time.sleep(params.block_reduce_s)  # blocks this daemon's event loop, no signal at all
+    ctx.tx.execute("INSERT INTO test_reduced (instance_id, node) VALUES ($1, $2)", ctx.instance_id, os.getpid())
+    if params.nul == "report":
+        return {"count": count, "note": "nul \x00 here"}
+    if params.nul == "reduce-error":
+        raise RuntimeError("reduction saw \x00")
+    return {"count": count}

@@ -6,19 +6,19 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
-from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from datetime import datetime
 
 import msgspec
 
 from daemon.sdk import Context, Job, ParameterError, PermanentError, Sink
-from storage.tables import INTEGER_TYPES, JSON_TYPES, Db, Table, export_sql, find_table
+from storage.tables import INTEGER_TYPES, JSON_TYPES, Db, Table, db_time, export_sql, find_table
+
+from .sandbox import check_table, open_output, output_parts, output_url, remove_stale_temps, write_file
 
 
 class ExportParams(msgspec.Struct, forbid_unknown_fields=True):
     table: str                        # e.g. "resources" or "fhir.resources"
-    output: str                       # absolute directory, or file:///dir
+    output: str                       # a directory name below CHUNKD_EXPORT_DIR
     id_column: str = "id"             # an integer key: keyset pagination
     type_column: str | None = None    # one file per value of this column per chunk
     types: list[str] = []             # only these types (needs type_column)
@@ -69,25 +69,11 @@ export = Job("chunkd.bulk-export", params=ExportParams,
              description="Export a table's rows as NDJSON files with a FHIR Bulk Data style manifest.")
 
 
-def output_dir(p: ExportParams) -> Path:
-    raw = p.output
-    if raw.startswith("file://"):
-        parts = urlsplit(raw)
-        if parts.netloc not in ("", "localhost"):
-            raise ParameterError("output file:// URL must be local (file:///dir)", "$.output")
-        raw = unquote(parts.path)
-    elif "://" in raw:
-        raise ParameterError("output must be an absolute directory or a file:// URL", "$.output")
-    path = Path(raw)
-    if not path.is_absolute():
-        raise ParameterError("output must be an absolute directory or a file:// URL", "$.output")
-    return path
-
-
 async def resolve(p: ExportParams, db: Db) -> Table:
     t = await find_table(db, p.table)
     if t is None:
         raise ParameterError(f"no table or view named {p.table!r}", "$.table")
+    check_table(t, "$.table")
 
     def col(name: str | None, field: str, kinds: frozenset[str] | None = None) -> None:
         if name is None:
@@ -110,7 +96,7 @@ async def resolve(p: ExportParams, db: Db) -> Table:
 
 @export.params_check
 async def check(p: ExportParams, db: Db) -> None:
-    output_dir(p)
+    output_parts(p.output)
     await resolve(p, db)
 
 
@@ -124,10 +110,10 @@ def _filters(p: ExportParams) -> list[object]:
 
 @export.first_step(emits=IdBatch, weight=1)
 async def list_ids(p: ExportParams, ctx: Context, sink: Sink[IdBatch]) -> None:
-    t = await resolve(p, ctx.db)  # the table may have changed since submit
+    t = await resolve(p, ctx.db)  # the table (or the allow-list) may have changed since submit
     q = _sql(p, t)
-    output_dir(p).mkdir(parents=True, exist_ok=True)
-    tt = datetime.now(timezone.utc).isoformat()
+    os.close(open_output(output_parts(p.output), create=True))
+    tt = (await db_time(ctx.db)).isoformat()  # "as of the data": the database's clock, not the host's
     last: int | None = None
     batch = 0
     while True:
@@ -148,39 +134,44 @@ async def load_rows(p: ExportParams, chunk: IdBatch, ctx: Context, sink: Sink[Ro
     t = await resolve(p, ctx.db)
     default_type = [] if p.type_column else [t.name]
     rows = await ctx.db.fetch(_sql(p, t).load, chunk.ids, *_filters(p), *default_type)
-    sink.emit(RowBatch(chunk.batch, chunk.tt, [(r[0] or "unknown", r[1]) for r in rows]))
+    sink.emit(RowBatch(chunk.batch, chunk.tt, [(resource_type(r[0]), r[1]) for r in rows]))
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+# A type is a name (Patient, Observation): anything else in the type column is row data,
+# which must not reach file names or the report (a view token can read it).
+_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+
+def resource_type(value: object) -> str:
+    if value is None:
+        return "unknown"
+    return value if isinstance(value, str) and _TYPE.match(value) else "other"
 
 
 def file_name(rtype: str, batch: int) -> str:
-    return f"{_SAFE.sub('_', rtype)[:100]}-{batch:06d}.ndjson"
+    return f"{rtype}-{batch:06d}.ndjson"
 
 
 @export.step(consumes=RowBatch, emits=FileRef, max_attempts=5, weight=2)
 def write_files(p: ExportParams, chunk: RowBatch, ctx: Context, sink: Sink[FileRef]) -> None:
     """Plain function (file I/O runs in a worker thread). Each file is written under a
-    temporary name and renamed, so a crash never leaves half a file under the final name,
-    and a retry overwrites cleanly."""
-    out = output_dir(p)
+    temporary name and renamed (sandbox.write_file), so a crash never leaves half a file
+    under the final name, and a retry overwrites cleanly."""
+    parts = output_parts(p.output)
     by_type: dict[str, list[str]] = defaultdict(list)
     for rtype, body in chunk.rows:
-        by_type[rtype].append(body)
-    for rtype, bodies in sorted(by_type.items()):
-        final = out / file_name(rtype, chunk.batch)
-        tmp = out / f".{final.name}.tmp-{ctx.attempt}-{os.getpid()}"
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                for body in bodies:
-                    f.write(body)
-                    f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except FileNotFoundError:
-            raise PermanentError(f"output directory {out} does not exist") from None
-        sink.emit(FileRef(rtype, final.as_uri(), len(bodies), chunk.tt))
+        by_type[resource_type(rtype)].append(body)
+    try:
+        out = open_output(parts, create=False)
+    except FileNotFoundError:
+        raise PermanentError(f"output directory {p.output!r} does not exist under the export root") from None
+    try:
+        for rtype, bodies in sorted(by_type.items()):
+            name = file_name(rtype, chunk.batch)
+            write_file(out, name, "".join(b + "\n" for b in bodies).encode())
+            sink.emit(FileRef(rtype, output_url(parts, name), len(bodies), chunk.tt))
+    finally:
+        os.close(out)
 
 
 @export.reduce(consumes=FileRef)
@@ -191,16 +182,18 @@ async def manifest(p: ExportParams, files: AsyncIterator[FileRef], ctx: Context)
         outputs.append(Output(f.type, f.url, f.count))
         tt = f.tt
     outputs.sort(key=lambda o: (o.type, o.url))
-    out = output_dir(p)
-    m = Manifest(transaction_time=tt or datetime.now(timezone.utc).isoformat(),
+    m = Manifest(transaction_time=tt or (await db_time(ctx.db)).isoformat(),
                  request=f"chunkd.bulk-export table={p.table}", requires_access_token=False,
                  output=outputs, error=[])
-    if out.is_dir():
-        for stale in out.glob(".*.ndjson.tmp-*"):  # attempts that died before their rename
-            stale.unlink(missing_ok=True)
-        tmp = out / f".manifest.json.tmp-{os.getpid()}"
-        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(m)))
-        os.replace(tmp, out / "manifest.json")
+    try:
+        out = open_output(output_parts(p.output), create=False)
+    except FileNotFoundError:
+        return m  # nothing was exported (no rows): no directory, no manifest file
+    try:
+        remove_stale_temps(out)
+        write_file(out, "manifest.json", msgspec.json.format(msgspec.json.encode(m)))
+    finally:
+        os.close(out)
     return m
 
 

@@ -9,7 +9,10 @@ from collections.abc import AsyncIterator
 import msgspec
 
 from daemon.sdk import Context, Job, ParameterError, Sink
-from storage.tables import INTEGER_TYPES, JSON_TYPES, Db, Table, find_table, page_ids_sql, reindex_sql, reindex_target_ddl
+from storage.tables import (INTEGER_TYPES, JSON_TYPES, Db, Table, current_schema, find_table, page_ids_sql, reindex_sql,
+                            reindex_target_ddl)
+
+from .sandbox import check_relation, check_table
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -47,6 +50,7 @@ async def resolve(p: ReindexParams, db: Db) -> Table:
     t = await find_table(db, p.table)
     if t is None:
         raise ParameterError(f"no table or view named {p.table!r}", "$.table")
+    check_table(t, "$.table")
     for field, name, kinds in (("id_column", p.id_column, INTEGER_TYPES),
                                ("source_column", p.source_column, JSON_TYPES)):
         if name not in t.columns:
@@ -57,6 +61,10 @@ async def resolve(p: ReindexParams, db: Db) -> Table:
     if not _IDENT.match(p.target):
         raise ParameterError("target must be a plain lower-case table name (letters, digits, _)", "$.target")
     existing = await find_table(db, p.target)
+    if existing is not None:
+        check_table(existing, "$.target")
+    else:
+        check_relation(await current_schema(db), p.target, "$.target")
     if existing is not None and not {"id", "value", "writes"} <= set(existing.columns):
         raise ParameterError(f"table {p.target!r} exists without the columns id, value, writes", "$.target")
     return t

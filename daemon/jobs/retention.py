@@ -53,7 +53,7 @@ async def find(p: RetentionParams, ctx: Context, sink: Sink[Batch]) -> None:
 
 @retention.step(consumes=Batch, emits=Purged)
 async def delete(p: RetentionParams, batch: Batch, ctx: Context, sink: Sink[Purged]) -> None:
-    chunks, instances = await purge(ctx.db.pool_for_maintenance(), batch.ids)
+    chunks, instances = await purge(ctx.db.pool_for_maintenance(), batch.ids, p.keep_seconds, p.keep_failed_seconds)
     RETENTION_PURGED.labels("chunks").inc(chunks)
     RETENTION_PURGED.labels("instances").inc(instances)
     sink.emit(Purged(chunks, instances))

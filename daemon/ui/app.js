@@ -21,6 +21,7 @@ class ApiError extends Error {
 
 async function api(path, method = "GET") {
   const headers = { Accept: "application/json" };
+  if (method !== "GET") headers["Content-Type"] = "application/json"; // the daemon's CSRF guard asks for it
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) headers.Authorization = `Bearer ${token}`;
   let res;

@@ -41,11 +41,14 @@ def read_export(out: Path, manifest: dict) -> dict[str, list[dict]]:
     return lines
 
 
+ALLOW = {"CHUNKD_EXPORT_TABLES": "public.resources,public.resources_by_tag"}
+
+
 async def test_export_100k_rows_with_filters(dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
     await seed(conn, 100_000)
     out = tmp_path / "export"
-    async with running_node(dsn, CHUNKD_PARTITION_CONCURRENCY="4") as node:
-        res = await submit_job(node, "chunkd.bulk-export", table="resources", output=out.as_uri(),
+    async with running_node(dsn, CHUNKD_PARTITION_CONCURRENCY="4", CHUNKD_EXPORT_DIR=str(tmp_path), **ALLOW) as node:
+        res = await submit_job(node, "chunkd.bulk-export", table="resources", output="export",
                                type_column="resource_type", types=["Patient", "Observation"],
                                updated_column="updated_at", since="2026-01-10T00:00:00Z")
         assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 120) == "COMPLETED"
@@ -67,8 +70,8 @@ async def test_export_100k_rows_with_filters(dsn: str, conn: asyncpg.Connection,
 
 async def test_export_rejects_bad_names_at_submit(conn: asyncpg.Connection, api_daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     await seed(conn, 10)
-    c = ApiClient(api_daemon().url)
-    base = {"table": "resources", "output": str(tmp_path)}
+    c = ApiClient(api_daemon(CHUNKD_EXPORT_DIR=str(tmp_path), **ALLOW).url)
+    base = {"table": "resources", "output": "out"}
     cases = [
         ({"table": "nope"}, "$.table", "no table or view named 'nope'"),
         ({"table": "resources; DROP TABLE resources"}, "$.table", "no table or view"),
@@ -76,7 +79,14 @@ async def test_export_rejects_bad_names_at_submit(conn: asyncpg.Connection, api_
         ({"type_column": "kind"}, "$.type_column", "has no column 'kind'"),
         ({"column": "resource_type"}, "$.column", "expected one of ['json', 'jsonb']"),
         ({"id_column": "resource_type"}, "$.id_column", "expected one of"),
-        ({"output": "relative/dir"}, "$.output", "absolute directory"),
+        ({"output": "/etc/chunkd"}, "$.output", "below the export root"),
+        ({"output": "../escape"}, "$.output", "relative directory name"),
+        ({"output": ".hidden"}, "$.output", "relative directory name"),
+        ({"table": "pg_authid"}, "$.table", "allow-list"),
+        ({"table": "pg_catalog.pg_authid", "type_column": "rolpassword"}, "$.table", "allow-list"),
+        ({"table": "pg_stat_activity"}, "$.table", "allow-list"),
+        ({"table": "information_schema.tables"}, "$.table", "allow-list"),
+        ({"table": "chunkd_instance"}, "$.table", "allow-list"),
         ({"types": ["Patient"]}, "$.types", "types needs type_column"),
     ]
     for override, path, message in cases:
@@ -89,7 +99,7 @@ async def test_export_rejects_bad_names_at_submit(conn: asyncpg.Connection, api_
 
 async def test_reindex_writes_each_row_once(dsn: str, conn: asyncpg.Connection) -> None:
     await seed(conn, 5000)
-    async with running_node(dsn) as node:
+    async with running_node(dsn, **ALLOW) as node:
         res = await submit_job(node, "chunkd.reindex", table="resources", source_column="resource",
                                path=["tags", "0"], target="resources_by_tag", chunk_size=300)
         assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 60) == "COMPLETED"
@@ -129,3 +139,38 @@ async def test_retention_purges_exactly_what_is_past_the_window(dsn: str, conn: 
     assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1", recent_done) == 101  # plan + 50 work + 50 reduction input
     report = json.loads(await conn.fetchval("SELECT report FROM chunkd_instance WHERE id = $1", purge.instance_id))
     assert report == {"chunks": 3 * 101, "instances": 3}
+
+
+async def test_export_stays_inside_its_box(dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """Symlinks planted under the export root are never followed; files elsewhere stay
+    untouched; type values that are not names never reach file names or the report."""
+    await seed(conn, 300)
+    await conn.execute("UPDATE resources SET resource_type = 'SCRAM-SHA-256$4096:secret' WHERE id % 3 = 0")
+    root, elsewhere = tmp_path / "exports", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    victim = elsewhere / "manifest.json"
+    victim.write_text("precious")
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)  # a directory symlink
+    (root / "out").mkdir()
+    (root / "out" / "manifest.json").symlink_to(victim)  # a file symlink at the final name
+    async with running_node(dsn, CHUNKD_EXPORT_DIR=str(root), **ALLOW) as node:
+        through_link = await submit_job(node, "chunkd.bulk-export", table="resources", output="linked",
+                                        type_column="resource_type", chunk_size=100)
+        assert await wait_status(conn, through_link.instance_id, {"COMPLETED", "FAILED"}, 60) == "FAILED"
+        ok = await submit_job(node, "chunkd.bulk-export", table="resources", output="out",
+                              type_column="resource_type", chunk_size=100)
+        assert await wait_status(conn, ok.instance_id, {"COMPLETED", "FAILED"}, 60) == "COMPLETED"
+    error = await conn.fetchval("SELECT error_message FROM chunkd_instance WHERE id = $1", through_link.instance_id)
+    assert "symlinks are never followed" in error
+    assert victim.read_text() == "precious" and sorted(p.name for p in elsewhere.iterdir()) == ["manifest.json"]
+    manifest = root / "out" / "manifest.json"
+    assert not manifest.is_symlink() and json.loads(manifest.read_text())["output"]
+    report_text = await conn.fetchval("SELECT report::text FROM chunkd_instance WHERE id = $1", ok.instance_id)
+    assert "SCRAM" not in report_text and "secret" not in report_text
+    assert {o["type"] for o in json.loads(report_text)["output"]} == {"Patient", "Observation", "Encounter", "other"}
+    assert not any("SCRAM" in p.name for p in (root / "out").iterdir())
+    # transactionTime is the database's clock (within the run), not the host's
+    tt = json.loads(report_text)["transactionTime"]
+    db_gap = await conn.fetchval("SELECT extract(epoch FROM now() - $1::text::timestamptz)", tt)
+    assert 0 <= db_gap < 120

@@ -48,6 +48,13 @@ async def test_bad_input_is_one_clear_line_and_changes_nothing(
     ({"CHUNKD_HTTP_ADDR": "0.0.0.0:0"}, "refusing to serve the API on a non-loopback address without tokens"),
     ({"CHUNKD_API_TOKENS": "admin:s3cr3t-token"}, "invalid CHUNKD_API_TOKENS"),
     ({"CHUNKD_API_TOKENS_FILE": "/nonexistent/tokens"}, "invalid CHUNKD_API_TOKENS_FILE='/nonexistent/tokens': cannot read it"),
+    # each inside its own range, together over what one daemon may hold (issue 14, row 7)
+    ({"CHUNKD_PARTITIONS": "1024", "CHUNKD_PARTITION_CONCURRENCY": "10000"},
+     "CHUNKD_PARTITIONS x CHUNKD_PARTITION_CONCURRENCY = 10,240,000 step workers; at most 10,000"),
+    ({"CHUNKD_PARTITIONS": "1024", "CHUNKD_CLAIM_BATCH": "10000"}, "chunks held in memory; at most 200,000"),
+    ({"CHUNKD_POOL_SIZE": "1"}, "invalid CHUNKD_POOL_SIZE='1': at least 2 connections"),
+    ({"CHUNKD_MAX_CHUNK_BYTES": "2GiB"}, "invalid CHUNKD_MAX_CHUNK_BYTES='2GiB'"),
+    ({"CHUNKD_EXPORT_TABLES": "resources"}, "expected schema.table or schema.*"),
 ])
 async def test_bad_daemon_configuration_exits_2_before_touching_the_database(
         dsn: str, conn: asyncpg.Connection, env: dict[str, str], fragment: str) -> None:
