@@ -145,6 +145,7 @@ class Node:
 
     async def run(self, *, handle_signals: bool = True) -> None:
         cfg = self.cfg
+        structlog.contextvars.bind_contextvars(node=cfg.node_id)  # before any task starts: they all log it
         self.tokens = load_tokens(cfg)
         check_exposure(cfg, self.tokens)
         sock = None
@@ -184,7 +185,6 @@ class Node:
             cfg = self.cfg = msgspec.structs.replace(cfg, partitions=partitions)
             store.partitions = partitions
         node_id = await store.register_node(cfg.node_id, os.getpid())
-        structlog.contextvars.bind_contextvars(node=cfg.node_id)
         engine = Engine(cfg, store, channel, self.registry, node_id, self.dsn)
         heartbeat = Heartbeat(self.dsn, node_id, cfg.lease_seconds, cfg.heartbeat_seconds, engine.inflight.held,
                               lambda: [p for p in range(cfg.partitions) if channel.owns(p)])

@@ -21,8 +21,10 @@ def _json(tp: type) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    words = {400: "Bad request", 401: "Missing or unknown token", 403: "Token lacks the scope",
+    words = {400: "Bad request", 401: "Missing or unknown token", 403: "Token lacks the scope, or a cross-origin request",
              404: "Not found", 409: "Illegal state change", 413: "Body too large",
+             415: "A state-changing request without Content-Type: application/json (CSRF guard)",
+             421: "Host is not this daemon's (DNS-rebinding guard; see CHUNKD_API_ALLOWED_HOSTS)",
              422: "Parameters fail the job's schema", 429: "Too many submissions in progress; see Retry-After",
              503: "Not ready"}
     return {str(c): {"description": words[c], **_json(m.ErrorBody)} for c in codes}
@@ -121,6 +123,14 @@ def document(secured: bool) -> dict[str, Any]:
         },
         "components": {"schemas": components},
     }
+    for path, ops in doc["paths"].items():  # the request guard (daemon/guard.py) answers for every route
+        if path in ("/healthz", "/readyz"):
+            continue
+        for method, o in ops.items():
+            extra = (403, 415, 421) if method in ("post", "put", "patch", "delete") else (421,)
+            o["responses"] = {**_errors(*extra), **o["responses"]}
+            if 403 in extra and "403" in o["responses"] and not secured:
+                o["responses"]["403"]["description"] = "Cross-origin request refused (CSRF guard)"
     if secured:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return doc

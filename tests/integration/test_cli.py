@@ -122,7 +122,7 @@ def test_demo_runs_on_the_embedded_postgres(tmp_path: Path) -> None:
     manifest = json.loads(res.stdout)  # stdout is the manifest
     assert sum(o["count"] for o in manifest["output"]) == 3000
     assert {o["type"] for o in manifest["output"]} == {"Patient", "Observation"}
-    export = tmp_path / "home" / "demo-export"
+    export = tmp_path / "home" / "exports" / "demo"
     lines = [json.loads(line) for f in export.glob("*.ndjson") for line in f.read_text().splitlines()]
     assert len(lines) == 3000 and {r["resourceType"] for r in lines} == {"Patient", "Observation"}
     assert (tmp_path / "home" / "pgdata" / "PG_VERSION").exists()
