@@ -22,6 +22,7 @@ from .embedded import EmbeddedPostgresError, start_embedded
 from .http import HttpBindError
 from .logs import configure
 from .registry import Registry, build_registry
+from .scheduling import check_declared
 from .sdk import JobDefinitionError
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
@@ -83,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("job")
     add.add_argument("--params", default="{}", help="parameters as JSON, or @file")
     group = add.add_mutually_exclusive_group(required=True)
-    group.add_argument("--cron", help="5 fields, or 6 with seconds first")
+    group.add_argument("--cron", help="Unix cron (5 fields, minute first) or Quartz (6-7 fields, seconds first: '0 0 1 * * ?')")
     group.add_argument("--every", type=float, help="seconds")
     add.add_argument("--timezone", default="UTC")
     add.add_argument("--missed", choices=("skip", "run_once"), default="skip")
@@ -138,6 +139,8 @@ def _detail(details: Any) -> str:
 def _run_local(cfg: Config, args: argparse.Namespace) -> int:
     try:
         registry = build_registry(cfg.jobs)
+        if args.command == "run":
+            check_declared(registry)
     except JobDefinitionError as e:
         _fail(f"invalid CHUNKD_JOBS: {e}", 2)
     try:

@@ -120,3 +120,23 @@ def test_demo_runs_on_the_embedded_postgres(tmp_path: Path) -> None:
     assert len(lines) == 3000 and {r["resourceType"] for r in lines} == {"Patient", "Observation"}
     assert (tmp_path / "home" / "pgdata" / "PG_VERSION").exists()
     assert "exported 3,000 resources" in res.stderr
+
+
+async def test_invalid_declared_schedule_stops_the_daemon_with_one_line(dsn: str, conn: asyncpg.Connection) -> None:
+    # before: logged and dropped while the daemon started, so the nightly job never ran
+    res = run_cli("run", env=daemon_env(dsn, CHUNKD_JOBS="tests.bad_schedule_jobs"), timeout=60)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "schedule 'nightly-bad'" in lines[0] and "hour 25 is outside 0-23" in lines[0]
+    assert await conn.fetchval("SELECT count(*) FROM chunkd_schedule") == 0
+
+
+async def test_quartz_schedule_via_cli(api_daemon) -> None:  # type: ignore[no-untyped-def]
+    api = api_daemon()
+    env = api.cli_env()
+    res = run_cli("schedules", "add", "nightly", "chunkd.synthetic", "--params", '{"chunks": 1}',
+                  "--cron", "0 0 1 * * ?", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    row = json.loads(res.stdout)
+    assert row["cron"] == "0 0 1 * * ?" and row["next_fire_at"].endswith(("T01:00:00Z", "T01:00:00+00:00"))
