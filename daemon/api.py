@@ -23,7 +23,7 @@ from .registry import UnknownJobError
 from .sdk import Job, StepKind
 from .scheduling import ScheduleError, next_after
 from .scheduling import validate as validate_spec
-from .submit import BadParameters, UnknownJob, submit
+from .submit import BadParameters, IdempotencyConflict, UnknownJob, submit
 from .submit import validate as validate_params
 from .throughput import bucket_seconds
 
@@ -118,6 +118,48 @@ async def _body(request: Request) -> bytes:
             raise ApiError(413, "too_large", f"request body over {MAX_BODY} bytes")
         chunks.append(part)
     return b"".join(chunks)
+
+
+# Query parameters each route understands; any other is a 400 naming it (a typo such as
+# `?jobStatus=` must not silently return everything). Routes missing here are not checked.
+QUERY_PARAMS: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", "/api/v1/instances"): frozenset({"job", "status", "start", "count", "created_after", "created_before"}),
+    ("GET", "/api/v1/instances/{id:int}/chunks"): frozenset({"step", "status", "data", "start", "count", "errors"}),
+    ("POST", "/api/v1/instances/{id:int}/stop"): frozenset({"force"}),
+    **{(method, path): frozenset() for method, path in [
+        ("GET", "/api/v1/schedules"), ("POST", "/api/v1/schedules"), ("GET", "/api/v1/schedules/{sid}"),
+        ("DELETE", "/api/v1/schedules/{sid}"), ("POST", "/api/v1/schedules/{sid}/pause"),
+        ("POST", "/api/v1/schedules/{sid}/resume"), ("GET", "/api/v1/jobs"), ("POST", "/api/v1/instances"),
+        ("GET", "/api/v1/instances/{id:int}"), ("GET", "/api/v1/instances/{id:int}/throughput"),
+        ("GET", "/api/v1/cluster"), ("GET", "/api/v1/whoami"), ("POST", "/api/v1/instances/{id:int}/cancel"),
+        ("POST", "/api/v1/instances/{id:int}/restart")]},
+}
+
+
+def check_query(request: Request, allowed: frozenset[str]) -> None:
+    unknown = sorted(set(request.query_params.keys()) - allowed)
+    if unknown:
+        known = ", ".join(sorted(allowed)) or "none"
+        raise ApiError(400, "unknown_parameter", f"unknown query parameter {unknown[0]!r} (this route takes: {known})",
+                       {"parameter": unknown[0]})
+
+
+def strict_routes(table: list[Route]) -> list[Route]:
+    out = []
+    for r in table:
+        method = sorted((r.methods or {"GET"}) - {"HEAD"})[0]
+        allowed = QUERY_PARAMS.get((method, r.path))
+        if allowed is None:
+            out.append(r)
+            continue
+
+        def wrap(fn: Handler, allowed: frozenset[str] = allowed) -> Handler:
+            async def handler(request: Request) -> Response:
+                check_query(request, allowed)
+                return await fn(request)
+            return handler
+        out.append(Route(r.path, wrap(r.endpoint), methods=list(r.methods or [])))
+    return out
 
 
 # ---------------------------------------------------------------- representations
@@ -254,13 +296,15 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         except BadParameters as err:
             raise ApiError(422, "invalid_parameters", str(err),
                            {"path": err.path} if err.path else None) from None
+        except IdempotencyConflict as err:
+            raise ApiError(409, "idempotency_conflict", str(err), {"differences": err.differences}) from None
         row = await load(res.instance_id)
         if res.created:
             log.info("instance submitted", job=res.job, instance_id=res.instance_id)
         return ok(await detailed(row), 201 if res.created else 200)
 
     async def list_instances(request: Request) -> Response:
-        statuses = request.query_params.getlist("status")
+        statuses = [s.upper() for s in request.query_params.getlist("status")]  # in_progress works too
         valid = {s.value for s in I}
         bad = [s for s in statuses if s not in valid]
         if bad:
@@ -283,7 +327,7 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         step = request.query_params.get("step")
         step_i = None if step is None else _int(request, "step", 0, 0, 32767)
         states = []
-        for s in request.query_params.getlist("status"):
+        for s in (x.upper() for x in request.query_params.getlist("status")):
             if s not in C.__members__:
                 raise ApiError(400, "bad_request", f"unknown chunk status {s!r}; one of {', '.join(C.__members__)}",
                                {"parameter": "status"})
@@ -431,7 +475,8 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         return handler
 
     V, M = Scope.VIEW, Scope.MANAGE
-    return [
+    from .seed_routes import seed_routes  # imported here: it builds on this module's helpers
+    return strict_routes([
         Route("/api/v1/schedules", guarded(V, list_schedules), methods=["GET"]),
         Route("/api/v1/schedules", guarded(M, create_schedule), methods=["POST"]),
         Route("/api/v1/schedules/{sid}", guarded(V, get_schedule), methods=["GET"]),
@@ -449,4 +494,5 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         Route("/api/v1/instances/{id:int}/cancel", guarded(M, cancel), methods=["POST"]),
         Route("/api/v1/instances/{id:int}/stop", guarded(M, stop), methods=["POST"]),
         Route("/api/v1/instances/{id:int}/restart", guarded(M, restart), methods=["POST"]),
-    ]
+        *seed_routes(node, guarded, engine),
+    ])
