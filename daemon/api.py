@@ -19,6 +19,7 @@ from storage.types import StepCounts
 
 from . import api_models as m
 from .auth import Scope, allows, scope_of
+from .contract import parameters_schema
 from .registry import UnknownJobError
 from .sdk import Job, StepKind
 from .scheduling import ScheduleError, next_after
@@ -169,7 +170,8 @@ def job_info(job: Job, latest: bool) -> m.JobInfo:
         concurrency=job.concurrency,
         steps=[m.StepInfo(s.index, s.name, s.kind.value, s.consumes.__name__ if s.consumes else None,
                           s.emits.__name__ if s.emits else None, s.max_attempts, s.transactional, s.weight)
-               for s in job.steps])
+               for s in job.steps],
+        parameters_type=job.params.__name__, parameters_schema=parameters_schema(job))
 
 
 def _step_names(node: "Node", job: str, version: int) -> list[str]:

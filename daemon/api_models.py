@@ -44,6 +44,8 @@ class JobInfo(msgspec.Struct):
     description: str
     concurrency: int | None
     steps: list[StepInfo]
+    parameters_type: str = ""                       # the parameter Struct's name
+    parameters_schema: dict[str, Any] = {}          # its JSON Schema (msgspec.json.schema)
 
 
 class JobList(msgspec.Struct):

@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help + " (via the API)")
         sp.add_argument("--json", action="store_true", help="machine-readable output")
         return sp
-    remote("jobs", "list job definitions")
+    jb = remote("jobs", "list job definitions, or show one job's contract (parameters, steps)")
+    jb.add_argument("job", nargs="?", help="a job name: its parameters and steps")
+    jb.add_argument("--version", type=int, default=None, help="with JOB: this version (default: the latest)")
     ls = remote("instances", "list instances, newest first")
     ls.add_argument("--job")
     ls.add_argument("--status", action="append", default=[])
@@ -232,11 +234,43 @@ def _show_instance(inst: dict[str, Any], as_json: bool) -> None:
 
 def cmd_jobs(client: ApiClient, args: argparse.Namespace) -> int:
     jobs = client.call("GET", "/api/v1/jobs")["jobs"]
+    if args.job is not None:
+        return _show_job(jobs, args.job, args.version, args.json)
     if args.json:
         print(json.dumps(jobs, indent=2))
     else:
         print(table([{**j, "steps": " -> ".join(s["name"] for s in j["steps"])} for j in jobs],
                     ["name", "version", "gated", "steps"]))
+    return 0
+
+
+def _show_job(jobs: list[dict[str, Any]], name: str, version: int | None, as_json: bool) -> int:
+    """One job's contract: what to submit (parameters) and what runs (steps)."""
+    from .contract import describe_type
+    mine = [j for j in jobs if j["name"] == name and (version is None or j["version"] == version)]
+    if not mine:
+        known = ", ".join(sorted({j["name"] for j in jobs}))
+        raise CliError(f"unknown job {name!r}" + (f" version {version}" if version else "") + f"; known jobs: {known}")
+    job = max(mine, key=lambda j: j["version"])
+    if as_json:
+        print(json.dumps(job, indent=2))
+        return 0
+    schema = job.get("parameters_schema") or {}
+    required = set(schema.get("required", []))
+    print(f"{job['name']} version {job['version']}" + (" (latest)" if job["latest"] else ""))
+    if job["description"]:
+        print(job["description"])
+    print(f"gated: {'yes' if job['gated'] else 'no'}; concurrency: {job['concurrency'] or 'unlimited'}")
+    print(f"\nparameters ({job.get('parameters_type') or 'object'}"
+          + ("; unknown fields refused" if schema.get("additionalProperties") is False else "") + "):")
+    props = schema.get("properties", {})
+    rows = [{"name": k, "type": describe_type(v), "default": "(required)" if k in required else json.dumps(v.get("default")),
+             } for k, v in props.items()]
+    print(table(rows, ["name", "type", "default"]) if rows else "  (none)")
+    print("\nsteps:")
+    print(table([{**st, "consumes": st["consumes"] or "-", "emits": st["emits"] or "-",
+                  "transactional": "yes" if st["transactional"] else "no"} for st in job["steps"]],
+                ["index", "name", "kind", "consumes", "emits", "max_attempts", "transactional", "weight"]))
     return 0
 
 

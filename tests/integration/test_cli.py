@@ -140,3 +140,20 @@ async def test_quartz_schedule_via_cli(api_daemon) -> None:  # type: ignore[no-u
     assert res.returncode == 0, res.stderr
     row = json.loads(res.stdout)
     assert row["cron"] == "0 0 1 * * ?" and row["next_fire_at"].endswith(("T01:00:00Z", "T01:00:00+00:00"))
+
+
+async def test_jobs_job_shows_the_contract(api_daemon) -> None:  # type: ignore[no-untyped-def]
+    api = api_daemon()
+    env = api.cli_env()
+    res = run_cli("jobs", "chunkd.synthetic", env=env)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "parameters (SyntheticParams; unknown fields refused)" in out
+    assert [ln.split()[:3] for ln in out.splitlines() if ln.startswith("chunks ")] == [["chunks", "integer", "1000"]]
+    assert "work_ms" in out and "fail_rate" in out
+    work = [ln.split() for ln in out.splitlines() if ln.startswith("1 ")][0]
+    assert work[:6] == ["1", "work", "middle", "Work", "Tally", "5"]
+    as_json = json.loads(run_cli("jobs", "chunkd.synthetic", "--json", env=env).stdout)
+    assert as_json["parameters_schema"]["properties"]["chunks"] == {"type": "integer", "default": 1000}
+    bad = run_cli("jobs", "acme.nope", env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("chunkd: unknown job 'acme.nope'")
