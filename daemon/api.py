@@ -193,7 +193,8 @@ def instance_out(row: dict[str, Any]) -> m.Instance:
         finished_at=row["finished_at"], updated_at=row["updated_at"], progress=row["progress"],
         chunks_per_second=row["chunks_per_second"], eta_seconds=row["eta_seconds"],
         error_message=row["error_message"], error_count=row["error_count"],
-        report=json.loads(row["report"]) if row["report"] is not None else None)
+        report=json.loads(row["report"]) if row["report"] is not None else None,
+        schedule_id=row.get("schedule_id"), scheduled_for=row.get("scheduled_for"))
 
 
 def _decode_data(data: bytes | None) -> Any:

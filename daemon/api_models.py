@@ -84,6 +84,8 @@ class Instance(msgspec.Struct):
     report: Any
     steps: list[StepProgress] | None = None
     warnings: list[str] | None = None
+    schedule_id: str | None = None          # the clustered schedule that fired it, if one did
+    scheduled_for: datetime | None = None   # that schedule's occurrence
 
 
 class InstanceList(msgspec.Struct):

@@ -276,6 +276,9 @@ function instancePage(id) {
       h("dt", {}, "Started"), h("dd", {}, fmt.time(inst.started_at)),
       h("dt", {}, "Ended"), h("dd", {}, fmt.time(inst.finished_at)),
       h("dt", {}, "Errors"), h("dd", {}, fmt.int(inst.error_count)),
+      h("dt", {}, "Fired by"), h("dd", { id: "fired-by" }, inst.schedule_id ?
+        [h("a", { href: "#/schedules" }, `schedule ${inst.schedule_id}`), ` (occurrence ${fmt.time(inst.scheduled_for)})`]
+        : "a submit (no schedule)"),
       inst.error_message ? [h("dt", {}, "Error"), h("dd", { class: "error" }, inst.error_message)] : null,
       h("dt", {}, "Parameters"), h("dd", {}, h("code", {}, JSON.stringify(inst.parameters))));
     steps.replaceChildren(...(inst.steps || []).map((st) => h("tr", {},
