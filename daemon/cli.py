@@ -228,9 +228,10 @@ async def cmd_migrate(cfg: Config, registry: Registry, args: argparse.Namespace)
 
 
 async def cmd_demo(cfg: Config, registry: Registry, args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import quiet_logs_on_tty, run_demo
     if not 1 <= args.rows <= 10_000_000:
         raise CliError("--rows must be between 1 and 10000000")
+    quiet_logs_on_tty()  # before the embedded Postgres starts and logs
     return await run_demo(cfg, registry, resolve_dsn(cfg), args.rows)
 
 

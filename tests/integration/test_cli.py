@@ -237,3 +237,42 @@ async def test_401_names_the_variable(api_daemon) -> None:  # type: ignore[no-un
     assert res.returncode == 1 and "the token in CHUNKD_API_TOKEN is not one of the daemon's" in res.stderr
     res = run_cli("cancel", "1", env=api.cli_env("v-token-1"))
     assert res.returncode == 1 and "use a manage token" in res.stderr
+
+
+def _demo_on_a_tty(env: dict[str, str], rows: int) -> str:
+    import shlex
+    import subprocess
+    from tests.conftest import CHUNKD
+    # `script` gives the demo a real terminal (a pty) and copies what it shows to stdout
+    res = subprocess.run(["script", "-qfec", f"{shlex.quote(CHUNKD)} demo --rows {rows}", "/dev/null"],
+                         env=env, capture_output=True, timeout=300)  # bytes: keep the \r redraws
+    out = res.stdout.decode(errors="replace")
+    assert res.returncode == 0, out[-3000:] + res.stderr.decode(errors="replace")[-3000:]
+    return out
+
+
+def test_demo_first_screen_on_a_tty(dsn: str, tmp_path: Path) -> None:
+    if not Path("/usr/bin/script").exists():
+        pytest.skip("util-linux script is not installed")
+    env = daemon_env(dsn, CHUNKD_HOME=str(tmp_path / "home"))
+    for k in ("CHUNKD_LOG_LEVEL",):  # as a user runs it: no log settings
+        env.pop(k, None)
+    export = tmp_path / "home" / "demo-export"
+    export.mkdir(parents=True)
+    (export / "Patient-stale-from-last-run.ndjson").write_text("{}\n")
+    shown = _demo_on_a_tty(env, 3000)
+    lines = shown.replace("\r\n", "\n").split("\n")
+    bars = [ln for ln in lines if "%" in ln and "[" in ln]
+    assert len(bars) == 1 and bars[0].count("\r[") >= 2, bars  # one line, redrawn in place
+    assert "COMPLETED" in bars[0].rsplit("\r", 1)[-1]
+    after = [ln for ln in lines[lines.index(bars[0]) + 1:] if ln.strip()]
+    assert len(after) <= 12, after  # the rest fits on one screen
+    assert not [ln for ln in lines if ln.lstrip().startswith("{")], "JSON (logs or the manifest) on the terminal"
+    assert after[0].split() == ["TYPE", "FILES", "RESOURCES"]
+    assert any(ln.startswith("manifest: ") and ln.endswith("manifest.json") for ln in after)
+    assert any(ln.startswith("exported 3,000 resources") for ln in after)
+    # the export folder holds this run's files only
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert sorted(p.name for p in export.glob("*.ndjson")) == sorted(
+        Path(o["url"].removeprefix("file://")).name for o in manifest["output"])
+    assert sum(len(p.read_text().splitlines()) for p in export.glob("*.ndjson")) == 3000
