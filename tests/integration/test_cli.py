@@ -255,12 +255,13 @@ def test_demo_first_screen_on_a_tty(dsn: str, tmp_path: Path) -> None:
     if not Path("/usr/bin/script").exists():
         pytest.skip("util-linux script is not installed")
     env = daemon_env(dsn, CHUNKD_HOME=str(tmp_path / "home"))
-    for k in ("CHUNKD_LOG_LEVEL",):  # as a user runs it: no log settings
-        env.pop(k, None)
-    export = tmp_path / "home" / "demo-export"
-    export.mkdir(parents=True)
-    (export / "Patient-stale-from-last-run.ndjson").write_text("{}\n")
-    shown = _demo_on_a_tty(env, 3000)
+    env.pop("CHUNKD_LOG_LEVEL", None)  # as a user runs it: no log settings
+    first = _demo_on_a_tty(env, 3000)
+    manifest_line = next(ln for ln in first.replace("\r\n", "\n").split("\n") if ln.startswith("manifest: "))
+    export = Path(manifest_line.removeprefix("manifest: ").strip()).parent
+    (export / "Patient-stale-from-last-run.ndjson").write_text("{}\n")  # what a previous run left
+
+    shown = _demo_on_a_tty(env, 2000)
     lines = shown.replace("\r\n", "\n").split("\n")
     bars = [ln for ln in lines if "%" in ln and "[" in ln]
     assert len(bars) == 1 and bars[0].count("\r[") >= 2, bars  # one line, redrawn in place
@@ -270,9 +271,9 @@ def test_demo_first_screen_on_a_tty(dsn: str, tmp_path: Path) -> None:
     assert not [ln for ln in lines if ln.lstrip().startswith("{")], "JSON (logs or the manifest) on the terminal"
     assert after[0].split() == ["TYPE", "FILES", "RESOURCES"]
     assert any(ln.startswith("manifest: ") and ln.endswith("manifest.json") for ln in after)
-    assert any(ln.startswith("exported 3,000 resources") for ln in after)
+    assert any(ln.startswith("exported 2,000 resources") for ln in after)
     # the export folder holds this run's files only
     manifest = json.loads((export / "manifest.json").read_text())
     assert sorted(p.name for p in export.glob("*.ndjson")) == sorted(
         Path(o["url"].removeprefix("file://")).name for o in manifest["output"])
-    assert sum(len(p.read_text().splitlines()) for p in export.glob("*.ndjson")) == 3000
+    assert sum(len(p.read_text().splitlines()) for p in export.glob("*.ndjson")) == 2000
