@@ -21,7 +21,7 @@ from storage.states import I
 from storage.types import InstanceRow, LeaderTerm, NotLeader
 
 from .engine import Engine
-from .planner import Action, JobShape, plan
+from .planner import Action, JobShape, RateState, plan
 
 log = structlog.get_logger("chunkd.maintenance")
 
@@ -39,6 +39,7 @@ class Maintenance:
         self.engine = engine
         self.reducing: set[int] = set()
         self.term: LeaderTerm | None = None  # the fencing token of every leader write
+        self.rates: dict[int, RateState] = {}  # per instance, for the smoothed ETA (leader-local)
         self.wake = anyio.Event()
         self._gauges_at = 0.0
         self._republish_at = 0.0
@@ -153,6 +154,8 @@ class Maintenance:
         if not active:
             return set()
         ids = [i.id for i in active]
+        live = set(ids)
+        self.rates = {i: r for i, r in self.rates.items() if i in live}  # finished ones go
         counts = await store.step_counts(ids)
         errored = await store.instances_with_errored_chunks(ids)
         publish: set[int] = set()
@@ -162,7 +165,9 @@ class Maintenance:
             except UnknownJobError:
                 continue  # another daemon may have it; never fail what we cannot read
             p = plan(shape_of(job), inst.status, inst.current_step, counts.get(inst.id, []),
-                     inst.id in errored, inst.elapsed)
+                     inst.id in errored, inst.elapsed, now=time.monotonic(), prev=self.rates.get(inst.id))
+            if p.rate_state is not None:
+                self.rates[inst.id] = p.rate_state  # the smoothed rate behind the ETA
             publish |= await self.apply(inst, job, p.action, p.to_step)
             if p.action not in (Action.COMPLETE, Action.FAIL):
                 await store.set_progress(inst.id, p.progress, p.rate, p.eta, p.errors)

@@ -262,6 +262,38 @@ def plot(report: dict[str, Any], path: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+def report_table(report: dict[str, Any], plot_path: str | None) -> str:
+    """The human-readable report: one table of figures, one of peers, and the plot's path."""
+    from daemon.cli import table
+    lat = report["latency_ms"]
+    cpu = report["cpu_seconds_per_1000_chunks"]
+    rows = [
+        ("workload", report["workload"]),
+        ("chunks completed", f"{report['completed']:,} / {report['chunks']:,}"),
+        ("seconds", report["seconds"]),
+        ("chunks/s sustained", f"{report['chunks_per_second']:,.0f}"),
+        ("chunks/s overall", f"{report['chunks_per_second_overall']:,.0f}"),
+        ("claim-to-complete p50 / p95 / p99 ms", f"{lat['p50']} / {lat['p95']} / {lat['p99']}"),
+        ("statements per chunk", report["statements_per_chunk"]),
+        ("transactions per chunk", report["transactions_per_chunk"]),
+        ("CPU s per 1000 chunks: daemon / postgres", f"{cpu['daemon']} / {cpu['postgres']}"),
+        ("chunk table MB", f"{report['chunk_table_bytes'] / 1e6:.1f}"),
+        ("synchronous_commit", report["settings"]["synchronous_commit"]),
+    ]
+    out = table([{"metric": k, "value": "-" if v is None else str(v)} for k, v in rows], ["metric", "value"])
+    peers = report.get("peers", {})
+    if peers:
+        out += "\n\n" + table([
+            {"peer": name, "version": p.get("version", "-"),
+             "drain jobs/s": f"{p['jobs_per_second']:,.0f}" if "error" not in p else p["error"],
+             "enqueue+drain /s": f"{p['enqueue_plus_drain_per_second']:,.0f}" if "error" not in p else "-",
+             "jobs": p.get("jobs", "-"), "chunkd / peer": f"{p['ratio']}x" if "error" not in p else "-"}
+            for name, p in peers.items()], ["peer", "version", "drain jobs/s", "enqueue+drain /s", "jobs", "chunkd / peer"])
+    if plot_path:
+        out += f"\n\nplot: {os.path.abspath(plot_path)}"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     if a.chunks < 1 or a.daemons < 1 or a.partitions < 1 or a.concurrency < 1 or a.batch < 1:
@@ -286,20 +318,5 @@ def main(argv: list[str] | None = None) -> int:
     if opts.as_json:
         print(json.dumps({k: v for k, v in report.items() if k != "timeline"} | {"timeline": report["timeline"]}))
     else:
-        lat = report["latency_ms"]
-        print(f"{report['workload']}: {report['completed']}/{report['chunks']} chunks in {report['seconds']}s, "
-              f"{report['chunks_per_second']:,.0f} chunks/s sustained ({report['chunks_per_second_overall']:,.0f} overall)")
-        print(f"claim-to-complete p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms")
-        print(f"statements/chunk {report['statements_per_chunk']}, transactions/chunk {report['transactions_per_chunk']}, "
-              f"CPU s/1000 chunks daemon {report['cpu_seconds_per_1000_chunks']['daemon']} "
-              f"postgres {report['cpu_seconds_per_1000_chunks']['postgres']}")
-        print(f"chunk table {report['chunk_table_bytes'] / 1e6:.1f} MB; synchronous_commit="
-              f"{report['settings']['synchronous_commit']}")
-        for name, peer in report.get("peers", {}).items():
-            if "error" in peer:
-                print(f"{name}: {peer['error']}")
-            else:
-                print(f"{name} {peer['version']}: {peer['jobs_per_second']:,.0f} jobs/s drain, "
-                      f"{peer['enqueue_plus_drain_per_second']:,.0f} enqueue+drain ({peer['jobs']} jobs, "
-                      f"{peer['settings']}); chunkd/{name} = {peer['ratio']}x")
+        print(report_table(report, opts.plot))
     return 0 if report["completed"] >= report["chunks"] else 1

@@ -22,11 +22,12 @@ from actors.stopper import stop_running
 from . import api_models as m
 from .auth import Scope, allows, scope_of
 from .limits import MAX_BODY, MAX_IDEMPOTENCY_KEY, MAX_JSON_DEPTH, MAX_NAME, json_depth
+from .contract import parameters_schema
 from .registry import UnknownJobError
 from .sdk import Job, StepKind
 from .scheduling import ScheduleError, next_after
 from .scheduling import validate as validate_spec
-from .submit import BadParameters, UnknownJob, submit
+from .submit import BadParameters, IdempotencyConflict, UnknownJob, submit
 from .submit import validate as validate_params
 from .throughput import bucket_seconds
 
@@ -148,6 +149,48 @@ def _bounded(value: str | None, name: str, limit: int) -> str | None:
     return value
 
 
+# Query parameters each route understands; any other is a 400 naming it (a typo such as
+# `?jobStatus=` must not silently return everything). Routes missing here are not checked.
+QUERY_PARAMS: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", "/api/v1/instances"): frozenset({"job", "status", "start", "count", "created_after", "created_before"}),
+    ("GET", "/api/v1/instances/{id:int}/chunks"): frozenset({"step", "status", "data", "start", "count", "errors"}),
+    ("POST", "/api/v1/instances/{id:int}/stop"): frozenset({"force"}),
+    **{(method, path): frozenset() for method, path in [
+        ("GET", "/api/v1/schedules"), ("POST", "/api/v1/schedules"), ("GET", "/api/v1/schedules/{sid}"),
+        ("DELETE", "/api/v1/schedules/{sid}"), ("POST", "/api/v1/schedules/{sid}/pause"),
+        ("POST", "/api/v1/schedules/{sid}/resume"), ("GET", "/api/v1/jobs"), ("POST", "/api/v1/instances"),
+        ("GET", "/api/v1/instances/{id:int}"), ("GET", "/api/v1/instances/{id:int}/throughput"),
+        ("GET", "/api/v1/cluster"), ("GET", "/api/v1/whoami"), ("POST", "/api/v1/instances/{id:int}/cancel"),
+        ("POST", "/api/v1/instances/{id:int}/restart")]},
+}
+
+
+def check_query(request: Request, allowed: frozenset[str]) -> None:
+    unknown = sorted(set(request.query_params.keys()) - allowed)
+    if unknown:
+        known = ", ".join(sorted(allowed)) or "none"
+        raise ApiError(400, "unknown_parameter", f"unknown query parameter {unknown[0]!r} (this route takes: {known})",
+                       {"parameter": unknown[0]})
+
+
+def strict_routes(table: list[Route]) -> list[Route]:
+    out = []
+    for r in table:
+        method = sorted((r.methods or {"GET"}) - {"HEAD"})[0]
+        allowed = QUERY_PARAMS.get((method, r.path))
+        if allowed is None:
+            out.append(r)
+            continue
+
+        def wrap(fn: Handler, allowed: frozenset[str] = allowed) -> Handler:
+            async def handler(request: Request) -> Response:
+                check_query(request, allowed)
+                return await fn(request)
+            return handler
+        out.append(Route(r.path, wrap(r.endpoint), methods=list(r.methods or [])))
+    return out
+
+
 # ---------------------------------------------------------------- representations
 def job_info(job: Job, latest: bool) -> m.JobInfo:
     return m.JobInfo(
@@ -155,7 +198,8 @@ def job_info(job: Job, latest: bool) -> m.JobInfo:
         concurrency=job.concurrency,
         steps=[m.StepInfo(s.index, s.name, s.kind.value, s.consumes.__name__ if s.consumes else None,
                           s.emits.__name__ if s.emits else None, s.max_attempts, s.transactional, s.weight)
-               for s in job.steps])
+               for s in job.steps],
+        parameters_type=job.params.__name__, parameters_schema=parameters_schema(job))
 
 
 def _step_names(node: "Node", job: str, version: int) -> list[str]:
@@ -177,7 +221,8 @@ def instance_out(row: dict[str, Any]) -> m.Instance:
         finished_at=row["finished_at"], updated_at=row["updated_at"], progress=row["progress"],
         chunks_per_second=row["chunks_per_second"], eta_seconds=row["eta_seconds"],
         error_message=row["error_message"], error_count=row["error_count"],
-        report=json.loads(row["report"]) if row["report"] is not None else None)
+        report=json.loads(row["report"]) if row["report"] is not None else None,
+        schedule_id=row.get("schedule_id"), scheduled_for=row.get("scheduled_for"))
 
 
 def _decode_data(data: bytes | None) -> Any:
@@ -276,13 +321,15 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         except BadParameters as err:
             raise ApiError(422, "invalid_parameters", str(err),
                            {"path": err.path} if err.path else None) from None
+        except IdempotencyConflict as err:
+            raise ApiError(409, "idempotency_conflict", str(err), {"differences": err.differences}) from None
         row = await load(res.instance_id)
         if res.created:
             log.info("instance submitted", job=res.job, instance_id=res.instance_id)
         return ok(await detailed(row), 201 if res.created else 200)
 
     async def list_instances(request: Request) -> Response:
-        statuses = request.query_params.getlist("status")
+        statuses = [s.upper() for s in request.query_params.getlist("status")]  # in_progress works too
         valid = {s.value for s in I}
         bad = [s for s in statuses if s not in valid]
         if bad:
@@ -305,7 +352,7 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         step = request.query_params.get("step")
         step_i = None if step is None else _int(request, "step", 0, 0, 32767)
         states = []
-        for s in request.query_params.getlist("status"):
+        for s in (x.upper() for x in request.query_params.getlist("status")):
             if s not in C.__members__:
                 raise ApiError(400, "bad_request", f"unknown chunk status {s!r}; one of {', '.join(C.__members__)}",
                                {"parameter": "status"})
@@ -450,7 +497,8 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         return handler
 
     V, M = Scope.VIEW, Scope.MANAGE
-    return [
+    from .seed_routes import seed_routes  # imported here: it builds on this module's helpers
+    return strict_routes([
         Route("/api/v1/schedules", guarded(V, list_schedules), methods=["GET"]),
         Route("/api/v1/schedules", guarded(M, create_schedule), methods=["POST"]),
         Route("/api/v1/schedules/{sid}", guarded(V, get_schedule), methods=["GET"]),
@@ -468,4 +516,5 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         Route("/api/v1/instances/{id:int}/cancel", guarded(M, cancel), methods=["POST"]),
         Route("/api/v1/instances/{id:int}/stop", guarded(M, stop), methods=["POST"]),
         Route("/api/v1/instances/{id:int}/restart", guarded(M, restart), methods=["POST"]),
-    ]
+        *seed_routes(node, guarded, engine),
+    ])

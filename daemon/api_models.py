@@ -44,6 +44,8 @@ class JobInfo(msgspec.Struct):
     description: str
     concurrency: int | None
     steps: list[StepInfo]
+    parameters_type: str = ""                       # the parameter Struct's name
+    parameters_schema: dict[str, Any] = {}          # its JSON Schema (msgspec.json.schema)
 
 
 class JobList(msgspec.Struct):
@@ -82,6 +84,8 @@ class Instance(msgspec.Struct):
     report: Any
     steps: list[StepProgress] | None = None
     warnings: list[str] | None = None
+    schedule_id: str | None = None          # the clustered schedule that fired it, if one did
+    scheduled_for: datetime | None = None   # that schedule's occurrence
 
 
 class InstanceList(msgspec.Struct):

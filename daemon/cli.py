@@ -22,6 +22,7 @@ from .embedded import EmbeddedPostgresError, start_embedded
 from .http import HttpBindError
 from .logs import configure
 from .registry import Registry, build_registry
+from .scheduling import check_declared
 from .sdk import JobDefinitionError
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
@@ -38,25 +39,40 @@ def _fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("chunkd")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def resolve_dsn(cfg: Config) -> str:
     return cfg.database_url or start_embedded(cfg.home)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chunkd", description="Batch jobs in chained steps, work chunks in Postgres.")
+    p.add_argument("--version", action="version", version=f"chunkd {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the daemon")
-    sub.add_parser("migrate", help="apply database migrations and exit")
+    app_dir_help = ("folder to import CHUNKD_JOBS modules from (default: the working directory, as uvicorn "
+                    "and celery do)")
+    sub.add_parser("run", help="run the daemon").add_argument("--app-dir", default=None, help=app_dir_help)
+    sub.add_parser("migrate", help="apply database migrations and exit").add_argument("--app-dir", default=None,
+                                                                                      help=app_dir_help)
     sub.add_parser("bench", help="the throughput harness (chunkd bench --help)", add_help=False)
     d = sub.add_parser("demo", help="export 100,000 FHIR-like resources with chunkd.bulk-export "
                                      "(local, embedded Postgres by default)")
     d.add_argument("--rows", type=int, default=100_000)
+    d.add_argument("--app-dir", default=None, help=app_dir_help)
 
     def remote(name: str, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help + " (via the API)")
         sp.add_argument("--json", action="store_true", help="machine-readable output")
         return sp
-    remote("jobs", "list job definitions")
+    jb = remote("jobs", "list job definitions, or show one job's contract (parameters, steps)")
+    jb.add_argument("job", nargs="?", help="a job name: its parameters and steps")
+    jb.add_argument("--version", type=int, default=None, help="with JOB: this version (default: the latest)")
     ls = remote("instances", "list instances, newest first")
     ls.add_argument("--job")
     ls.add_argument("--status", action="append", default=[])
@@ -64,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--count", type=int, default=50)
     sh = remote("show", "show one instance")
     sh.add_argument("instance_id", type=int)
+    sh.add_argument("--watch", action="store_true", help="redraw every second until the instance finishes")
+    sh.add_argument("--interval", type=float, default=1.0, help="with --watch: seconds between redraws")
     s = remote("submit", "submit a job instance")
     s.add_argument("job")
     s.add_argument("--params", default="{}", help="parameters as JSON, or @file")
@@ -73,9 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
     for name, what in (("cancel", "cancel an instance"), ("restart", "restart a FAILED or CANCELLED instance")):
         remote(name, what).add_argument("instance_id", type=int)
-    st = remote("stop", "force-stop an instance stuck after a crash")
+    st = remote("stop", "stop an instance: without --force like cancel (running chunks finish); with --force "
+                        "running chunks are cancelled too (for one stuck after a crash)")
     st.add_argument("instance_id", type=int)
-    st.add_argument("--force", action="store_true", required=True)
+    st.add_argument("--force", action="store_true")
     sc = remote("schedules", "list or manage clustered schedules")
     scs = sc.add_subparsers(dest="action", required=False)
     add = scs.add_parser("add", help="create a schedule")
@@ -83,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("job")
     add.add_argument("--params", default="{}", help="parameters as JSON, or @file")
     group = add.add_mutually_exclusive_group(required=True)
-    group.add_argument("--cron", help="5 fields, or 6 with seconds first")
+    group.add_argument("--cron", help="Unix cron (5 fields, minute first) or Quartz (6-7 fields, seconds first: '0 0 1 * * ?')")
     group.add_argument("--every", type=float, help="seconds")
     add.add_argument("--timezone", default="UTC")
     add.add_argument("--missed", choices=("skip", "run_once"), default="skip")
@@ -119,15 +138,40 @@ def main(argv: list[str] | None = None) -> None:
     client = ApiClient(cfg.api_url, cfg.api_token)
     try:
         code = _REMOTE[args.command](client, args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
     except ApiCallError as e:
         # input problems (bad parameters, unknown job or instance) exit 2; refusals 1
-        _fail(f"{e.message} (HTTP {e.status} {e.code})" + _detail(e.details),
+        _fail(f"{e.message} (HTTP {e.status} {e.code})" + _detail(e.details) + _auth_hint(e.status, cfg),
               2 if e.status in (400, 404, 413, 422) else 1)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
     except ApiUnreachable as e:
         _fail(str(e), 1)
     except CliError as e:
         _fail(str(e), e.code)
     raise SystemExit(code)
+
+
+def _auth_hint(status: int, cfg: Config) -> str:
+    """Which variable holds the token, and what to put there."""
+    if status == 401 and not cfg.api_token:
+        return ("; set CHUNKD_API_TOKEN to one of the daemon's tokens (its CHUNKD_API_TOKENS_FILE or "
+                "CHUNKD_API_TOKENS)")
+    if status == 401:
+        return "; the token in CHUNKD_API_TOKEN is not one of the daemon's (CHUNKD_API_TOKENS_FILE/CHUNKD_API_TOKENS)"
+    if status == 403:
+        return "; CHUNKD_API_TOKEN holds a view token: use a manage token for this"
+    return ""
+
+
+def _quiet_broken_pipe() -> NoReturn:
+    """`chunkd show 3 | head -2`: the reader left; no traceback, no message."""
+    import os
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    raise SystemExit(0)
 
 
 def _detail(details: Any) -> str:
@@ -137,7 +181,9 @@ def _detail(details: Any) -> str:
 # ---------------------------------------------------------------- local commands
 def _run_local(cfg: Config, args: argparse.Namespace) -> int:
     try:
-        registry = build_registry(cfg.jobs)
+        registry = build_registry(cfg.jobs, app_dir=getattr(args, "app_dir", None))
+        if args.command == "run":
+            check_declared(registry)
     except JobDefinitionError as e:
         _fail(f"invalid CHUNKD_JOBS: {e}", 2)
     try:
@@ -182,9 +228,10 @@ async def cmd_migrate(cfg: Config, registry: Registry, args: argparse.Namespace)
 
 
 async def cmd_demo(cfg: Config, registry: Registry, args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import quiet_logs_on_tty, run_demo
     if not 1 <= args.rows <= 10_000_000:
         raise CliError("--rows must be between 1 and 10000000")
+    quiet_logs_on_tty()  # before the embedded Postgres starts and logs
     return await run_demo(cfg, registry, resolve_dsn(cfg), args.rows)
 
 
@@ -213,6 +260,9 @@ def _show_instance(inst: dict[str, Any], as_json: bool) -> None:
         return
     print(f"instance {inst['id']}  {inst['job']} v{inst['version']}  {inst['status']}  "
           f"{progress_bar(inst['progress'])}")
+    print(_times(inst))
+    if inst.get("schedule_id"):
+        print(f"fired by schedule {inst['schedule_id']} (occurrence {inst.get('scheduled_for')})")
     if inst.get("chunks_per_second"):
         eta = inst.get("eta_seconds")
         print(f"rate {inst['chunks_per_second']:.1f} chunks/s" + (f", eta {eta:.0f}s" if eta else ""))
@@ -227,13 +277,67 @@ def _show_instance(inst: dict[str, Any], as_json: bool) -> None:
         print(f"warning: {w}")
 
 
+def _times(inst: dict[str, Any]) -> str:
+    from datetime import datetime, timezone
+    def at(v: str | None) -> datetime | None:
+        return datetime.fromisoformat(v.replace("Z", "+00:00")) if v else None
+    created, started, ended = at(inst.get("created_at")), at(inst.get("started_at")), at(inst.get("finished_at"))
+    parts = [f"created {inst.get('created_at')}", f"started {inst.get('started_at') or '-'}",
+             f"ended {inst.get('finished_at') or '-'}"]
+    began = started or created
+    if began is not None:
+        secs = ((ended or datetime.now(timezone.utc)) - began).total_seconds()
+        parts.append(("duration " if ended else "running for ") + _duration(secs))
+    return "  ".join(parts)
+
+
+def _duration(secs: float) -> str:
+    s = int(round(secs))
+    if s < 60:
+        return f"{secs:.1f}s"
+    h, rest = divmod(s, 3600)
+    return (f"{h}h" if h else "") + f"{rest // 60}m{rest % 60:02d}s"
+
+
 def cmd_jobs(client: ApiClient, args: argparse.Namespace) -> int:
     jobs = client.call("GET", "/api/v1/jobs")["jobs"]
+    if args.job is not None:
+        return _show_job(jobs, args.job, args.version, args.json)
     if args.json:
         print(json.dumps(jobs, indent=2))
     else:
         print(table([{**j, "steps": " -> ".join(s["name"] for s in j["steps"])} for j in jobs],
                     ["name", "version", "gated", "steps"]))
+    return 0
+
+
+def _show_job(jobs: list[dict[str, Any]], name: str, version: int | None, as_json: bool) -> int:
+    """One job's contract: what to submit (parameters) and what runs (steps)."""
+    from .contract import describe_type
+    mine = [j for j in jobs if j["name"] == name and (version is None or j["version"] == version)]
+    if not mine:
+        known = ", ".join(sorted({j["name"] for j in jobs}))
+        raise CliError(f"unknown job {name!r}" + (f" version {version}" if version else "") + f"; known jobs: {known}")
+    job = max(mine, key=lambda j: j["version"])
+    if as_json:
+        print(json.dumps(job, indent=2))
+        return 0
+    schema = job.get("parameters_schema") or {}
+    required = set(schema.get("required", []))
+    print(f"{job['name']} version {job['version']}" + (" (latest)" if job["latest"] else ""))
+    if job["description"]:
+        print(job["description"])
+    print(f"gated: {'yes' if job['gated'] else 'no'}; concurrency: {job['concurrency'] or 'unlimited'}")
+    print(f"\nparameters ({job.get('parameters_type') or 'object'}"
+          + ("; unknown fields refused" if schema.get("additionalProperties") is False else "") + "):")
+    props = schema.get("properties", {})
+    rows = [{"name": k, "type": describe_type(v), "default": "(required)" if k in required else json.dumps(v.get("default")),
+             } for k, v in props.items()]
+    print(table(rows, ["name", "type", "default"]) if rows else "  (none)")
+    print("\nsteps:")
+    print(table([{**st, "consumes": st["consumes"] or "-", "emits": st["emits"] or "-",
+                  "transactional": "yes" if st["transactional"] else "no"} for st in job["steps"]],
+                ["index", "name", "kind", "consumes", "emits", "max_attempts", "transactional", "weight"]))
     return 0
 
 
@@ -243,14 +347,31 @@ def cmd_instances(client: ApiClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(page, indent=2))
     else:
-        print(table(page["instances"], ["id", "job", "version", "status", "progress", "created_at", "error_message"]))
+        print(table([{**i, "progress": f"{i['progress'] * 100:.1f}%"} for i in page["instances"]],
+                    ["id", "job", "version", "status", "progress", "created_at", "error_message"]))
         print(f"{page['count']} of {page['total']}")
     return 0
 
 
 def cmd_show(client: ApiClient, args: argparse.Namespace) -> int:
-    _show_instance(client.call("GET", f"/api/v1/instances/{args.instance_id}"), args.json)
-    return 0
+    inst = client.call("GET", f"/api/v1/instances/{args.instance_id}")
+    if not args.watch:
+        _show_instance(inst, args.json)
+        return 0
+    if not 0.1 <= args.interval <= 3600:
+        raise CliError("--interval must be between 0.1 and 3600 seconds")
+    tty = sys.stdout.isatty()
+    while True:
+        if tty:
+            print("\x1b[H\x1b[2J", end="")  # redraw in place
+        _show_instance(inst, args.json)
+        sys.stdout.flush()
+        if inst["status"] in TERMINAL:
+            return 0 if inst["status"] == "COMPLETED" else 1
+        time.sleep(args.interval)
+        inst = client.call("GET", f"/api/v1/instances/{args.instance_id}")
+        if not tty:
+            print()
 
 
 def _params(raw: str) -> Any:
@@ -300,6 +421,15 @@ def _post(action: str, query: dict[str, Any] | None = None) -> Callable[[ApiClie
     return run
 
 
+def _stop(client: ApiClient, args: argparse.Namespace) -> int:
+    if args.force:
+        return _post("stop", {"force": "true"})(client, args)
+    # Smile's stop?force=false: a graceful stop is what cancel does; say so, then do it
+    print("chunkd: stop without --force cancels: no new chunk starts, running chunks finish "
+          "(--force cancels running chunks too)", file=sys.stderr)
+    return _post("cancel")(client, args)
+
+
 def cmd_chunks(client: ApiClient, args: argparse.Namespace) -> int:
     page = client.call("GET", f"/api/v1/instances/{args.instance_id}/chunks", query={
         "step": args.step, "status": args.status, "data": "true" if args.data else None,
@@ -335,13 +465,17 @@ def cmd_schedules(client: ApiClient, args: argparse.Namespace) -> int:
         row = client.call("DELETE", f"/api/v1/schedules/{quote(args.id, safe='')}")
     else:
         row = client.call("POST", f"/api/v1/schedules/{quote(args.id, safe='')}/{action}")
-    print(json.dumps(row, indent=2) if args.json else " ".join(f"{k}={v}" for k, v in row.items()))
+    if args.json:
+        print(json.dumps(row, indent=2))
+    else:
+        print(table([{"field": k, "value": v if isinstance(v, str) else json.dumps(v)} for k, v in row.items()],
+                    ["field", "value"]))
     return 0
 
 
 _REMOTE: dict[str, Callable[[ApiClient, argparse.Namespace], int]] = {
     "schedules": cmd_schedules,
     "jobs": cmd_jobs, "instances": cmd_instances, "show": cmd_show, "submit": cmd_submit,
-    "cancel": _post("cancel"), "stop": _post("stop", {"force": "true"}), "restart": _post("restart"),
+    "cancel": _post("cancel"), "stop": lambda c, a: _stop(c, a), "restart": _post("restart"),
     "chunks": cmd_chunks,
 }

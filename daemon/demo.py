@@ -1,10 +1,18 @@
 """`chunkd demo`: 100,000 FHIR-like resources exported to NDJSON with chunkd.bulk-export,
-a daemon and a submit in one process, with a live progress bar."""
+a daemon and a submit in one process, with a live progress bar.
+
+On a terminal the first screen is for a person: a bar redrawn in place, no JSON log lines
+(unless CHUNKD_LOG_LEVEL/CHUNKD_LOG_FORMAT ask for them), then a short table of files per
+resource type, the summary and where the manifest is. Piped, stdout is the manifest JSON and
+the progress is one line every few seconds on stderr."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +21,32 @@ from prometheus_client import REGISTRY
 
 from storage.demo_data import seed_demo_resources
 
-from .cli import TERMINAL, progress_bar
+from .cli import TERMINAL, progress_bar, table
 from .config import Config
+from .logs import configure
 from .node import Node
 from .registry import Registry
 from .submit import submit
 
 
+PIPED_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
+
+
+def quiet_logs_on_tty() -> None:
+    """On a terminal the bar and the summary are the output: log only errors, as text, unless
+    CHUNKD_LOG_LEVEL or CHUNKD_LOG_FORMAT ask for more."""
+    if sys.stderr.isatty() and not ({"CHUNKD_LOG_LEVEL", "CHUNKD_LOG_FORMAT"} & set(os.environ)):
+        configure("error", "console")
+
+
 async def run_demo(cfg: Config, registry: Registry, dsn: str, rows: int) -> int:
     cfg = _demo_config(cfg)
+    quiet_logs_on_tty()
     node = Node(cfg, registry, dsn)
     out_dir = Path(cfg.export_dir).resolve() / "demo"
+    # a second run must not show the first run's files: the folder is the demo's own
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     code = 1
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: node.run(handle_signals=True))
@@ -48,8 +71,11 @@ async def run_demo(cfg: Config, registry: Registry, dsn: str, rows: int) -> int:
         code = 0
         text = (out_dir / "manifest.json").read_text()
         manifest = json.loads(text)
-        print(text)
+        if not sys.stdout.isatty():
+            print(text)  # piped: the manifest is the machine-readable result
         total = sum(o["count"] for o in manifest["output"])
+        say("")
+        say(files_table(manifest["output"]))
         say(f"\nexported {total:,} resources into {len(manifest['output'])} NDJSON files under {out_dir}")
         say(f"manifest: {out_dir / 'manifest.json'}")
         say(f"throughput: {total / elapsed:,.0f} resources/s ({_completed_chunks():,.0f} step runs, "
@@ -59,6 +85,17 @@ async def run_demo(cfg: Config, registry: Registry, dsn: str, rows: int) -> int:
     else:
         say(f"export ended {row['status']}: {row['error_message']}")
     return code
+
+
+def files_table(outputs: list[dict[str, Any]]) -> str:
+    """One row per resource type: how many files, how many resources."""
+    files: dict[str, int] = defaultdict(int)
+    count: dict[str, int] = defaultdict(int)
+    for o in outputs:
+        files[o["type"]] += 1
+        count[o["type"]] += o["count"]
+    return table([{"type": t, "files": f"{files[t]:,}", "resources": f"{count[t]:,}"} for t in sorted(files)],
+                 ["type", "files", "resources"])
 
 
 def _demo_config(cfg: Config) -> Config:
@@ -82,15 +119,18 @@ def say(text: str) -> None:
 async def wait_for(store: Any, instance_id: int, *, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     tty = sys.stderr.isatty()
-    last = ""
+    printed_at = 0.0
     while True:
         row = await store.get_instance(instance_id)
-        line = f"{progress_bar(row['progress'])} {row['status']:<11}"
+        eta = row.get("eta_seconds")
+        line = f"{progress_bar(row['progress'])} {row['status']:<11}" + (
+            f" eta {eta:4.0f}s" if eta is not None and row["status"] not in TERMINAL else " " * 9)
+        now = time.monotonic()
         if tty:
-            print(f"\r{line}", end="", file=sys.stderr, flush=True)
-        elif line != last:
+            print(f"\r{line}", end="", file=sys.stderr, flush=True)  # redrawn in place
+        elif now - printed_at >= PIPED_EVERY or row["status"] in TERMINAL:
             print(line, file=sys.stderr, flush=True)
-        last = line
+            printed_at = now
         if row["status"] in TERMINAL:
             if tty:
                 print(file=sys.stderr)

@@ -22,7 +22,8 @@ def _json(tp: type) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     words = {400: "Bad request", 401: "Missing or unknown token", 403: "Token lacks the scope, or a cross-origin request",
-             404: "Not found", 409: "Illegal state change", 413: "Body too large",
+             404: "Not found", 409: "Conflict: an illegal state change, or an idempotency key first used for another request",
+             413: "Body too large",
              415: "A state-changing request without Content-Type: application/json (CSRF guard)",
              421: "Host is not this daemon's (DNS-rebinding guard; see CHUNKD_API_ALLOWED_HOSTS)",
              422: "Parameters fail the job's schema", 429: "Too many submissions in progress; see Retry-After",
@@ -43,8 +44,55 @@ _AUTH = _errors(401, 403)
 _SID = {"name": "sid", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+_MODULE = {"name": "module_id", "in": "path", "required": True, "description": "accepted and echoed (chunkd has one "
+           "module)", "schema": {"type": "string", "minLength": 1, "maxLength": 200}}
+_EXEC = {"name": "execution_id", "in": "path", "required": True, "description": "the chunkd instance id",
+         "schema": {"type": "integer", "minimum": 1}}
+
+
+def _seed_paths(op: Any) -> dict[str, Any]:
+    """Smile CDR's Batch Job Endpoint and hapi-fhir-groovy's /control/jobs (daemon/seed_routes.py)."""
+    from . import seed_routes as seeds
+
+    def json_of(tp: type, what: str) -> dict[str, Any]:
+        return {"200": {"description": what, **_json(tp)}}
+    hapi_list = {"200": {"description": "HAPI FHIR batch2 JobInstance objects, newest first", "content": {
+        "application/json": {"schema": {"type": "array", "items": _ref(seeds.HapiJobInstance)}}}}}
+    status = {"type": "string", "description": "case-insensitive", "examples": [s.value for s in I]}
+    return {
+        "/batch-job/{module_id}": {"get": op("Smile CDR: batch job names", json_of(seeds.SmileJobNames, "Job names"),
+                                             400, params=[_MODULE])},
+        "/batch-job/{module_id}/{job_name}": {"get": op(
+            "Smile CDR: instances of a job, each with its one execution",
+            json_of(seeds.SmileJobInstances, "Job instances"), 400, 404, params=[
+                _MODULE, {"name": "job_name", "in": "path", "required": True, "schema": {"type": "string"}},
+                _q("executionUUID", {"type": "string", "format": "uuid"}, "only this execution"),
+                _q("start", {"type": "integer", "minimum": 0, "maximum": 10_000_000}, "offset"),
+                _q("count", {"type": "integer", "minimum": 1, "maximum": 500}, "page size")])},
+        "/batch-job/{module_id}/{execution_id}/stop": {"post": op(
+            "Smile CDR: stop (force=true also cancels running steps)", json_of(seeds.SmileMessage, "Stopped"),
+            400, 404, 409, params=[_MODULE, _EXEC, _q("force", {"type": "boolean"}, "default false")])},
+        "/batch-job/{module_id}/{execution_id}/restart": {"post": op(
+            "Smile CDR: restart a FAILED or CANCELLED execution (resumed in place: the new execution id is the "
+            "same)", json_of(seeds.SmileMessage, "Restarted"), 400, 404, 409, params=[_MODULE, _EXEC])},
+        "/control/jobs": {
+            "get": op("hapi-fhir-groovy: job instances", hapi_list, 400, params=[
+                _q("pageStart", {"type": "integer", "minimum": 0, "maximum": 1_000_000}, "page index"),
+                _q("batchSize", {"type": "integer", "minimum": 1, "maximum": 500}, "page size"),
+                _q("jobStatus", status, "only this status")]),
+            "delete": op("hapi-fhir-groovy: cancel an instance",
+                         json_of(seeds.HapiOperationResult, "What happened (success false: nothing to cancel)"),
+                         400, 404, params=[{**_q("instanceId", {"type": "string"}, "the instance id"),
+                                            "required": True}]),
+        },
+    }
+
+
 def document(secured: bool) -> dict[str, Any]:
-    _, components = msgspec.json.schema_components(m.SCHEMA_TYPES, ref_template=_REF)
+    from . import seed_routes as seeds
+    seed_types = (seeds.SmileJobNames, seeds.SmileJobInstances, seeds.SmileMessage, seeds.HapiJobInstance,
+                  seeds.HapiOperationResult)
+    _, components = msgspec.json.schema_components((*m.SCHEMA_TYPES, *seed_types), ref_template=_REF)
     security = [{"bearer": []}] if secured else []
 
     def op(summary: str, ok: dict[str, Any], *errors: int, params: list[dict[str, Any]] | None = None,
@@ -64,8 +112,9 @@ def document(secured: bool) -> dict[str, Any]:
             "/api/v1/instances": {
                 "post": op("Submit an instance",
                            {"201": {"description": "Created", **_json(m.Instance)},
-                            "200": {"description": "Existing instance (same idempotency key)", **_json(m.Instance)}},
-                           400, 404, 413, 422, 429, body=m.SubmitRequest),
+                            "200": {"description": "Existing instance (same idempotency key, same request)",
+                                    **_json(m.Instance)}},
+                           400, 404, 409, 413, 422, 429, body=m.SubmitRequest),
                 "get": op("List instances, newest first", {"200": {"description": "A page", **_json(m.InstanceList)}},
                           400, params=[
                               _q("job", {"type": "string"}, "job name"),
@@ -116,6 +165,7 @@ def document(secured: bool) -> dict[str, Any]:
             "/api/v1/schedules/{sid}/resume": {"post": op(
                 "Resume (from the next occurrence; missed ones are not replayed)",
                 {"200": {"description": "The schedule", **_json(m.Schedule)}}, 400, 404, params=[_SID])},
+            **_seed_paths(op),
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {
                 "200": {"description": "Alive", **_json(m.Health)}, "503": {"description": "Wedged", **_json(m.Health)}}}},
             "/readyz": {"get": {"summary": "Readiness", "security": [], "responses": {

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Iterable
 
 from .sdk import Job, JobDefinitionError, LocalTask, Schedule
@@ -16,6 +18,7 @@ class UnknownJobError(LookupError):
 
 class Registry:
     def __init__(self) -> None:
+        self.app_dir = os.getcwd()
         self._jobs: dict[tuple[str, int], Job] = {}
         self.schedules: dict[str, Schedule] = {}
         self.local_tasks: dict[str, LocalTask] = {}
@@ -32,7 +35,12 @@ class Registry:
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            raise JobDefinitionError(f"cannot import job module {module_name!r}: {e}") from None
+            hint = ""
+            top = module_name.split(".")[0]
+            if isinstance(e, ModuleNotFoundError) and e.name in (top, module_name):
+                hint = (f" (looked in the app dir {self.app_dir} and on PYTHONPATH: run chunkd from the folder that "
+                        f"holds {top}.py or {top}/, or pass --app-dir FOLDER, or add that folder to PYTHONPATH)")
+            raise JobDefinitionError(f"cannot import job module {module_name!r}: {e}{hint}") from None
         found = [v for v in vars(module).values() if isinstance(v, Job)]
         extras = [v for v in vars(module).values() if isinstance(v, (Schedule, LocalTask))]
         if not found and not extras:
@@ -67,8 +75,17 @@ class Registry:
         return [self._jobs[k] for k in sorted(self._jobs)]
 
 
-def build_registry(modules: Iterable[str]) -> Registry:
+def build_registry(modules: Iterable[str], app_dir: str | None = None) -> Registry:
+    """`app_dir` (default: the working directory) goes first on sys.path, as uvicorn's
+    --app-dir and celery do, so `CHUNKD_JOBS=myjobs` finds ./myjobs.py without PYTHONPATH."""
     reg = Registry()
+    modules = list(modules)
+    if modules:
+        reg.app_dir = os.path.abspath(app_dir or os.getcwd())
+        if not os.path.isdir(reg.app_dir):
+            raise JobDefinitionError(f"--app-dir {app_dir!r} is not a folder")
+        if reg.app_dir not in sys.path:
+            sys.path.insert(0, reg.app_dir)
     for name in (*BUILTIN_MODULES, *modules):
         reg.load_module(name)
     return reg

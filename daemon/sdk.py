@@ -305,7 +305,8 @@ class Job:
 
 class Schedule(msgspec.Struct, frozen=True, kw_only=True):
     """A clustered schedule declared in a job module: fires once per occurrence across
-    all daemons. Give `cron` (5 fields, or 6 with seconds first) or `every` (seconds)."""
+    all daemons. Give `cron` (Unix: 5 fields; Quartz: 6-7 fields, seconds first) or `every`
+    (seconds). An invalid one stops `chunkd run` at start (exit 2)."""
     name: str
     job: str
     params: dict[str, Any] = {}

@@ -1,7 +1,9 @@
 """Submitting a job: validate everything first, then one transaction, then the hint."""
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 import msgspec
 
@@ -46,6 +48,43 @@ def validate(registry: Registry, job_name: str, params_json: str | bytes, versio
     return job, canonical
 
 
+class IdempotencyConflict(SubmitError):
+    """The idempotency key was first used for a different request (job, version or parameters)."""
+    def __init__(self, message: str, differences: list[str]) -> None:
+        super().__init__(message)
+        self.differences = differences
+
+
+def _param_differences(first: Any, now: Any, path: str = "$") -> list[str]:
+    if isinstance(first, dict) and isinstance(now, dict):
+        out: list[str] = []
+        for k in sorted(set(first) | set(now)):
+            out += _param_differences(first.get(k, _MISSING), now.get(k, _MISSING), f"{path}.{k}")
+        return out
+    if first == now and type(first) is type(now):
+        return []
+    show = lambda v: "absent" if v is _MISSING else json.dumps(v)[:80]  # noqa: E731
+    return [f"parameters {path}: first {show(first)}, now {show(now)}"]
+
+
+_MISSING = object()
+
+
+def idempotency_differences(row: dict[str, Any], job: str, version: int | None, canonical: str) -> list[str]:
+    """What differs between the request that first used a key (the instance `row`) and this one."""
+    diffs = []
+    if row["job_name"] != job:
+        diffs.append(f"job: first {row['job_name']!r}, now {job!r}")
+    first = json.loads(row["idempotency_request"]) if row.get("idempotency_request") else None
+    if first is not None and first.get("version") != version:
+        diffs.append(f"version: first {first.get('version') or 'latest'}, now {version or 'latest'}")
+    elif first is None and version is not None and row["job_version"] != version:
+        diffs.append(f"version: first {row['job_version']}, now {version}")
+    if row["job_name"] == job:
+        diffs += _param_differences(json.loads(row["params"]), json.loads(canonical))
+    return diffs
+
+
 class Submitted(msgspec.Struct):
     instance_id: int
     created: bool
@@ -69,7 +108,14 @@ async def submit(store: Store, channel: Channel | None, registry: Registry, job_
                 await reader.close()
     first = job.steps[0]
     iid, created, part = await store.create_instance(job.name, job.version, canonical, job.gated,
-                                                     idempotency_key, b"", first.max_attempts)
+                                                     idempotency_key, b"", first.max_attempts,
+                                                     json.dumps({"version": version}))
+    if not created and idempotency_key is not None:
+        row = await store.get_instance(iid)
+        diffs = idempotency_differences(row, job_name, version, canonical) if row is not None else []
+        if diffs:
+            raise IdempotencyConflict(f"idempotency key {idempotency_key!r} was first used for instance {iid} with "
+                                      f"a different request: {'; '.join(diffs)}", diffs)
     if part is not None and channel is not None:
         await channel.publish([part])  # after the commit: batch2 #5041 published first and stalled
     return Submitted(iid, created, job.name, job.version)

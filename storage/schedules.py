@@ -41,6 +41,7 @@ _CLAIM_OCCURRENCE = """
 INSERT INTO chunkd_schedule_fire (schedule_id, fire_at, fired_by) VALUES ($1, $2, $3)
 ON CONFLICT DO NOTHING RETURNING fire_at"""
 _RECORD_INSTANCE = "UPDATE chunkd_schedule_fire SET instance_id = $3 WHERE schedule_id = $1 AND fire_at = $2"
+_MARK_INSTANCE = "UPDATE chunkd_instance SET schedule_id = $2, scheduled_for = $3 WHERE id = $1"
 _ADVANCE = """
 UPDATE chunkd_schedule SET next_fire_at = $3, last_fire_at = coalesce($4, last_fire_at),
        last_instance_id = coalesce($5, last_instance_id)
@@ -131,6 +132,7 @@ class Schedules:
                 delta.add(iid, 0, CREATED)
                 await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
                 await conn.execute(_RECORD_INSTANCE, s.id, occurrence, iid)
+                await conn.execute(_MARK_INSTANCE, iid, s.id, occurrence)
             if await conn.fetchval(_ADVANCE, s.id, occurrence, next_fire_at, occurrence, iid) is None:
                 raise RuntimeError("schedule changed while firing")  # rolls the whole fire back
             return True, iid

@@ -84,13 +84,15 @@ class Store:
     # ------------------------------------------------------------ instances
     async def create_instance(self, job_name: str, version: int, params_json: str, gated: bool,
                               idempotency_key: str | None, first_chunk: bytes,
-                              max_attempts: int) -> tuple[int, bool, int | None]:
+                              max_attempts: int, idempotency_request: str | None = None) -> tuple[int, bool, int | None]:
         """Instance + first chunk + counters in one transaction.
         Returns (instance id, created?, partition to notify)."""
         async with self.pool.acquire() as conn, conn.transaction():
             iid = await conn.fetchval(sql.INSTANCE_INSERT, job_name, version, params_json, gated, idempotency_key)
             if iid is None:  # the idempotency key exists: the racing submit won
                 return await conn.fetchval(sql.INSTANCE_BY_IDEMPOTENCY_KEY, idempotency_key), False, None
+            if idempotency_key is not None and idempotency_request is not None:
+                await conn.execute(sql.INSTANCE_SET_IDEMPOTENCY_REQUEST, iid, idempotency_request)
             part = self.next_partition()
             await conn.execute(sql.CHUNK_INSERT, [iid], [0], [int(C.READY)], [part], [max_attempts], [first_chunk])
             delta = CounterDelta()

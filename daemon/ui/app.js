@@ -19,14 +19,16 @@ class ApiError extends Error {
   constructor(status, code, message) { super(message); this.status = status; this.code = code; }
 }
 
-async function api(path, method = "GET") {
+async function api(path, method = "GET", payload = undefined) {
   const headers = { Accept: "application/json" };
   if (method !== "GET") headers["Content-Type"] = "application/json"; // the daemon's CSRF guard asks for it
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) headers.Authorization = `Bearer ${token}`;
+  if (payload !== undefined) headers["Content-Type"] = "application/json";
   let res;
   try {
-    res = await fetch(path, { method, headers, cache: "no-store", credentials: "omit", redirect: "error" });
+    res = await fetch(path, { method, headers, cache: "no-store", credentials: "omit", redirect: "error",
+                              body: payload === undefined ? undefined : JSON.stringify(payload) });
   } catch (e) {
     throw new ApiError(0, "unreachable", "the daemon does not answer");
   }
@@ -275,6 +277,9 @@ function instancePage(id) {
       h("dt", {}, "Started"), h("dd", {}, fmt.time(inst.started_at)),
       h("dt", {}, "Ended"), h("dd", {}, fmt.time(inst.finished_at)),
       h("dt", {}, "Errors"), h("dd", {}, fmt.int(inst.error_count)),
+      h("dt", {}, "Fired by"), h("dd", { id: "fired-by" }, inst.schedule_id ?
+        [h("a", { href: "#/schedules" }, `schedule ${inst.schedule_id}`), ` (occurrence ${fmt.time(inst.scheduled_for)})`]
+        : "a submit (no schedule)"),
       inst.error_message ? [h("dt", {}, "Error"), h("dd", { class: "error" }, inst.error_message)] : null,
       h("dt", {}, "Parameters"), h("dd", {}, h("code", {}, JSON.stringify(inst.parameters))));
     steps.replaceChildren(...(inst.steps || []).map((st) => h("tr", {},
@@ -299,23 +304,101 @@ function instancePage(id) {
   return { root, refresh };
 }
 
+// A property's type in words, from its JSON Schema.
+function typeName(p) {
+  if (p.anyOf) return p.anyOf.map(typeName).join(" | ");
+  if (p.$ref) return p.$ref.split("/").pop();
+  if (p.type === "array" && p.items) return `array of ${typeName(p.items)}`;
+  return p.enum ? p.enum.join(" | ") : String(p.type || "any");
+}
+
+// The kind of form control a property gets: numbers, a checkbox, text, or JSON for the rest.
+function controlKind(p) {
+  const types = p.anyOf ? p.anyOf.map((x) => x.type).filter((t) => t !== "null") : [p.type];
+  if (types.length !== 1) return "json";
+  return { integer: "integer", number: "number", boolean: "boolean", string: "string" }[types[0]] || "json";
+}
+
+// The submit form, built from the job's parameter schema. It validates nothing itself: the
+// API's submit does (the same code as the CLI's), and its message is shown as it is.
+function submitForm(j) {
+  const schema = j.parameters_schema || {};
+  const required = new Set(schema.required || []);
+  const fields = Object.entries(schema.properties || {}).map(([name, p]) => {
+    const kind = controlKind(p);
+    const id = `param-${j.name}-${j.version}-${name}`.replace(/[^A-Za-z0-9_-]/g, "_");
+    const hint = `${typeName(p)}${required.has(name) ? ", required" : ` (default ${JSON.stringify(p.default)})`}`;
+    const attrs = { id, name, "data-kind": kind };
+    let input;
+    if (kind === "boolean") input = h("input", { ...attrs, type: "checkbox", checked: p.default === true });
+    else if (kind === "integer" || kind === "number") input = h("input", { ...attrs, type: "number", step: kind === "integer" ? "1" : "any", placeholder: p.default ?? "" });
+    else if (kind === "string") input = h("input", { ...attrs, type: "text", placeholder: p.default ?? "" });
+    else input = h("textarea", { ...attrs, rows: 2, placeholder: p.default === undefined ? "JSON" : JSON.stringify(p.default) });
+    return { name, kind, input, label: h("label", { for: id }, `${name} — ${hint}`, input) };
+  });
+  const err = h("p", { class: "error", role: "alert" });
+  const form = h("form", { class: "submit-form", "aria-label": `Submit ${j.name}`, onsubmit: async (e) => {
+    e.preventDefault();
+    err.textContent = "";
+    const parameters = {};
+    for (const f of fields) {
+      const raw = f.input.type === "checkbox" ? f.input.checked : f.input.value.trim();
+      if (f.kind === "boolean") { parameters[f.name] = raw; continue; }
+      if (raw === "") continue;  // the default applies
+      if (f.kind === "integer" || f.kind === "number") parameters[f.name] = Number(raw);
+      else if (f.kind === "string") parameters[f.name] = raw;
+      else {
+        try { parameters[f.name] = JSON.parse(raw); } catch { parameters[f.name] = raw; }  // the API names it
+      }
+    }
+    try {
+      const inst = await api("/api/v1/instances", "POST", { job: j.name, version: j.version, parameters });
+      say(`Submitted instance #${inst.id}.`);
+      location.hash = `#/instances/${inst.id}`;
+    } catch (ex) {
+      if (ex.status === 401) return signOut("Your token is no longer accepted.");
+      err.textContent = ex.message;
+    }
+  } },
+    h("h3", {}, "Submit"), fields.map((f) => f.label),
+    h("button", { type: "submit" }, `Submit ${j.name}`), err);
+  return form;
+}
+
 function jobsPage() {
   const list = h("div");
   const root = h("section", { "aria-labelledby": "page-title" }, h("h1", { id: "page-title" }, "Jobs"), list);
+  let shown = "";
   async function refresh() {
     const { jobs } = await api("/api/v1/jobs");
-    list.replaceChildren(...jobs.map((j) => h("article", { "aria-label": `${j.name} version ${j.version}` },
+    const key = JSON.stringify(jobs);
+    if (key === shown) return;  // rebuilding would wipe what is being typed into a form
+    shown = key;
+    list.replaceChildren(...jobs.map((j) => {
+      const schema = j.parameters_schema || {};
+      const required = new Set(schema.required || []);
+      const params = Object.entries(schema.properties || {});
+      return h("article", { "aria-label": `${j.name} version ${j.version}` },
       h("h2", {}, `${j.name} v${j.version}`, j.latest ? h("span", { class: "muted" }, " (latest)") : null),
       j.description ? h("p", {}, j.description) : null,
       h("p", { class: "muted" }, `${j.gated ? "Gated: each step starts when the previous one is done." :
         "Not gated: chunks move on as soon as they are produced."}` +
-        (j.concurrency ? ` At most ${j.concurrency} chunks at a time.` : "")),
+        (j.concurrency ? ` At most ${j.concurrency} chunks at a time.` : " No concurrency limit.")),
+      h("h3", {}, `Parameters (${j.parameters_type || "object"})`),
+      params.length ? h("table", { class: "params" }, h("thead", {}, h("tr", {}, ["Parameter", "Type", "Default"]
+        .map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, params.map(([name, p]) => h("tr", {}, h("th", { scope: "row" }, name), h("td", {}, typeName(p)),
+          h("td", {}, required.has(name) ? "required" : JSON.stringify(p.default))))))
+        : h("p", { class: "muted" }, "No parameters."),
+      h("h3", {}, "Steps"),
       h("table", {}, h("thead", {}, h("tr", {}, ["#", "Step", "Kind", "Consumes", "Emits", "Max attempts", "Transactional", "Weight"]
         .map((t) => h("th", { scope: "col" }, t)))),
         h("tbody", {}, j.steps.map((st) => h("tr", {},
           h("td", {}, String(st.index)), h("th", { scope: "row" }, st.name), h("td", {}, st.kind),
           h("td", {}, st.consumes || "—"), h("td", {}, st.emits || "—"), h("td", {}, String(st.max_attempts)),
-          h("td", {}, st.transactional ? "yes" : "no"), h("td", {}, String(st.weight)))))))));
+          h("td", {}, st.transactional ? "yes" : "no"), h("td", {}, String(st.weight)))))),
+      scope === "manage" ? submitForm(j) : null);
+    }));
   }
   return { root, refresh };
 }

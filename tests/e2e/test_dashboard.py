@@ -88,6 +88,7 @@ def test_dashboard_end_to_end(api_daemon, browser, tmp_path: Path) -> None:  # t
     row.get_by_role("link", name=f"#{iid}").click()
     page.locator("#steps tbody tr").nth(1).wait_for()
     assert page.locator("#view-only").is_visible()
+    assert "no schedule" in page.locator("#fired-by").inner_text()  # submitted, not fired by a schedule
     page.locator("#throughput svg rect").first.wait_for()
     page.screenshot(path=str(tmp_path / "instance-detail.png"), full_page=True)
 

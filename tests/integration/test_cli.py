@@ -1,7 +1,9 @@
 """The command line against a real daemon and database: clear one-line errors, nothing half-written."""
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 
 import asyncpg
@@ -127,3 +129,158 @@ def test_demo_runs_on_the_embedded_postgres(tmp_path: Path) -> None:
     assert len(lines) == 3000 and {r["resourceType"] for r in lines} == {"Patient", "Observation"}
     assert (tmp_path / "home" / "pgdata" / "PG_VERSION").exists()
     assert "exported 3,000 resources" in res.stderr
+
+
+async def test_invalid_declared_schedule_stops_the_daemon_with_one_line(dsn: str, conn: asyncpg.Connection) -> None:
+    # before: logged and dropped while the daemon started, so the nightly job never ran
+    res = run_cli("run", env=daemon_env(dsn, CHUNKD_JOBS="tests.bad_schedule_jobs"), timeout=60)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "schedule 'nightly-bad'" in lines[0] and "hour 25 is outside 0-23" in lines[0]
+    assert await conn.fetchval("SELECT count(*) FROM chunkd_schedule") == 0
+
+
+async def test_quartz_schedule_via_cli(api_daemon) -> None:  # type: ignore[no-untyped-def]
+    api = api_daemon()
+    env = api.cli_env()
+    res = run_cli("schedules", "add", "nightly", "chunkd.synthetic", "--params", '{"chunks": 1}',
+                  "--cron", "0 0 1 * * ?", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    row = json.loads(res.stdout)
+    assert row["cron"] == "0 0 1 * * ?" and row["next_fire_at"].endswith(("T01:00:00Z", "T01:00:00+00:00"))
+
+
+async def test_jobs_job_shows_the_contract(api_daemon) -> None:  # type: ignore[no-untyped-def]
+    api = api_daemon()
+    env = api.cli_env()
+    res = run_cli("jobs", "chunkd.synthetic", env=env)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "parameters (SyntheticParams; unknown fields refused)" in out
+    assert [ln.split()[:3] for ln in out.splitlines() if ln.startswith("chunks ")] == [["chunks", "integer", "1000"]]
+    assert "work_ms" in out and "fail_rate" in out
+    work = [ln.split() for ln in out.splitlines() if ln.startswith("1 ")][0]
+    assert work[:6] == ["1", "work", "middle", "Work", "Tally", "5"]
+    as_json = json.loads(run_cli("jobs", "chunkd.synthetic", "--json", env=env).stdout)
+    assert as_json["parameters_schema"]["properties"]["chunks"] == {"type": "integer", "default": 1000}
+    bad = run_cli("jobs", "acme.nope", env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("chunkd: unknown job 'acme.nope'")
+
+
+def test_version_and_app_dir(dsn: str, tmp_path: Path) -> None:
+    import subprocess
+    from tests.conftest import CHUNKD
+    res = run_cli("--version", env=daemon_env(dsn))
+    assert res.returncode == 0 and res.stdout.strip().startswith("chunkd 0.")
+    # a job module in the working directory loads without PYTHONPATH, as with uvicorn/celery
+    (tmp_path / "nujobs.py").write_text(
+        "from daemon.sdk import Schedule\n"
+        "tick = Schedule(name='nu.tick', job='chunkd.synthetic', params={'chunks': 1}, every=3600)\n")
+    env = daemon_env(dsn, CHUNKD_JOBS="nujobs")
+    ok = subprocess.run([CHUNKD, "migrate"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    bad = subprocess.run([CHUNKD, "migrate"], env=env, cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "No module named 'nujobs'" in bad.stderr and "--app-dir" in bad.stderr
+    by_flag = subprocess.run([CHUNKD, "migrate", "--app-dir", str(tmp_path)], env=env, cwd=elsewhere,
+                             capture_output=True, text=True, timeout=120)
+    assert by_flag.returncode == 0, by_flag.stderr
+
+
+async def test_cli_reads_well(conn: asyncpg.Connection, api_daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    from tests.conftest import CHUNKD
+    api = api_daemon()
+    env = api.cli_env()
+    done = json.loads(run_cli("submit", "chunkd.synthetic", "--params", '{"chunks": 3}', "--wait", "--json",
+                              env=env).stdout)
+    shown = run_cli("show", str(done["id"]), env=env).stdout
+    assert "started " in shown and "ended " in shown and "duration " in shown
+    assert "fired by" not in shown
+    listed = run_cli("instances", env=env).stdout
+    assert "100.0%" in listed and "1.0 " not in listed  # a percentage, not a fraction
+
+    # --watch redraws until the end (here not a TTY: one frame after another)
+    slow = json.loads(run_cli("submit", "chunkd.synthetic", "--params", '{"chunks": 3, "work_ms": 1500}',
+                              "--json", env=env).stdout)["instance_id"]
+    watched = run_cli("show", str(slow), "--watch", "--interval", "0.2", env=env)
+    assert watched.returncode == 0, watched.stderr
+    frames = watched.stdout.count(f"instance {slow} ")
+    assert frames >= 2 and watched.stdout.split(f"instance {slow} ")[-1].split("\n")[0].split()[2] == "COMPLETED"
+
+    # a reader that leaves early: quiet, no traceback
+    long = json.loads(run_cli("submit", "chunkd.synthetic", "--params", '{"chunks": 2000, "work_ms": 50}',
+                              "--json", env=env).stdout)["instance_id"]
+    piped = subprocess.run(f"{CHUNKD} show {long} --watch --interval 0.1 2>err.txt | head -2; cat err.txt",
+                           shell=True, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert len(piped.stdout.strip().splitlines()) == 2, piped.stdout
+    assert "Traceback" not in piped.stdout and "BrokenPipe" not in piped.stdout + piped.stderr
+
+    # stop without --force: a graceful stop, said so
+    stopped = run_cli("stop", str(long), "--json", env=env)
+    assert stopped.returncode == 0 and json.loads(stopped.stdout)["status"] == "CANCELLED"
+    assert "without --force cancels" in stopped.stderr
+
+    # schedules show: a table, values as JSON; an instance says which schedule fired it
+    run_cli("schedules", "add", "tick", "chunkd.synthetic", "--params", '{"chunks": 1}', "--every", "1", env=env)
+    table_out = run_cli("schedules", "show", "tick", env=env).stdout
+    assert table_out.splitlines()[0].split() == ["FIELD", "VALUE"] and '"chunks": 1' in table_out and "{'" not in table_out
+    deadline = time.monotonic() + 60
+    while (iid := await conn.fetchval("SELECT id FROM chunkd_instance WHERE schedule_id = 'tick' LIMIT 1")) is None:
+        assert time.monotonic() < deadline, "the schedule never fired"
+        await asyncio.sleep(0.2)
+    assert "fired by schedule tick" in run_cli("show", str(iid), env=env).stdout
+    assert json.loads(run_cli("show", str(iid), "--json", env=env).stdout)["schedule_id"] == "tick"
+
+
+async def test_401_names_the_variable(api_daemon) -> None:  # type: ignore[no-untyped-def]
+    api = api_daemon("view:v-token-1,manage:m-token-2")
+    res = run_cli("jobs", env=api.cli_env())
+    assert res.returncode == 1 and "set CHUNKD_API_TOKEN" in res.stderr
+    res = run_cli("jobs", env=api.cli_env("wrong"))
+    assert res.returncode == 1 and "the token in CHUNKD_API_TOKEN is not one of the daemon's" in res.stderr
+    res = run_cli("cancel", "1", env=api.cli_env("v-token-1"))
+    assert res.returncode == 1 and "use a manage token" in res.stderr
+
+
+def _demo_on_a_tty(env: dict[str, str], rows: int) -> str:
+    import shlex
+    import subprocess
+    from tests.conftest import CHUNKD
+    # `script` gives the demo a real terminal (a pty) and copies what it shows to stdout
+    res = subprocess.run(["script", "-qfec", f"{shlex.quote(CHUNKD)} demo --rows {rows}", "/dev/null"],
+                         env=env, capture_output=True, timeout=300)  # bytes: keep the \r redraws
+    out = res.stdout.decode(errors="replace")
+    assert res.returncode == 0, out[-3000:] + res.stderr.decode(errors="replace")[-3000:]
+    return out
+
+
+def test_demo_first_screen_on_a_tty(dsn: str, tmp_path: Path) -> None:
+    if not Path("/usr/bin/script").exists():
+        pytest.skip("util-linux script is not installed")
+    env = daemon_env(dsn, CHUNKD_HOME=str(tmp_path / "home"))
+    env.pop("CHUNKD_LOG_LEVEL", None)  # as a user runs it: no log settings
+    first = _demo_on_a_tty(env, 3000)
+    manifest_line = next(ln for ln in first.replace("\r\n", "\n").split("\n") if ln.startswith("manifest: "))
+    export = Path(manifest_line.removeprefix("manifest: ").strip()).parent
+    (export / "Patient-stale-from-last-run.ndjson").write_text("{}\n")  # what a previous run left
+
+    shown = _demo_on_a_tty(env, 2000)
+    lines = shown.replace("\r\n", "\n").split("\n")
+    bars = [ln for ln in lines if "%" in ln and "[" in ln]
+    assert len(bars) == 1 and bars[0].count("\r[") >= 2, bars  # one line, redrawn in place
+    assert "COMPLETED" in bars[0].rsplit("\r", 1)[-1]
+    after = [ln for ln in lines[lines.index(bars[0]) + 1:] if ln.strip()]
+    assert len(after) <= 12, after  # the rest fits on one screen
+    assert not [ln for ln in lines if ln.lstrip().startswith("{")], "JSON (logs or the manifest) on the terminal"
+    assert after[0].split() == ["TYPE", "FILES", "RESOURCES"]
+    assert any(ln.startswith("manifest: ") and ln.endswith("manifest.json") for ln in after)
+    assert any(ln.startswith("exported 2,000 resources") for ln in after)
+    # the export folder holds this run's files only
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert sorted(p.name for p in export.glob("*.ndjson")) == sorted(
+        Path(o["url"].removeprefix("file://")).name for o in manifest["output"])
+    assert sum(len(p.read_text().splitlines()) for p in export.glob("*.ndjson")) == 2000

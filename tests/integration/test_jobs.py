@@ -56,7 +56,8 @@ async def test_non_gated_job_interleaves_steps(dsn: str, conn: asyncpg.Connectio
     await _trace(conn)
     async with running_node(dsn) as node:
         # one straggler in step one: a gated job would hold every step-two chunk behind it
-        res = await submit_job(node, "test.interleaved4", chunks=2000, straggler_ms=500)
+        # (3 s: long enough that a loaded 2-core machine runs most of the rest meanwhile)
+        res = await submit_job(node, "test.interleaved4", chunks=2000, straggler_ms=3000)
         assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 120) == "COMPLETED"
     last_one = await conn.fetchval("SELECT max(at) FROM test_trace WHERE step = 1")
     first_two = await conn.fetchval("SELECT min(at) FROM test_trace WHERE step = 2")

@@ -53,13 +53,69 @@ def test_finalize_reruns_reduction() -> None:
 
 
 def test_progress_from_counters_and_weights() -> None:
+    # a step weighs its chunks times its weight (a per-chunk cost factor)
     shape = JobShape(gated=False, work_steps=2, has_reduction=False, weights=(1, 3))
-    assert progress(shape, {0: sc(0, 1, 1), 1: sc(1, 4, 2)}, 0) == (1 + 3 * 0.5) / 4
+    assert progress(shape, {0: sc(0, 1, 1), 1: sc(1, 4, 2)}, 0) == (1 + 3 * 2) / (1 + 3 * 4)
     assert progress(shape, {0: sc(0, 1, 1), 1: sc(1, 4, 4)}, 2) == 1.0
 
 
-def test_rate_and_eta() -> None:
+def test_first_look_rate_and_eta_are_the_average() -> None:
     p = plan(FREE, "IN_PROGRESS", 0, [sc(0, 1, 1), sc(1, 10, 4)], False, 10.0)
     assert p.rate == 0.5  # 5 completed chunks in 10 s
-    assert p.progress == (1 + 0.4) / 2
+    assert p.progress == 5 / 11
     assert p.eta is not None and abs(p.eta - 10.0 * (1 - p.progress) / p.progress) < 1e-9
+
+
+# The issue's job: plan (1 chunk) -> work (100 chunks) -> reduction, 10 work chunks a second.
+SYN = JobShape(gated=True, work_steps=2, has_reduction=True, weights=(1, 1, 1))
+
+
+def test_reduction_is_small_and_progress_follows_chunks() -> None:
+    # before: 96 of 100 work chunks showed (1 + 0.96 + 0) / 3 = 65%, a third kept for the reduction
+    p = plan(SYN, "IN_PROGRESS", 1, [sc(0, 1, 1), sc(1, 100, 96)], False, 10.0)
+    assert 0.94 < p.progress < 0.96
+    # an unknown next step is estimated at the size of the step before, not as one chunk
+    early = plan(JobShape(gated=True, work_steps=3, has_reduction=False, weights=(1, 1, 1)), "IN_PROGRESS", 1,
+                 [sc(0, 1, 1), sc(1, 100, 50)], False, 5.0)
+    assert abs(early.progress - 51 / 201) < 1e-9
+    # the reduction running (all work done): nearly there, not two thirds
+    fin = plan(SYN, "FINALIZE", 2, [sc(0, 1, 1), sc(1, 100, 100)], False, 10.0)
+    assert fin.progress > 0.98
+
+
+def simulate(rates: list[tuple[float, float]], total: int = 100, dt: float = 0.5):  # type: ignore[no-untyped-def]
+    """Drive `plan` as maintenance does every `dt` s, chunks completing at the given
+    (until_time, chunks_per_second) rates. Yields (time, done, plan)."""
+    t, done, state = 0.0, 0.0, None
+    while done < total:
+        t += dt
+        rate = next(r for until, r in rates if t <= until) if t <= rates[-1][0] else rates[-1][1]
+        done = min(total, done + rate * dt)
+        p = plan(SYN, "IN_PROGRESS", 1, [sc(0, 1, 1), sc(1, total, int(done))], False, t, now=t, prev=state)
+        state = p.rate_state
+        yield t, int(done), p
+
+
+def test_eta_at_a_steady_rate_is_the_time_left() -> None:
+    # 10 chunks/s for 100 chunks: at 63 done, 3.7 s of work are left
+    for t, done, p in simulate([(100.0, 10.0)]):
+        if done >= 63:
+            assert p.eta is not None and abs(p.eta - (100 - done) / 10) < 0.6, (t, done, p.eta)
+            assert p.rate is not None and abs(p.rate - 10) < 0.5
+            break
+
+
+def test_eta_follows_a_slowdown_within_seconds() -> None:
+    # 20 chunks/s for 2.5 s (50 chunks), then 2 chunks/s: the whole-run average would still
+    # say ~5 chunks/s after 10 s more; the smoothed rate says ~2, so the ETA is ~ (left / 2)
+    seen = None
+    for t, done, p in simulate([(2.5, 20.0), (1000.0, 2.0)]):
+        if t >= 22.5:
+            seen = (done, p)
+            break
+    assert seen is not None
+    done, p = seen
+    true_left = (100 - done) / 2.0
+    average_guess = t * (1 - p.progress) / p.progress
+    assert p.eta is not None and abs(p.eta - true_left) < 0.25 * true_left, (p.eta, true_left)
+    assert abs(average_guess - true_left) > 0.4 * true_left  # what the old ETA would have said
