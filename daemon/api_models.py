@@ -109,6 +109,7 @@ class Chunk(msgspec.Struct):
     lease_until: datetime | None
     next_run_at: datetime | None
     error_message: str | None
+    error_trace: str | None = None  # the traceback of the last error (bounded, storage.text.MAX_TRACE)
     data: Any = None
 
 

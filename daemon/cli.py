@@ -117,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("--step", type=int)
     ch.add_argument("--status", action="append", default=[])
     ch.add_argument("--data", action="store_true")
+    ch.add_argument("--errors", action="store_true", help="only chunks with an error, each with its traceback")
     ch.add_argument("--start", type=int, default=0)
     ch.add_argument("--count", type=int, default=100)
     return p
@@ -433,13 +434,17 @@ def _stop(client: ApiClient, args: argparse.Namespace) -> int:
 def cmd_chunks(client: ApiClient, args: argparse.Namespace) -> int:
     page = client.call("GET", f"/api/v1/instances/{args.instance_id}/chunks", query={
         "step": args.step, "status": args.status, "data": "true" if args.data else None,
-        "start": args.start, "count": args.count})
+        "errors": "true" if args.errors else None, "start": args.start, "count": args.count})
     if args.json:
         print(json.dumps(page, indent=2))
     else:
         cols = ["id", "step_name", "status", "attempt", "failures", "error_message"] + (["data"] if args.data else [])
         print(table(page["chunks"], cols))
         print(f"{page['count']} of {page['total']}")
+        if args.errors:
+            for c in page["chunks"]:
+                if c.get("error_trace"):
+                    print(f"\nchunk {c['id']} ({c['step_name']}, attempt {c['attempt']}):\n{c['error_trace'].rstrip()}")
     return 0
 
 

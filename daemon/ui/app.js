@@ -292,7 +292,8 @@ function instancePage(id) {
     errors.replaceChildren(...chunkErrors.chunks.map((c) => h("tr", {},
       h("td", {}, String(c.id)), h("td", {}, c.step_name), h("td", {}, c.status),
       h("td", {}, `${c.attempt}`), h("td", {}, `${c.failures} of ${c.max_attempts}`),
-      h("td", { class: "error" }, c.error_message))));
+      h("td", { class: "error" }, c.error_message,
+        c.error_trace ? h("details", {}, h("summary", {}, "Traceback"), h("pre", { class: "trace" }, c.error_trace)) : null))));
     if (!chunkErrors.chunks.length) errors.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No errors.")));
     else if (chunkErrors.total > chunkErrors.count) {
       errors.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, `${chunkErrors.total - chunkErrors.count} more.`)));

@@ -266,3 +266,19 @@ async def test_probes_answer_while_the_broker_is_away(dsn: str, spawn_daemon) ->
     assert any("waiting for the Kafka broker" in p for p in problems), problems
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as r:
         assert r.status == 200
+
+
+async def test_failure_keeps_its_traceback_in_api_and_cli(conn: asyncpg.Connection, api_daemon) -> None:  # type: ignore[no-untyped-def]
+    """Issue 17, item 6: the chunk's last error keeps its (bounded) traceback."""
+    await conn.execute(TABLES)
+    api = api_daemon()
+    c = ApiClient(api.url)
+    inst = c.call("POST", "/api/v1/instances", body={"job": "test.trust", "parameters": {"chunks": 2, "nul": "error"}})
+    assert await wait_status(conn, inst["id"], {"COMPLETED", "FAILED"}, 60) == "FAILED"
+    page = c.call("GET", f"/api/v1/instances/{inst['id']}/chunks", query={"errors": "true"})
+    (bad,) = [ch for ch in page["chunks"] if ch["status"] == "FAILED"]
+    assert bad["error_trace"].startswith("Traceback") and 'in t_work' in bad["error_trace"]
+    assert "RuntimeError: binary input" in bad["error_trace"]
+    out = run_cli("chunks", str(inst["id"]), "--errors", env=api.cli_env())
+    assert out.returncode == 0, out.stderr
+    assert "Traceback (most recent call last)" in out.stdout and "in t_work" in out.stdout
