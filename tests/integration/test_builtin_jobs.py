@@ -174,3 +174,40 @@ async def test_export_stays_inside_its_box(dsn: str, conn: asyncpg.Connection, t
     tt = json.loads(report_text)["transactionTime"]
     db_gap = await conn.fetchval("SELECT extract(epoch FROM now() - $1::text::timestamptz)", tt)
     assert 0 <= db_gap < 120
+
+
+def _libfaketime() -> str | None:
+    import glob
+    import os
+    found = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    if not found:
+        if os.environ.get("CI"):
+            raise AssertionError("libfaketime is missing: `make test` installs Debian's faketime")
+        return None
+    return found[0]
+
+
+async def test_transaction_time_is_the_database_clock(dsn: str, conn: asyncpg.Connection, tmp_path: Path,
+                                                      api_daemon) -> None:  # type: ignore[no-untyped-def]
+    """A daemon whose host clock is an hour fast: the export's transactionTime still comes
+    from the database, so a client's next `_since` export skips nothing."""
+    lib = _libfaketime()
+    if lib is None:
+        pytest.skip("libfaketime not installed (apt-get install faketime)")
+    await seed(conn, 500)
+    api = api_daemon(CHUNKD_EXPORT_DIR=str(tmp_path), LD_PRELOAD=lib, FAKETIME="+1h", CHUNKD_LOG_LEVEL="info",
+                     FAKETIME_DONT_FAKE_MONOTONIC="1", **ALLOW)
+    c = ApiClient(api.url)
+    inst = c.call("POST", "/api/v1/instances", body={"job": "chunkd.bulk-export",
+                                                     "parameters": {"table": "resources", "output": "skewed"}})
+    assert await wait_status(conn, inst["id"], {"COMPLETED", "FAILED"}, 60) == "COMPLETED"
+    report = json.loads(await conn.fetchval("SELECT report FROM chunkd_instance WHERE id = $1", inst["id"]))
+    gap = await conn.fetchval("SELECT extract(epoch FROM now() - $1::text::timestamptz)", report["transactionTime"])
+    assert 0 <= gap < 120, f"transactionTime is {gap:.0f}s from the database's clock"
+    # the daemon's clock really is skewed (the test would prove nothing otherwise): its log says so
+    from datetime import datetime, timezone
+    stamps = [json.loads(line).get("timestamp") for line in api.daemon.log_path.read_text().splitlines()
+              if line.startswith("{")]
+    assert any(stamps), api.daemon.log_path.read_text()[:1000]
+    logged = datetime.fromisoformat(next(t for t in stamps if t).replace("Z", "+00:00"))
+    assert (logged - datetime.now(timezone.utc)).total_seconds() > 3000
