@@ -17,14 +17,13 @@ from storage.schedules import ScheduleRow, Schedules
 from storage.states import C, RESTARTABLE, I
 from storage.types import StepCounts
 
-from actors.stopper import stop_running
-
 from . import api_models as m
+from . import control
 from .auth import Scope, allows, scope_of
 from .limits import MAX_BODY, MAX_IDEMPOTENCY_KEY, MAX_JSON_DEPTH, MAX_NAME, json_depth
 from .contract import parameters_schema
 from .registry import UnknownJobError
-from .sdk import Job, StepKind
+from .sdk import Job
 from .scheduling import ScheduleError, next_after
 from .scheduling import validate as validate_spec
 from .submit import BadParameters, IdempotencyConflict, UnknownJob, submit
@@ -399,9 +398,8 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
     async def cancel(request: Request) -> Response:
         iid = _instance_id(request)
         row = await load(iid)
-        if not await engine().store.cancel_instance(iid):
+        if not await control.stop(engine(), iid, force=False):
             raise conflict(await load(iid), "cancel")
-        stop_running(engine(), {iid})  # this daemon at once; the others within a poll (actors/stopper.py)
         log.info("instance state change", job=row["job_name"], instance_id=iid, status="CANCELLED")
         return ok(await detailed(await load(iid)))
 
@@ -411,9 +409,8 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
             raise ApiError(400, "bad_request", "stop needs force=true (use cancel to let running chunks finish)",
                            {"parameter": "force"})
         row = await load(iid)
-        if not await engine().store.force_stop_instance(iid):
+        if not await control.stop(engine(), iid, force=True):
             raise conflict(await load(iid), "stop")
-        stop_running(engine(), {iid})
         log.info("instance state change", job=row["job_name"], instance_id=iid, status="CANCELLED", forced=True)
         return ok(await detailed(await load(iid)))
 
@@ -423,16 +420,11 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         if row["status"] not in {s.value for s in RESTARTABLE}:
             raise conflict(row, "restart")
         try:
-            job = node.registry.get(row["job_name"], row["job_version"])
+            restarted = await control.restart(engine(), node.registry, row)
         except UnknownJobError as err:
             raise ApiError(409, "unknown_job", f"cannot restart: {err}") from None
-        reduction = job.steps[-1].index if job.steps[-1].kind is StepKind.REDUCE else None
-        e = engine()
-        parts = await e.store.restart_instance(iid, reduction)
-        if parts is None:
+        if not restarted:
             raise conflict(await load(iid), "restart")
-        if parts:
-            await e.channel.publish(parts)
         log.info("instance state change", job=row["job_name"], instance_id=iid, status="IN_PROGRESS", restarted=True)
         return ok(await detailed(await load(iid)))
 

@@ -31,10 +31,10 @@ from starlette.routing import Route
 from storage.states import RESTARTABLE, I
 from storage.types import StepCounts
 
+from . import control
 from .api import ApiError, _int, check_query, ok
 from .auth import Scope
 from .registry import UnknownJobError
-from .sdk import StepKind
 
 if TYPE_CHECKING:
     from .node import Node
@@ -293,9 +293,7 @@ def seed_routes(node: "Node", guarded: Guard, engine: Callable[[], Any]) -> list
         if force not in ("true", "false"):
             raise ApiError(400, "bad_request", "query parameter 'force' must be true or false", {"parameter": "force"})
         row = await load(iid)
-        store = engine().store
-        done = await (store.force_stop_instance(iid) if force == "true" else store.cancel_instance(iid))
-        if not done:
+        if not await control.stop(engine(), iid, force=force == "true"):
             raise ApiError(409, "illegal_state", f"cannot stop job execution {iid}: it is {row['status']}",
                            {"status": row["status"]})
         how = "stopped (running steps cancelled)" if force == "true" else \
@@ -311,16 +309,11 @@ def seed_routes(node: "Node", guarded: Guard, engine: Callable[[], Any]) -> list
             raise ApiError(409, "illegal_state", f"cannot restart job execution {iid}: it is {row['status']} "
                            "(only FAILED or CANCELLED ones restart)", {"status": row["status"]})
         try:
-            job = node.registry.get(row["job_name"], row["job_version"])
+            restarted = await control.restart(engine(), node.registry, row)
         except UnknownJobError as err:
             raise ApiError(409, "unknown_job", f"cannot restart: {err}") from None
-        reduction = job.steps[-1].index if job.steps[-1].kind is StepKind.REDUCE else None
-        e = engine()
-        parts = await e.store.restart_instance(iid, reduction)
-        if parts is None:
+        if not restarted:
             raise ApiError(409, "illegal_state", f"cannot restart job execution {iid}: it changed meanwhile")
-        if parts:
-            await e.channel.publish(parts)
         return ok(SmileMessage(f"Job execution {iid} restarted. New execution ID: {iid} (chunkd resumes the same "
                                f"instance in place; completed chunks are kept)", await as_execution(await load(iid), mid)))
 
@@ -343,7 +336,7 @@ def seed_routes(node: "Node", guarded: Guard, engine: Callable[[], Any]) -> list
         iid = int(raw)
         row = await load(iid, "instance")
         operation = f"Cancel job instance {iid}"
-        if await engine().store.cancel_instance(iid):
+        if await control.stop(engine(), iid, force=False):
             return ok(HapiOperationResult(operation, True, f"Job instance <{iid}> successfully cancelled."))
         return ok(HapiOperationResult(operation, False,
                                       f"Job instance <{iid}> is {row['status']}: nothing to cancel."))

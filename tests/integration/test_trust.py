@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from daemon.client import ApiCallError, ApiClient
-from tests.conftest import daemon_env, free_port, run_cli, submit_direct, wait_ready, wait_status
+from tests.conftest import free_port, run_cli, submit_direct, wait_status
 
 from .helpers import running_node, submit_job
 
