@@ -1,8 +1,11 @@
 """Every Prometheus metric chunkd exports, defined once. Labels are bounded:
-job name, step name, actor kind — never instance or chunk ids."""
+job name, step name, actor kind, partition number, chunk state, instance status, HTTP
+route template and status code — never instance, chunk or node ids (each id would be a
+new time series for Prometheus to keep forever)."""
 from __future__ import annotations
 
 import platform
+from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
@@ -47,5 +50,36 @@ KAFKA_LAG = Gauge("chunkd_kafka_consumer_lag", "Kafka consumer lag per assigned 
                   ["partition"])
 IS_LEADER = Gauge("chunkd_maintenance_leader", "1 while this daemon is the maintenance leader.")
 
+# Cluster-wide queue figures from one cheap grouped count per maintenance pass cadence,
+# exported by the maintenance leader only (like chunkd_instances), so sum() over daemons
+# is not needed and the claim/complete hot path is untouched.
+QUEUE_CHUNKS = Gauge("chunkd_queue_chunks",
+                     "Chunks per partition in state READY, IN_PROGRESS or ERRORED (waiting for a retry); "
+                     "exported by the maintenance leader.", ["partition", "state"])
+QUEUE_OLDEST_READY = Gauge("chunkd_queue_oldest_ready_age_seconds",
+                           "Age (since creation) of the oldest READY chunk per partition; 0 when none is READY. "
+                           "Exported by the maintenance leader.", ["partition"])
+REDUCTIONS = Counter("chunkd_reductions", "Reduction steps finished by this daemon's maintenance, by outcome.",
+                     ["job", "outcome"])
+GATES_ADVANCED = Counter("chunkd_gates_advanced", "Gates opened by maintenance (the next step's chunks became READY).",
+                         _STEP)
+LEADER_CHANGES = Counter("chunkd_maintenance_leader_changes",
+                         "Times this daemon took (acquired) or lost (lost) the maintenance lead.", ["change"])
+HTTP_SECONDS = Histogram("chunkd_http_request_duration_seconds",
+                         "HTTP request latency by route template (unmatched for unknown paths), method and status code.",
+                         ["route", "method", "status"],
+                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+READY = Gauge("chunkd_ready",
+              "1 when /readyz would answer 200 (database reachable, channel connected, migrated, not "
+              "stopping), 0 otherwise; evaluated at each scrape of /metrics.")
+
+
+def _version() -> str:
+    try:
+        return version("chunkd")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
 BUILD = Info("chunkd_build", "Build information.")
-BUILD.info({"version": "0.1.0", "python": platform.python_version()})
+BUILD.info({"version": _version(), "python": platform.python_version()})
