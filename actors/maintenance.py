@@ -42,6 +42,7 @@ class Maintenance:
         self.wake = anyio.Event()
         self._gauges_at = 0.0
         self._republish_at = 0.0
+        self._queue_at = 0.0
 
     async def run(self) -> None:
         cfg = self.engine.cfg
@@ -136,7 +137,9 @@ class Maintenance:
             INSTANCES.labels(status.value).set(0)
         for status, n in (await self.engine.store.instances_by_status()).items():
             INSTANCES.labels(status).set(n)
-        await self.export_queue()
+        if time.monotonic() - self._queue_at >= 1:  # idle clusters call us every pass
+            self._queue_at = time.monotonic()
+            await self.export_queue()
         for job_name, eta in etas.items():
             INSTANCE_ETA.labels(job_name).set(eta)
 
