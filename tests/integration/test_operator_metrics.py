@@ -42,9 +42,10 @@ async def test_queue_depth_and_oldest_ready_age_from_the_store(dsn: str, conn: a
         rows = [(0, C.READY, 120), (0, C.READY, 30), (0, C.IN_PROGRESS, 0), (1, C.ERRORED, 0), (1, C.ERRORED, 0),
                 (2, C.COMPLETED, 500), (2, C.GATE_WAITING, 900), (1, C.POLL_WAITING, 0)]
         for partition, state, age in rows:
-            await conn.execute(
-                "INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, created_at) "
-                "VALUES ($1, 1, $2, $3, 3, now() - make_interval(secs => $4))", iid, int(state), partition, float(age))
+            await conn.execute(  # a claimed (IN_PROGRESS) chunk always holds a lease, as claims set it
+                "INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, created_at, lease_until) "
+                "VALUES ($1, 1, $2, $3, 3, now() - make_interval(secs => $4), "
+                "CASE WHEN $2 = 3 THEN now() + interval '30 seconds' END)", iid, int(state), partition, float(age))
         assert await store.queue_depth() == {(0, "READY"): 2, (0, "IN_PROGRESS"): 1, (1, "ERRORED"): 2}
         ages = await store.oldest_ready_age(range(3))
         assert set(ages) == {0, 1, 2} and ages[1] == 0 and ages[2] == 0  # nothing READY there
