@@ -44,8 +44,8 @@ async def test_queue_depth_and_oldest_ready_age_from_the_store(dsn: str, conn: a
         for partition, state, age in rows:
             await conn.execute(  # a claimed (IN_PROGRESS) chunk always holds a lease, as claims set it
                 "INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, created_at, lease_until) "
-                "VALUES ($1, 1, $2, $3, 3, now() - make_interval(secs => $4), "
-                "CASE WHEN $2 = 3 THEN now() + interval '30 seconds' END)", iid, int(state), partition, float(age))
+                "VALUES ($1, 1, $2::smallint, $3, 3, now() - make_interval(secs => $4), "
+                "CASE WHEN $2::smallint = 3 THEN now() + interval '30 seconds' END)", iid, int(state), partition, float(age))
         assert await store.queue_depth() == {(0, "READY"): 2, (0, "IN_PROGRESS"): 1, (1, "ERRORED"): 2}
         ages = await store.oldest_ready_age(range(3))
         assert set(ages) == {0, 1, 2} and ages[1] == 0 and ages[2] == 0  # nothing READY there
