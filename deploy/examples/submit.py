@@ -6,7 +6,7 @@ manage token is read from the read-only file the Secret is mounted at (APP_CHUNK
 the app's own setting, not the daemon's), never from the environment (it would show in `kubectl describe` and crash dumps).
 
     CHUNKD_API_URL=http://127.0.0.1:8080 APP_CHUNKD_TOKEN_FILE=/var/run/secrets/chunkd/manage-token \\
-        python submit.py acme.days '{"first": "2026-01-01", "last": "2026-01-31"}' nightly-2026-01
+        python submit.py acme.fetch '{"base_url": "https://data.example.com", "pages": 500}' nightly-2026-01-31
 """
 from __future__ import annotations
 

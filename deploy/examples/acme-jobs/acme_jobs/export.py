@@ -1,50 +1,59 @@
 """An example job module for the chunkd image: CHUNKD_JOBS=acme_jobs.export.
 
-Days between two dates, one chunk per day, summed by a reduction; it uses
-python-dateutil (the third-party package the example Dockerfile adds)."""
+Fetches numbered pages from an HTTP endpoint, one chunk per page, and sums their sizes in a
+reduction. It uses `requests`, the third-party package the example Dockerfile adds; the
+fetch step is a plain function, so chunkd runs it in a worker thread and the blocking
+HTTP call does not stall the daemon's event loop."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
 
 import msgspec
-from dateutil.parser import isoparse
+import requests
 
 from daemon.sdk import Context, Job, Sink
 
 
-class DaysParams(msgspec.Struct, forbid_unknown_fields=True):
-    first: str   # ISO date, e.g. 2026-01-01
-    last: str
+class FetchParams(msgspec.Struct, forbid_unknown_fields=True):
+    base_url: str   # pages are {base_url}/page-{n}.json
+    pages: int
 
 
-class Day(msgspec.Struct, array_like=True):
-    iso: str
+class Page(msgspec.Struct, array_like=True):
+    n: int
 
 
-class Count(msgspec.Struct):
-    days: int
+class Fetched(msgspec.Struct, array_like=True):
+    n: int
+    size: int
 
 
-job = Job("acme.days", version=1, params=DaysParams, gated=True)
+class Total(msgspec.Struct):
+    pages: int
+    bytes: int
 
 
-@job.first_step(emits=Day)
-async def plan(params: DaysParams, ctx: Context, sink: Sink[Day]) -> None:
-    day, last = isoparse(params.first).date(), isoparse(params.last).date()
-    while day <= last:
-        sink.emit(Day(day.isoformat()))
-        day += timedelta(days=1)
+job = Job("acme.fetch", version=1, params=FetchParams, gated=True)
 
 
-@job.step(consumes=Day, emits=Day)
-async def touch(params: DaysParams, chunk: Day, ctx: Context, sink: Sink[Day]) -> None:
-    sink.emit(chunk)  # the real work for one day goes here
+@job.first_step(emits=Page)
+async def plan(params: FetchParams, ctx: Context, sink: Sink[Page]) -> None:
+    for n in range(params.pages):
+        sink.emit(Page(n))
 
 
-@job.reduce(consumes=Day)
-async def count(params: DaysParams, chunks: AsyncIterator[Day], ctx: Context) -> Count:
-    n = 0
-    async for _ in chunks:
-        n += 1
-    return Count(n)
+@job.step(consumes=Page, emits=Fetched, max_attempts=5)
+def fetch(params: FetchParams, chunk: Page, ctx: Context, sink: Sink[Fetched]) -> None:
+    # A failed request raises: chunkd retries the chunk with backoff, up to max_attempts.
+    r = requests.get(f"{params.base_url}/page-{chunk.n}.json", timeout=10)
+    r.raise_for_status()
+    sink.emit(Fetched(chunk.n, len(r.content)))
+
+
+@job.reduce(consumes=Fetched)
+async def total(params: FetchParams, chunks: AsyncIterator[Fetched], ctx: Context) -> Total:
+    pages = size = 0
+    async for f in chunks:
+        pages += 1
+        size += f.size
+    return Total(pages, size)
