@@ -144,9 +144,10 @@ class Maintenance:
             INSTANCE_ETA.labels(job_name).set(eta)
 
     async def export_queue(self) -> None:
-        """Queue depth and the stall detector (oldest READY age), on the gauges' cadence (5 s),
-        never per chunk. Every configured partition gets a series, 0 included, so an alert on
-        a partition does not depend on the series appearing."""
+        """Queue depth and the stall detector (oldest READY age), with the other leader gauges
+        (every 5 s while instances run, at most once a second when idle), never per chunk.
+        Every configured partition gets a series, 0 included, so an alert on a partition
+        does not depend on the series appearing."""
         store = self.engine.store
         depth = await store.queue_depth()
         ages = await store.oldest_ready_age(range(self.engine.cfg.partitions))

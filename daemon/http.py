@@ -87,7 +87,7 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 class RequestMetrics:
     """Pure ASGI middleware: observes chunkd_http_request_duration_seconds per route
-    *template* (e.g. /api/v1/instances/{id}, never the id itself), method and status, so
+    *template* (e.g. /api/v1/instances/{id:int}, never the id itself), method and status, so
     the label set stays bounded whatever clients send. /metrics itself is included."""
 
     def __init__(self, app: ASGIApp) -> None:

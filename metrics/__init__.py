@@ -50,9 +50,9 @@ KAFKA_LAG = Gauge("chunkd_kafka_consumer_lag", "Kafka consumer lag per assigned 
                   ["partition"])
 IS_LEADER = Gauge("chunkd_maintenance_leader", "1 while this daemon is the maintenance leader.")
 
-# Cluster-wide queue figures from one cheap grouped count per maintenance pass cadence,
-# exported by the maintenance leader only (like chunkd_instances), so sum() over daemons
-# is not needed and the claim/complete hot path is untouched.
+# Cluster-wide queue figures from two cheap statements on the partial indexes, run by the
+# maintenance leader with its other gauges (like chunkd_instances; others clear them), so
+# they are never summed over daemons and the claim/complete hot path is untouched.
 QUEUE_CHUNKS = Gauge("chunkd_queue_chunks",
                      "Chunks per partition in state READY, IN_PROGRESS or ERRORED (waiting for a retry); "
                      "exported by the maintenance leader.", ["partition", "state"])
@@ -64,7 +64,7 @@ REDUCTIONS = Counter("chunkd_reductions", "Reduction steps finished by this daem
 GATES_ADVANCED = Counter("chunkd_gates_advanced", "Gates opened by maintenance (the next step's chunks became READY).",
                          _STEP)
 LEADER_CHANGES = Counter("chunkd_maintenance_leader_changes",
-                         "Times this daemon took (acquired) or lost (lost) the maintenance lead.", ["change"])
+                         "Times this daemon took (acquired) or lost (lost, also on shutdown) the maintenance lead.", ["change"])
 HTTP_SECONDS = Histogram("chunkd_http_request_duration_seconds",
                          "HTTP request latency by route template (unmatched for unknown paths), method and status code.",
                          ["route", "method", "status"],
