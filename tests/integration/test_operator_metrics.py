@@ -63,7 +63,8 @@ async def test_operator_metrics_from_a_daemon_running_a_gated_job(
     tokens.write_text(f"manage:{token}\n")
     app_token = tmp_path / "manage-token"
     app_token.write_text(token + "\n")
-    spawn_daemon(CHUNKD_HTTP_ADDR=f"127.0.0.1:{port}", CHUNKD_API_TOKENS_FILE=str(tokens), CHUNKD_PARTITIONS="3")
+    # As in the pod: all interfaces (allowed because there are tokens), a tokens file.
+    spawn_daemon(CHUNKD_HTTP_ADDR=f"0.0.0.0:{port}", CHUNKD_API_TOKENS_FILE=str(tokens), CHUNKD_PARTITIONS="3")
     wait_ready(url, 60)
 
     # The app's side, as deploy/examples/submit.py does it in the pod.
@@ -110,8 +111,8 @@ async def test_operator_metrics_from_a_daemon_running_a_gated_job(
     [build] = [dict(labels) for name, labels in m if name == "chunkd_build_info"]
     assert build["version"] == version("chunkd")
 
-    # The image's HEALTHCHECK script against the live daemon, with a wildcard-free address.
+    # The image's HEALTHCHECK script against the live daemon: the wildcard address maps to loopback.
     hc = subprocess.run([sys.executable, str(ROOT / "deploy/docker/healthcheck.py")],
-                        env={"CHUNKD_HTTP_ADDR": f"127.0.0.1:{port}", "PATH": "/usr/bin:/bin"},
+                        env={"CHUNKD_HTTP_ADDR": f"0.0.0.0:{port}", "PATH": "/usr/bin:/bin"},
                         capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert hc.returncode == 0, hc.stderr
