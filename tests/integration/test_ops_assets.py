@@ -252,3 +252,22 @@ def test_dashboard_check_fails_on_a_typo_and_on_a_syntax_error(tmp_path: Path) -
     syntax.write_text(json.dumps(board))
     problems = dashboard_problems(syntax, tmp_path)
     assert any("parse error" in p.lower() for p in problems), problems
+
+
+def test_dashboard_is_importable_as_grafana_expects() -> None:
+    """What Grafana needs to import the board without questions: unique panel ids, a
+    refId per query, every query on the board's Prometheus data-source variable."""
+    board = json.loads(DASHBOARD.read_text())
+    assert board["uid"] and board["title"] and isinstance(board["schemaVersion"], int)
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in board["panels"]:
+        assert {"x", "y", "w", "h"} <= set(p["gridPos"]), p["title"]
+        if p["type"] == "row":
+            continue
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        refs = [t["refId"] for t in p["targets"]]
+        assert refs and len(refs) == len(set(refs)), p["title"]
+        assert all(t["datasource"]["uid"] == "${datasource}" for t in p["targets"]), p["title"]
