@@ -116,3 +116,17 @@ async def test_operator_metrics_from_a_daemon_running_a_gated_job(
                         env={"CHUNKD_HTTP_ADDR": f"0.0.0.0:{port}", "PATH": "/usr/bin:/bin"},
                         capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert hc.returncode == 0, hc.stderr
+
+
+def _healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "deploy/docker/healthcheck.py")], env={"PATH": "/usr/bin:/bin", **env},
+                          capture_output=True, text=True, timeout=30, cwd=ROOT)
+
+
+def test_healthcheck_with_http_off_and_with_a_value_the_daemon_refuses() -> None:
+    off = _healthcheck({"CHUNKD_HTTP_ADDR": "off"})
+    assert off.returncode == 0 and "off" in off.stdout
+    bad = _healthcheck({"CHUNKD_HTTP_ADDR": ":8080"})  # chunkd exits 2 on it: the container is unhealthy
+    assert bad.returncode == 1 and "CHUNKD_HTTP_ADDR" in bad.stderr
+    closed = _healthcheck({"CHUNKD_HTTP_ADDR": "0.0.0.0:1"})  # nothing listens on port 1
+    assert closed.returncode == 1 and "127.0.0.1:1/healthz" in closed.stderr

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,6 @@ CUSTOM = (ROOT / "deploy/examples/Dockerfile.custom-jobs").read_text()
 NATIVE = ROOT / "deploy/kubernetes/native-sidecar.yaml"
 PLAIN = ROOT / "deploy/kubernetes/two-containers.yaml"
 MANIFESTS = (NATIVE, PLAIN)
-HEALTHCHECK = ROOT / "deploy/docker/healthcheck.py"
 
 
 def deployment(path: Path) -> dict[str, Any]:
@@ -116,16 +113,3 @@ def test_app_reaches_the_sidecar_with_a_read_only_token_file() -> None:
         [m] = [m for m in chunkd["volumeMounts"] if m["mountPath"] == tokens_dir]
         assert m["readOnly"] is True and volumes[m["name"]]["secret"]["secretName"] == secret["secretName"]
 
-
-def _healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(HEALTHCHECK)], env={"PATH": "/usr/bin:/bin", **env},
-                          capture_output=True, text=True, timeout=30, cwd=ROOT)
-
-
-def test_healthcheck_with_http_off_and_with_a_value_the_daemon_refuses() -> None:
-    off = _healthcheck({"CHUNKD_HTTP_ADDR": "off"})
-    assert off.returncode == 0 and "off" in off.stdout
-    bad = _healthcheck({"CHUNKD_HTTP_ADDR": ":8080"})  # chunkd exits 2 on it: the container is unhealthy
-    assert bad.returncode == 1 and "CHUNKD_HTTP_ADDR" in bad.stderr
-    closed = _healthcheck({"CHUNKD_HTTP_ADDR": "0.0.0.0:1"})  # nothing listens on port 1
-    assert closed.returncode == 1 and "127.0.0.1:1/healthz" in closed.stderr
