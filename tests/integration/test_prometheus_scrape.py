@@ -28,7 +28,8 @@ T = TypeVar("T")
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy/prometheus/alerts.yml"
 CHUNKS = 300
-WORK_MS = 30  # with 2 partitions x 1 step at a time: ~5 s of work, several 1 s scrapes
+WORK_MS = 60  # with 2 partitions x 1 step at a time: ~9 s of work, so the leader's 5 s queue
+               # export lands while chunks wait, and many 1 s scrapes see the counters move
 
 
 @pytest.fixture
@@ -144,6 +145,14 @@ async def test_prometheus_scrapes_a_daemon_running_a_job(dsn: str, conn: asyncpg
     assert {(s["metric"]["partition"], s["metric"]["state"]) for s in depth} == {
         (p, s) for p in ("0", "1") for s in ("READY", "IN_PROGRESS", "ERRORED")}
     eventually(lambda: values(prom, "sum(chunkd_queue_chunks)") == [0.0] or None, 60, "the queue never drained")
+    # ...and while the job ran they showed it: a READY backlog (at most the job's chunks),
+    # chunks in progress (at most the 2 running steps plus the claimed batch), a head age.
+    [ready_peak] = values(prom, 'max(max_over_time(chunkd_queue_chunks{state="READY"}[5m]))')
+    assert 0 < ready_peak <= CHUNKS, ready_peak
+    [running_peak] = values(prom, 'max(max_over_time(chunkd_queue_chunks{state="IN_PROGRESS"}[5m]))')
+    assert 0 < running_peak <= CHUNKS, running_peak
+    [age_peak] = values(prom, "max(max_over_time(chunkd_queue_oldest_ready_age_seconds[5m]))")
+    assert age_peak > 0, age_peak
     from importlib.metadata import version
     [build] = query(prom, "chunkd_build_info")
     assert build["metric"]["version"] == version("chunkd")
