@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CHUNKD_HTTP_ADDR=0.0.0.0:8080 \
     CHUNKD_HOME=/home/chunkd/.chunkd
 
-RUN useradd --create-home --uid 10001 chunkd
+RUN groupadd --gid 10001 chunkd && useradd --create-home --uid 10001 --gid 10001 chunkd
 WORKDIR /app
 
 # Locked runtime dependencies first: a code change does not re-install them.
@@ -22,13 +22,18 @@ COPY channels ./channels
 COPY metrics ./metrics
 COPY benchmarks ./benchmarks
 RUN pip install --no-cache-dir --no-deps . && rm -rf /app/build
+COPY deploy/docker/healthcheck.py /usr/local/lib/chunkd/healthcheck.py
 
-USER chunkd
+# Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd
+# (the manifests in deploy/kubernetes set runAsUser: 10001 to match).
+USER 10001:10001
 EXPOSE 8080
 # SIGTERM: stop claiming, finish or release in-flight chunks within
 # CHUNKD_SHUTDOWN_GRACE_SECONDS (default 25), exit 0.
 STOPSIGNAL SIGTERM
-HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-  CMD python -c "import os,urllib.request; h,p=os.environ['CHUNKD_HTTP_ADDR'].rsplit(':',1); urllib.request.urlopen(f'http://127.0.0.1:{p}/healthz', timeout=2)"
+# Liveness only (/healthz). The script reads CHUNKD_HTTP_ADDR through daemon.config, so
+# "off" and wildcard hosts work; start-period covers migrations (HTTP answers after them).
+HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
+  CMD ["python", "/usr/local/lib/chunkd/healthcheck.py"]
 ENTRYPOINT ["chunkd"]
 CMD ["run"]

@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# checkov lives in a venv of its own (see requirements-lint.lock for why).
+LINT_VENV := .venv-lint
 
 .PHONY: demo test unit run clean promtool chromium faketime bench
 
@@ -14,15 +16,24 @@ $(VENV): requirements.lock requirements-dev.lock pyproject.toml
 demo: $(VENV)
 	$(BIN)/chunkd demo
 
-test: $(VENV) promtool chromium faketime
+test: $(VENV) $(LINT_VENV) promtool chromium faketime
 	$(BIN)/python -m pytest -q tests
 
-# Best effort: the metrics test also runs `promtool check metrics` when it is installed
-# (Debian package prometheus). Without root or apt the test says it skipped it.
+$(LINT_VENV): requirements-lint.lock
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-lint.lock
+	touch $(LINT_VENV)
+
+# promtool and prometheus (Debian package prometheus): the metrics format check, the alert
+# rules and their unit tests, the dashboard's expressions and the real-scrape test. Installed
+# when root with apt (a fresh machine may need `apt-get update` first); otherwise those tests
+# are skipped outside CI and fail in CI.
 promtool:
 	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; } || \
-	  echo "promtool not installed: the promtool metrics check will be skipped"
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; }; }; } || \
+	  echo "promtool not installed: the Prometheus tests will be skipped (outside CI)"
 
 # The dashboard's browser tests drive Debian's Chromium with Playwright (never a downloaded
 # browser). Installed when root with apt; otherwise the test says how (CI fails without it).
@@ -42,7 +53,7 @@ unit: $(VENV)
 	$(BIN)/python -m pytest -q tests/unit
 
 clean:
-	rm -rf $(VENV) .chunkd
+	rm -rf $(VENV) $(LINT_VENV) .chunkd
 
 # The benchmark against its peers (installs pgqueuer and procrastinate into .venv).
 bench: $(VENV)

@@ -15,6 +15,7 @@ import structlog
 from daemon.registry import UnknownJobError
 from daemon.sdk import Context, Job, StepKind
 from metrics import CHUNKS_RETRIED, INSTANCE_ETA, INSTANCES, IS_LEADER, LEASES_RESCUED, MAINTENANCE_SECONDS
+from metrics import GATES_ADVANCED, LEADER_CHANGES, QUEUE_CHUNKS, QUEUE_OLDEST_READY, REDUCTIONS
 from storage.codec import decode, to_json
 from storage.errors import TRANSIENT, Backoff
 from storage.states import I
@@ -43,6 +44,7 @@ class Maintenance:
         self.wake = anyio.Event()
         self._gauges_at = 0.0
         self._republish_at = 0.0
+        self._queue_at = 0.0
 
     async def run(self) -> None:
         cfg = self.engine.cfg
@@ -76,6 +78,8 @@ class Maintenance:
                     self._lose()
 
     def _lose(self) -> None:
+        if self.engine.leader:
+            LEADER_CHANGES.labels("lost").inc()
         self.engine.leader = False
         self.term = None
         IS_LEADER.set(0)
@@ -87,11 +91,13 @@ class Maintenance:
         term = await self.engine.store.acquire_leadership(self.engine.node_id, ttl)
         if term is not None and not self.engine.leader:
             log.info("became maintenance leader", term=term)
+            LEADER_CHANGES.labels("acquired").inc()
         was_leader, self.engine.leader = self.engine.leader, term is not None
         self.term = LeaderTerm(self.engine.node_id, term) if term is not None else None
         IS_LEADER.set(1 if self.engine.leader else 0)
         if was_leader and not self.engine.leader:
             log.info("lost maintenance leadership")
+            LEADER_CHANGES.labels("lost").inc()
             await self.export_gauges({})
         if self.engine.leader:
             started = time.perf_counter()
@@ -135,13 +141,36 @@ class Maintenance:
         INSTANCES.clear()
         INSTANCE_ETA.clear()
         if not self.engine.leader:
+            QUEUE_CHUNKS.clear()
+            QUEUE_OLDEST_READY.clear()
             return
         for status in I:
             INSTANCES.labels(status.value).set(0)
         for status, n in (await self.engine.store.instances_by_status()).items():
             INSTANCES.labels(status).set(n)
+        if time.monotonic() - self._queue_at >= 1:  # idle clusters call us every pass
+            self._queue_at = time.monotonic()
+            await self.export_queue()
         for job_name, eta in etas.items():
             INSTANCE_ETA.labels(job_name).set(eta)
+
+    async def export_queue(self) -> None:
+        """Queue depth and the stall detector (oldest READY age), with the other leader gauges
+        (every 5 s while instances run, at most once a second when idle), never per chunk.
+        Every configured partition gets a series, 0 included, so an alert on a partition
+        does not depend on the series appearing."""
+        store = self.engine.store
+        depth = await store.queue_depth()
+        ages = await store.oldest_ready_age(range(self.engine.cfg.partitions))
+        QUEUE_CHUNKS.clear()
+        QUEUE_OLDEST_READY.clear()
+        for p in range(self.engine.cfg.partitions):
+            for state in ("READY", "IN_PROGRESS", "ERRORED"):
+                QUEUE_CHUNKS.labels(str(p), state).set(0)
+        for (p, state), n in depth.items():
+            QUEUE_CHUNKS.labels(str(p), state).set(n)
+        for p, age in ages.items():
+            QUEUE_OLDEST_READY.labels(str(p)).set(age)
 
     async def instances(self) -> set[int]:
         store = self.engine.store
@@ -195,6 +224,7 @@ class Maintenance:
             parts = await store.advance_gate(inst.id, to_step, term)
             if parts is not None:
                 bound.info("gate advanced", step=job.steps[to_step].name)
+                GATES_ADVANCED.labels(job.name, job.steps[to_step].name).inc()
                 self.wake.set()  # the next step may already be finished (it was empty)
                 return parts
         elif action is Action.COMPLETE:
@@ -247,9 +277,11 @@ class Maintenance:
             except Exception as e:  # noqa: BLE001 - the user's reducer failed (or its data is bad)
                 msg = f"reduction step {step.name!r} failed: {type(e).__name__}: {e}"
                 bound.warning("reduction failed", error=msg)
+                REDUCTIONS.labels(job.name, "failed").inc()
                 if await store.finish_instance(inst.id, I.FAILED, error=msg, leader=term):
                     await _handler(job.on_error, inst.id, msg)
                 return
+            REDUCTIONS.labels(job.name, "completed").inc()
             bound.info("instance state change", status=I.COMPLETED.value)
             await _handler(job.on_complete, inst.id, report)
         except (NotLeader, *TRANSIENT) as e:  # recording the failure itself failed: the next pass retries

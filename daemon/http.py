@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,9 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope as AsgiScope, Send
+
+from metrics import HTTP_SECONDS, READY
 
 from .api import ApiError, _json, error_response, ok, routes
 from .api_models import Health
@@ -37,6 +41,9 @@ def build_app(node: "Node", tokens: dict[str, Scope] | None = None) -> Starlette
     openapi = _json.encode(document(secured=bool(tokens)))
 
     async def metrics(_: Request) -> Response:
+        # Readiness as a metric: the sidecar's readiness probe deliberately does not look at
+        # the database (deploy/README.md), so alerts see it here instead.
+        READY.set(0 if await node.readiness_problems() else 1)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(_: Request) -> Response:
@@ -66,7 +73,7 @@ def build_app(node: "Node", tokens: dict[str, Scope] | None = None) -> Starlette
         log.error("API handler failed", error=repr(exc), exc_info=exc)
         return error_response(ApiError(500, "internal", "internal error; see the daemon log"))
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/metrics", metrics),
             Route("/healthz", healthz),
@@ -79,6 +86,42 @@ def build_app(node: "Node", tokens: dict[str, Scope] | None = None) -> Starlette
         middleware=[Middleware(Guard, own_hosts=[*node.cfg.api_allowed_hosts,
                                                  *([node.cfg.http_addr[0]] if node.cfg.http_addr else [])])],
     )
+    app.add_middleware(RequestMetrics)
+    return app
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestMetrics:
+    """Pure ASGI middleware: observes chunkd_http_request_duration_seconds per route
+    *template* (e.g. /api/v1/instances/{id:int}, never the id itself), method and status, so
+    the label set stays bounded whatever clients send. /metrics itself is included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # a handler that dies before answering is counted as a server error
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")  # set by Starlette's router on the shared scope dict
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            HTTP_SECONDS.labels(template, method if method in _METHODS else "other",
+                                str(status)).observe(time.perf_counter() - started)
 
 
 class _Server(uvicorn.Server):

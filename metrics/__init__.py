@@ -1,8 +1,11 @@
 """Every Prometheus metric chunkd exports, defined once. Labels are bounded:
-job name, step name, actor kind — never instance or chunk ids."""
+job name, step name, actor kind, partition number, chunk state, instance status, HTTP
+route template and status code — never instance, chunk or node ids (each id would be a
+new time series for Prometheus to keep forever)."""
 from __future__ import annotations
 
 import platform
+from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
@@ -50,5 +53,36 @@ CHANNEL_STARVED = Gauge("chunkd_channel_starved",
                         "1 while this daemon has had no Kafka partition for over 18 s while READY chunks wait "
                         "(it then claims from every partition).")
 
+# Cluster-wide queue figures from two cheap statements on the partial indexes, run by the
+# maintenance leader with its other gauges (like chunkd_instances; others clear them), so
+# they are never summed over daemons and the claim/complete hot path is untouched.
+QUEUE_CHUNKS = Gauge("chunkd_queue_chunks",
+                     "Chunks per partition in state READY, IN_PROGRESS or ERRORED (waiting for a retry); "
+                     "exported by the maintenance leader.", ["partition", "state"])
+QUEUE_OLDEST_READY = Gauge("chunkd_queue_oldest_ready_age_seconds",
+                           "Age (since creation) of the oldest READY chunk per partition; 0 when none is READY. "
+                           "Exported by the maintenance leader.", ["partition"])
+REDUCTIONS = Counter("chunkd_reductions", "Reduction steps finished by this daemon's maintenance, by outcome.",
+                     ["job", "outcome"])
+GATES_ADVANCED = Counter("chunkd_gates_advanced", "Gates opened by maintenance (the next step's chunks became READY).",
+                         _STEP)
+LEADER_CHANGES = Counter("chunkd_maintenance_leader_changes",
+                         "Times this daemon took (acquired) or lost (lost, also on shutdown) the maintenance lead.", ["change"])
+HTTP_SECONDS = Histogram("chunkd_http_request_duration_seconds",
+                         "HTTP request latency by route template (unmatched for unknown paths), method and status code.",
+                         ["route", "method", "status"],
+                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+READY = Gauge("chunkd_ready",
+              "1 when /readyz would answer 200 (database reachable, channel connected, migrated, not "
+              "stopping), 0 otherwise; evaluated at each scrape of /metrics.")
+
+
+def _version() -> str:
+    try:
+        return version("chunkd")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
 BUILD = Info("chunkd_build", "Build information.")
-BUILD.info({"version": "0.1.0", "python": platform.python_version()})
+BUILD.info({"version": _version(), "python": platform.python_version()})

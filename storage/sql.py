@@ -356,3 +356,24 @@ NOTIFY = "SELECT pg_notify($1, $2)"
 
 # Idempotency (migration 0010): what the key was first used for, written in the submit's transaction.
 INSTANCE_SET_IDEMPOTENCY_REQUEST = "UPDATE chunkd_instance SET idempotency_request = $2::jsonb WHERE id = $1"
+
+# ---------------------------------------------------------------- operator gauges
+# Queue depth per partition for the states an operator watches. One statement per state,
+# each answered from that state's partial index (no OR across states, see 0001_core.sql);
+# IN_PROGRESS and ERRORED are small, READY is an index-only count on (partition, id).
+# A claimed chunk always has a lease (claims set it, every move out clears it), so the
+# IN_PROGRESS count repeats the predicate of chunkd_chunk_leased (0003) to use that index.
+QUEUE_DEPTH = f"""
+SELECT partition, {int(C.READY)}::smallint AS state, count(*) AS n FROM chunkd_chunk WHERE state = {int(C.READY)} GROUP BY partition
+UNION ALL
+SELECT partition, {int(C.IN_PROGRESS)}::smallint, count(*) FROM chunkd_chunk
+WHERE state = {int(C.IN_PROGRESS)} AND lease_until IS NOT NULL GROUP BY partition
+UNION ALL
+SELECT partition, {int(C.ERRORED)}::smallint, count(*) FROM chunkd_chunk WHERE state = {int(C.ERRORED)} GROUP BY partition"""
+# Per partition in $1, the age of the head of its READY queue (lowest id, as claims take
+# them): one index probe each on chunkd_chunk_ready, like CHUNK_PARTITION_HEAD_AGE.
+QUEUE_OLDEST_READY = f"""
+SELECT p.partition, coalesce((
+    SELECT extract(epoch FROM now() - k.created_at)::float8 FROM chunkd_chunk k
+    WHERE k.state = {int(C.READY)} AND k.partition = p.partition ORDER BY k.id LIMIT 1), 0) AS age
+FROM unnest($1::smallint[]) AS p(partition)"""

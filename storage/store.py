@@ -409,3 +409,12 @@ class Store:
 
     async def notify(self, channel: str, payload: str) -> None:
         await self.pool.execute(sql.NOTIFY, channel, payload)
+
+    async def queue_depth(self) -> dict[tuple[int, str], int]:
+        """(partition, state name) -> chunks, for READY, IN_PROGRESS and ERRORED."""
+        return {(r["partition"], C(r["state"]).name): r["n"] for r in await self.pool.fetch(sql.QUEUE_DEPTH)}
+
+    async def oldest_ready_age(self, partitions: Iterable[int]) -> dict[int, float]:
+        """partition -> seconds since the head of its READY queue was created (0 if empty)."""
+        rows = await self.pool.fetch(sql.QUEUE_OLDEST_READY, list(partitions))
+        return {r["partition"]: r["age"] for r in rows}
