@@ -113,15 +113,19 @@ class Node:
             await anyio.sleep(1)
 
     async def _gauges(self, engine: Engine) -> None:
-        assigned = sum(1 for p in range(self.cfg.partitions) if engine.channel.owns(p))
-        PARTITIONS_ASSIGNED.set(assigned)
+        assigned = self._set_gauges(engine)
         with anyio.move_on_after(2):  # the liveness tick must not wait on the database
             await self._check_starved(engine, assigned)
+
+    def _set_gauges(self, engine: Engine) -> int:
+        assigned = sum(1 for p in range(self.cfg.partitions) if engine.channel.owns(p))
+        PARTITIONS_ASSIGNED.set(assigned)
         MAILBOX_DEPTH.labels("completer").set(engine.completer_send.statistics().current_buffer_used)
         MAILBOX_DEPTH.labels("step-executor").set(sum(m.statistics().current_buffer_used for m in self._mailboxes))
         IN_FLIGHT.set(sum(engine.inflight.running))
         POOL_SIZE.set(engine.store.pool.get_size())
         POOL_IN_USE.set(engine.store.pool.get_size() - engine.store.pool.get_idle_size())
+        return assigned
 
     async def _check_starved(self, engine: Engine, assigned: int) -> None:
         if assigned or engine.channel.name != "kafka":
@@ -202,6 +206,7 @@ class Node:
                     except TRANSIENT as e:
                         log.warning("registering schedules failed; the scheduler retries", error=repr(e))
                 self.engine = engine  # the API serves from here on
+                self._set_gauges(engine)  # at once, not at the next tick
                 maintenance = Maintenance(engine)
                 background.start_soon(sup.supervise, "maintenance", "maintenance", maintenance.run)
                 background.start_soon(sup.supervise, "scheduler", "scheduler", scheduler.run)
