@@ -53,7 +53,7 @@ SPLIT_AFTER = 5
 
 def _size(o: Outcome) -> int:
     r = o.result
-    return sum(len(c) for c in r.children) if isinstance(r, Success) else 0
+    return sum(map(len, r.children)) if type(r) is Success and r.children else 0
 
 
 def _drain(recv: anyio.abc.ObjectReceiveStream[Outcome], batch: list[Outcome], limit: int, size: int) -> int:

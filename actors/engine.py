@@ -1,6 +1,8 @@
 """State the actors of one daemon share: what it holds, the instance cache, the mailboxes."""
 from __future__ import annotations
 
+import asyncio
+
 import threading
 from collections import deque
 from typing import Any
@@ -127,6 +129,39 @@ class JobSlots:
             self._used[job.name] -= 1
 
 
+class RunningStep:
+    """A step running now: what the stopper needs to tell it its instance ended.
+
+    An async step is interrupted by cancelling its asyncio task natively, not through an
+    anyio CancelScope: a scope per chunk cost ~8 µs, a sixth of a chunk's whole budget on
+    the drain benchmark. The executor tells our cancellation from anyone else's (shutdown)
+    by `stop_requested` and the task's cancel count (`Task.uncancel`)."""
+
+    __slots__ = ("instance_id", "ctx", "task", "stop_requested", "_settled")
+
+    def __init__(self, instance_id: int, ctx: Any, task: asyncio.Task[Any] | None) -> None:
+        self.instance_id = instance_id
+        self.ctx = ctx
+        self.task = task   # None for a sync step: it runs in a thread and only sees ctx.cancelled
+        self.stop_requested = False
+        self._settled = False
+
+    def stop(self) -> None:
+        self.ctx.cancelled = True
+        if self.task is not None and not self.stop_requested:
+            self.stop_requested = True
+            self.task.cancel("chunkd: the instance ended")
+
+    def settle(self) -> bool:
+        """Take our cancellation request back (once); True if another one is still pending."""
+        if self.task is None:
+            return False
+        if self.stop_requested and not self._settled:
+            self._settled = True
+            return self.task.uncancel() > 0
+        return self.task.cancelling() > 0
+
+
 class Engine:
     def __init__(self, cfg: Config, store: Store, channel: Channel, registry: Registry, node_id: int,
                  dsn: str) -> None:
@@ -149,8 +184,8 @@ class Engine:
         # Instances that ended (cancelled, failed) while this daemon holds chunks of them:
         # those chunks never start (actors/stopper.py keeps this current).
         self.ended: set[int] = set()
-        # Steps running now: chunk id -> (instance id, its Context, the cancel scope of an async step)
-        self.running: dict[int, tuple[int, Any, anyio.CancelScope | None]] = {}
+        # Steps running now, by chunk id (the stopper interrupts those of ended instances)
+        self.running: dict[int, RunningStep] = {}
 
     def cached_runtime(self, instance_id: int) -> Runtime | None:
         hit = self._runtimes.get(instance_id)

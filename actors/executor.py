@@ -2,6 +2,7 @@
 into an Outcome for the completer. Never raises for a step's own failure."""
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 import traceback
@@ -22,7 +23,7 @@ from storage.retry import after_error
 from storage.states import C
 from storage.types import ClaimedChunk, Setback, Success
 
-from .engine import Engine, Outcome
+from .engine import Engine, Outcome, RunningStep
 
 log = structlog.get_logger("chunkd.executor")
 
@@ -83,12 +84,12 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
         except TRANSIENT as e:
             return setback(C.POLL_WAITING, f"could not record the start: {e!r}", failure=False, delay=1.0)
     started = time.perf_counter()
-    # Async steps run in a scope the stopper cancels when the instance ends (cancel,
-    # force-stop, fail-fast): the step is interrupted at its next await.
-    scope = anyio.CancelScope()
-    engine.running[chunk.id] = (chunk.instance_id, ctx, scope if step.is_async else None)
+    # The stopper interrupts an async step at its next await when the instance ends
+    # (cancel, force-stop, fail-fast); see RunningStep for why natively.
+    running = RunningStep(chunk.instance_id, ctx, asyncio.current_task() if step.is_async else None)
+    engine.running[chunk.id] = running
     try:
-        with scope:
+        try:
             if step.kind is StepKind.FIRST:
                 await _call(step, rt.params, ctx, sink)
             else:
@@ -97,6 +98,10 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
                     await _call(step, rt.params, item, ctx, sink)
                 else:
                     await _call(step, rt.params, item, ctx)
+        except asyncio.CancelledError:
+            # Ours (the instance ended) unless somebody else, shutdown say, cancels too.
+            if not running.stop_requested or running.settle():
+                raise
     except RetryLater as r:
         return setback(C.POLL_WAITING, None, failure=False, delay=max(0.0, r.seconds))
     except DataError as e:
@@ -111,9 +116,10 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
         ctx.log.debug("step raised", error=_error_text(e), next_state=state.name)
         return setback(state, _error_text(e), failure=True, delay=delay, exc=e)
     finally:
+        running.settle()  # a step that swallowed our cancellation leaves it counted on the task
         engine.running.pop(chunk.id, None)
         step_seconds(job_name, step_name).observe(time.perf_counter() - started)
-    if scope.cancelled_caught:
+    if running.stop_requested:
         return setback(C.CANCELLED, "the instance ended while this step ran; the step was cancelled", failure=False)
     if sink is not None and sink.too_large:  # the step swallowed ChunkTooLarge: still a failure
         return setback(C.FAILED, sink.too_large, failure=True)

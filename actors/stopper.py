@@ -22,11 +22,9 @@ def stop_running(engine: Engine, instance_ids: set[int]) -> int:
     """Mark these instances ended here and interrupt their running steps; returns how many were told."""
     engine.ended |= instance_ids
     told = 0
-    for instance_id, ctx, scope in list(engine.running.values()):
-        if instance_id in instance_ids:
-            ctx.cancelled = True
-            if scope is not None:
-                scope.cancel()
+    for step in list(engine.running.values()):
+        if step.instance_id in instance_ids:
+            step.stop()
             told += 1
     return told
 

@@ -171,3 +171,27 @@ async def test_cancelled_statements_are_transient(dsn: str, conn: asyncpg.Connec
     assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = 7",
                                iid) == n
     assert a.terminate() == 0 and b.terminate() == 0
+
+
+async def test_cancel_interrupts_running_async_steps(dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
+    """Steps awaiting for a minute are interrupted at that await when the instance is
+    cancelled: their chunks end CANCELLED within seconds, and the same executors then run
+    the next job to completion (the interruption did not take a worker down with it)."""
+    await conn.execute(TABLES)
+    port = free_port()
+    d = spawn_daemon(**postgres_env(CHUNKD_HTTP_ADDR=f"127.0.0.1:{port}", CHUNKD_PARTITIONS="1",
+                                    CHUNKD_PARTITION_CONCURRENCY="4"))
+    wait_ready(f"http://127.0.0.1:{port}")
+    iid = await submit_direct(dsn, "test.trust", {"chunks": 4, "work_ms": 60_000})
+    await wait_for(lambda: _started_at_least(conn, iid, 4), 60, "four steps running")
+    ApiClient(f"http://127.0.0.1:{port}").call("POST", f"/api/v1/instances/{iid}/cancel")
+
+    async def interrupted() -> bool:
+        return await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 "
+                                   "AND state = 8", iid) == 4
+    await wait_for(interrupted, 30, "the four running chunks CANCELLED long before their minute is up")
+    assert "the step was cancelled" in (await conn.fetchval(
+        "SELECT error_message FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 LIMIT 1", iid) or "")
+    after = await submit_direct(dsn, "test.trust", {"chunks": 8})
+    assert await wait_status(conn, after, {"COMPLETED", "FAILED"}, 60) == "COMPLETED"
+    assert d.terminate() == 0
