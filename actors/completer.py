@@ -10,14 +10,20 @@ import anyio
 import asyncpg
 import structlog
 
-from metrics import (CLAIM_TO_COMPLETE, CHUNKS_COMPLETED, CHUNKS_ERRORED, CHUNKS_FAILED, CHUNKS_POLL_WAITING, CHUNKS_REFUSED,
-                     FLUSH_SECONDS, FLUSH_SIZE)
+from actors.engine import Engine, Outcome
+from metrics import (
+    CHUNKS_COMPLETED,
+    CHUNKS_ERRORED,
+    CHUNKS_FAILED,
+    CHUNKS_POLL_WAITING,
+    CHUNKS_REFUSED,
+    CLAIM_TO_COMPLETE,
+    FLUSH_SECONDS,
+    FLUSH_SIZE,
+)
 from storage.errors import BAD_INPUT, Backoff, is_transient
-from storage.states import SETBACK_BY_ATTEMPTS
-from storage.states import C
+from storage.states import SETBACK_BY_ATTEMPTS, C
 from storage.types import Setback, Success
-
-from .engine import Engine, Outcome
 
 log = structlog.get_logger("chunkd.completer")
 
@@ -26,18 +32,18 @@ log = structlog.get_logger("chunkd.completer")
 async def complete_forever(engine: Engine) -> None:
     """Runs until the mailbox is closed and drained (shutdown), flushing as it goes."""
     recv = engine.completer_recv
-    cfg = engine.cfg
-    wait = cfg.completer_flush_ms / 1000
+    cfg = engine.settings.completer
+    wait = cfg.flush_ms / 1000
     while True:
         try:
             first = await recv.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             return
         batch = [first]
-        size = _drain(recv, batch, cfg.completer_batch, _size(first))
-        if len(batch) < cfg.completer_batch and size < FLUSH_BYTES and wait > 0:
+        size = _drain(recv, batch, cfg.batch, _size(first))
+        if len(batch) < cfg.batch and size < FLUSH_BYTES and wait > 0:
             await anyio.sleep(wait)
-            _drain(recv, batch, cfg.completer_batch, size)
+            _drain(recv, batch, cfg.batch, size)
         await flush(engine, batch)
 
 

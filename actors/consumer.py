@@ -5,15 +5,13 @@ from __future__ import annotations
 import time
 
 import anyio
+import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-import structlog
-
+from actors.engine import Engine
 from metrics import CHUNKS_CLAIMED, CLAIM_BATCH
 from storage.errors import TRANSIENT, Backoff
 from storage.types import ClaimedChunk
-
-from .engine import Engine
 
 log = structlog.get_logger("chunkd.consumer")
 
@@ -42,7 +40,7 @@ class ClaimCursor:
 
 
 async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSendStream[ClaimedChunk]) -> None:
-    cfg = engine.cfg
+    cfg = engine.settings.claim
     signal = engine.channel.signal(partition)
     claimed_metric = CHUNKS_CLAIMED.labels(str(partition))
     backoff = Backoff(0.1, 5.0)

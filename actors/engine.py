@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-
 import threading
 from collections import deque
 from typing import Any
@@ -10,10 +9,10 @@ from typing import Any
 import anyio
 import msgspec
 
+from actors.job import Job
+from actors.registry import Registry, UnknownJobError
+from actors.settings import ActorSettings
 from channels.base import Channel
-from daemon.config import Config
-from daemon.registry import Registry, UnknownJobError
-from daemon.sdk import Job
 from storage.codec import DataError
 from storage.reader import Reader
 from storage.store import Store
@@ -163,22 +162,21 @@ class RunningStep:
 
 
 class Engine:
-    def __init__(self, cfg: Config, store: Store, channel: Channel, registry: Registry, node_id: int,
+    def __init__(self, settings: ActorSettings, store: Store, channel: Channel, registry: Registry, node_id: int,
                  dsn: str) -> None:
-        self.cfg = cfg
+        self.settings = settings
         self.store = store
         self.channel = channel
         self.registry = registry
         self.node_id = node_id
-        self.dsn = dsn
-        self.inflight = InFlight(cfg.partitions, cfg.partition_concurrency)
-        self.slots = JobSlots(cfg.job_concurrency)
+        self.inflight = InFlight(settings.claim.partitions, settings.claim.partition_concurrency)
+        self.slots = JobSlots(settings.steps.job_concurrency)
         self.stopping = False
         self.starved = False  # Kafka gave this daemon no partition for long: claim from all (daemon/node.py)
         self._runtimes: dict[int, Runtime | Exception] = {}
         self._started: set[int] = set()
         self.completer_send, self.completer_recv = anyio.create_memory_object_stream[Outcome](
-            max_buffer_size=max(1000, cfg.completer_batch * 4))
+            max_buffer_size=max(1000, settings.completer.batch * 4))
         self.leader = False
         self.reader = Reader(dsn)  # ctx.db and submit-time checks
         # Instances that ended (cancelled, failed) while this daemon holds chunks of them:

@@ -14,16 +14,15 @@ import anyio.lowlevel
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from daemon.registry import UnknownJobError
-from daemon.sdk import Context, PermanentError, RetryLater, Sink, StepDef, StepKind
+from actors.engine import Engine, Outcome, RunningStep
+from actors.job import Context, PermanentError, RetryLater, Sink, StepDef, StepKind
+from actors.registry import UnknownJobError
 from metrics import STEP_SECONDS
 from storage.codec import DataError, decode
 from storage.errors import TRANSIENT
 from storage.retry import after_error
 from storage.states import C
 from storage.types import ClaimedChunk, Setback, Success
-
-from .engine import Engine, Outcome, RunningStep
 
 log = structlog.get_logger("chunkd.executor")
 
@@ -75,7 +74,7 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
     step_name = step.name
     ctx = Context(job.name, chunk.instance_id, chunk.id, step.name, chunk.attempt, log,
                   step.transactional, engine.reader)
-    sink: Sink[Any] | None = Sink(step.emits, engine.cfg.max_chunk_bytes) if step.emits is not None else None
+    sink: Sink[Any] | None = Sink(step.emits, engine.settings.steps.max_chunk_bytes) if step.emits is not None else None
     if chunk.orphaned:
         # A worker already died holding it: record that this attempt really starts, so that
         # if this process dies now the blame falls on it and not on chunks still waiting.

@@ -12,17 +12,27 @@ from typing import Any
 import anyio
 import structlog
 
-from daemon.registry import UnknownJobError
-from daemon.sdk import Context, Job, StepKind
-from metrics import CHUNKS_RETRIED, INSTANCE_ETA, INSTANCES, IS_LEADER, LEASES_RESCUED, MAINTENANCE_SECONDS
-from metrics import GATES_ADVANCED, LEADER_CHANGES, QUEUE_CHUNKS, QUEUE_OLDEST_READY, REDUCTIONS
+from actors.engine import Engine
+from actors.job import Context, Job, StepKind
+from actors.planner import Action, JobShape, RateState, plan
+from actors.registry import UnknownJobError
+from metrics import (
+    CHUNKS_RETRIED,
+    GATES_ADVANCED,
+    INSTANCE_ETA,
+    INSTANCES,
+    IS_LEADER,
+    LEADER_CHANGES,
+    LEASES_RESCUED,
+    MAINTENANCE_SECONDS,
+    QUEUE_CHUNKS,
+    QUEUE_OLDEST_READY,
+    REDUCTIONS,
+)
 from storage.codec import decode, to_json
 from storage.errors import TRANSIENT, Backoff
 from storage.states import I
 from storage.types import InstanceRow, LeaderTerm, NotLeader
-
-from .engine import Engine
-from .planner import Action, JobShape, RateState, plan
 
 log = structlog.get_logger("chunkd.maintenance")
 
@@ -38,6 +48,7 @@ def shape_of(job: Job) -> JobShape:
 class Maintenance:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.settings = engine.settings.maintenance
         self.reducing: set[int] = set()
         self.term: LeaderTerm | None = None  # the fencing token of every leader write
         self.rates: dict[int, RateState] = {}  # per instance, for the smoothed ETA (leader-local)
@@ -47,8 +58,8 @@ class Maintenance:
         self._queue_at = 0.0
 
     async def run(self) -> None:
-        cfg = self.engine.cfg
-        ttl = max(5.0, 5 * cfg.maintenance_interval)
+        cfg = self.settings
+        ttl = max(5.0, 5 * cfg.interval)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             backoff = Backoff(0.2, 5.0)
@@ -65,7 +76,7 @@ class Maintenance:
                         log.warning("maintenance pass failed; retrying", error=repr(e), retry_in=delay)
                         await anyio.sleep(delay)
                         continue
-                    with anyio.move_on_after(cfg.maintenance_interval):
+                    with anyio.move_on_after(cfg.interval):
                         await self.wake.wait()
                     self.wake = anyio.Event()
             finally:
@@ -86,7 +97,7 @@ class Maintenance:
 
     async def _round(self, ttl: float) -> None:
         """Renew (or take) the leader lease; if we hold it, run one pass."""
-        if not self.engine.cfg.scheduling:
+        if not self.settings.scheduling:
             return  # CHUNKD_SCHEDULING=false: a secondary node never leads
         term = await self.engine.store.acquire_leadership(self.engine.node_id, ttl)
         if term is not None and not self.engine.leader:
@@ -125,8 +136,8 @@ class Maintenance:
             await self.engine.channel.publish(publish)
         now = time.monotonic()
         if now >= self._republish_at:  # not every pass: it reads the head of each READY queue
-            self._republish_at = now + self.engine.cfg.republish_after
-            stale = await store.stale_partitions(range(self.engine.cfg.partitions), self.engine.cfg.republish_after)
+            self._republish_at = now + self.settings.republish_after
+            stale = await store.stale_partitions(range(self.settings.partitions), self.settings.republish_after)
             if stale:
                 await self.engine.channel.publish(stale)
 
@@ -161,10 +172,10 @@ class Maintenance:
         does not depend on the series appearing."""
         store = self.engine.store
         depth = await store.queue_depth()
-        ages = await store.oldest_ready_age(range(self.engine.cfg.partitions))
+        ages = await store.oldest_ready_age(range(self.settings.partitions))
         QUEUE_CHUNKS.clear()
         QUEUE_OLDEST_READY.clear()
-        for p in range(self.engine.cfg.partitions):
+        for p in range(self.settings.partitions):
             for state in ("READY", "IN_PROGRESS", "ERRORED"):
                 QUEUE_CHUNKS.labels(str(p), state).set(0)
         for (p, state), n in depth.items():
@@ -303,7 +314,7 @@ class Maintenance:
                 report = await anyio.to_thread.run_sync(
                     functools.partial(step.fn, params, _SyncBridge(items), ctx))
             report_json = to_json(report)
-            limit = self.engine.cfg.max_report_bytes
+            limit = self.settings.max_report_bytes
             if len(report_json) > limit:
                 raise ReportTooLarge(f"the report is {len(report_json):,} bytes of JSON, over the limit of "
                                      f"{limit:,} bytes (CHUNKD_MAX_REPORT_BYTES)")

@@ -10,14 +10,13 @@ from datetime import datetime
 import anyio
 import structlog
 
-from daemon.registry import UnknownJobError
-from daemon.scheduling import ScheduleError, Spec, next_after, plan_fire, validate
-from daemon.sdk import LocalTask
+from actors.engine import Engine
+from actors.job import LocalTask
+from actors.registry import UnknownJobError
+from actors.scheduling import ScheduleError, Spec, next_after, plan_fire, validate
 from storage.codec import DataError
 from storage.errors import TRANSIENT, Backoff
 from storage.schedules import ScheduleRow, Schedules
-
-from .engine import Engine
 
 log = structlog.get_logger("chunkd.scheduler")
 
@@ -39,6 +38,7 @@ def spec_of(row: ScheduleRow) -> Spec:
 class Scheduler:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.settings = engine.settings.scheduler
         self.schedules = Schedules(engine.store.pool)
         self.registered = False
 
@@ -46,7 +46,7 @@ class Scheduler:
         async with anyio.create_task_group() as tg:
             for task in self.engine.registry.local_tasks.values():
                 tg.start_soon(self._local, task)
-            if self.engine.cfg.scheduling:
+            if self.settings.enabled:
                 if not self.registered:
                     await self.register()
                 tg.start_soon(self._fire_loop)
@@ -54,7 +54,7 @@ class Scheduler:
     async def register(self) -> None:
         """Schedules declared in job modules, and the built-in retention schedule."""
         now = await self.schedules.now()
-        cfg = self.engine.cfg
+        cfg = self.settings
         declared = [(s.name, s.job, s.version, json.dumps(s.params), s.cron, s.every, s.timezone, s.missed, "code")
                     for s in self.engine.registry.schedules.values()]
         if cfg.retention_every:
@@ -63,7 +63,7 @@ class Scheduler:
                              None, max(1.0, cfg.retention_every), "UTC", "skip", "builtin"))
         else:
             await self.schedules.delete(RETENTION_SCHEDULE)
-        from daemon.submit import validate as validate_params
+        from actors.instances import validate as validate_params
         for sid, job, version, params, cron, every, tz, missed, source in declared:
             try:
                 spec = validate(cron, every, tz, missed)
@@ -75,7 +75,7 @@ class Scheduler:
         self.registered = True
 
     async def _fire_loop(self) -> None:
-        limiter = anyio.CapacityLimiter(self.engine.cfg.scheduler_concurrency)
+        limiter = anyio.CapacityLimiter(self.settings.concurrency)
         backoff = Backoff(0.2, 5.0)
         async with anyio.create_task_group() as tg:
             firing: set[str] = set()
@@ -123,8 +123,8 @@ class Scheduler:
         fire, nxt = plan_fire(spec, row.next_fire_at, now)
         instance = (job.name, job.version, row.params, job.gated, b"", job.steps[0].max_attempts) if fire else None
         part = engine.store.next_partition()
-        fired, iid = await self.schedules.fire(row, row.next_fire_at, nxt, engine.cfg.node_id, instance,
-                                               engine.cfg.partitions, part)
+        fired, iid = await self.schedules.fire(row, row.next_fire_at, nxt, self.settings.node_name, instance,
+                                               self.settings.partitions, part)
         if fired and iid is not None:
             await engine.channel.publish([part])
             log.info("schedule fired", schedule=row.id, job=job.name, instance_id=iid,

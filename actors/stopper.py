@@ -9,9 +9,8 @@ from __future__ import annotations
 import anyio
 import structlog
 
+from actors.engine import Engine
 from storage.errors import TRANSIENT, Backoff
-
-from .engine import Engine
 
 log = structlog.get_logger("chunkd.stopper")
 

@@ -1,4 +1,4 @@
-"""chunkd's throughput harness: `chunkd bench` / `python -m benchmarks`.
+"""chunkd's throughput harness, run by `chunkd bench` (daemon/cli/bench.py parses its options).
 
 Workloads (chunks of `chunkd.synthetic`'s no-op `work` step, fanout 0):
   drain  N chunks already READY (seeded with COPY); time the daemon(s) to process them.
@@ -8,7 +8,6 @@ embedded Postgres), dropped and re-created each run.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -24,11 +23,12 @@ import asyncpg
 import msgspec
 import psutil
 
-from daemon import config as config_mod
+from actors.instances import submit
+from daemon.jobs import load_registry
 from daemon.jobs.synthetic import SyntheticParams, Work
-from daemon.node import Node, open_store
-from daemon.registry import build_registry
-from daemon.submit import submit
+from daemon.wiring import config as config_mod
+from daemon.wiring.embedded import resolve_dsn
+from daemon.wiring.node import Node, open_store
 from storage import bench as q
 
 BENCH_DB = "chunkd_bench"
@@ -50,26 +50,6 @@ class Options(msgspec.Struct, kw_only=True):
     compare: bool = False
     peer_jobs: dict[str, int] = {}
 
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="chunkd bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workload", choices=("drain", "e2e"), default="drain")
-    p.add_argument("--chunks", type=int, default=100_000)
-    p.add_argument("--daemons", type=int, default=1, help="1 runs in-process; more run as `chunkd run` subprocesses")
-    p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--concurrency", type=int, default=16, help="CHUNKD_PARTITION_CONCURRENCY")
-    p.add_argument("--batch", type=int, default=500, help="CHUNKD_CLAIM_BATCH")
-    p.add_argument("--completer-batch", type=int, default=1000, help="CHUNKD_COMPLETER_BATCH")
-    p.add_argument("--work-ms", type=float, default=0.0, help="simulated work per chunk")
-    p.add_argument("--timeout", type=float, default=600.0)
-    p.add_argument("--plot", metavar="PNG", help="write a throughput-over-time chart (needs matplotlib)")
-    p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
-    p.add_argument("--compare", action="store_true",
-                   help="also run pgqueuer and procrastinate on the same server (pip install 'chunkd[peers]')")
-    p.add_argument("--procrastinate-jobs", type=int, default=10_000,
-                   help="jobs for procrastinate in --compare (it drains ~400-900/s here)")
-    return p
 
 
 def _with_db(dsn: str, db: str) -> str:
@@ -123,10 +103,9 @@ async def run(opts: Options) -> dict[str, Any]:
                            "CHUNKD_CLAIM_BATCH": str(opts.batch),
                            "CHUNKD_COMPLETER_BATCH": str(opts.completer_batch),
                            "CHUNKD_MAINTENANCE_INTERVAL": "0.2"})
-    from daemon.cli import resolve_dsn
     admin_dsn = resolve_dsn(cfg)
     dsn = await fresh_database(admin_dsn, BENCH_DB)
-    registry = build_registry(cfg.jobs)
+    registry = load_registry(cfg.jobs)
     store = await open_store(cfg, dsn)
     conn = await asyncpg.connect(dsn)
     statements = [0]
@@ -222,7 +201,7 @@ async def run(opts: Options) -> dict[str, Any]:
 
 async def compare(admin_dsn: str, opts: Options, ours: dict[str, Any]) -> dict[str, Any]:
     """Each peer in its own process and database, same server, same run, same no-op work."""
-    from . import peers
+    from benchmarks import peers
     ours_rate = ours["chunks_per_second"]
     out: dict[str, Any] = {}
     for name in peers.PEERS:
@@ -262,61 +241,3 @@ def plot(report: dict[str, Any], path: str) -> None:
     fig.savefig(path, dpi=100)
 
 
-def report_table(report: dict[str, Any], plot_path: str | None) -> str:
-    """The human-readable report: one table of figures, one of peers, and the plot's path."""
-    from daemon.cli import table
-    lat = report["latency_ms"]
-    cpu = report["cpu_seconds_per_1000_chunks"]
-    rows = [
-        ("workload", report["workload"]),
-        ("chunks completed", f"{report['completed']:,} / {report['chunks']:,}"),
-        ("seconds", report["seconds"]),
-        ("chunks/s sustained", f"{report['chunks_per_second']:,.0f}"),
-        ("chunks/s overall", f"{report['chunks_per_second_overall']:,.0f}"),
-        ("claim-to-complete p50 / p95 / p99 ms", f"{lat['p50']} / {lat['p95']} / {lat['p99']}"),
-        ("statements per chunk", report["statements_per_chunk"]),
-        ("transactions per chunk", report["transactions_per_chunk"]),
-        ("CPU s per 1000 chunks: daemon / postgres", f"{cpu['daemon']} / {cpu['postgres']}"),
-        ("chunk table MB", f"{report['chunk_table_bytes'] / 1e6:.1f}"),
-        ("synchronous_commit", report["settings"]["synchronous_commit"]),
-    ]
-    out = table([{"metric": k, "value": "-" if v is None else str(v)} for k, v in rows], ["metric", "value"])
-    peers = report.get("peers", {})
-    if peers:
-        out += "\n\n" + table([
-            {"peer": name, "version": p.get("version", "-"),
-             "drain jobs/s": f"{p['jobs_per_second']:,.0f}" if "error" not in p else p["error"],
-             "enqueue+drain /s": f"{p['enqueue_plus_drain_per_second']:,.0f}" if "error" not in p else "-",
-             "jobs": p.get("jobs", "-"), "chunkd / peer": f"{p['ratio']}x" if "error" not in p else "-"}
-            for name, p in peers.items()], ["peer", "version", "drain jobs/s", "enqueue+drain /s", "jobs", "chunkd / peer"])
-    if plot_path:
-        out += f"\n\nplot: {os.path.abspath(plot_path)}"
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    a = parser().parse_args(argv)
-    if a.chunks < 1 or a.daemons < 1 or a.partitions < 1 or a.concurrency < 1 or a.batch < 1:
-        print("chunkd bench: --chunks, --daemons, --partitions, --concurrency and --batch must be >= 1", file=sys.stderr)
-        return 2
-    from daemon.logs import configure
-    try:
-        env_cfg = config_mod.load({**os.environ, "CHUNKD_LOG_LEVEL": os.environ.get("CHUNKD_LOG_LEVEL", "warning")})
-    except config_mod.ConfigError as e:
-        print(f"chunkd bench: {e}", file=sys.stderr)
-        return 2
-    configure(env_cfg.log_level, env_cfg.log_format)
-    opts = Options(workload=a.workload, chunks=a.chunks, daemons=a.daemons, partitions=a.partitions,
-                   concurrency=a.concurrency, batch=a.batch, completer_batch=a.completer_batch, work_ms=a.work_ms,
-                   timeout=a.timeout, plot=a.plot, as_json=a.as_json, compare=a.compare,
-                   peer_jobs={"procrastinate": min(a.chunks, a.procrastinate_jobs)})
-    try:
-        report = anyio.run(run, opts)
-    except config_mod.ConfigError as e:
-        print(f"chunkd bench: {e}", file=sys.stderr)
-        return 2
-    if opts.as_json:
-        print(json.dumps({k: v for k, v in report.items() if k != "timeline"} | {"timeline": report["timeline"]}))
-    else:
-        print(report_table(report, opts.plot))
-    return 0 if report["completed"] >= report["chunks"] else 1

@@ -16,9 +16,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from channels.base import LocalSignals, PartitionSignal
 from metrics import KAFKA_LAG
-
-from .base import LocalSignals, PartitionSignal
 
 log = structlog.get_logger("chunkd.channel.kafka")
 # aiokafka logs every failed reconnect attempt at error level, many per second during an

@@ -5,7 +5,7 @@ from collections.abc import Iterable
 
 import anyio
 
-from .base import AllPartitions, LocalSignals, PartitionSignal
+from channels.base import AllPartitions, LocalSignals, PartitionSignal
 
 
 class MemoryChannel(AllPartitions):

@@ -8,7 +8,7 @@ import anyio
 import asyncpg
 import structlog
 
-from .base import AllPartitions, LocalSignals, PartitionSignal
+from channels.base import AllPartitions, LocalSignals, PartitionSignal
 
 CHANNEL = "chunkd_work"
 _LISTEN = f"LISTEN {CHANNEL}"

@@ -6,10 +6,10 @@ from typing import Any
 
 import asyncpg
 
-from .codec import encode, to_json
-from .counters import COMPLETED, CREATED, CounterDelta
-from .states import C
-from . import sql
+from storage import sql
+from storage.codec import encode, to_json
+from storage.counters import COMPLETED, CREATED, CounterDelta
+from storage.states import C
 
 _INSTANCE = """
 INSERT INTO chunkd_instance (job_name, job_version, params, gated, status, started_at)

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from . import sql
-from .counters import ERRORS, FAILED, CounterDelta
-from .states import C
+from storage import sql
+from storage.counters import ERRORS, FAILED, CounterDelta
+from storage.states import C
 
 
 class HeartbeatConnection:

@@ -6,7 +6,7 @@ from importlib import resources
 
 import asyncpg
 
-from . import sql
+from storage import sql
 
 
 def migration_files() -> list[tuple[int, str, str]]:

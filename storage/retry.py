@@ -1,7 +1,7 @@
 """Retry decisions: pure functions, unit-tested."""
 from __future__ import annotations
 
-from .states import C
+from storage.states import C
 
 
 def backoff_seconds(failures: int, base: float, cap: float) -> float:

@@ -7,9 +7,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from .counters import CREATED, CounterDelta
-from .states import C
-from . import sql
+from storage import sql
+from storage.counters import CREATED, CounterDelta
+from storage.states import C
 
 _UPSERT = """
 INSERT INTO chunkd_schedule (id, job_name, job_version, params, cron, interval_seconds, timezone, missed, source,

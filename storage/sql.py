@@ -5,8 +5,16 @@ of legal moves is the only place a transition is defined.
 """
 from __future__ import annotations
 
-from .states import (INSTANCE_TERMINAL, RESTARTABLE, SETBACK_BY_ATTEMPTS, SUSPECT_AFTER, C, I, chunk_allowed_from,
-                     instance_allowed_from)
+from storage.states import (
+    INSTANCE_TERMINAL,
+    RESTARTABLE,
+    SETBACK_BY_ATTEMPTS,
+    SUSPECT_AFTER,
+    C,
+    I,
+    chunk_allowed_from,
+    instance_allowed_from,
+)
 
 
 def _in(values: list[int] | list[str]) -> str:

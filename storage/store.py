@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from . import sql
-from .counters import CANCELLED, COMPLETED, CREATED, ERRORS, FAILED, CounterDelta
-from .migrate import migrate
-from .states import C, I, INSTANCE_TERMINAL, instance_allowed_from
-from .text import MAX_TRACE, storable, storable_json
-from .types import ClaimedChunk, FlushResult, InstanceRow, LeaderTerm, NotLeader, Setback, StepCounts, Success
+from storage import sql
+from storage.counters import CANCELLED, COMPLETED, CREATED, ERRORS, FAILED, CounterDelta
+from storage.migrate import migrate
+from storage.states import INSTANCE_TERMINAL, C, I, instance_allowed_from
+from storage.text import MAX_TRACE, storable, storable_json
+from storage.types import ClaimedChunk, FlushResult, InstanceRow, LeaderTerm, NotLeader, Setback, StepCounts, Success
 
 # Above this many child rows, COPY beats an unnest INSERT.
 _COPY_THRESHOLD = 2000

@@ -5,7 +5,7 @@ from typing import Any
 
 import msgspec
 
-from .states import SUSPECT_AFTER
+from storage.states import SUSPECT_AFTER
 
 
 class ClaimedChunk(msgspec.Struct, array_like=True):

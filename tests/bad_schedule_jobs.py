@@ -1,4 +1,4 @@
 """A job module declaring an invalid schedule: `chunkd run` must refuse to start."""
-from daemon.sdk import Schedule
+from chunkd import Schedule
 
 nightly = Schedule(name="nightly-bad", job="chunkd.synthetic", params={"chunks": 1}, cron="0 0 25 * * ?")

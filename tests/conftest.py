@@ -47,7 +47,7 @@ def pg_server() -> Iterator[str]:
     if asyncio.run(_reachable(LOCAL_DSN)):
         yield LOCAL_DSN
         return
-    from daemon.embedded import start_embedded
+    from daemon.wiring.embedded import start_embedded
     home = tempfile.mkdtemp(prefix="chunkd-test-pg-")
     yield start_embedded(home)
 
@@ -177,12 +177,12 @@ async def submit_direct(dsn: str, job: str, params: dict[str, object], **kw: obj
     """Submit without a daemon's API (the store and registry, as the API itself does)."""
     import json
 
-    from daemon.registry import build_registry
-    from daemon.submit import submit
+    from actors.instances import submit
+    from daemon.jobs import load_registry
     from storage.store import Store
     store = await Store.open(dsn, partitions=4, min_size=1, max_size=2)
     try:
-        res = await submit(store, None, build_registry(["tests.testjobs"]), job, json.dumps(params), **kw)  # type: ignore[arg-type]
+        res = await submit(store, None, load_registry(["tests.testjobs"]), job, json.dumps(params), **kw)  # type: ignore[arg-type]
     finally:
         await store.close()
     return res.instance_id

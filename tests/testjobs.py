@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import anyio
 import msgspec
 
-from daemon.sdk import Context, Job, PermanentError, Sink
+from chunkd import Context, Job, PermanentError, Sink
 
 
 class CountParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -304,7 +304,7 @@ async def w_write(params: CountParams, chunk: Item, ctx: Context) -> None:
 
 
 # ------------------------------------------------------------ a local task (runs on every daemon)
-from daemon.sdk import LocalTask  # noqa: E402
+from chunkd import LocalTask  # noqa: E402
 
 LOCAL_RUNS: list[float] = []
 

@@ -10,10 +10,9 @@ from datetime import datetime
 
 import msgspec
 
-from daemon.sdk import Context, Job, ParameterError, PermanentError, Sink
+from chunkd import Context, Job, ParameterError, PermanentError, Sink
+from daemon.jobs.sandbox import check_table, open_output, output_parts, output_url, remove_stale_temps, write_file
 from storage.tables import INTEGER_TYPES, JSON_TYPES, Db, Table, db_time, export_sql, find_table
-
-from .sandbox import check_table, open_output, output_parts, output_url, remove_stale_temps, write_file
 
 
 class ExportParams(msgspec.Struct, forbid_unknown_fields=True):

@@ -8,11 +8,19 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
-from daemon.sdk import Context, Job, ParameterError, Sink
-from storage.tables import (INTEGER_TYPES, JSON_TYPES, Db, Table, current_schema, find_table, page_ids_sql, reindex_sql,
-                            reindex_target_ddl)
-
-from .sandbox import check_relation, check_table
+from chunkd import Context, Job, ParameterError, Sink
+from daemon.jobs.sandbox import check_relation, check_table
+from storage.tables import (
+    INTEGER_TYPES,
+    JSON_TYPES,
+    Db,
+    Table,
+    current_schema,
+    find_table,
+    page_ids_sql,
+    reindex_sql,
+    reindex_target_ddl,
+)
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

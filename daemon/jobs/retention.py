@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
-from daemon.sdk import Context, Job, Sink
+from chunkd import Context, Job, Sink
 from metrics import RETENTION_PURGED
 from storage.retention import expired_instances, purge, purge_fires
 

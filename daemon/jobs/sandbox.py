@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from daemon.sdk import ParameterError, PermanentError
+from chunkd import ParameterError, PermanentError
 from storage.tables import Table
 
 NEVER_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import anyio
 import msgspec
 
-from daemon.sdk import Context, Job, Sink
+from chunkd import Context, Job, Sink
 
 
 class SyntheticParams(msgspec.Struct, forbid_unknown_fields=True):

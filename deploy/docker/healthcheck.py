@@ -14,7 +14,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from daemon.config import ConfigError, load
+from daemon.wiring.config import ConfigError, load
 
 _LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 

@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import pytest
 
-from .channels import kafka_env, postgres_env
+from tests.chaos.channels import kafka_env, postgres_env
 
 
 class ChannelEnv:

@@ -6,11 +6,10 @@ import asyncpg
 import pytest
 
 from storage.codec import encode
+from tests.chaos.test_kill import LEDGER, check_exactly_once
 from tests.conftest import free_port, submit_direct, wait_ready, wait_status
 from tests.integration.test_observability import get, samples
 from tests.testjobs import Item
-
-from .test_kill import LEDGER, check_exactly_once
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 

@@ -7,10 +7,9 @@ import anyio
 import asyncpg
 import pytest
 
+from tests.chaos.channels import assigned, has_partitions, kafka_env, wait_for
+from tests.chaos.test_kill import LEDGER, check_exactly_once
 from tests.conftest import submit_direct, wait_status
-
-from .channels import assigned, has_partitions, kafka_env, wait_for
-from .test_kill import LEDGER, check_exactly_once
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 

@@ -8,10 +8,9 @@ import anyio
 import asyncpg
 import pytest
 
+from tests.chaos.channels import wait_for
 from tests.conftest import free_port, submit_direct, wait_ready, wait_status
 from tests.integration.test_observability import get
-
-from .channels import wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 

@@ -10,9 +10,8 @@ import anyio
 import asyncpg
 import pytest
 
+from tests.chaos.test_kill import LEDGER
 from tests.conftest import submit_direct
-
-from .test_kill import LEDGER
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from actors.scheduler import row_for
-from daemon.scheduling import validate
+from actors.scheduling import validate
 from storage.schedules import Schedules
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]

@@ -7,9 +7,8 @@ import anyio
 import asyncpg
 import pytest
 
+from tests.chaos.test_kill import LEDGER, check_exactly_once, submit
 from tests.conftest import wait_status
-
-from .test_kill import LEDGER, check_exactly_once, submit
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 

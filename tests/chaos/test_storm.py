@@ -10,7 +10,6 @@ import time
 import asyncpg
 import pytest
 
-
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 
 TOKEN = "storm-manage-token"

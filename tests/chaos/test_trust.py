@@ -10,10 +10,9 @@ import anyio
 import asyncpg
 import pytest
 
-from daemon.client import ApiClient
+from daemon.cli.client import ApiClient
+from tests.chaos.channels import postgres_env, wait_for
 from tests.conftest import free_port, submit_direct, wait_ready, wait_status
-
-from .channels import postgres_env, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 

@@ -9,11 +9,10 @@ import anyio
 import asyncpg
 import pytest
 
+from tests.chaos.channels import wait_for
+from tests.chaos.test_kill import LEDGER, check_exactly_once
 from tests.conftest import free_port, submit_direct, wait_status
 from tests.integration.test_observability import get, samples
-
-from .channels import wait_for
-from .test_kill import LEDGER, check_exactly_once
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from daemon.client import ApiClient
+from daemon.cli.client import ApiClient
 
 VIEW, MANAGE = "ui-view-token", "ui-manage-token"
 RUNNING = {"IN_PROGRESS", "ERRORED"}  # ERRORED: some chunks wait to retry, the rest run on

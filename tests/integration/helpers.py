@@ -7,10 +7,10 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from daemon.config import load
-from daemon.node import Node
-from daemon.registry import build_registry
-from daemon.submit import Submitted, submit
+from actors.instances import Submitted, submit
+from daemon.jobs import load_registry
+from daemon.wiring.config import load
+from daemon.wiring.node import Node
 
 
 def test_config(**env: str):  # type: ignore[no-untyped-def]
@@ -24,7 +24,7 @@ def test_config(**env: str):  # type: ignore[no-untyped-def]
 @asynccontextmanager
 async def running_node(dsn: str, **env: str) -> AsyncIterator[Node]:
     cfg = test_config(**env)
-    node = Node(cfg, build_registry(cfg.jobs), dsn)
+    node = Node(cfg, load_registry(cfg.jobs), dsn)
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: node.run(handle_signals=False))
         with anyio.fail_after(30):

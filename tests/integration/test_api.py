@@ -12,7 +12,7 @@ import anyio
 import asyncpg
 import pytest
 
-from daemon.client import ApiCallError, ApiClient
+from daemon.cli.client import ApiCallError, ApiClient
 from tests.conftest import wait_status
 
 pytestmark = pytest.mark.anyio

@@ -8,10 +8,9 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from daemon.client import ApiCallError, ApiClient
+from daemon.cli.client import ApiCallError, ApiClient
 from tests.conftest import wait_status
-
-from .helpers import running_node, submit_job
+from tests.integration.helpers import running_node, submit_job
 
 pytestmark = pytest.mark.anyio
 

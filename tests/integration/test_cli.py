@@ -170,6 +170,7 @@ async def test_jobs_job_shows_the_contract(api_daemon) -> None:  # type: ignore[
 
 def test_version_and_app_dir(dsn: str, tmp_path: Path) -> None:
     import subprocess
+
     from tests.conftest import CHUNKD
     res = run_cli("--version", env=daemon_env(dsn))
     assert res.returncode == 0 and res.stdout.strip().startswith("chunkd 0.")
@@ -192,6 +193,7 @@ def test_version_and_app_dir(dsn: str, tmp_path: Path) -> None:
 
 async def test_cli_reads_well(conn: asyncpg.Connection, api_daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import subprocess
+
     from tests.conftest import CHUNKD
     api = api_daemon()
     env = api.cli_env()
@@ -249,6 +251,7 @@ async def test_401_names_the_variable(api_daemon) -> None:  # type: ignore[no-un
 def _demo_on_a_tty(env: dict[str, str], rows: int) -> str:
     import shlex
     import subprocess
+
     from tests.conftest import CHUNKD
     # `script` gives the demo a real terminal (a pty) and copies what it shows to stdout
     res = subprocess.run(["script", "-qfec", f"{shlex.quote(CHUNKD)} demo --rows {rows}", "/dev/null"],

@@ -9,8 +9,7 @@ import pytest
 
 from tests import testjobs
 from tests.conftest import wait_status
-
-from .helpers import running_node, submit_job
+from tests.integration.helpers import running_node, submit_job
 
 pytestmark = pytest.mark.anyio
 
@@ -97,7 +96,7 @@ async def test_instances_stay_pinned_to_their_version(dsn: str, conn: asyncpg.Co
 
 
 async def submit_job_version(node, version):  # type: ignore[no-untyped-def]
-    from daemon.submit import submit
+    from actors.instances import submit
     e = node.engine
     return (await submit(e.store, e.channel, e.registry, "test.versioned", "{}", version=version)).instance_id
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from daemon.client import ApiCallError, ApiClient
+from daemon.cli.client import ApiCallError, ApiClient
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.anyio
@@ -44,7 +44,8 @@ async def test_same_key_other_request_is_409_naming_the_difference(conn: asyncpg
 
 def test_differences_are_pure_and_named() -> None:
     import json
-    from daemon.submit import idempotency_differences
+
+    from actors.instances import idempotency_differences
     row = {"job_name": "j", "job_version": 2, "params": json.dumps({"a": 1, "b": {"c": [1]}}),
            "idempotency_request": json.dumps({"version": None})}
     assert idempotency_differences(row, "j", None, json.dumps({"a": 1, "b": {"c": [1]}})) == []

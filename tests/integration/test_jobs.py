@@ -8,8 +8,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import wait_status
-
-from .helpers import running_node, submit_job
+from tests.integration.helpers import running_node, submit_job
 
 pytestmark = pytest.mark.anyio
 

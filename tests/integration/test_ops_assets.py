@@ -144,8 +144,9 @@ def test_every_alert_has_a_unit_test_that_fires_it_and_one_that_does_not() -> No
 def exported_names() -> set[str]:
     """Every sample name a chunkd daemon's /metrics can carry: chunkd's metrics (with the
     suffixes prometheus_client adds per type) and the default process/python collectors."""
-    import metrics  # noqa: F401 - registers chunkd's metrics
     from prometheus_client import REGISTRY
+
+    import metrics  # noqa: F401 - registers chunkd's metrics
     suffixes = {"counter": ("_total", "_created"), "gauge": ("",), "info": ("_info",),
                 "histogram": ("_bucket", "_sum", "_count", "_created"), "summary": ("", "_sum", "_count", "_created")}
     names: set[str] = set()

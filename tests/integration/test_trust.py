@@ -13,10 +13,9 @@ import anyio
 import asyncpg
 import pytest
 
-from daemon.client import ApiCallError, ApiClient
+from daemon.cli.client import ApiCallError, ApiClient
 from tests.conftest import free_port, run_cli, submit_direct, wait_status
-
-from .helpers import running_node, submit_job
+from tests.integration.helpers import running_node, submit_job
 
 pytestmark = pytest.mark.anyio
 

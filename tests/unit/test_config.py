@@ -1,6 +1,6 @@
 import pytest
 
-from daemon.config import VARIABLES, ConfigError, load
+from daemon.wiring.config import VARIABLES, ConfigError, load
 
 
 def test_defaults() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from daemon.config import VARIABLES
+from daemon.wiring.config import VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()

@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from daemon.quartz import QuartzError, parse
-from daemon.scheduling import NEVER, ScheduleError, dialect, next_after, validate
+from actors.quartz import QuartzError, parse
+from actors.scheduling import NEVER, ScheduleError, dialect, next_after, validate
 
 UTC = timezone.utc
 

@@ -1,7 +1,7 @@
 import re
 from pathlib import Path
 
-from daemon.config import VARIABLES
+from daemon.wiring.config import VARIABLES
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -4,8 +4,8 @@ import sys
 import types
 from pathlib import Path
 
-from daemon.registry import Registry
-from daemon.sdk import Job
+from actors.registry import Registry
+from chunkd import Job
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

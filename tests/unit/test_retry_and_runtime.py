@@ -1,7 +1,7 @@
 import anyio
 import pytest
 
-from actors.runtime import RestartPolicy, Supervisor, SupervisorGaveUp
+from actors.supervisor import RestartPolicy, Supervisor, SupervisorGaveUp
 from channels.base import PartitionSignal
 from channels.memory import MemoryChannel
 from storage.counters import COMPLETED, CREATED, CounterDelta
@@ -96,7 +96,7 @@ def test_claim_cursor_moves_past_claimed_rows_and_rescans() -> None:
 def test_outages_restart_with_backoff_without_exhausting_the_supervisor() -> None:
     import asyncpg
 
-    from actors.runtime import RestartPolicy
+    from actors.supervisor import RestartPolicy
     from storage.errors import is_transient
     p = RestartPolicy(max_restarts=2, window=60)
     delays = [p.record("consumer-0", float(t), counts=False) for t in range(50)]  # a long outage

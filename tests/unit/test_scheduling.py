@@ -2,8 +2,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from daemon.config import ConfigError, load
-from daemon.scheduling import LATE_AFTER, ScheduleError, next_after, plan_fire, validate
+from actors.scheduling import LATE_AFTER, ScheduleError, next_after, plan_fire, validate
+from daemon.wiring.config import ConfigError, load
 
 UTC = timezone.utc
 

@@ -3,8 +3,9 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
-from daemon.registry import Registry, UnknownJobError, build_registry
-from daemon.sdk import Job, JobDefinitionError, Sink, StepKind
+from actors.job import Job, JobDefinitionError, Sink, StepKind
+from actors.registry import Registry, UnknownJobError
+from daemon.jobs import load_registry
 
 
 class P(msgspec.Struct):
@@ -74,7 +75,7 @@ def test_sink_checks_type() -> None:
 
 
 def test_registry_versions_and_unknown() -> None:
-    reg = build_registry([])
+    reg = load_registry([])
     assert reg.get("chunkd.synthetic").version == 1
     with pytest.raises(UnknownJobError, match="unknown job 'nope'"):
         reg.get("nope")
@@ -84,4 +85,4 @@ def test_registry_versions_and_unknown() -> None:
 
 def test_loading_a_missing_module_is_a_clear_error() -> None:
     with pytest.raises(JobDefinitionError, match="cannot import job module 'no.such.module'"):
-        build_registry(["no.such.module"])
+        load_registry(["no.such.module"])

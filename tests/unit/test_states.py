@@ -3,8 +3,18 @@ import itertools
 import pytest
 
 from storage import sql
-from storage.states import (CHUNK_MOVES, CHUNK_TERMINAL, INSTANCE_MOVES, INSTANCE_TERMINAL, C, I,
-                            chunk_allowed_from, chunk_move_is_legal, instance_allowed_from, instance_move_is_legal)
+from storage.states import (
+    CHUNK_MOVES,
+    CHUNK_TERMINAL,
+    INSTANCE_MOVES,
+    INSTANCE_TERMINAL,
+    C,
+    I,
+    chunk_allowed_from,
+    chunk_move_is_legal,
+    instance_allowed_from,
+    instance_move_is_legal,
+)
 
 LEGAL_CHUNK = {
     (C.GATE_WAITING, C.READY), (C.GATE_WAITING, C.COMPLETED), (C.GATE_WAITING, C.CANCELLED),

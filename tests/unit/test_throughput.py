@@ -1,4 +1,4 @@
-from daemon.throughput import bucket_seconds
+from daemon.http.throughput import bucket_seconds
 
 
 def test_buckets_are_round_and_about_sixty_per_chart() -> None:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import msgspec
 import requests
 
-from daemon.sdk import Context, Job, Sink
+from chunkd import Context, Job, Sink
 
 
 class FetchParams(msgspec.Struct, forbid_unknown_fields=True):

@@ -6,18 +6,19 @@ Cron dialect, told by the number of fields: 5 fields are Unix cron (cronsim: min
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
 from datetime import datetime, timedelta
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from cronsim import CronSim, CronSimError
 
-from .quartz import Quartz, QuartzError, parse as parse_quartz
+from actors.quartz import Quartz, QuartzError
+from actors.quartz import parse as parse_quartz
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from actors.registry import Registry
 
 # An occurrence this much overdue was missed (no daemon ran): `skip` drops it,
 # `run_once` runs it once and skips the rest of the backlog.
@@ -122,9 +123,11 @@ def plan_fire(spec: Spec, occurrence: datetime, now: datetime) -> tuple[bool, da
 def check_declared(registry: "Registry") -> None:
     """Every Schedule declared in a job module, checked before the daemon starts: a bad one
     is a code bug that would otherwise leave a nightly job silently never running."""
-    from .sdk import JobDefinitionError
-    from .submit import SubmitError, validate as validate_params
     import json
+
+    from actors.instances import SubmitError
+    from actors.instances import validate as validate_params
+    from actors.job import JobDefinitionError
     for s in registry.schedules.values():
         try:
             validate(s.cron, s.every, s.timezone, s.missed)

@@ -19,15 +19,13 @@ from typing import Any
 import anyio
 from prometheus_client import REGISTRY
 
+from actors.instances import submit
+from actors.registry import Registry
+from daemon.cli.render import TERMINAL, progress_bar, table
+from daemon.wiring.config import Config
+from daemon.wiring.logs import configure
+from daemon.wiring.node import Node
 from storage.demo_data import seed_demo_resources
-
-from .cli import TERMINAL, progress_bar, table
-from .config import Config
-from .logs import configure
-from .node import Node
-from .registry import Registry
-from .submit import submit
-
 
 PIPED_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 

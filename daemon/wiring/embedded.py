@@ -1,6 +1,11 @@
 """The zero-setup default: an embedded Postgres under CHUNKD_HOME."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from daemon.wiring.config import Config
+
 import logging
 import os
 import warnings
@@ -29,3 +34,8 @@ def start_embedded(home: str) -> str:
         return server.get_uri("postgres")
     except Exception as e:  # noqa: BLE001 - report, don't trace
         raise EmbeddedPostgresError(f"could not start the embedded Postgres under {root}: {e}") from None
+
+
+def resolve_dsn(cfg: Config) -> str:
+    """The database to use: CHUNKD_DATABASE_URL, else the embedded Postgres under CHUNKD_HOME."""
+    return cfg.database_url or start_embedded(cfg.home)

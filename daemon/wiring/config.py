@@ -12,6 +12,15 @@ from typing import Any
 
 import msgspec
 
+from actors.settings import (
+    ActorSettings,
+    ClaimSettings,
+    CompleterSettings,
+    MaintenanceSettings,
+    SchedulerSettings,
+    StepSettings,
+)
+
 
 class ConfigError(ValueError):
     """One bad variable: names it, its value and what is allowed."""
@@ -197,6 +206,21 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     max_report_bytes: int
     export_dir: str
     export_tables: tuple[str, ...]
+
+    def actor_settings(self) -> ActorSettings:
+        """What each actor is told (actors/settings.py): the actors never see Config."""
+        return ActorSettings(
+            claim=ClaimSettings(partitions=self.partitions, partition_concurrency=self.partition_concurrency,
+                                claim_batch=self.claim_batch, lease_seconds=self.lease_seconds,
+                                poll_interval=self.poll_interval),
+            steps=StepSettings(job_concurrency=self.job_concurrency, max_chunk_bytes=self.max_chunk_bytes),
+            completer=CompleterSettings(batch=self.completer_batch, flush_ms=self.completer_flush_ms),
+            maintenance=MaintenanceSettings(partitions=self.partitions, interval=self.maintenance_interval,
+                                            republish_after=self.republish_after,
+                                            max_report_bytes=self.max_report_bytes, scheduling=self.scheduling),
+            scheduler=SchedulerSettings(node_name=self.node_id, partitions=self.partitions, enabled=self.scheduling,
+                                        concurrency=self.scheduler_concurrency, retention=self.retention,
+                                        retention_failed=self.retention_failed, retention_every=self.retention_every))
 
 
 class Var(msgspec.Struct, frozen=True):

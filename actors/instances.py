@@ -7,14 +7,12 @@ from typing import Any
 
 import msgspec
 
+from actors.job import Job, ParameterError
+from actors.registry import Registry
 from channels.base import Channel
 from storage.codec import DataError, to_json
-from storage.store import Store
-
 from storage.reader import Reader
-
-from .registry import Registry
-from .sdk import Job, ParameterError
+from storage.store import Store
 
 
 class SubmitError(ValueError):

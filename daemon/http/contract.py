@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from .sdk import Job
+from actors.job import Job
 
 
 def parameters_schema(job: Job) -> dict[str, Any]:

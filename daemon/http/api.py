@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import structlog
@@ -12,26 +12,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from actors import control
+from actors.instances import BadParameters, IdempotencyConflict, UnknownJob, submit
+from actors.instances import validate as validate_params
+from actors.job import Job
+from actors.registry import UnknownJobError
 from actors.scheduler import row_for, spec_of
+from actors.scheduling import ScheduleError, next_after
+from actors.scheduling import validate as validate_spec
+from daemon.http import models as m
+from daemon.http.auth import Scope, allows, scope_of
+from daemon.http.contract import parameters_schema
+from daemon.http.limits import MAX_BODY, MAX_IDEMPOTENCY_KEY, MAX_JSON_DEPTH, MAX_NAME, json_depth
+from daemon.http.ports import Served
+from daemon.http.throughput import bucket_seconds
 from storage.schedules import ScheduleRow, Schedules
-from storage.states import C, RESTARTABLE, I
+from storage.states import RESTARTABLE, C, I
 from storage.types import StepCounts
-
-from . import api_models as m
-from . import control
-from .auth import Scope, allows, scope_of
-from .limits import MAX_BODY, MAX_IDEMPOTENCY_KEY, MAX_JSON_DEPTH, MAX_NAME, json_depth
-from .contract import parameters_schema
-from .registry import UnknownJobError
-from .sdk import Job
-from .scheduling import ScheduleError, next_after
-from .scheduling import validate as validate_spec
-from .submit import BadParameters, IdempotencyConflict, UnknownJob, submit
-from .submit import validate as validate_params
-from .throughput import bucket_seconds
-
-if TYPE_CHECKING:
-    from .node import Node
 
 log = structlog.get_logger("chunkd.api")
 
@@ -201,7 +198,7 @@ def job_info(job: Job, latest: bool) -> m.JobInfo:
         parameters_type=job.params.__name__, parameters_schema=parameters_schema(job))
 
 
-def _step_names(node: "Node", job: str, version: int) -> list[str]:
+def _step_names(node: Served, job: str, version: int) -> list[str]:
     try:
         return [s.name for s in node.registry.get(job, version).steps]
     except UnknownJobError:
@@ -237,7 +234,7 @@ def _decode_data(data: bytes | None) -> Any:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
+def routes(node: Served, tokens: dict[str, Scope]) -> list[Route]:
     def presented_scope(request: Request) -> Scope | None:
         """The scope of the request's bearer token; raises 401 if there is none or it is unknown."""
         kind, _, presented = request.headers.get("authorization", "").partition(" ")
@@ -296,7 +293,7 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         # Shed load rather than queue it: a storm of submissions must not pile up requests
         # (and their memory) behind the connection pool; a refused one wrote nothing.
         nonlocal submitting
-        if submitting >= node.cfg.api_max_submits:
+        if submitting >= node.http.max_submits:
             raise ApiError(429, "too_many_requests", f"{submitting} submissions are in progress "
                            f"(CHUNKD_API_MAX_SUBMITS); retry shortly", headers={"Retry-After": "1"})
         submitting += 1
@@ -490,7 +487,7 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         return handler
 
     V, M = Scope.VIEW, Scope.MANAGE
-    from .seed_routes import seed_routes  # imported here: it builds on this module's helpers
+    from daemon.http.seed_routes import seed_routes  # imported here: it builds on this module's helpers
     return strict_routes([
         Route("/api/v1/schedules", guarded(V, list_schedules), methods=["GET"]),
         Route("/api/v1/schedules", guarded(M, create_schedule), methods=["POST"]),

@@ -6,10 +6,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-from .sdk import Job, JobDefinitionError, LocalTask, Schedule
-
-BUILTIN_MODULES = ("daemon.jobs.synthetic", "daemon.jobs.bulk_export", "daemon.jobs.reindex",
-                   "daemon.jobs.retention")
+from actors.job import Job, JobDefinitionError, LocalTask, Schedule
 
 
 class UnknownJobError(LookupError):
@@ -75,7 +72,7 @@ class Registry:
         return [self._jobs[k] for k in sorted(self._jobs)]
 
 
-def build_registry(modules: Iterable[str], app_dir: str | None = None) -> Registry:
+def build_registry(modules: Iterable[str], app_dir: str | None = None, builtin: Iterable[str] = ()) -> Registry:
     """`app_dir` (default: the working directory) goes first on sys.path, as uvicorn's
     --app-dir and celery do, so `CHUNKD_JOBS=myjobs` finds ./myjobs.py without PYTHONPATH."""
     reg = Registry()
@@ -86,6 +83,6 @@ def build_registry(modules: Iterable[str], app_dir: str | None = None) -> Regist
             raise JobDefinitionError(f"--app-dir {app_dir!r} is not a folder")
         if reg.app_dir not in sys.path:
             sys.path.insert(0, reg.app_dir)
-    for name in (*BUILTIN_MODULES, *modules):
+    for name in (*builtin, *modules):
         reg.load_module(name)
     return reg

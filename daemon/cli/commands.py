@@ -13,19 +13,18 @@ from typing import Any, NoReturn
 import anyio
 import asyncpg
 
-from actors.runtime import SupervisorGaveUp
-
-from . import config as config_mod
-from .client import ApiCallError, ApiClient, ApiUnreachable
-from .config import Config, ConfigError
-from .embedded import EmbeddedPostgresError, start_embedded
-from .http import HttpBindError
-from .logs import configure
-from .registry import Registry, build_registry
-from .scheduling import check_declared
-from .sdk import JobDefinitionError
-
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+from actors.job import JobDefinitionError
+from actors.registry import Registry
+from actors.scheduling import check_declared
+from actors.supervisor import SupervisorGaveUp
+from daemon.cli.client import ApiCallError, ApiClient, ApiUnreachable
+from daemon.cli.render import TERMINAL, progress_bar, show_instance, table
+from daemon.http.server import HttpBindError
+from daemon.jobs import load_registry
+from daemon.wiring import config as config_mod
+from daemon.wiring.config import Config, ConfigError
+from daemon.wiring.embedded import EmbeddedPostgresError, resolve_dsn
+from daemon.wiring.logs import configure
 
 
 class CliError(Exception):
@@ -46,9 +45,6 @@ def _version() -> str:
     except PackageNotFoundError:
         return "unknown (not installed)"
 
-
-def resolve_dsn(cfg: Config) -> str:
-    return cfg.database_url or start_embedded(cfg.home)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the harness has its own options; imported only here
-        from benchmarks.harness import main as bench
+        from daemon.cli.bench import main as bench
         raise SystemExit(bench(argv[1:]))
     args = _parser().parse_args(argv)
     try:
@@ -182,7 +178,7 @@ def _detail(details: Any) -> str:
 # ---------------------------------------------------------------- local commands
 def _run_local(cfg: Config, args: argparse.Namespace) -> int:
     try:
-        registry = build_registry(cfg.jobs, app_dir=getattr(args, "app_dir", None))
+        registry = load_registry(cfg.jobs, app_dir=getattr(args, "app_dir", None))
         if args.command == "run":
             check_declared(registry)
     except JobDefinitionError as e:
@@ -215,13 +211,13 @@ def _first_leaf(eg: BaseExceptionGroup) -> BaseException:
 
 
 async def cmd_run(cfg: Config, registry: Registry, args: argparse.Namespace) -> int:
-    from daemon.node import Node
+    from daemon.wiring.node import Node
     await Node(cfg, registry, resolve_dsn(cfg)).run()
     return 0
 
 
 async def cmd_migrate(cfg: Config, registry: Registry, args: argparse.Namespace) -> int:
-    from daemon.node import open_store
+    from daemon.wiring.node import open_store
     store = await open_store(cfg, resolve_dsn(cfg))
     await store.close()
     print(json.dumps({"migrated": True}))
@@ -229,7 +225,7 @@ async def cmd_migrate(cfg: Config, registry: Registry, args: argparse.Namespace)
 
 
 async def cmd_demo(cfg: Config, registry: Registry, args: argparse.Namespace) -> int:
-    from .demo import quiet_logs_on_tty, run_demo
+    from daemon.cli.demo import quiet_logs_on_tty, run_demo
     if not 1 <= args.rows <= 10_000_000:
         raise CliError("--rows must be between 1 and 10000000")
     quiet_logs_on_tty()  # before the embedded Postgres starts and logs
@@ -240,64 +236,6 @@ _LOCAL: dict[str, Callable[[Config, Registry, argparse.Namespace], Awaitable[int
     "run": cmd_run, "migrate": cmd_migrate, "demo": cmd_demo,
 }
 
-
-# ---------------------------------------------------------------- remote commands
-def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
-def progress_bar(fraction: float, width: int = 30) -> str:
-    filled = int(round(fraction * width))
-    return "[" + "#" * filled + "." * (width - filled) + f"] {fraction * 100:5.1f}%"
-
-
-def _show_instance(inst: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(inst, indent=2))
-        return
-    print(f"instance {inst['id']}  {inst['job']} v{inst['version']}  {inst['status']}  "
-          f"{progress_bar(inst['progress'])}")
-    print(_times(inst))
-    if inst.get("schedule_id"):
-        print(f"fired by schedule {inst['schedule_id']} (occurrence {inst.get('scheduled_for')})")
-    if inst.get("chunks_per_second"):
-        eta = inst.get("eta_seconds")
-        print(f"rate {inst['chunks_per_second']:.1f} chunks/s" + (f", eta {eta:.0f}s" if eta else ""))
-    if inst.get("error_message"):
-        print(f"error ({inst['error_count']}): {inst['error_message']}")
-    if inst.get("steps"):
-        print(table([{**s, "states": " ".join(f"{k}={v}" for k, v in s["states"].items())} for s in inst["steps"]],
-                    ["index", "name", "created", "completed", "failed", "cancelled", "errors", "states"]))
-    if inst.get("report") is not None:
-        print("report: " + json.dumps(inst["report"]))
-    for w in inst.get("warnings") or []:
-        print(f"warning: {w}")
-
-
-def _times(inst: dict[str, Any]) -> str:
-    from datetime import datetime, timezone
-    def at(v: str | None) -> datetime | None:
-        return datetime.fromisoformat(v.replace("Z", "+00:00")) if v else None
-    created, started, ended = at(inst.get("created_at")), at(inst.get("started_at")), at(inst.get("finished_at"))
-    parts = [f"created {inst.get('created_at')}", f"started {inst.get('started_at') or '-'}",
-             f"ended {inst.get('finished_at') or '-'}"]
-    began = started or created
-    if began is not None:
-        secs = ((ended or datetime.now(timezone.utc)) - began).total_seconds()
-        parts.append(("duration " if ended else "running for ") + _duration(secs))
-    return "  ".join(parts)
-
-
-def _duration(secs: float) -> str:
-    s = int(round(secs))
-    if s < 60:
-        return f"{secs:.1f}s"
-    h, rest = divmod(s, 3600)
-    return (f"{h}h" if h else "") + f"{rest // 60}m{rest % 60:02d}s"
 
 
 def cmd_jobs(client: ApiClient, args: argparse.Namespace) -> int:
@@ -314,7 +252,7 @@ def cmd_jobs(client: ApiClient, args: argparse.Namespace) -> int:
 
 def _show_job(jobs: list[dict[str, Any]], name: str, version: int | None, as_json: bool) -> int:
     """One job's contract: what to submit (parameters) and what runs (steps)."""
-    from .contract import describe_type
+    from daemon.http.contract import describe_type
     mine = [j for j in jobs if j["name"] == name and (version is None or j["version"] == version)]
     if not mine:
         known = ", ".join(sorted({j["name"] for j in jobs}))
@@ -357,7 +295,7 @@ def cmd_instances(client: ApiClient, args: argparse.Namespace) -> int:
 def cmd_show(client: ApiClient, args: argparse.Namespace) -> int:
     inst = client.call("GET", f"/api/v1/instances/{args.instance_id}")
     if not args.watch:
-        _show_instance(inst, args.json)
+        show_instance(inst, args.json)
         return 0
     if not 0.1 <= args.interval <= 3600:
         raise CliError("--interval must be between 0.1 and 3600 seconds")
@@ -365,7 +303,7 @@ def cmd_show(client: ApiClient, args: argparse.Namespace) -> int:
     while True:
         if tty:
             print("\x1b[H\x1b[2J", end="")  # redraw in place
-        _show_instance(inst, args.json)
+        show_instance(inst, args.json)
         sys.stdout.flush()
         if inst["status"] in TERMINAL:
             return 0 if inst["status"] == "COMPLETED" else 1
@@ -410,14 +348,14 @@ def cmd_submit(client: ApiClient, args: argparse.Namespace) -> int:
         inst = client.call("GET", f"/api/v1/instances/{inst['id']}")
     if bar:
         print(f"\r{progress_bar(inst['progress'])} {inst['status']:<11}", file=sys.stderr)
-    _show_instance(inst, args.json)
+    show_instance(inst, args.json)
     return 0 if inst["status"] == "COMPLETED" else 1
 
 
 def _post(action: str, query: dict[str, Any] | None = None) -> Callable[[ApiClient, argparse.Namespace], int]:
     def run(client: ApiClient, args: argparse.Namespace) -> int:
         inst = client.call("POST", f"/api/v1/instances/{args.instance_id}/{action}", query=query)
-        _show_instance(inst, args.json)
+        show_instance(inst, args.json)
         return 0
     return run
 

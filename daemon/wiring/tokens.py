@@ -1,18 +1,11 @@
-"""API bearer tokens with scopes. `manage` implies `view`. Tokens are compared in
-constant time and never logged."""
+"""API tokens from the configuration (CHUNKD_API_TOKENS, CHUNKD_API_TOKENS_FILE) and the
+start-up check that an API without tokens listens on loopback only."""
 from __future__ import annotations
 
-import enum
-import hmac
-import ipaddress
 from pathlib import Path
 
-from .config import Config, ConfigError
-
-
-class Scope(str, enum.Enum):
-    VIEW = "view"
-    MANAGE = "manage"
+from daemon.http.auth import Scope, is_loopback
+from daemon.wiring.config import Config, ConfigError
 
 
 def parse_tokens(text: str, source: str, *, separator: str = ",") -> dict[str, Scope]:
@@ -45,15 +38,6 @@ def load_tokens(cfg: Config) -> dict[str, Scope]:
     return tokens
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_exposure(cfg: Config, tokens: dict[str, Scope]) -> None:
     """Without tokens the API may only listen on loopback (unless explicitly insecure)."""
     if cfg.http_addr is None or tokens or cfg.api_insecure:
@@ -63,17 +47,3 @@ def check_exposure(cfg: Config, tokens: dict[str, Scope]) -> None:
         raise ConfigError("CHUNKD_HTTP_ADDR", f"{host}:{cfg.http_addr[1]}",
                           "refusing to serve the API on a non-loopback address without tokens; set "
                           "CHUNKD_API_TOKENS_FILE (or CHUNKD_API_TOKENS), or CHUNKD_API_INSECURE=true")
-
-
-def scope_of(tokens: dict[str, Scope], presented: str) -> Scope | None:
-    """The scope of a presented token, comparing against every known token in constant time."""
-    found: Scope | None = None
-    p = presented.encode()
-    for token, scope in tokens.items():
-        if hmac.compare_digest(token.encode(), p):
-            found = scope
-    return found
-
-
-def allows(have: Scope, need: Scope) -> bool:
-    return have is Scope.MANAGE or need is Scope.VIEW

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from actors.engine import Engine
+from actors.job import StepKind
+from actors.registry import Registry
 from actors.stopper import stop_running
-
-from .registry import Registry
-from .sdk import StepKind
 
 
 async def stop(engine: Engine, instance_id: int, *, force: bool) -> bool:

@@ -21,23 +21,20 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from actors import control
+from actors.registry import UnknownJobError
+from daemon.http.api import ApiError, _int, check_query, ok
+from daemon.http.auth import Scope
+from daemon.http.ports import Served
 from storage.states import RESTARTABLE, I
 from storage.types import StepCounts
-
-from . import control
-from .api import ApiError, _int, check_query, ok
-from .auth import Scope
-from .registry import UnknownJobError
-
-if TYPE_CHECKING:
-    from .node import Node
 
 Handler = Callable[[Request], Awaitable[Response]]
 Guard = Callable[[Scope, Handler], Handler]
@@ -213,7 +210,7 @@ def _status_filter(raw: str | None, name: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- routes
-def seed_routes(node: "Node", guarded: Guard, engine: Callable[[], Any]) -> list[Route]:
+def seed_routes(node: Served, guarded: Guard, engine: Callable[[], Any]) -> list[Route]:
     V, M = Scope.VIEW, Scope.MANAGE
 
     def strict(*allowed: str) -> Callable[[Handler], Handler]:

@@ -5,9 +5,8 @@ from typing import Any
 
 import msgspec
 
+from daemon.http import models as m
 from storage.states import C, I
-
-from . import api_models as m
 
 _REF = "#/components/schemas/{name}"
 
@@ -52,7 +51,7 @@ _EXEC = {"name": "execution_id", "in": "path", "required": True, "description": 
 
 def _seed_paths(op: Any) -> dict[str, Any]:
     """Smile CDR's Batch Job Endpoint and hapi-fhir-groovy's /control/jobs (daemon/seed_routes.py)."""
-    from . import seed_routes as seeds
+    from daemon.http import seed_routes as seeds
 
     def json_of(tp: type, what: str) -> dict[str, Any]:
         return {"200": {"description": what, **_json(tp)}}
@@ -89,7 +88,7 @@ def _seed_paths(op: Any) -> dict[str, Any]:
 
 
 def document(secured: bool) -> dict[str, Any]:
-    from . import seed_routes as seeds
+    from daemon.http import seed_routes as seeds
     seed_types = (seeds.SmileJobNames, seeds.SmileJobInstances, seeds.SmileMessage, seeds.HapiJobInstance,
                   seeds.HapiOperationResult)
     _, components = msgspec.json.schema_components((*m.SCHEMA_TYPES, *seed_types), ref_template=_REF)

@@ -21,7 +21,7 @@ HEADERS = {
 
 
 def routes() -> list[Route]:
-    folder = files("daemon") / "ui"
+    folder = files("daemon.http") / "ui"
     bodies = {name: (folder / name).read_bytes() for name in _ASSETS}
 
     def asset(name: str):  # type: ignore[no-untyped-def]

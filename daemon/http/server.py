@@ -6,37 +6,34 @@ import logging
 import socket
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import anyio
+import asyncpg
 import structlog
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-import asyncpg
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope as AsgiScope, Send
+from starlette.types import ASGIApp, Message, Receive, Send
+from starlette.types import Scope as AsgiScope
 
+from daemon.http import dashboard
+from daemon.http.api import ApiError, _json, error_response, ok, routes
+from daemon.http.auth import Scope
+from daemon.http.guard import Guard
+from daemon.http.models import Health
+from daemon.http.openapi import document
+from daemon.http.ports import Served
 from metrics import HTTP_SECONDS, READY
-
-from .api import ApiError, _json, error_response, ok, routes
-from .api_models import Health
-from . import dashboard
-from .auth import Scope
-from .guard import Guard
-from .openapi import document
-
-if TYPE_CHECKING:
-    from .node import Node
 
 log = structlog.get_logger("chunkd.http")
 
 
-def build_app(node: "Node", tokens: dict[str, Scope] | None = None) -> Starlette:
+def build_app(node: Served, tokens: dict[str, Scope] | None = None) -> Starlette:
     tokens = tokens or {}
     openapi = _json.encode(document(secured=bool(tokens)))
 
@@ -83,8 +80,8 @@ def build_app(node: "Node", tokens: dict[str, Scope] | None = None) -> Starlette
             *dashboard.routes(),
         ],
         exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash},
-        middleware=[Middleware(Guard, own_hosts=[*node.cfg.api_allowed_hosts,
-                                                 *([node.cfg.http_addr[0]] if node.cfg.http_addr else [])])],
+        middleware=[Middleware(Guard, own_hosts=[*node.http.allowed_hosts,
+                                                 *([node.http.addr[0]] if node.http.addr else [])])],
     )
     app.add_middleware(RequestMetrics)
     return app

@@ -19,22 +19,29 @@ from actors.engine import Engine
 from actors.executor import execute_partition
 from actors.heartbeat import Heartbeat
 from actors.maintenance import Maintenance
-from actors.runtime import Supervisor
+from actors.registry import Registry
 from actors.scheduler import Scheduler
 from actors.stopper import watch_ended
+from actors.supervisor import Supervisor
 from channels.base import Channel
 from channels.postgres import PostgresChannel
-from metrics import (CHANNEL_STARVED, CHUNKS_RELEASED, IN_FLIGHT, MAILBOX_DEPTH, PARTITIONS_ASSIGNED, POOL_IN_USE,
-                     POOL_SIZE)
+from daemon.http.ports import HttpSettings
+from daemon.http.server import bind, build_app, serve
+from daemon.jobs import sandbox
+from daemon.wiring.config import Config
+from daemon.wiring.tokens import check_exposure, load_tokens
+from metrics import (
+    CHANNEL_STARVED,
+    CHUNKS_RELEASED,
+    IN_FLIGHT,
+    MAILBOX_DEPTH,
+    PARTITIONS_ASSIGNED,
+    POOL_IN_USE,
+    POOL_SIZE,
+)
 from storage.errors import TRANSIENT
 from storage.store import Store
 from storage.types import ClaimedChunk
-
-from .auth import check_exposure, load_tokens
-from .config import Config
-from .http import bind, build_app, serve
-from .jobs import sandbox
-from .registry import Registry
 
 log = structlog.get_logger("chunkd.node")
 
@@ -61,6 +68,7 @@ class Node:
     def __init__(self, cfg: Config, registry: Registry, dsn: str,
                  on_query: Callable[[Any], None] | None = None) -> None:
         self.cfg = cfg
+        self.http = HttpSettings(addr=cfg.http_addr, allowed_hosts=cfg.api_allowed_hosts, max_submits=cfg.api_max_submits)
         self.on_query = on_query
         self.registry = registry
         self.dsn = dsn
@@ -189,7 +197,7 @@ class Node:
             cfg = self.cfg = msgspec.structs.replace(cfg, partitions=partitions)
             store.partitions = partitions
         node_id = await store.register_node(cfg.node_id, os.getpid())
-        engine = Engine(cfg, store, channel, self.registry, node_id, self.dsn)
+        engine = Engine(cfg.actor_settings(), store, channel, self.registry, node_id, self.dsn)
         heartbeat = Heartbeat(self.dsn, node_id, cfg.lease_seconds, cfg.heartbeat_seconds, engine.inflight.held,
                               lambda: [p for p in range(cfg.partitions) if channel.owns(p)])
         heartbeat.start()
@@ -282,7 +290,7 @@ class Node:
     async def _workers(engine: Engine, sup: Supervisor, p: int,
                        recv: anyio.abc.ObjectReceiveStream[ClaimedChunk]) -> None:
         async with recv, anyio.create_task_group() as tg:
-            for w in range(engine.cfg.partition_concurrency):
+            for w in range(engine.settings.claim.partition_concurrency):
                 tg.start_soon(sup.supervise, f"executor-{p}-{w}", "step-executor",
                               _executor(engine, p, recv))
             # workers exit when the consumer's send side closes and the mailbox drains

@@ -1,0 +1,56 @@
+"""What each actor is told: one narrow, immutable settings struct per actor (River's
+producerConfig / JobRescuerConfig are the model). The shell builds them from its
+configuration (daemon/wiring/config.py: Config.actor_settings); nothing here reads the
+environment, so actors run the same in tests, benchmarks and the daemon."""
+from __future__ import annotations
+
+import msgspec
+
+
+class ClaimSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The consumers: one per partition, claiming READY chunks."""
+    partitions: int
+    partition_concurrency: int   # steps running at once per partition (the backpressure bound)
+    claim_batch: int
+    lease_seconds: float
+    poll_interval: float         # claim again at least this often without a notification
+
+
+class StepSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The executors: how steps run."""
+    job_concurrency: dict[str, int] = {}   # per-job cap on steps at once on this daemon
+    max_chunk_bytes: int = 64 << 20        # an emitted chunk over this fails its step
+
+
+class CompleterSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The completer: how results are batched into one transaction."""
+    batch: int
+    flush_ms: float
+
+
+class MaintenanceSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The maintenance leader: gates, rescue, reductions, republishing."""
+    partitions: int
+    interval: float
+    republish_after: float
+    max_report_bytes: int
+    scheduling: bool              # does the leader also keep schedule rows in sync
+
+
+class SchedulerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The scheduler: clustered schedules and the built-in retention schedule."""
+    node_name: str
+    partitions: int
+    enabled: bool
+    concurrency: int
+    retention: float
+    retention_failed: float
+    retention_every: float
+
+
+class ActorSettings(msgspec.Struct, frozen=True, kw_only=True):
+    claim: ClaimSettings
+    steps: StepSettings
+    completer: CompleterSettings
+    maintenance: MaintenanceSettings
+    scheduler: SchedulerSettings
