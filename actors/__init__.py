@@ -1,1 +1,3 @@
-"""The actor runtime (bounded anyio mailboxes, supervision) and chunkd's actors."""
+"""The engine below the shell: the job model, its registry, instance operations, and the
+actors of one daemon (consumer, executor, completer, maintenance, scheduler, stopper,
+heartbeat) under one-for-one supervision."""

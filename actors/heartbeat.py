@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Sequence
 
 import structlog
@@ -26,7 +25,6 @@ class Heartbeat(threading.Thread):
         self._held = held
         self._partitions = partitions
         self._stop = threading.Event()
-        self.last_beat = time.monotonic()
 
     def run(self) -> None:
         asyncio.run(self._loop())
@@ -38,7 +36,6 @@ class Heartbeat(threading.Thread):
                 try:
                     released = await conn.beat(self._node_id, self._lease, self._held(), 2 * self._period,
                                                self._partitions())
-                    self.last_beat = time.monotonic()
                     if released:
                         log.info("released chunks this process no longer tracks", chunks=released)
                 except Exception as e:  # noqa: BLE001 - keep beating; leases expire if we cannot

@@ -54,6 +54,7 @@ class Maintenance:
         self.rates: dict[int, RateState] = {}  # per instance, for the smoothed ETA (leader-local)
         self.wake = anyio.Event()
         self._gauges_at = 0.0
+        self._forget_at = 0.0
         self._republish_at = 0.0
         self._queue_at = 0.0
 
@@ -135,6 +136,10 @@ class Maintenance:
         if publish:
             await self.engine.channel.publish(publish)
         now = time.monotonic()
+        if now >= self._forget_at:  # a tenth of the age: a dead node's row goes within 110% of it
+            self._forget_at = now + self.settings.forget_nodes_after / 10
+            if forgotten := await store.forget_dead_nodes(self.settings.forget_nodes_after):
+                log.info("forgot dead nodes", nodes=forgotten)
         if now >= self._republish_at:  # not every pass: it reads the head of each READY queue
             self._republish_at = now + self.settings.republish_after
             stale = await store.stale_partitions(range(self.settings.partitions), self.settings.republish_after)

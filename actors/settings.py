@@ -35,6 +35,9 @@ class MaintenanceSettings(msgspec.Struct, frozen=True, kw_only=True):
     republish_after: float
     max_report_bytes: int
     scheduling: bool              # does the leader also keep schedule rows in sync
+    # A node row whose heartbeat is this old belongs to a dead daemon (SIGKILLed, its host
+    # gone): long past every lease it could hold, so the leader deletes it.
+    forget_nodes_after: float = 300.0
 
 
 class SchedulerSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,4 +1,4 @@
-"""A small actor runtime: bounded mailboxes and one-for-one supervision.
+"""One-for-one supervision of the actors.
 
 A child that raises is restarted after a backoff; more than `max_restarts` restarts
 within `window` seconds means something is badly wrong, so the supervisor gives up and
@@ -15,17 +15,12 @@ from typing import TypeVar
 
 import anyio
 import structlog
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from metrics import ACTOR_RESTARTS
 from storage.errors import is_transient
 
 T = TypeVar("T")
 log = structlog.get_logger("chunkd.supervisor")
-
-
-def mailbox(size: int, item: type[T]) -> tuple[MemoryObjectSendStream[T], MemoryObjectReceiveStream[T]]:
-    return anyio.create_memory_object_stream[item](max_buffer_size=size)  # type: ignore[valid-type]
 
 
 class SupervisorGaveUp(RuntimeError):
@@ -65,7 +60,6 @@ class RestartPolicy:
 class Supervisor:
     def __init__(self, policy: RestartPolicy | None = None) -> None:
         self.policy = policy or RestartPolicy()
-        self.heartbeat = time.monotonic()
 
     async def supervise(self, name: str, kind: str, fn: Callable[[], Awaitable[None]],
                         healthy_after: float = 30.0) -> None:

@@ -32,9 +32,6 @@ class Reader:
     async def fetchval(self, query: str, *args: Any) -> Any:
         return await (await self._get()).fetchval(query, *args)
 
-    async def acquire_pool(self) -> asyncpg.Pool:
-        return await self._get()
-
     def pool_for_maintenance(self) -> "Reader":
         """Built-in maintenance jobs write through this (user steps use ctx.tx)."""
         return self

@@ -111,9 +111,6 @@ class Schedules:
     async def seconds_to_next(self) -> float | None:
         return await self.pool.fetchval(_NEXT_DUE_IN)
 
-    async def fires(self, sid: str) -> list[tuple[datetime, int | None, str]]:
-        return [(r[0], r[1], r[2]) for r in await self.pool.fetch(_FIRES, sid)]
-
     async def fire(self, s: ScheduleRow, occurrence: datetime, next_fire_at: datetime, node: str,
                    instance: tuple[str, int, str, bool, bytes, int] | None, partitions: int,
                    partition: int) -> tuple[bool, int | None]:

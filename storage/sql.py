@@ -360,7 +360,6 @@ ON CONFLICT (instance_id, step) DO UPDATE
        errors = c.errors + EXCLUDED.errors"""
 
 # ---------------------------------------------------------------- notifications
-NOTIFY = "SELECT pg_notify($1, $2)"
 
 # Idempotency (migration 0010): what the key was first used for, written in the submit's transaction.
 INSTANCE_SET_IDEMPOTENCY_REQUEST = "UPDATE chunkd_instance SET idempotency_request = $2::jsonb WHERE id = $1"

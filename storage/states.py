@@ -91,7 +91,6 @@ SUSPECT_AFTER = 2
 CHUNK_TERMINAL = frozenset({C.FAILED, C.COMPLETED, C.CANCELLED})   # left only by an operator restart
 INSTANCE_TERMINAL = frozenset({I.COMPLETED, I.FAILED, I.CANCELLED})
 RESTARTABLE = frozenset({I.FAILED, I.CANCELLED})
-INSTANCE_ACTIVE = frozenset({I.QUEUED, I.IN_PROGRESS, I.ERRORED})
 
 
 def chunk_allowed_from(to: ChunkState, among: frozenset[ChunkState] | None = None) -> list[int]:

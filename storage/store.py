@@ -71,6 +71,10 @@ class Store:
     async def acquire_leadership(self, node_id: int, ttl: float) -> int | None:
         return await self.pool.fetchval(sql.LEADER_ACQUIRE, node_id, ttl)
 
+    async def forget_dead_nodes(self, older_than: float) -> int:
+        """Delete the rows of nodes whose heartbeat stopped `older_than` seconds ago."""
+        return int((await self.pool.execute(sql.NODE_PURGE_STALE, older_than)).split()[-1])
+
     async def resign_leadership(self, node_id: int) -> None:
         await self.pool.execute(sql.LEADER_RESIGN, node_id)
 
@@ -406,9 +410,6 @@ class Store:
 
     async def move_chunk(self, chunk_id: int, to: C, allowed_from: list[int]) -> bool:
         return await self.pool.fetchval(sql.CHUNK_MOVE, chunk_id, int(to), allowed_from) is not None
-
-    async def notify(self, channel: str, payload: str) -> None:
-        await self.pool.execute(sql.NOTIFY, channel, payload)
 
     async def queue_depth(self) -> dict[tuple[int, str], int]:
         """(partition, state name) -> chunks, for READY, IN_PROGRESS and ERRORED."""

@@ -217,7 +217,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             completer=CompleterSettings(batch=self.completer_batch, flush_ms=self.completer_flush_ms),
             maintenance=MaintenanceSettings(partitions=self.partitions, interval=self.maintenance_interval,
                                             republish_after=self.republish_after,
-                                            max_report_bytes=self.max_report_bytes, scheduling=self.scheduling),
+                                            max_report_bytes=self.max_report_bytes, scheduling=self.scheduling,
+                                            forget_nodes_after=10 * self.lease_seconds),
             scheduler=SchedulerSettings(node_name=self.node_id, partitions=self.partitions, enabled=self.scheduling,
                                         concurrency=self.scheduler_concurrency, retention=self.retention,
                                         retention_failed=self.retention_failed, retention_every=self.retention_every))
