@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from daemon.cli.client import ApiCallError, ApiClient
+from tests.chaos.channels import wait_for
 from tests.conftest import free_port, run_cli, submit_direct, wait_status
 from tests.integration.helpers import running_node, submit_job
 
@@ -134,39 +135,57 @@ async def test_sigterm_ends_within_the_grace_period_whatever_the_database_does(
 
 
 async def test_restart_and_retention_are_ordered(dsn: str, conn: asyncpg.Connection, api_daemon) -> None:  # type: ignore[no-untyped-def]
-    """Restart an old FAILED instance while retention purges it: either the purge wins
-    (the instance and every chunk are gone, restart is 404 or 409) or the restart wins
-    (it runs and is kept whole); the counters always equal the rows."""
+    """Restart an old FAILED instance while retention is purging it. Made deterministic: the
+    test holds a lock on the instance's last chunk, so the purge stops there mid-way; the
+    restart comes then. Either it is refused (409, the purge wins whole) or, if it ran, the
+    instance is kept whole; the counters always equal the rows. (The old code restarted it
+    half-purged: instance IN_PROGRESS with a fraction of its chunks.)"""
     api = api_daemon(CHUNKD_LOG_LEVEL="warning")
     c = ApiClient(api.url)
+    n = 40_000
     iid = await conn.fetchval("""INSERT INTO chunkd_instance (job_name, job_version, params, gated, status, finished_at)
                                  VALUES ('test.gated', 1, '{"chunks": 40000}', true, 'FAILED', now() - interval '40 days')
                                  RETURNING id""")
     await conn.execute("""INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, failures)
-                          SELECT $1, 1, 6, g % 4, 3, 3 FROM generate_series(1, 40000) g""", iid)
-    await conn.execute("INSERT INTO chunkd_step_counter (instance_id, step, created, failed) VALUES ($1, 1, 40000, 40000)",
-                       iid)
+                          SELECT $1, 1, 6, g % 4, 3, 3 FROM generate_series(1, $2) g""", iid, n)
+    await conn.execute("INSERT INTO chunkd_step_counter (instance_id, step, created, failed) VALUES ($1, 1, $2, $2)",
+                       iid, n)
+    holder = await asyncpg.connect(dsn)
+    tx = holder.transaction()
+    await tx.start()
+    await holder.execute("SELECT 1 FROM chunkd_chunk WHERE id = (SELECT max(id) FROM chunkd_chunk WHERE instance_id = $1) "
+                         "FOR UPDATE", iid)
     purge = c.call("POST", "/api/v1/instances", body={"job": "chunkd.retention", "parameters": {}})
-    outcomes: list[int] = []
-    while await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", purge["id"]) not in (
-            "COMPLETED", "FAILED"):
+
+    async def purge_blocked() -> bool:  # the purge's DELETE waits on our lock: the purge is under way
+        return await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = "
+                                   "'chunkd_chunk'::regclass") > 0 or await conn.fetchval(
+            "SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1", iid) < n
+    await wait_for(purge_blocked, 60, "the purge under way")
+    outcome: list[int] = []
+
+    def restart() -> None:
         try:
             c.call("POST", f"/api/v1/instances/{iid}/restart")
-            outcomes.append(200)
+            outcome.append(200)
         except ApiCallError as e:
-            outcomes.append(e.status)
-            if e.status == 409:
-                assert "being purged" in e.message or "IN_PROGRESS" in e.message, e.message
-        await anyio.sleep(0.005)
+            outcome.append(e.status)
+            assert e.status != 409 or "being purged" in e.message or "IN_PROGRESS" in e.message, e.message
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.to_thread.run_sync, restart)  # (the old code's restart blocked on our lock)
+        await anyio.sleep(2)
+        await tx.rollback()  # let the purge (and whatever the restart waits for) go on
+    await holder.close()
+    assert await wait_status(conn, purge["id"], {"COMPLETED", "FAILED"}, 60) == "COMPLETED"
     exists = await conn.fetchval("SELECT count(*) FROM chunkd_instance WHERE id = $1", iid)
     chunks = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1", iid)
     if exists:
-        assert 200 in outcomes and chunks == 40000  # the restart came first: nothing of it was purged
+        assert outcome == [200] and chunks == n, (outcome, chunks)  # the restart won: nothing of it was purged
         counted = await conn.fetchval("SELECT created FROM chunkd_step_counter WHERE instance_id = $1 AND step = 1", iid)
         assert counted == chunks
     else:
         assert chunks == 0  # purged whole: no chunk was left behind by a restart that came in between
-        assert 200 not in outcomes  # a restart that had won would have kept the instance
+        assert outcome != [200], outcome  # a restart that had won would have kept the instance
 
 
 async def test_api_input_limits_are_4xx(api_daemon) -> None:  # type: ignore[no-untyped-def]
