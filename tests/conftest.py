@@ -52,18 +52,22 @@ def pg_server() -> Iterator[str]:
     yield start_embedded(home)
 
 
+async def _admin(dsn: str, sql: str) -> None:
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(sql)
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
-def pg_template(pg_server: str) -> str:
-    """A migrated template database; each test clones it."""
+def pg_template(pg_server: str) -> Iterator[str]:
+    """A migrated template database; each test clones it; dropped when the session ends."""
     name = f"chunkd_tpl_{os.getpid()}"
 
     async def make() -> None:
-        admin = await asyncpg.connect(pg_server)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
+        await _admin(pg_server, f'DROP DATABASE IF EXISTS "{name}"')
+        await _admin(pg_server, f'CREATE DATABASE "{name}"')
         from storage.migrate import migrate
         conn = await asyncpg.connect(_with_db(pg_server, name))
         try:
@@ -71,23 +75,17 @@ def pg_template(pg_server: str) -> str:
         finally:
             await conn.close()
     asyncio.run(make())
-    return name
+    yield name
+    asyncio.run(_admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
 def dsn(pg_server: str, pg_template: str) -> Iterator[str]:
     """A fresh, migrated database for one test."""
     name = f"chunkd_t_{uuid.uuid4().hex[:12]}"
-
-    async def run(sql: str) -> None:
-        admin = await asyncpg.connect(pg_server)
-        try:
-            await admin.execute(sql)
-        finally:
-            await admin.close()
-    asyncio.run(run(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+    asyncio.run(_admin(pg_server, f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
     yield _with_db(pg_server, name)
-    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(_admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
