@@ -90,13 +90,15 @@ class Submitted(msgspec.Struct):
     version: int
 
 
-async def submit(store: Store, channel: Channel | None, registry: Registry, job_name: str,
-                 params_json: str | bytes, *, version: int | None = None,
-                 idempotency_key: str | None = None, reader: Reader | None = None) -> Submitted:
+async def checked(registry: Registry, job_name: str, params_json: str | bytes, version: int | None,
+                  reader: Reader | None, dsn: str) -> tuple[Job, str]:
+    """Everything an instance must pass before it exists, whoever creates it (a submit, a
+    schedule being created, a schedule firing): the job and version exist, the parameters
+    decode, and the job's params_check accepts them. Returns the job and canonical JSON."""
     job, canonical = validate(registry, job_name, params_json, version)
     if job.check is not None:
         own = reader is None
-        reader = reader or Reader(store.dsn, max_size=1)
+        reader = reader or Reader(dsn, max_size=1)
         try:
             await job.check(job.decode_params(canonical), reader)
         except ParameterError as e:
@@ -104,6 +106,13 @@ async def submit(store: Store, channel: Channel | None, registry: Registry, job_
         finally:
             if own:
                 await reader.close()
+    return job, canonical
+
+
+async def submit(store: Store, channel: Channel | None, registry: Registry, job_name: str,
+                 params_json: str | bytes, *, version: int | None = None,
+                 idempotency_key: str | None = None, reader: Reader | None = None) -> Submitted:
+    job, canonical = await checked(registry, job_name, params_json, version, reader, store.dsn)
     first = job.steps[0]
     iid, created, part = await store.create_instance(job.name, job.version, canonical, job.gated,
                                                      idempotency_key, b"", first.max_attempts,

@@ -11,10 +11,10 @@ import anyio
 import structlog
 
 from actors.engine import Engine
+from actors.instances import SubmitError, checked
 from actors.job import LocalTask
 from actors.registry import UnknownJobError
 from actors.scheduling import ScheduleError, Spec, next_after, plan_fire, validate
-from storage.codec import DataError
 from storage.errors import TRANSIENT, Backoff
 from storage.schedules import ScheduleRow, Schedules
 
@@ -63,11 +63,11 @@ class Scheduler:
                              None, max(1.0, cfg.retention_every), "UTC", "skip", "builtin"))
         else:
             await self.schedules.delete(RETENTION_SCHEDULE)
-        from actors.instances import validate as validate_params
         for sid, job, version, params, cron, every, tz, missed, source in declared:
             try:
                 spec = validate(cron, every, tz, missed)
-                j, canonical = validate_params(self.engine.registry, job, params, version)
+                j, canonical = await checked(self.engine.registry, job, params, version, self.engine.reader,
+                                             self.engine.store.dsn)
             except (ScheduleError, ValueError) as e:
                 log.error("declared schedule is invalid; not registered", schedule=sid, error=str(e))
                 continue
@@ -114,13 +114,18 @@ class Scheduler:
         engine = self.engine
         try:
             job = engine.registry.get(row.job_name, row.job_version)
-            job.decode_params(row.params)
-        except (UnknownJobError, DataError) as e:
+        except UnknownJobError as e:
             # perhaps another daemon has this job loaded; it fires it then
             log.warning("cannot fire schedule here", schedule=row.id, error=str(e))
             return
         spec = spec_of(row)
         fire, nxt = plan_fire(spec, row.next_fire_at, now)
+        if fire:
+            try:  # the same checks as a submit, the job's params_check included
+                await checked(engine.registry, job.name, row.params, job.version, engine.reader, engine.store.dsn)
+            except SubmitError as e:
+                log.error("schedule occurrence skipped: its parameters are refused", schedule=row.id, error=str(e))
+                fire = False
         instance = (job.name, job.version, row.params, job.gated, b"", job.steps[0].max_attempts) if fire else None
         part = engine.store.next_partition()
         fired, iid = await self.schedules.fire(row, row.next_fire_at, nxt, self.settings.node_name, instance,

@@ -7,9 +7,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from storage import sql
-from storage.counters import CREATED, CounterDelta
-from storage.states import C
+from storage.store import insert_instance
 
 _UPSERT = """
 INSERT INTO chunkd_schedule (id, job_name, job_version, params, cron, interval_seconds, timezone, missed, source,
@@ -123,11 +121,7 @@ class Schedules:
             iid = None
             if instance is not None:
                 job, version, params_json, gated, first, max_attempts = instance
-                iid = await conn.fetchval(sql.INSTANCE_INSERT, job, version, params_json, gated, None)
-                await conn.execute(sql.CHUNK_INSERT, [iid], [0], [int(C.READY)], [partition], [max_attempts], [first])
-                delta = CounterDelta()
-                delta.add(iid, 0, CREATED)
-                await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
+                iid = await insert_instance(conn, job, version, params_json, gated, first, max_attempts, partition)
                 await conn.execute(_RECORD_INSTANCE, s.id, occurrence, iid)
                 await conn.execute(_MARK_INSTANCE, iid, s.id, occurrence)
             if await conn.fetchval(_ADVANCE, s.id, occurrence, next_fire_at, occurrence, iid) is None:

@@ -22,6 +22,22 @@ _COPY_THRESHOLD = 2000
 MAX_WARNINGS = 100
 
 
+async def insert_instance(conn: asyncpg.Connection, job_name: str, version: int, params_json: str, gated: bool,
+                          first_chunk: bytes, max_attempts: int, partition: int,
+                          idempotency_key: str | None = None) -> int | None:
+    """The one way an instance comes to exist, in the caller's transaction (a submit, a
+    schedule firing): its row, its first chunk READY, its counters. None if the
+    idempotency key is taken. The caller has run actors.instances.checked first."""
+    iid = await conn.fetchval(sql.INSTANCE_INSERT, job_name, version, params_json, gated, idempotency_key)
+    if iid is None:
+        return None
+    await conn.execute(sql.CHUNK_INSERT, [iid], [0], [int(C.READY)], [partition], [max_attempts], [first_chunk])
+    delta = CounterDelta()
+    delta.add(iid, 0, CREATED)
+    await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
+    return iid
+
+
 class Store:
     def __init__(self, pool: asyncpg.Pool, partitions: int, dsn: str = "") -> None:
         self.pool = pool
@@ -92,16 +108,13 @@ class Store:
         """Instance + first chunk + counters in one transaction.
         Returns (instance id, created?, partition to notify)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            iid = await conn.fetchval(sql.INSTANCE_INSERT, job_name, version, params_json, gated, idempotency_key)
+            part = self.next_partition()
+            iid = await insert_instance(conn, job_name, version, params_json, gated, first_chunk, max_attempts, part,
+                                        idempotency_key)
             if iid is None:  # the idempotency key exists: the racing submit won
                 return await conn.fetchval(sql.INSTANCE_BY_IDEMPOTENCY_KEY, idempotency_key), False, None
             if idempotency_key is not None and idempotency_request is not None:
                 await conn.execute(sql.INSTANCE_SET_IDEMPOTENCY_REQUEST, iid, idempotency_request)
-            part = self.next_partition()
-            await conn.execute(sql.CHUNK_INSERT, [iid], [0], [int(C.READY)], [part], [max_attempts], [first_chunk])
-            delta = CounterDelta()
-            delta.add(iid, 0, CREATED)
-            await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
             return iid, True, part
 
     async def instance_runtime(self, instance_id: int) -> InstanceRow | None:

@@ -13,8 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from actors import control
-from actors.instances import BadParameters, IdempotencyConflict, UnknownJob, submit
-from actors.instances import validate as validate_params
+from actors.instances import BadParameters, IdempotencyConflict, UnknownJob, checked, submit
 from actors.job import Job
 from actors.registry import UnknownJobError
 from actors.scheduler import row_for, spec_of
@@ -458,7 +457,8 @@ def routes(node: Served, tokens: dict[str, Scope]) -> list[Route]:
         except ScheduleError as err:
             raise ApiError(422, "invalid_schedule", str(err), {"path": err.path}) from None
         try:
-            job, canonical = validate_params(node.registry, req.job, _json.encode(req.parameters), req.version)
+            job, canonical = await checked(node.registry, req.job, _json.encode(req.parameters), req.version,
+                                           engine().reader, engine().store.dsn)
         except UnknownJob as err:
             raise ApiError(404, "unknown_job", str(err)) from None
         except BadParameters as err:
