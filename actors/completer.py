@@ -124,7 +124,7 @@ async def _flush(engine: Engine, batch: list[Outcome], *, bare: bool = False) ->
     while True:
         started = time.perf_counter()
         try:
-            res = await engine.store.flush(successes, setbacks)  # type: ignore[arg-type]
+            res = await engine.store.record_outcomes(successes, setbacks)  # type: ignore[arg-type]
             break
         except anyio.get_cancelled_exc_class():
             engine.inflight.forget([o.result.chunk_id for o in batch])

@@ -95,7 +95,7 @@ class InFlight:
             await ev.wait()
 
 
-class Runtime(msgspec.Struct):
+class LoadedInstance(msgspec.Struct):
     """What an executor needs about an instance, loaded once per daemon."""
     job: Job
     params: Any
@@ -173,7 +173,7 @@ class Engine:
         self.slots = JobSlots(settings.steps.job_concurrency)
         self.stopping = False
         self.starved = False  # Kafka gave this daemon no partition for long: claim from all (daemon/node.py)
-        self._runtimes: dict[int, Runtime | Exception] = {}
+        self._runtimes: dict[int, LoadedInstance | Exception] = {}
         self._started: set[int] = set()
         self.completer_send, self.completer_recv = anyio.create_memory_object_stream[Outcome](
             max_buffer_size=max(1000, settings.completer.batch * 4))
@@ -185,11 +185,11 @@ class Engine:
         # Steps running now, by chunk id (the stopper interrupts those of ended instances)
         self.running: dict[int, RunningStep] = {}
 
-    def cached_runtime(self, instance_id: int) -> Runtime | None:
+    def cached_runtime(self, instance_id: int) -> LoadedInstance | None:
         hit = self._runtimes.get(instance_id)
-        return hit if isinstance(hit, Runtime) else None
+        return hit if isinstance(hit, LoadedInstance) else None
 
-    async def runtime(self, instance_id: int) -> Runtime:
+    async def runtime(self, instance_id: int) -> LoadedInstance:
         """Job + decoded parameters for an instance; errors are cached too (the row won't change)."""
         hit = self._runtimes.get(instance_id)
         if hit is None:
@@ -198,7 +198,7 @@ class Engine:
                 if row is None:
                     raise LookupError(f"instance {instance_id} does not exist")
                 job = self.registry.get(row.job_name, row.job_version)
-                hit = Runtime(job, job.decode_params(row.params))
+                hit = LoadedInstance(job, job.decode_params(row.params))
             except (UnknownJobError, DataError, LookupError) as e:
                 hit = e
             if len(self._runtimes) > 10_000:

@@ -14,7 +14,7 @@ from storage.counters import CANCELLED, COMPLETED, CREATED, ERRORS, FAILED, Coun
 from storage.migrate import migrate
 from storage.states import INSTANCE_TERMINAL, C, I, instance_allowed_from
 from storage.text import MAX_TRACE, storable, storable_json
-from storage.types import ClaimedChunk, FlushResult, InstanceRow, LeaderTerm, NotLeader, Setback, StepCounts, Success
+from storage.types import ClaimedChunk, Recorded, InstanceRow, LeaderTerm, NotLeader, Setback, StepCounts, Success
 
 # Above this many child rows, COPY beats an unnest INSERT.
 _COPY_THRESHOLD = 2000
@@ -257,10 +257,10 @@ class Store:
         await self.pool.execute(sql.CHUNK_MARK_STARTED, chunk_id, attempt)
 
     # ------------------------------------------------------------ completion
-    async def flush(self, successes: Sequence[Success], setbacks: Sequence[Setback]) -> FlushResult:
+    async def record_outcomes(self, successes: Sequence[Success], setbacks: Sequence[Setback]) -> Recorded:
         """One transaction: fenced completions, the transactional steps' writes, child
         chunks, warnings, fenced setbacks, counters. Returns what to publish."""
-        res = FlushResult(ready_partitions=set(), accepted=set(), setback_states={})
+        res = Recorded(ready_partitions=set(), accepted=set(), setback_states={})
         delta = CounterDelta()
         async with self.pool.acquire() as conn, conn.transaction():
             instance_ids = sorted({s.instance_id for s in successes})
@@ -320,7 +320,7 @@ class Store:
             await conn.executemany(text, args)
 
     async def _insert_children(self, conn: asyncpg.Connection, ok: Sequence[Success], closed: set[int],
-                               delta: CounterDelta, res: FlushResult) -> None:
+                               delta: CounterDelta, res: Recorded) -> None:
         rows: list[tuple[int, int, int, int, int, bytes]] = []
         for s in ok:
             if not s.children:

@@ -54,7 +54,7 @@ class Setback(msgspec.Struct):
     trace: str | None = None   # the traceback of the step's exception, if it raised
 
 
-class FlushResult(msgspec.Struct):
+class Recorded(msgspec.Struct):
     completed: int = 0
     refused: int = 0                 # fenced out: a zombie's late result
     errored: int = 0

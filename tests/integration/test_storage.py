@@ -58,11 +58,11 @@ async def test_zombie_completion_is_refused_by_the_fencing_token(store: Store, c
         return Success(chunk_id=first.id, attempt=attempt, instance_id=iid, step=0, children=[b"\x91\x01"],
                        tx_ops=[TxOp("INSERT INTO ledger VALUES ($1, $2)", (first.id, attempt))])
 
-    zombie = await store.flush([done(1)], [Setback(first.id, 1, iid, 0, int(C.ERRORED), True, 1.0, "late")])
+    zombie = await store.record_outcomes([done(1)], [Setback(first.id, 1, iid, 0, int(C.ERRORED), True, 1.0, "late")])
     assert zombie.completed == 0 and zombie.refused == 2 and zombie.children == 0
-    live = await store.flush([done(2)], [])
+    live = await store.record_outcomes([done(2)], [])
     assert live.completed == 1 and live.children == 1
-    again = await store.flush([done(2)], [])  # a retried flush after a lost commit ack
+    again = await store.record_outcomes([done(2)], [])  # a retried flush after a lost commit ack
     assert again.completed == 0 and again.refused == 1
     assert await conn.fetch("SELECT chunk_id, attempt FROM ledger") == [(first.id, 2)]
     assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1", iid) == 1
@@ -158,5 +158,5 @@ async def test_a_chunk_orphaned_twice_runs_only_in_the_suspect_slot(store: Store
     (s,) = [x for p in (0, 1) for x in await store.claim(p, 10, node, 30, suspect=True)]
     assert s.id == c.id and s.suspect and s.attempt == 3
     # it came back with an ordinary error: no longer suspected of killing workers
-    await store.flush([], [Setback(s.id, s.attempt, iid, 0, int(C.ERRORED), True, 0.0, "boom")])
+    await store.record_outcomes([], [Setback(s.id, s.attempt, iid, 0, int(C.ERRORED), True, 0.0, "boom")])
     assert (await orphaned(s.id))[0] == 0
