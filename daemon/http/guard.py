@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from daemon.http.api import ApiError, error_response
 from daemon.http.auth import is_loopback
+from daemon.http.common import ApiError, error_response
 
 EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})

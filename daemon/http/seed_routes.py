@@ -30,8 +30,8 @@ from starlette.routing import Route
 
 from actors import control
 from actors.registry import UnknownJobError
-from daemon.http.api import ApiError, _int, check_query, ok
 from daemon.http.auth import Scope
+from daemon.http.common import ApiError, _int, check_query, ok
 from daemon.http.ports import Served
 from storage.states import RESTARTABLE, I
 from storage.types import StepCounts

@@ -22,8 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as AsgiScope
 
 from daemon.http import dashboard
-from daemon.http.api import ApiError, _json, error_response, ok, routes
+from daemon.http.api import routes
 from daemon.http.auth import Scope
+from daemon.http.common import ApiError, _json, error_response, ok
 from daemon.http.guard import Guard
 from daemon.http.models import Health
 from daemon.http.openapi import document
