@@ -42,6 +42,8 @@ async def _call(step: StepDef, *args: Any) -> None:
         await anyio.to_thread.run_sync(functools.partial(step.fn, *args))
 
 
+# One function on purpose: it runs once per chunk, and every call or closure split out of it
+# costs the drain benchmark measurably (see RunningStep for the price of a CancelScope).
 async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outcome:
     job_name, step_name = "?", str(chunk.step)
 

@@ -96,6 +96,8 @@ def sustained_rate(timeline: list[tuple[float, int]], total: int) -> float | Non
     return (n_hi - n_lo) / (hi - lo)
 
 
+# One function on purpose: set-up, timed run and accounting share the measurement's clocks and
+# counters; split, the figures would be taken at different moments.
 async def run(opts: Options) -> dict[str, Any]:
     cfg = config_mod.load({**os.environ, "CHUNKD_LOG_LEVEL": os.environ.get("CHUNKD_LOG_LEVEL", "warning"),
                            "CHUNKD_HTTP_ADDR": "off", "CHUNKD_PARTITIONS": str(opts.partitions),

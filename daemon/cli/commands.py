@@ -47,6 +47,7 @@ def _version() -> str:
 
 
 
+# Long but flat on purpose: every command and flag of the CLI, declared in one place.
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chunkd", description="Batch jobs in chained steps, work chunks in Postgres.")
     p.add_argument("--version", action="version", version=f"chunkd {_version()}")

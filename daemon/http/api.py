@@ -10,7 +10,7 @@ from daemon.http.common import Api, strict_routes
 from daemon.http.instances import Instances
 from daemon.http.ports import Served
 from daemon.http.schedules import ScheduleRoutes
-from daemon.http.seed_routes import seed_routes
+from daemon.http.seed_routes import SeedRoutes
 
 
 def routes(node: Served, tokens: dict[str, Scope]) -> list[Route]:
@@ -19,5 +19,5 @@ def routes(node: Served, tokens: dict[str, Scope]) -> list[Route]:
         *ScheduleRoutes(api).routes(),
         *ClusterRoutes(api).routes(),
         *Instances(api).routes(),
-        *seed_routes(node, api.guarded, api.engine),
+        *SeedRoutes(api).routes(),
     ])

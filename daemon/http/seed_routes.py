@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,15 +31,10 @@ from starlette.routing import Route
 from actors import control
 from actors.registry import UnknownJobError
 from daemon.http.auth import Scope
-from daemon.http.common import ApiError, _int, check_query, ok
-from daemon.http.ports import Served
+from daemon.http.common import _MAX_ID, Api, ApiError, Handler, _int, check_query, ok
 from storage.states import RESTARTABLE, I
 from storage.types import StepCounts
 
-Handler = Callable[[Request], Awaitable[Response]]
-Guard = Callable[[Scope, Handler], Handler]
-
-_MAX_ID = (1 << 63) - 1
 # Spring Batch words for chunkd's instance states (Smile's job executions are Spring Batch ones)
 _BATCH_STATUS = {"QUEUED": "STARTING", "IN_PROGRESS": "STARTED", "FINALIZE": "STARTED", "ERRORED": "STARTED",
                  "COMPLETED": "COMPLETED", "FAILED": "FAILED", "CANCELLED": "STOPPED"}
@@ -210,10 +205,13 @@ def _status_filter(raw: str | None, name: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- routes
-def seed_routes(node: Served, guarded: Guard, engine: Callable[[], Any]) -> list[Route]:
-    V, M = Scope.VIEW, Scope.MANAGE
+class SeedRoutes:
+    """Smile CDR's Batch Job Endpoint and hapi-fhir-groovy's /control/jobs over chunkd's instances."""
 
-    def strict(*allowed: str) -> Callable[[Handler], Handler]:
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    def strict(self, *allowed: str) -> Callable[[Handler], Handler]:
         def wrap(fn: Handler) -> Handler:
             async def handler(request: Request) -> Response:
                 check_query(request, frozenset(allowed))
@@ -221,47 +219,47 @@ def seed_routes(node: Served, guarded: Guard, engine: Callable[[], Any]) -> list
             return handler
         return wrap
 
-    def module(request: Request) -> str:
+    def module(self, request: Request) -> str:
         mid = request.path_params["module_id"]
         if not mid or len(mid) > 200 or "\x00" in mid:
             raise ApiError(400, "bad_request", "module_id must be 1 to 200 characters", {"parameter": "module_id"})
         return mid
 
-    def names_of(row: dict[str, Any]) -> list[str]:
+    def names_of(self, row: dict[str, Any]) -> list[str]:
         try:
-            return [s.name for s in node.registry.get(row["job_name"], row["job_version"]).steps]
+            return [s.name for s in self.api.node.registry.get(row["job_name"], row["job_version"]).steps]
         except UnknownJobError:
             return []
 
-    async def counts_of(ids: list[int]) -> dict[int, list[StepCounts]]:
-        return await engine().store.step_counts(ids) if ids else {}
+    async def counts_of(self, ids: list[int]) -> dict[int, list[StepCounts]]:
+        return await self.api.engine().store.step_counts(ids) if ids else {}
 
-    def execution_id(request: Request) -> int:
+    def execution_id(self, request: Request) -> int:
         raw = request.path_params["execution_id"]
         if not raw.isdigit() or not 1 <= int(raw) <= _MAX_ID:
             raise ApiError(404, "not_found", f"no job execution {raw!r}")
         return int(raw)
 
-    async def load(iid: int, what: str = "job execution") -> dict[str, Any]:
-        row = await engine().store.get_instance(iid)
+    async def load(self, iid: int, what: str = "job execution") -> dict[str, Any]:
+        row = await self.api.engine().store.get_instance(iid)
         if row is None:
             raise ApiError(404, "not_found", f"no {what} {iid}")
         return row
 
-    async def as_execution(row: dict[str, Any], mid: str) -> SmileJobExecution:
-        return smile_execution(row, mid, names_of(row), (await counts_of([row["id"]])).get(row["id"], []))
+    async def as_execution(self, row: dict[str, Any], mid: str) -> SmileJobExecution:
+        return smile_execution(row, mid, self.names_of(row), (await self.counts_of([row["id"]])).get(row["id"], []))
 
     # ---- Smile CDR: GET /batch-job/{module_id}
-    async def job_names(request: Request) -> Response:
-        module(request)
-        return ok(SmileJobNames([SmileJobName(n) for n in node.registry.names()]))
+    async def job_names(self, request: Request) -> Response:
+        self.module(request)
+        return ok(SmileJobNames([SmileJobName(n) for n in self.api.node.registry.names()]))
 
     # ---- Smile CDR: GET /batch-job/{module_id}/{job_name}?executionUUID=&start=&count=
-    async def job_instances(request: Request) -> Response:
-        mid = module(request)
+    async def job_instances(self, request: Request) -> Response:
+        mid = self.module(request)
         job = request.path_params["job_name"]
         try:
-            node.registry.get(job)
+            self.api.node.registry.get(job)
         except UnknownJobError as e:
             raise ApiError(404, "unknown_job", str(e.args[0] if e.args else e)) from None
         start = _int(request, "start", 0, 0, 10_000_000)
@@ -273,78 +271,80 @@ def seed_routes(node: Served, guarded: Guard, engine: Callable[[], Any]) -> list
             except ValueError:
                 raise ApiError(400, "bad_request", f"executionUUID {wanted!r} is not a UUID",
                                {"parameter": "executionUUID"}) from None
-            row = await engine().store.get_instance(iid) if 1 <= iid <= _MAX_ID else None
+            row = await self.api.engine().store.get_instance(iid) if 1 <= iid <= _MAX_ID else None
             rows = [row] if row is not None and row["job_name"] == job else []
         else:
-            _, rows = await engine().store.list_instances(job, [], None, None, start, count)
-        counts = await counts_of([r["id"] for r in rows])
+            _, rows = await self.api.engine().store.list_instances(job, [], None, None, start, count)
+        counts = await self.counts_of([r["id"] for r in rows])
         return ok(SmileJobInstances([
-            SmileJobInstance(r["job_name"], [smile_execution(r, mid, names_of(r), counts.get(r["id"], []))])
+            SmileJobInstance(r["job_name"], [smile_execution(r, mid, self.names_of(r), counts.get(r["id"], []))])
             for r in rows]))
 
     # ---- Smile CDR: POST /batch-job/{module_id}/{job_execution_id}/stop?force=true|false
-    async def stop(request: Request) -> Response:
-        mid = module(request)
-        iid = execution_id(request)
+    async def stop(self, request: Request) -> Response:
+        mid = self.module(request)
+        iid = self.execution_id(request)
         force = request.query_params.get("force", "false").lower()
         if force not in ("true", "false"):
             raise ApiError(400, "bad_request", "query parameter 'force' must be true or false", {"parameter": "force"})
-        row = await load(iid)
-        if not await control.stop(engine(), iid, force=force == "true"):
+        row = await self.load(iid)
+        if not await control.stop(self.api.engine(), iid, force=force == "true"):
             raise ApiError(409, "illegal_state", f"cannot stop job execution {iid}: it is {row['status']}",
                            {"status": row["status"]})
         how = "stopped (running steps cancelled)" if force == "true" else \
             "stopping (no new chunk starts; running steps finish)"
-        return ok(SmileMessage(f"Job execution {iid} {how}", await as_execution(await load(iid), mid)))
+        return ok(SmileMessage(f"Job execution {iid} {how}", await self.as_execution(await self.load(iid), mid)))
 
     # ---- Smile CDR: POST /batch-job/{module_id}/{job_execution_id}/restart
-    async def restart(request: Request) -> Response:
-        mid = module(request)
-        iid = execution_id(request)
-        row = await load(iid)
+    async def restart(self, request: Request) -> Response:
+        mid = self.module(request)
+        iid = self.execution_id(request)
+        row = await self.load(iid)
         if row["status"] not in {s.value for s in RESTARTABLE}:
             raise ApiError(409, "illegal_state", f"cannot restart job execution {iid}: it is {row['status']} "
                            "(only FAILED or CANCELLED ones restart)", {"status": row["status"]})
         try:
-            restarted = await control.restart(engine(), node.registry, row)
+            restarted = await control.restart(self.api.engine(), self.api.node.registry, row)
         except UnknownJobError as err:
             raise ApiError(409, "unknown_job", f"cannot restart: {err}") from None
         if not restarted:
             raise ApiError(409, "illegal_state", f"cannot restart job execution {iid}: it changed meanwhile")
         return ok(SmileMessage(f"Job execution {iid} restarted. New execution ID: {iid} (chunkd resumes the same "
-                               f"instance in place; completed chunks are kept)", await as_execution(await load(iid), mid)))
+                               f"instance in place; completed chunks are kept)", await self.as_execution(await self.load(iid), mid)))
 
     # ---- hapi-fhir-groovy: GET /control/jobs?pageStart=&batchSize=&jobStatus=
-    async def control_list(request: Request) -> Response:
+    async def control_list(self, request: Request) -> Response:
         page = _int(request, "pageStart", 0, 0, 1_000_000)
         size = _int(request, "batchSize", 200, 1, 500)
         statuses = _status_filter(request.query_params.get("jobStatus"), "jobStatus")
-        _, rows = await engine().store.list_instances(None, statuses, None, None, page * size, size)
-        counts = await counts_of([r["id"] for r in rows])
-        return ok([hapi_instance(r, names_of(r), counts.get(r["id"], [])) for r in rows])
+        _, rows = await self.api.engine().store.list_instances(None, statuses, None, None, page * size, size)
+        counts = await self.counts_of([r["id"] for r in rows])
+        return ok([hapi_instance(r, self.names_of(r), counts.get(r["id"], [])) for r in rows])
 
     # ---- hapi-fhir-groovy: DELETE /control/jobs?instanceId=
-    async def control_cancel(request: Request) -> Response:
+    async def control_cancel(self, request: Request) -> Response:
         raw = request.query_params.get("instanceId")
         if raw is None:
             raise ApiError(400, "bad_request", "query parameter 'instanceId' is required", {"parameter": "instanceId"})
         if not raw.isdigit() or not 1 <= int(raw) <= _MAX_ID:
             raise ApiError(404, "not_found", f"no instance {raw!r} (chunkd instance ids are integers)")
         iid = int(raw)
-        row = await load(iid, "instance")
+        row = await self.load(iid, "instance")
         operation = f"Cancel job instance {iid}"
-        if await control.stop(engine(), iid, force=False):
+        if await control.stop(self.api.engine(), iid, force=False):
             return ok(HapiOperationResult(operation, True, f"Job instance <{iid}> successfully cancelled."))
         return ok(HapiOperationResult(operation, False,
                                       f"Job instance <{iid}> is {row['status']}: nothing to cancel."))
 
-    return [
-        Route("/batch-job/{module_id}", guarded(V, strict()(job_names)), methods=["GET"]),
-        Route("/batch-job/{module_id}/{job_name}",
-              guarded(V, strict("executionUUID", "start", "count")(job_instances)), methods=["GET"]),
-        Route("/batch-job/{module_id}/{execution_id}/stop", guarded(M, strict("force")(stop)), methods=["POST"]),
-        Route("/batch-job/{module_id}/{execution_id}/restart", guarded(M, strict()(restart)), methods=["POST"]),
-        Route("/control/jobs", guarded(V, strict("pageStart", "batchSize", "jobStatus")(control_list)),
-              methods=["GET"]),
-        Route("/control/jobs", guarded(M, strict("instanceId")(control_cancel)), methods=["DELETE"]),
-    ]
+    def routes(self) -> list[Route]:
+        g, s, V, M = self.api.guarded, self.strict, Scope.VIEW, Scope.MANAGE
+        return [
+            Route("/batch-job/{module_id}", g(V, s()(self.job_names)), methods=["GET"]),
+            Route("/batch-job/{module_id}/{job_name}",
+                  g(V, s("executionUUID", "start", "count")(self.job_instances)), methods=["GET"]),
+            Route("/batch-job/{module_id}/{execution_id}/stop", g(M, s("force")(self.stop)), methods=["POST"]),
+            Route("/batch-job/{module_id}/{execution_id}/restart", g(M, s()(self.restart)), methods=["POST"]),
+            Route("/control/jobs", g(V, s("pageStart", "batchSize", "jobStatus")(self.control_list)),
+                  methods=["GET"]),
+            Route("/control/jobs", g(M, s("instanceId")(self.control_cancel)), methods=["DELETE"]),
+        ]

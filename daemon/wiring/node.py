@@ -179,23 +179,11 @@ class Node:
                 outer.cancel_scope.cancel()
 
     async def _run(self, sup: Supervisor) -> None:
-        cfg = self.cfg
-        sandbox.configure(cfg.export_dir, cfg.export_tables)
-        self._phase = "opening the database and applying migrations"
-        store = await open_store(cfg, self.dsn, self.on_query)
-        self._migrated = True
-        channel = make_channel(cfg, self.dsn)
-        self._phase = (f"waiting for the Kafka broker at {cfg.kafka_bootstrap_servers}" if channel.name == "kafka"
-                       else f"connecting the {channel.name} channel")
-        partitions = await _prepare(channel, self._stop)
-        if partitions is None:  # stopped while waiting
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP):
-                await store.close()
+        connected = await self._connect()
+        if connected is None:  # stopped while waiting
             return
-        if partitions != cfg.partitions:  # an existing Kafka topic's partition count wins
-            log.info("using the topic's partition count", partitions=partitions)
-            cfg = self.cfg = msgspec.structs.replace(cfg, partitions=partitions)
-            store.partitions = partitions
+        store, channel = connected
+        cfg = self.cfg
         node_id = await store.register_node(cfg.node_id, os.getpid())
         engine = Engine(cfg.actor_settings(), store, channel, self.registry, node_id, self.dsn)
         heartbeat = Heartbeat(self.dsn, node_id, cfg.lease_seconds, cfg.heartbeat_seconds, engine.inflight.held,
@@ -205,57 +193,88 @@ class Node:
                  concurrency=cfg.partition_concurrency, jobs=self.registry.names(),
                  http=f"{cfg.http_addr[0]}:{self.http_port}" if cfg.http_addr else "off")
         try:
-            async with anyio.create_task_group() as background:
-                await background.start(channel.run)
-                scheduler = Scheduler(engine)
-                if cfg.scheduling:
-                    try:
-                        await scheduler.register()  # declared schedules exist once the API answers
-                    except TRANSIENT as e:
-                        log.warning("registering schedules failed; the scheduler retries", error=repr(e))
-                self.engine = engine  # the API serves from here on
-                self._set_gauges(engine)  # at once, not at the next tick
-                maintenance = Maintenance(engine)
-                background.start_soon(sup.supervise, "maintenance", "maintenance", maintenance.run)
-                background.start_soon(sup.supervise, "scheduler", "scheduler", scheduler.run)
-                background.start_soon(sup.supervise, "stopper", "stopper", lambda: watch_ended(engine))
-                async with anyio.create_task_group() as completer_tg:
-                    completer_tg.start_soon(sup.supervise, "completer", "completer",
-                                            lambda: complete_forever(engine))
-                    await self._work(engine, sup)
-                    # executors are done: let the completer drain and exit, within a bound
-                    # (a database that is away must not hold the shutdown: what is not
-                    # written is rescued, as after a crash)
-                    engine.completer_send.close()
-                    completer_tg.cancel_scope.deadline = anyio.current_time() + _COMPLETER_DRAIN
-                # Everything this process still owns, including a claim whose result was lost
-                # to the consumers' cancellation: the node id is unique to this process.
-                with anyio.move_on_after(_CLEANUP):
-                    try:
-                        released = await store.release_owned(node_id)
-                        if released:
-                            CHUNKS_RELEASED.inc(len(released))
-                            await channel.publish({p for p in released})
-                    except TRANSIENT as e:
-                        log.warning("could not release held chunks; their leases expire instead", error=repr(e))
-                background.cancel_scope.cancel()
+            await self._serve(engine, sup)
         finally:
             heartbeat.stop()
             with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(_CLEANUP):
-                    try:
-                        await store.unregister_node(node_id)
-                    except Exception:  # noqa: BLE001 - the row is purged later anyway
-                        pass
-                with anyio.move_on_after(_CLEANUP):
-                    await channel.close()
-                with anyio.move_on_after(_CLEANUP):
-                    await engine.reader.close()
-                with anyio.move_on_after(_CLEANUP) as closing:
-                    await store.close()
-                if closing.cancelled_caught:
-                    store.pool.terminate()
+                await self._close(engine)
             log.info("daemon stopped")
+
+    async def _connect(self) -> tuple[Store, Channel] | None:
+        """The database (migrated) and the channel, or None if stopped while waiting."""
+        cfg = self.cfg
+        sandbox.configure(cfg.export_dir, cfg.export_tables)
+        self._phase = "opening the database and applying migrations"
+        store = await open_store(cfg, self.dsn, self.on_query)
+        self._migrated = True
+        channel = make_channel(cfg, self.dsn)
+        self._phase = (f"waiting for the Kafka broker at {cfg.kafka_bootstrap_servers}" if channel.name == "kafka"
+                       else f"connecting the {channel.name} channel")
+        partitions = await _prepare(channel, self._stop)
+        if partitions is None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP):
+                await store.close()
+            return None
+        if partitions != cfg.partitions:  # an existing Kafka topic's partition count wins
+            log.info("using the topic's partition count", partitions=partitions)
+            self.cfg = msgspec.structs.replace(cfg, partitions=partitions)
+            store.partitions = partitions
+        return store, channel
+
+    async def _serve(self, engine: Engine, sup: Supervisor) -> None:
+        """The actors, until stop: background ones supervised, then the work, then a bounded drain."""
+        store, channel = engine.store, engine.channel
+        async with anyio.create_task_group() as background:
+            await background.start(channel.run)
+            scheduler = Scheduler(engine)
+            if self.cfg.scheduling:
+                try:
+                    await scheduler.register()  # declared schedules exist once the API answers
+                except TRANSIENT as e:
+                    log.warning("registering schedules failed; the scheduler retries", error=repr(e))
+            self.engine = engine  # the API serves from here on
+            self._set_gauges(engine)  # at once, not at the next tick
+            maintenance = Maintenance(engine)
+            background.start_soon(sup.supervise, "maintenance", "maintenance", maintenance.run)
+            background.start_soon(sup.supervise, "scheduler", "scheduler", scheduler.run)
+            background.start_soon(sup.supervise, "stopper", "stopper", lambda: watch_ended(engine))
+            async with anyio.create_task_group() as completer_tg:
+                completer_tg.start_soon(sup.supervise, "completer", "completer", lambda: complete_forever(engine))
+                await self._work(engine, sup)
+                # executors are done: let the completer drain and exit, within a bound
+                # (a database that is away must not hold the shutdown: what is not
+                # written is rescued, as after a crash)
+                engine.completer_send.close()
+                completer_tg.cancel_scope.deadline = anyio.current_time() + _COMPLETER_DRAIN
+            # Everything this process still owns, including a claim whose result was lost
+            # to the consumers' cancellation: the node id is unique to this process.
+            with anyio.move_on_after(_CLEANUP):
+                try:
+                    released = await store.release_owned(engine.node_id)
+                    if released:
+                        CHUNKS_RELEASED.inc(len(released))
+                        await channel.publish({p for p in released})
+                except TRANSIENT as e:
+                    log.warning("could not release held chunks; their leases expire instead", error=repr(e))
+            background.cancel_scope.cancel()
+
+    @staticmethod
+    async def _close(engine: Engine) -> None:
+        """Each step bounded: a database that is away must not hold the exit."""
+        store = engine.store
+        with anyio.move_on_after(_CLEANUP):
+            try:
+                await store.unregister_node(engine.node_id)
+            except Exception:  # noqa: BLE001 - the leader forgets dead nodes' rows anyway
+                pass
+        with anyio.move_on_after(_CLEANUP):
+            await engine.channel.close()
+        with anyio.move_on_after(_CLEANUP):
+            await engine.reader.close()
+        with anyio.move_on_after(_CLEANUP) as closing:
+            await store.close()
+        if closing.cancelled_caught:
+            store.pool.terminate()
 
     def _http_runner(self, sock: socket.socket) -> Callable[[], Awaitable[None]]:
         app = build_app(self, self.tokens)
