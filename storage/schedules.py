@@ -44,17 +44,11 @@ _ADVANCE = """
 UPDATE chunkd_schedule SET next_fire_at = $3, last_fire_at = coalesce($4, last_fire_at),
        last_instance_id = coalesce($5, last_instance_id)
 WHERE id = $1 AND next_fire_at = $2 RETURNING id"""
-_FIRES = "SELECT fire_at, instance_id, fired_by FROM chunkd_schedule_fire WHERE schedule_id = $1 ORDER BY fire_at"
 _NOW = "SELECT now()"
 
 
-class ScheduleRow(msgspec.Struct):
-    id: str
-    job_name: str
-    job_version: int | None
-    params: str
-    cron: str | None
-    interval_seconds: float | None
+class ScheduleState(msgspec.Struct, kw_only=True):
+    """A schedule's when and where-it-stands, as the table holds it and the API shows it."""
     timezone: str
     missed: str
     paused: bool
@@ -63,6 +57,15 @@ class ScheduleRow(msgspec.Struct):
     next_fire_at: datetime
     last_fire_at: datetime | None
     last_instance_id: int | None
+
+
+class ScheduleRow(ScheduleState, kw_only=True):
+    id: str
+    job_name: str
+    job_version: int | None
+    params: str
+    cron: str | None
+    interval_seconds: float | None
 
 
 def _row(r: Any) -> ScheduleRow:

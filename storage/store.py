@@ -14,7 +14,7 @@ from storage.counters import CANCELLED, COMPLETED, CREATED, ERRORS, FAILED, Coun
 from storage.migrate import migrate
 from storage.states import INSTANCE_TERMINAL, C, I, instance_allowed_from
 from storage.text import MAX_TRACE, storable, storable_json
-from storage.types import ClaimedChunk, Recorded, InstanceRow, LeaderTerm, NotLeader, Setback, StepCounts, Success
+from storage.types import ClaimedChunk, InstanceRow, LeaderTerm, NotLeader, Recorded, Setback, StepCounts, Success
 
 # Above this many child rows, COPY beats an unnest INSERT.
 _COPY_THRESHOLD = 2000

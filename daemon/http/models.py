@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 
+from storage.schedules import ScheduleState
+
 
 class ErrorDetail(msgspec.Struct):
     code: str
@@ -131,21 +133,13 @@ class ScheduleIn(msgspec.Struct, forbid_unknown_fields=True):
     missed: str = "skip"
 
 
-class Schedule(msgspec.Struct):
+class Schedule(ScheduleState, kw_only=True):
     id: str
     job: str
     version: int | None
     parameters: dict[str, Any]
     cron: str | None
     every_seconds: float | None
-    timezone: str
-    missed: str
-    paused: bool
-    source: str
-    created_at: datetime
-    next_fire_at: datetime
-    last_fire_at: datetime | None
-    last_instance_id: int | None
 
 
 class ScheduleList(msgspec.Struct):
