@@ -31,7 +31,7 @@ EXPOSE 8080
 # SIGTERM: stop claiming, finish or release in-flight chunks within
 # CHUNKD_SHUTDOWN_GRACE_SECONDS (default 25), exit 0.
 STOPSIGNAL SIGTERM
-# Liveness only (/healthz). The script reads CHUNKD_HTTP_ADDR through daemon.config, so
+# Liveness only (/healthz). The script reads CHUNKD_HTTP_ADDR through daemon.wiring.config, so
 # "off" and wildcard hosts work; start-period covers migrations (HTTP answers after them).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
   CMD ["python", "/usr/local/lib/chunkd/healthcheck.py"]

@@ -172,7 +172,7 @@ class Engine:
         self.inflight = InFlight(settings.claim.partitions, settings.claim.partition_concurrency)
         self.slots = JobSlots(settings.steps.job_concurrency)
         self.stopping = False
-        self.starved = False  # Kafka gave this daemon no partition for long: claim from all (daemon/node.py)
+        self.starved = False  # Kafka gave this daemon no partition for long: claim from all (daemon/wiring/node.py)
         self._runtimes: dict[int, LoadedInstance | Exception] = {}
         self._started: set[int] = set()
         self.completer_send, self.completer_recv = anyio.create_memory_object_stream[Outcome](

@@ -2,7 +2,7 @@
 
 Cron dialect, told by the number of fields: 5 fields are Unix cron (cronsim: minute first,
 0 or 7 = Sunday); 6 or 7 fields are Quartz (seconds first, optional year, `?`, `L`, `W`,
-`#`, 1=SUN..7=SAT), evaluated by daemon/quartz.py with Quartz's meanings."""
+`#`, 1=SUN..7=SAT), evaluated by actors/quartz.py with Quartz's meanings."""
 from __future__ import annotations
 
 import enum

@@ -50,7 +50,7 @@ _EXEC = {"name": "execution_id", "in": "path", "required": True, "description": 
 
 
 def _seed_paths(op: Any) -> dict[str, Any]:
-    """Smile CDR's Batch Job Endpoint and hapi-fhir-groovy's /control/jobs (daemon/seed_routes.py)."""
+    """Smile CDR's Batch Job Endpoint and hapi-fhir-groovy's /control/jobs (daemon/http/seed_routes.py)."""
     from daemon.http import seed_routes as seeds
 
     def json_of(tp: type, what: str) -> dict[str, Any]:
@@ -173,7 +173,7 @@ def document(secured: bool) -> dict[str, Any]:
         },
         "components": {"schemas": components},
     }
-    for path, ops in doc["paths"].items():  # the request guard (daemon/guard.py) answers for every route
+    for path, ops in doc["paths"].items():  # the request guard (daemon/http/guard.py) answers for every route
         if path in ("/healthz", "/readyz"):
             continue
         for method, o in ops.items():

@@ -1,6 +1,6 @@
 """The image's HEALTHCHECK: GET /healthz on the address the daemon itself listens on.
 
-CHUNKD_HTTP_ADDR is read through the daemon's own parser (daemon.config), never split by
+CHUNKD_HTTP_ADDR is read through the daemon's own parser (daemon.wiring.config), never split by
 hand, so the check and the daemon cannot disagree about it:
 - off (HTTP disabled): nothing to probe; exit 0 and say so, the process state is all there is.
 - a wildcard host (0.0.0.0, ::): probe the loopback address of that family.

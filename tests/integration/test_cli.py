@@ -176,7 +176,7 @@ def test_version_and_app_dir(dsn: str, tmp_path: Path) -> None:
     assert res.returncode == 0 and res.stdout.strip().startswith("chunkd 0.")
     # a job module in the working directory loads without PYTHONPATH, as with uvicorn/celery
     (tmp_path / "nujobs.py").write_text(
-        "from daemon.sdk import Schedule\n"
+        "from chunkd import Schedule\n"
         "tick = Schedule(name='nu.tick', job='chunkd.synthetic', params={'chunks': 1}, every=3600)\n")
     env = daemon_env(dsn, CHUNKD_JOBS="nujobs")
     ok = subprocess.run([CHUNKD, "migrate"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)

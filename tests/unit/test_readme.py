@@ -22,7 +22,7 @@ def test_code_reads_no_undeclared_variable() -> None:
     for folder in ("daemon", "actors", "storage", "channels", "metrics", "benchmarks"):
         for path in (root / folder).rglob("*.py"):
             for name in re.findall(r"\bCHUNKD_[A-Z_]+\b", path.read_text()):
-                assert name in declared, f"{path}: {name} is not declared in daemon/config.py"
+                assert name in declared, f"{path}: {name} is not declared in daemon/wiring/config.py"
 
 
 def test_readme_lists_every_metric() -> None:

@@ -86,3 +86,17 @@ def test_registry_versions_and_unknown() -> None:
 def test_loading_a_missing_module_is_a_clear_error() -> None:
     with pytest.raises(JobDefinitionError, match="cannot import job module 'no.such.module'"):
         load_registry(["no.such.module"])
+
+
+def test_daemon_sdk_is_a_deprecated_alias_of_chunkd() -> None:
+    import importlib
+    import sys
+
+    import pytest
+
+    import chunkd
+    sys.modules.pop("daemon.sdk", None)
+    with pytest.warns(DeprecationWarning, match="import from chunkd"):
+        sdk = importlib.import_module("daemon.sdk")
+    assert sdk.Job is chunkd.Job and sdk.__all__ == chunkd.__all__
+    assert not hasattr(sdk, "StepDef")  # nothing internal through the alias
