@@ -11,25 +11,12 @@ from storage.codec import encode, to_json
 from storage.counters import COMPLETED, CREATED, CounterDelta
 from storage.states import C
 
-_INSTANCE = """
-INSERT INTO chunkd_instance (job_name, job_version, params, gated, status, started_at)
-VALUES ($1, $2, $3::jsonb, false, 'IN_PROGRESS', now()) RETURNING id"""
-_LATENCY = """
-SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
-           ORDER BY extract(epoch FROM completed_at - claimed_at)::float8)
-FROM chunkd_chunk WHERE instance_id = $1 AND step = $2 AND state = 7"""
-_COMPLETED = "SELECT completed, failed FROM chunkd_step_counter WHERE instance_id = $1 AND step = $2"
-_TABLE_BYTES = "SELECT pg_total_relation_size('chunkd_chunk')"
-_XACTS = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
-_SYNC = "SHOW synchronous_commit"
-_SERVER = "SHOW server_version"
-
 
 async def seed_backlog(conn: asyncpg.Connection, job: str, version: int, params: Any, step: int,
                        items: list[Any], partitions: int, max_attempts: int) -> int:
     """An instance whose `step` already has len(items) READY chunks (as if step-1 had run)."""
     async with conn.transaction():
-        iid = await conn.fetchval(_INSTANCE, job, version, to_json(params))
+        iid = await conn.fetchval(sql.BENCH_INSTANCE, job, version, to_json(params))
         delta = CounterDelta()
         for s in range(step):
             delta.add(iid, s, CREATED)
@@ -38,29 +25,29 @@ async def seed_backlog(conn: asyncpg.Connection, job: str, version: int, params:
         await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
         rows = [(iid, step, int(C.READY), i % partitions, max_attempts, encode(item)) for i, item in enumerate(items)]
         await conn.copy_records_to_table("chunkd_chunk", records=rows, columns=sql.CHUNK_COPY_COLUMNS)
-    await conn.execute("ANALYZE chunkd_chunk")
+    await conn.execute(sql.BENCH_ANALYZE)
     return iid
 
 
 async def progress(conn: asyncpg.Connection, instance_id: int, step: int) -> int:
-    row = await conn.fetchrow(_COMPLETED, instance_id, step)
+    row = await conn.fetchrow(sql.BENCH_COMPLETED, instance_id, step)
     return 0 if row is None else row[0] + row[1]
 
 
 async def latency_ms(conn: asyncpg.Connection, instance_id: int, step: int) -> dict[str, float | None]:
-    vals = await conn.fetchval(_LATENCY, instance_id, step)
+    vals = await conn.fetchval(sql.BENCH_LATENCY, instance_id, step)
     if not vals:
         return {"p50": None, "p95": None, "p99": None}
     return {k: round(v * 1000, 2) if v is not None else None for k, v in zip(("p50", "p95", "p99"), vals)}
 
 
 async def server_facts(conn: asyncpg.Connection) -> dict[str, Any]:
-    return {"synchronous_commit": await conn.fetchval(_SYNC), "server_version": await conn.fetchval(_SERVER)}
+    return {"synchronous_commit": await conn.fetchval(sql.BENCH_SYNC), "server_version": await conn.fetchval(sql.BENCH_SERVER)}
 
 
 async def transactions(conn: asyncpg.Connection) -> int:
-    return await conn.fetchval(_XACTS)
+    return await conn.fetchval(sql.BENCH_XACTS)
 
 
 async def chunk_table_bytes(conn: asyncpg.Connection) -> int:
-    return await conn.fetchval(_TABLE_BYTES)
+    return await conn.fetchval(sql.BENCH_TABLE_BYTES)

@@ -35,6 +35,6 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
 
 
 async def pending(conn: asyncpg.Connection) -> list[str]:
-    exists = await conn.fetchval("SELECT to_regclass('chunkd_migration') IS NOT NULL")
+    exists = await conn.fetchval(sql.MIGRATION_TABLE_EXISTS)
     done = {r[0] for r in await conn.fetch(sql.MIGRATIONS_APPLIED)} if exists else set()
     return [name for version, name, _ in migration_files() if version not in done]

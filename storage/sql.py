@@ -1,7 +1,10 @@
-"""Every SQL statement chunkd runs, in one place.
+"""Every SQL statement chunkd runs, in one place, grouped by topic (the headers below):
+the engine's statements first, then those of schedules, retention, the catalog checks, the
+benchmark harness and the demo dataset, each named after the module that runs it. (The
+one exception is channels/postgres.py's pg_notify: channels never import storage.)
 
-State-changing statements take their guard from `storage.states` so the table
-of legal moves is the only place a transition is defined.
+Every state in a statement comes from `storage.states`: guards from the table of legal
+moves, names and numbers from the enums, so no statement spells a state by hand.
 """
 from __future__ import annotations
 
@@ -21,6 +24,10 @@ def _in(values: list[int] | list[str]) -> str:
     return ", ".join(repr(v) if isinstance(v, str) else str(v) for v in values)
 
 
+_ACTIVE = _in(sorted(s.value for s in I if s not in INSTANCE_TERMINAL))           # not ended yet
+_ENDED_OK = _in(sorted(s.value for s in INSTANCE_TERMINAL if s is not I.FAILED))  # kept CHUNKD_RETENTION
+
+
 # ---------------------------------------------------------------- migrations
 MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('chunkd.migrate'))"
 MIGRATION_TABLE = """
@@ -31,6 +38,7 @@ CREATE TABLE IF NOT EXISTS chunkd_migration (
 )"""
 MIGRATIONS_APPLIED = "SELECT version FROM chunkd_migration ORDER BY version"
 MIGRATION_RECORD = "INSERT INTO chunkd_migration (version, name) VALUES ($1, $2)"
+MIGRATION_TABLE_EXISTS = "SELECT to_regclass('chunkd_migration') IS NOT NULL"
 
 PING = "SELECT 1"
 DB_NOW = "SELECT statement_timestamp()"
@@ -111,10 +119,10 @@ WHERE id = ANY($1::bigint[]) AND status IN ({_in(sorted(s.value for s in INSTANC
 INSTANCE_MARK_STARTED = f"""
 UPDATE chunkd_instance SET status = '{I.IN_PROGRESS.value}', started_at = now(), updated_at = now()
 WHERE id = ANY($1::bigint[]) AND status = '{I.QUEUED.value}'"""
-INSTANCE_ACTIVE_LIST = """
+INSTANCE_ACTIVE_LIST = f"""
 SELECT id, job_name, job_version, params::text AS params, gated, status, current_step,
        extract(epoch FROM (now() - coalesce(started_at, created_at)))::float8 AS elapsed
-FROM chunkd_instance WHERE status IN ('QUEUED', 'IN_PROGRESS', 'ERRORED', 'FINALIZE')
+FROM chunkd_instance WHERE status IN ({_ACTIVE})
 ORDER BY id"""
 INSTANCE_COUNTERS = """
 SELECT instance_id, step, created, completed, failed, cancelled, errors
@@ -125,18 +133,18 @@ INSTANCE_SET_STATUS = """
 UPDATE chunkd_instance SET status = $2, updated_at = now()
 WHERE id = $1 AND status = ANY($3::text[])
 RETURNING id"""
-INSTANCE_PROGRESS = """
+INSTANCE_PROGRESS = f"""
 UPDATE chunkd_instance SET progress = $2, chunks_per_second = $3, eta_seconds = $4, error_count = $5, updated_at = now()
-WHERE id = $1 AND status IN ('QUEUED', 'IN_PROGRESS', 'ERRORED', 'FINALIZE')"""
+WHERE id = $1 AND status IN ({_ACTIVE})"""
 INSTANCE_ADVANCE_GATE = f"""
 UPDATE chunkd_instance SET current_step = $2, updated_at = now()
 WHERE id = $1 AND current_step = $2 - 1 AND status IN ('{I.QUEUED.value}', '{I.IN_PROGRESS.value}', '{I.ERRORED.value}')
 RETURNING id"""
-INSTANCE_FINISH = """
+INSTANCE_FINISH = f"""
 UPDATE chunkd_instance
    SET status = $2, finished_at = now(), updated_at = now(),
-       progress = CASE WHEN $2 = 'COMPLETED' THEN 1.0 ELSE progress END,
-       eta_seconds = CASE WHEN $2 = 'COMPLETED' THEN 0 ELSE NULL END,
+       progress = CASE WHEN $2 = '{I.COMPLETED.value}' THEN 1.0 ELSE progress END,
+       eta_seconds = CASE WHEN $2 = '{I.COMPLETED.value}' THEN 0 ELSE NULL END,
        report = coalesce($4::jsonb, report),
        error_message = coalesce($5, error_message)
  WHERE id = $1 AND status = ANY($3::text[])
@@ -384,3 +392,124 @@ SELECT p.partition, coalesce((
     SELECT extract(epoch FROM now() - k.created_at)::float8 FROM chunkd_chunk k
     WHERE k.state = {int(C.READY)} AND k.partition = p.partition ORDER BY k.id LIMIT 1), 0) AS age
 FROM unnest($1::smallint[]) AS p(partition)"""
+
+
+# ------------------------------------------------------------ Schedules: definitions, and firing an occurrence exactly once (storage/schedules.py)
+SCHEDULE_UPSERT = """
+INSERT INTO chunkd_schedule (id, job_name, job_version, params, cron, interval_seconds, timezone, missed, source,
+                             next_fire_at)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (id) DO UPDATE SET job_name = EXCLUDED.job_name, job_version = EXCLUDED.job_version,
+    params = EXCLUDED.params, cron = EXCLUDED.cron, interval_seconds = EXCLUDED.interval_seconds,
+    timezone = EXCLUDED.timezone, missed = EXCLUDED.missed, source = EXCLUDED.source,
+    next_fire_at = CASE WHEN chunkd_schedule.cron IS NOT DISTINCT FROM EXCLUDED.cron
+                         AND chunkd_schedule.interval_seconds IS NOT DISTINCT FROM EXCLUDED.interval_seconds
+                         AND chunkd_schedule.timezone = EXCLUDED.timezone
+                        THEN chunkd_schedule.next_fire_at ELSE EXCLUDED.next_fire_at END
+RETURNING (xmax = 0) AS inserted"""
+SCHEDULE_INSERT = """
+INSERT INTO chunkd_schedule (id, job_name, job_version, params, cron, interval_seconds, timezone, missed, source,
+                             next_fire_at)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (id) DO NOTHING RETURNING id"""
+SCHEDULE_LIST = "SELECT * FROM chunkd_schedule ORDER BY id"
+SCHEDULE_GET = "SELECT * FROM chunkd_schedule WHERE id = $1"
+SCHEDULE_DELETE = "DELETE FROM chunkd_schedule WHERE id = $1 RETURNING id"
+SCHEDULE_PAUSE = "UPDATE chunkd_schedule SET paused = $2 WHERE id = $1 RETURNING id"
+SCHEDULE_RESUME_NEXT = "UPDATE chunkd_schedule SET next_fire_at = $2 WHERE id = $1 AND next_fire_at < now()"
+SCHEDULE_DUE = """
+SELECT *, now() AS db_now FROM chunkd_schedule WHERE NOT paused AND next_fire_at <= now()
+ORDER BY next_fire_at LIMIT $1"""
+SCHEDULE_NEXT_DUE_IN = "SELECT extract(epoch FROM min(next_fire_at) - now())::float8 FROM chunkd_schedule WHERE NOT paused"
+SCHEDULE_CLAIM_OCCURRENCE = """
+INSERT INTO chunkd_schedule_fire (schedule_id, fire_at, fired_by) VALUES ($1, $2, $3)
+ON CONFLICT DO NOTHING RETURNING fire_at"""
+SCHEDULE_RECORD_INSTANCE = "UPDATE chunkd_schedule_fire SET instance_id = $3 WHERE schedule_id = $1 AND fire_at = $2"
+SCHEDULE_MARK_INSTANCE = "UPDATE chunkd_instance SET schedule_id = $2, scheduled_for = $3 WHERE id = $1"
+SCHEDULE_ADVANCE = """
+UPDATE chunkd_schedule SET next_fire_at = $3, last_fire_at = coalesce($4, last_fire_at),
+       last_instance_id = coalesce($5, last_instance_id)
+WHERE id = $1 AND next_fire_at = $2 RETURNING id"""
+SCHEDULE_NOW = "SELECT now()"
+
+
+# ------------------------------------------------------------ Retention: mark, then purge in small batches (storage/retention.py)
+RETENTION_EXPIRED = f"""
+SELECT id FROM chunkd_instance
+WHERE (status IN ({_ENDED_OK}) AND finished_at < now() - make_interval(secs => $1))
+   OR (status = '{I.FAILED.value}' AND finished_at < now() - make_interval(secs => $2))
+ORDER BY id LIMIT $3"""
+# First, in one short transaction on the instance rows, mark what will be purged: only
+# instances still finished and still past their window (a restart may have come first;
+# then it is not purged). A restart refuses a marked instance (sql.INSTANCE_RESTART), so
+# once marked, nothing revives it while its chunks are deleted.
+RETENTION_MARK = f"""
+UPDATE chunkd_instance SET purging = true
+WHERE id = ANY($1::bigint[])
+  AND ((status IN ({_ENDED_OK}) AND finished_at < now() - make_interval(secs => $2))
+    OR (status = '{I.FAILED.value}' AND finished_at < now() - make_interval(secs => $3)))
+RETURNING id"""
+# Small statements, each its own transaction: the hot path never waits on a long purge.
+RETENTION_CHUNK_BATCH = """
+DELETE FROM chunkd_chunk WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM chunkd_chunk WHERE instance_id = ANY($1::bigint[]) LIMIT $2))"""
+RETENTION_INSTANCES = """
+DELETE FROM chunkd_instance WHERE id = ANY($1::bigint[]) AND purging
+RETURNING id"""
+RETENTION_FIRES = "DELETE FROM chunkd_schedule_fire WHERE fired_at < now() - make_interval(secs => $1)"
+
+
+# ------------------------------------------------------------ The catalog, for the built-in jobs' table checks (storage/tables.py)
+CATALOG_TABLE = """
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'p', 'v', 'm')"""
+CATALOG_COLUMNS = """
+SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum"""
+CATALOG_CURRENT_SCHEMA = "SELECT current_schema()"
+
+
+# ------------------------------------------------------------ The benchmark harness: a seeded backlog and the figures it reads (storage/bench.py)
+BENCH_ANALYZE = "ANALYZE chunkd_chunk"
+BENCH_INSTANCE = f"""
+INSERT INTO chunkd_instance (job_name, job_version, params, gated, status, started_at)
+VALUES ($1, $2, $3::jsonb, false, '{I.IN_PROGRESS.value}', now()) RETURNING id"""
+BENCH_LATENCY = f"""
+SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
+           ORDER BY extract(epoch FROM completed_at - claimed_at)::float8)
+FROM chunkd_chunk WHERE instance_id = $1 AND step = $2 AND state = {int(C.COMPLETED)}"""
+BENCH_COMPLETED = "SELECT completed, failed FROM chunkd_step_counter WHERE instance_id = $1 AND step = $2"
+BENCH_TABLE_BYTES = "SELECT pg_total_relation_size('chunkd_chunk')"
+BENCH_XACTS = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+BENCH_SYNC = "SHOW synchronous_commit"
+BENCH_SERVER = "SHOW server_version"
+
+
+# ------------------------------------------------------------ The demo's dataset (storage/demo_data.py)
+DEMO_CREATE = """
+DROP TABLE IF EXISTS demo_resource;
+CREATE TABLE demo_resource (
+    id            bigint PRIMARY KEY,
+    resource_type text NOT NULL,
+    updated_at    timestamptz NOT NULL,
+    resource      jsonb NOT NULL
+)"""
+# One Patient per five resources; the rest are Observations referring to a patient.
+DEMO_FILL = """
+INSERT INTO demo_resource (id, resource_type, updated_at, resource)
+SELECT g,
+       CASE WHEN g % 5 = 0 THEN 'Patient' ELSE 'Observation' END,
+       timestamptz '2026-01-01' + g * interval '1 second',
+       CASE WHEN g % 5 = 0 THEN jsonb_build_object(
+              'resourceType', 'Patient', 'id', 'p' || g,
+              'name', jsonb_build_array(jsonb_build_object('family', 'Family' || (g % 997), 'given', jsonb_build_array('Given' || (g % 313)))),
+              'gender', CASE WHEN g % 2 = 0 THEN 'female' ELSE 'male' END,
+              'birthDate', to_char(date '1940-01-01' + (g % 25000), 'YYYY-MM-DD'))
+            ELSE jsonb_build_object(
+              'resourceType', 'Observation', 'id', 'o' || g, 'status', 'final',
+              'code', jsonb_build_object('coding', jsonb_build_array(jsonb_build_object(
+                  'system', 'http://loinc.org', 'code', (ARRAY['8867-4', '8480-6', '29463-7', '2339-0'])[1 + g % 4]))),
+              'subject', jsonb_build_object('reference', 'Patient/p' || (g - g % 5 + 5)),
+              'valueQuantity', jsonb_build_object('value', 40 + (g % 120), 'unit', 'units'))
+       END
+FROM generate_series(1, $1::int) g"""

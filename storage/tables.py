@@ -7,12 +7,7 @@ from typing import Any, Protocol
 import asyncpg
 import msgspec
 
-_TABLE = """
-SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'p', 'v', 'm')"""
-_COLUMNS = """
-SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
-WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum"""
+from storage import sql
 
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 JSON_TYPES = frozenset({"json", "jsonb"})
@@ -40,28 +35,24 @@ def quote(identifier: str) -> str:
 async def find_table(db: Db, name: str) -> Table | None:
     """The table `name` resolves to (search path and quoting rules of Postgres), or None."""
     try:
-        rows = await db.fetch(_TABLE, name)
+        rows = await db.fetch(sql.CATALOG_TABLE, name)
     except (asyncpg.PostgresError, asyncpg.DataError):  # invalid name syntax, e.g. SQL in the name
         return None
     if not rows:
         return None
     schema, rel = rows[0][0], rows[0][1]
-    cols = {r[0]: r[1] for r in await db.fetch(_COLUMNS, f"{quote(schema)}.{quote(rel)}")}
+    cols = {r[0]: r[1] for r in await db.fetch(sql.CATALOG_COLUMNS, f"{quote(schema)}.{quote(rel)}")}
     return Table(schema, rel, cols)
-
-
-_NOW = "SELECT statement_timestamp()"
-_CURRENT_SCHEMA = "SELECT current_schema()"
 
 
 async def db_time(db: Db) -> Any:
     """The database's clock (a bulk export's transactionTime is "as of the data")."""
-    return await db.fetchval(_NOW)
+    return await db.fetchval(sql.DB_NOW)
 
 
 async def current_schema(db: Db) -> str:
     """Where an unqualified new table is created."""
-    return await db.fetchval(_CURRENT_SCHEMA)
+    return await db.fetchval(sql.CATALOG_CURRENT_SCHEMA)
 
 
 # ---------------------------------------------------------------- bulk export
