@@ -10,6 +10,7 @@ import anyio
 import asyncpg
 import pytest
 
+from storage.states import C
 from tests.chaos.channels import has_partitions, wait_for
 from tests.chaos.test_kill import LEDGER, check_exactly_once
 from tests.conftest import submit_direct, wait_status
@@ -44,13 +45,13 @@ async def test_slow_daemon_holds_only_what_it_can_run(
     rss: list[tuple[float, int]] = []
     started = time.monotonic()
     while (t := time.monotonic() - started) < 6:
-        for p, n in await conn.fetch("SELECT partition, count(*) FROM chunkd_chunk WHERE state = 3 AND lease_owner = $1 "
+        for p, n in await conn.fetch(f"SELECT partition, count(*) FROM chunkd_chunk WHERE state = {C.IN_PROGRESS:d} AND lease_owner = $1 "
                                      "GROUP BY partition", node):
             held_max[p] = max(held_max.get(p, 0), n)
         rss.append((t, rss_kib(slow.proc.pid)))
         await anyio.sleep(0.25)
     done_alone = await conn.fetchval("SELECT count(*) FROM test_ledger")
-    ready = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = 2", iid)
+    ready = await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = {C.READY:d}", iid)
     assert held_max and max(held_max.values()) <= SLOTS_PER_PARTITION + BATCH, held_max
     assert sum(held_max.values()) <= PARTITIONS * (SLOTS_PER_PARTITION + BATCH)
     assert done_alone <= 8 * PARTITIONS * SLOTS_PER_PARTITION  # 1 s per chunk on 4 slots: the 6 s window + start-up

@@ -7,6 +7,7 @@ import anyio
 import asyncpg
 import pytest
 
+from storage.states import C
 from tests.chaos.test_kill import LEDGER, check_exactly_once, submit
 from tests.conftest import wait_status
 
@@ -30,7 +31,7 @@ async def test_sigterm_finishes_in_flight_work_and_exits_zero(
     started = time.monotonic()
     assert d.terminate(timeout=15) == 0
     assert time.monotonic() - started < 10
-    assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE state = 3") == 0
+    assert await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE state = {C.IN_PROGRESS:d}") == 0
     assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE failures > 0") == 0
     assert await conn.fetchval("SELECT count(*) FROM chunkd_node") == 0
     spawn_daemon()
@@ -43,7 +44,7 @@ async def test_steps_longer_than_the_grace_are_released_not_failed(
     await conn.execute(LEDGER)
     iid = await submit(dsn, 50, work_ms=60_000)
     d = spawn_daemon(CHUNKD_SHUTDOWN_GRACE_SECONDS="1")
-    await _until(conn, "SELECT count(*) FROM chunkd_chunk WHERE state = 3 AND step = 1", 1)
+    await _until(conn, f"SELECT count(*) FROM chunkd_chunk WHERE state = {C.IN_PROGRESS:d} AND step = 1", 1)
     started = time.monotonic()
     assert d.terminate(timeout=15) == 0
     assert time.monotonic() - started < 5
@@ -57,7 +58,7 @@ async def test_a_second_signal_exits_at_once(dsn: str, conn: asyncpg.Connection,
     await conn.execute(LEDGER)
     await submit(dsn, 20, work_ms=60_000)
     d = spawn_daemon(CHUNKD_SHUTDOWN_GRACE_SECONDS="60")
-    await _until(conn, "SELECT count(*) FROM chunkd_chunk WHERE state = 3 AND step = 1", 1)
+    await _until(conn, f"SELECT count(*) FROM chunkd_chunk WHERE state = {C.IN_PROGRESS:d} AND step = 1", 1)
     d.proc.send_signal(signal.SIGTERM)
     await anyio.sleep(0.5)
     started = time.monotonic()

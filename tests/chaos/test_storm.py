@@ -10,6 +10,8 @@ import time
 import asyncpg
 import pytest
 
+from storage.states import C
+
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 
 TOKEN = "storm-manage-token"
@@ -77,7 +79,7 @@ async def test_submission_storm(conn: asyncpg.Connection, api_daemon, channel) -
     while (left := await conn.fetchval("SELECT count(*) FROM chunkd_instance WHERE status <> 'COMPLETED'")) > 0:
         assert time.monotonic() < deadline, f"{left} instances not COMPLETED"
         await asyncio.sleep(0.5)
-    assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE step = 1 AND state = 7") == 2 * n
-    assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE state <> 7") == 0
+    assert await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE step = 1 AND state = {C.COMPLETED:d}") == 2 * n
+    assert await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE state <> {C.COMPLETED:d}") == 0
     assert await conn.fetchval("""SELECT count(*) FROM chunkd_instance WHERE report = '{"count": 2, "total": 1}'""") == n
     print(f"all {n} completed {time.monotonic() - started:.1f}s after the storm began (at most {rounds} retries for one client)")

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from daemon.cli.client import ApiClient
+from storage.states import C
 from tests.chaos.channels import postgres_env, wait_for
 from tests.conftest import free_port, submit_direct, wait_ready, wait_status
 
@@ -112,8 +113,8 @@ async def test_no_chunk_starts_after_cancel(dsn: str, conn: asyncpg.Connection, 
     iid = await submit_direct(dsn, "test.trust", {"chunks": 500, "work_ms": 1000})
 
     async def both_running() -> bool:
-        return await conn.fetchval("""SELECT count(DISTINCT lease_owner) FROM chunkd_chunk
-                                      WHERE instance_id = $1 AND state = 3 AND step = 1""", iid) == 2
+        return await conn.fetchval(f"""SELECT count(DISTINCT lease_owner) FROM chunkd_chunk
+                                      WHERE instance_id = $1 AND state = {C.IN_PROGRESS:d} AND step = 1""", iid) == 2
     await wait_for(both_running, 60, "both daemons hold chunks")
     await wait_for(lambda: _started_at_least(conn, iid, 40), 60, "steps running")
     path = f"/api/v1/instances/{iid}/stop?force=true" if force else f"/api/v1/instances/{iid}/cancel"
@@ -121,7 +122,7 @@ async def test_no_chunk_starts_after_cancel(dsn: str, conn: asyncpg.Connection, 
     returned = await conn.fetchval("SELECT clock_timestamp()")
 
     async def settled() -> bool:
-        return await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state IN (2, 3)",
+        return await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state IN ({C.READY:d}, {C.IN_PROGRESS:d})",
                                    iid) == 0
     await wait_for(settled, 60, "no chunk of the instance READY or IN_PROGRESS")
     await anyio.sleep(2)  # anything that would still start would have started by now
@@ -132,10 +133,10 @@ async def test_no_chunk_starts_after_cancel(dsn: str, conn: asyncpg.Connection, 
     assert started < 500
     states = dict(await conn.fetch("SELECT state, count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 "
                                    "GROUP BY state", iid))
-    assert set(states) <= {7, 8} and states.get(8, 0) >= 500 - started  # COMPLETED or CANCELLED only
+    assert set(states) <= {C.COMPLETED, C.CANCELLED} and states.get(C.CANCELLED, 0) >= 500 - started  # COMPLETED or CANCELLED only
     counters = await conn.fetchrow("SELECT created, completed, cancelled FROM chunkd_step_counter "
                                    "WHERE instance_id = $1 AND step = 1", iid)
-    assert counters["completed"] == states.get(7, 0) and counters["cancelled"] == states.get(8, 0)
+    assert counters["completed"] == states.get(C.COMPLETED, 0) and counters["cancelled"] == states.get(C.CANCELLED, 0)
     assert other.proc.poll() is None
 
 
@@ -167,7 +168,7 @@ async def test_cancelled_statements_are_transient(dsn: str, conn: asyncpg.Connec
     assert a.proc.poll() is None and b.proc.poll() is None, "a daemon exited"
     report = await conn.fetchval("SELECT report->>'count' FROM chunkd_instance WHERE id = $1", iid)
     assert int(report) == n
-    assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = 7",
+    assert await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = {C.COMPLETED:d}",
                                iid) == n
     assert a.terminate() == 0 and b.terminate() == 0
 
@@ -187,7 +188,7 @@ async def test_cancel_interrupts_running_async_steps(dsn: str, conn: asyncpg.Con
 
     async def interrupted() -> bool:
         return await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 "
-                                   "AND state = 8", iid) == 4
+                                   f"AND state = {C.CANCELLED:d}", iid) == 4
     await wait_for(interrupted, 30, "the four running chunks CANCELLED long before their minute is up")
     assert "the step was cancelled" in (await conn.fetchval(
         "SELECT error_message FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 LIMIT 1", iid) or "")

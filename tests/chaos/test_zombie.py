@@ -9,6 +9,7 @@ import anyio
 import asyncpg
 import pytest
 
+from storage.states import C
 from tests.chaos.channels import wait_for
 from tests.chaos.test_kill import LEDGER, check_exactly_once
 from tests.conftest import free_port, submit_direct, wait_status
@@ -24,18 +25,18 @@ async def test_zombie_results_are_refused(dsn: str, conn: asyncpg.Connection, sp
     n = 40
     iid = await submit_direct(dsn, "test.ledger", {"chunks": n, "work_ms": 1500})
     deadline = time.monotonic() + 30
-    while await conn.fetchval("""SELECT count(*) FROM chunkd_chunk c JOIN chunkd_node n ON n.id = c.lease_owner
-                                 WHERE c.state = 3 AND c.step = 1 AND n.name = 'zombie'""") < 4:
+    while await conn.fetchval(f"""SELECT count(*) FROM chunkd_chunk c JOIN chunkd_node n ON n.id = c.lease_owner
+                                 WHERE c.state = {C.IN_PROGRESS:d} AND c.step = 1 AND n.name = 'zombie'""") < 4:
         assert time.monotonic() < deadline
         await anyio.sleep(0.05)
     held = {r[0]: r[1] for r in await conn.fetch(
         "SELECT c.id, c.attempt FROM chunkd_chunk c JOIN chunkd_node n ON n.id = c.lease_owner "
-        "WHERE c.state = 3 AND c.step = 1 AND n.name = 'zombie'")}
+        f"WHERE c.state = {C.IN_PROGRESS:d} AND c.step = 1 AND n.name = 'zombie'")}
     zombie.proc.send_signal(signal.SIGSTOP)
     rescuer = spawn_daemon(**channel(CHUNKD_NODE_ID="rescuer"))
     # the rescuer takes over (leader lease and chunk leases expire) and runs them again
     deadline = time.monotonic() + 45  # kafka: the group waits out the frozen member's session first
-    while await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE id = ANY($1) AND attempt > $2 AND state = 7",
+    while await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE id = ANY($1) AND attempt > $2 AND state = {C.COMPLETED:d}",
                               list(held), min(held.values())) < len(held):
         assert time.monotonic() < deadline, "held chunks were not rescued"
         await anyio.sleep(0.1)

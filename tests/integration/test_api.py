@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from daemon.cli.client import ApiCallError, ApiClient
+from storage.states import C
 from tests.conftest import wait_status
 
 pytestmark = pytest.mark.anyio
@@ -167,7 +168,7 @@ async def test_no_claims_after_cancel_returns(conn: asyncpg.Connection, api_daem
     c = ApiClient(api.url)
     inst = c.call("POST", "/api/v1/instances", body={"job": "chunkd.synthetic",
                                                       "parameters": {"chunks": 20_000, "work_ms": 2}})
-    while await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = 7",
+    while await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = {C.COMPLETED:d}",
                               inst["id"]) < 1000:
         await anyio.sleep(0.02)
     assert c.call("POST", f"/api/v1/instances/{inst['id']}/cancel")["status"] == "CANCELLED"
@@ -177,7 +178,7 @@ async def test_no_claims_after_cancel_returns(conn: asyncpg.Connection, api_daem
                                inst["id"], returned)
     assert late == 0
     assert await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", inst["id"]) == "CANCELLED"
-    assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state IN (1, 2)",
+    assert await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state IN ({C.GATE_WAITING:d}, {C.READY:d})",
                                inst["id"]) == 0
 
 
@@ -259,7 +260,7 @@ async def test_dashboard_endpoints(conn: asyncpg.Connection, api_daemon) -> None
     assert view.call("GET", f"/api/v1/instances/{iid}/chunks")["total"] == 6  # plan + 5 items
 
     series = view.call("GET", f"/api/v1/instances/{iid}/throughput")
-    completed = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state = 7", iid)
+    completed = await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state = {C.COMPLETED:d}", iid)
     assert series["bucket_seconds"] >= 1 and sum(p["completed"] for p in series["points"]) == completed == 5
     assert status_of(lambda: view.call("GET", "/api/v1/instances/999999/throughput")) == 404
 

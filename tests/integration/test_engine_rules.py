@@ -7,6 +7,7 @@ import anyio
 import asyncpg
 import pytest
 
+from storage.states import C
 from tests import testjobs
 from tests.conftest import wait_status
 from tests.integration.helpers import running_node, submit_job
@@ -108,10 +109,10 @@ async def test_a_failing_transactional_write_fails_only_its_chunk(dsn: str, conn
         assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 30) == "FAILED"
         assert node.engine is not None and not node._stop.is_set()  # the daemon kept going
     bad = await conn.fetchrow("SELECT state, failures, error_message FROM chunkd_chunk WHERE instance_id = $1 "
-                              "AND step = 1 AND state = 6", res.instance_id)
+                              f"AND step = 1 AND state = {C.FAILED:d}", res.instance_id)
     assert bad["failures"] == 2 and "transactional writes failed: UniqueViolationError" in bad["error_message"]
     assert await conn.fetchval("SELECT count(*) FROM test_unique") >= 150  # the other chunks' writes committed
-    done = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = 7",
+    done = await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = {C.COMPLETED:d}",
                                res.instance_id)
     assert done == await conn.fetchval("SELECT count(*) FROM test_unique") - 1
 

@@ -7,6 +7,7 @@ import time
 import asyncpg
 import pytest
 
+from storage.states import C
 from tests.conftest import wait_status
 from tests.integration.helpers import running_node, submit_job
 
@@ -31,7 +32,7 @@ async def test_gated_three_steps_with_reduction_over_50k_chunks(dsn: str, conn: 
     assert (c[0]["created"], c[0]["completed"]) == (1, 1)
     assert (c[1]["created"], c[1]["completed"]) == (n, n)
     assert (c[2]["created"], c[2]["completed"]) == (n, n)  # consumed by the reduction exactly once
-    left = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND (state <> 7 OR data IS NOT NULL)",
+    left = await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND (state <> {C.COMPLETED:d} OR data IS NOT NULL)",
                                res.instance_id)
     assert left == 0  # every chunk COMPLETED and its data cleared
 
@@ -74,7 +75,7 @@ async def test_error_is_retried_with_backoff_then_fails_the_instance(dsn: str, c
         elapsed = time.monotonic() - started
     row = await conn.fetchrow("SELECT * FROM chunkd_instance WHERE id = $1", res.instance_id)
     assert "boom on item 1" in row["error_message"] and "f_work" in row["error_message"]
-    bad = await conn.fetchrow("SELECT * FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = 6",
+    bad = await conn.fetchrow(f"SELECT * FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = {C.FAILED:d}",
                               res.instance_id)
     assert bad["failures"] == 3 and bad["attempt"] == 3
     assert elapsed >= 0.3 + 0.6  # two backoffs (0.3 s, then 0.6 s) before the third attempt
@@ -87,7 +88,7 @@ async def test_permanent_error_fails_at_once(dsn: str, conn: asyncpg.Connection)
     async with running_node(dsn) as node:
         res = await submit_job(node, "test.flaky", chunks=3, bad=0, permanent=True)
         assert await wait_status(conn, res.instance_id, {"FAILED", "COMPLETED"}, 60) == "FAILED"
-    bad = await conn.fetchrow("SELECT * FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = 6",
+    bad = await conn.fetchrow(f"SELECT * FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = {C.FAILED:d}",
                               res.instance_id)
     assert bad["attempt"] == 1 and "permanent error" in bad["error_message"]
     msg = await conn.fetchval("SELECT error_message FROM chunkd_instance WHERE id = $1", res.instance_id)
@@ -130,19 +131,19 @@ async def test_idempotency_key_makes_one_instance(dsn: str, conn: asyncpg.Connec
 async def test_cancel_stops_claims_at_once(dsn: str, conn: asyncpg.Connection) -> None:
     async with running_node(dsn, CHUNKD_PARTITION_CONCURRENCY="2", CHUNKD_CLAIM_BATCH="2") as node:
         res = await submit_job(node, "chunkd.synthetic", chunks=2000, work_ms=50)
-        while await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = 7",
+        while await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = {C.COMPLETED:d}",
                                   res.instance_id) < 5:
             import anyio
             await anyio.sleep(0.05)
         assert await node.engine.store.cancel_instance(res.instance_id)  # type: ignore[union-attr]
-        assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state IN (1, 2, 4, 5)",
+        assert await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state IN ({C.GATE_WAITING:d}, {C.READY:d}, {C.POLL_WAITING:d}, {C.ERRORED:d})",
                                    res.instance_id) == 0
         import anyio
         await anyio.sleep(1.0)  # in-flight chunks (at most slots + batch per partition) may finish
-        done = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state = 7 AND step = 1",
+        done = await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state = {C.COMPLETED:d} AND step = 1",
                                    res.instance_id)
     assert await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", res.instance_id) == "CANCELLED"
     assert done < 200
     # children of chunks that finished after the cancel were born CANCELLED, never claimable
-    assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state = 2",
+    assert await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state = {C.READY:d}",
                                res.instance_id) == 0

@@ -77,10 +77,10 @@ async def test_claim_sets_lease_and_skips_locked_rows(store: Store, conn: asyncp
             "INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts) VALUES ($1, 1, 2, 0, 3)", iid)
     node = await store.register_node("test", 1)
     async with store.pool.acquire() as other, other.transaction():
-        locked = await other.fetch("SELECT id FROM chunkd_chunk WHERE state = 2 AND partition = 0 ORDER BY id LIMIT 3 FOR UPDATE")
+        locked = await other.fetch(f"SELECT id FROM chunkd_chunk WHERE state = {C.READY:d} AND partition = 0 ORDER BY id LIMIT 3 FOR UPDATE")
         got = await store.claim(0, 100, node, 30)
     assert {c.id for c in got}.isdisjoint({r[0] for r in locked})
-    leases = await conn.fetch("SELECT lease_owner, lease_until > now() AS live FROM chunkd_chunk WHERE state = 3")
+    leases = await conn.fetch(f"SELECT lease_owner, lease_until > now() AS live FROM chunkd_chunk WHERE state = {C.IN_PROGRESS:d}")
     assert leases and all(r["lease_owner"] == node and r["live"] for r in leases)
 
 
@@ -138,7 +138,7 @@ async def test_a_chunk_orphaned_twice_runs_only_in_the_suspect_slot(store: Store
     mate = await _chunk_in(conn, iid, C.READY)  # claimed beside it, never started
 
     async def die() -> None:
-        await conn.execute("UPDATE chunkd_chunk SET lease_until = now() - interval '1 second' WHERE state = 3")
+        await conn.execute(f"UPDATE chunkd_chunk SET lease_until = now() - interval '1 second' WHERE state = {C.IN_PROGRESS:d}")
         await store.rescue_expired(100)
 
     async def orphaned(cid: int) -> tuple[int, int]:

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from daemon.cli.client import ApiCallError, ApiClient
+from storage.states import C
 from tests.chaos.channels import wait_for
 from tests.conftest import free_port, run_cli, submit_direct, wait_status
 from tests.integration.helpers import running_node, submit_job
@@ -36,13 +37,13 @@ async def test_nul_in_a_step_error_fails_that_chunk_alone(dsn: str, conn: asyncp
         res = await submit_job(node, "test.trust", chunks=20, nul="error")
         assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 60) == "FAILED"
         bad = await conn.fetchrow("SELECT state, failures, error_message, error_trace FROM chunkd_chunk "
-                                  "WHERE instance_id = $1 AND step = 1 AND state = 6", res.instance_id)
+                                  f"WHERE instance_id = $1 AND step = 1 AND state = {C.FAILED:d}", res.instance_id)
         assert bad["failures"] == 3 and bad["error_message"] == f"RuntimeError: binary input {REPLACEMENT} here"
         assert "Traceback" in bad["error_trace"] and "t_work" in bad["error_trace"]
         done = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 "
-                                   "AND state = 7", res.instance_id)
+                                   f"AND state = {C.COMPLETED:d}", res.instance_id)
         assert done >= 1  # batch-mates were written; the others were cancelled by fail-fast
-        assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state IN (2, 3)",
+        assert await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state IN ({C.READY:d}, {C.IN_PROGRESS:d})",
                                    res.instance_id) == 0
         runs_of_bad = await conn.fetchval("SELECT count(*) FROM test_started WHERE instance_id = $1 AND n = 0",
                                           res.instance_id)
@@ -80,7 +81,7 @@ async def test_orphaned_chunks_count_an_attempt(conn: asyncpg.Connection, dsn: s
     from storage.heartbeat import HeartbeatConnection
     iid = await submit_direct(dsn, "test.gated", {"chunks": 1})
     node = await conn.fetchval("INSERT INTO chunkd_node (name, pid) VALUES ('x', 1) RETURNING id")
-    await conn.execute("UPDATE chunkd_chunk SET state = 3, attempt = 3, failures = 2, max_attempts = 3, "
+    await conn.execute(f"UPDATE chunkd_chunk SET state = {C.IN_PROGRESS:d}, attempt = 3, failures = 2, max_attempts = 3, "
                        "lease_owner = $1, lease_until = now() - interval '1 second' WHERE instance_id = $2", node, iid)
     beat = HeartbeatConnection(dsn)
     try:
@@ -97,10 +98,10 @@ async def test_oversized_chunk_fails_naming_the_limit(dsn: str, conn: asyncpg.Co
     async with running_node(dsn, CHUNKD_MAX_CHUNK_BYTES="1MiB") as node:
         res = await submit_job(node, "test.trust", chunks=6, emit_bytes=3 << 20, work_ms=200)
         assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 60) == "FAILED"
-        msg = await conn.fetchval("SELECT error_message FROM chunkd_chunk WHERE instance_id = $1 AND state = 6",
+        msg = await conn.fetchval(f"SELECT error_message FROM chunkd_chunk WHERE instance_id = $1 AND state = {C.FAILED:d}",
                                   res.instance_id)
         assert "over the limit of 1,048,576 bytes (CHUNKD_MAX_CHUNK_BYTES)" in msg
-        assert await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state IN (2, 3)",
+        assert await conn.fetchval(f"SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state IN ({C.READY:d}, {C.IN_PROGRESS:d})",
                                    res.instance_id) == 0
         assert await conn.fetchval("SELECT coalesce(max(octet_length(data)), 0) FROM chunkd_chunk "
                                    "WHERE instance_id = $1", res.instance_id) < 1 << 20
