@@ -3,8 +3,11 @@
 Workloads (chunks of `chunkd.synthetic`'s no-op `work` step, fanout 0):
   drain  N chunks already READY (seeded with COPY); time the daemon(s) to process them.
   e2e    submit a job whose first step emits N chunks; time submit -> COMPLETED.
+  jobs   --jobs N instances of --chunks-per-job M chunks each, submitted through the HTTP API
+         of `chunkd run` processes by keep-alive clients (benchmarks/jobs_workload.py).
 Runs in its own database (`chunkd_bench` on the server of CHUNKD_DATABASE_URL, or on the
-embedded Postgres), dropped and re-created each run.
+embedded Postgres), dropped and re-created each run; `--database NAME` runs in NAME instead,
+created if missing and never dropped (the figures count only this run's instances).
 """
 from __future__ import annotations
 
@@ -49,12 +52,17 @@ class Options(msgspec.Struct, kw_only=True):
     as_json: bool = False
     compare: bool = False
     peer_jobs: dict[str, int] = {}
+    database: str | None = None
+    jobs: int = 1000
+    chunks_per_job: int = 10
+    clients: int = 16
+    rate: float | None = None
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chunkd bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workload", choices=("drain", "e2e"), default="drain")
+    p.add_argument("--workload", choices=("drain", "e2e", "jobs"), default="drain")
     p.add_argument("--chunks", type=int, default=100_000)
     p.add_argument("--daemons", type=int, default=1, help="1 runs in-process; more run as `chunkd run` subprocesses")
     p.add_argument("--partitions", type=int, default=4)
@@ -63,6 +71,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--completer-batch", type=int, default=1000, help="CHUNKD_COMPLETER_BATCH")
     p.add_argument("--work-ms", type=float, default=0.0, help="simulated work per chunk")
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--database", metavar="NAME",
+                   help=f"run in this database (created if missing, never dropped) instead of {BENCH_DB}")
+    p.add_argument("--jobs", type=int, default=1000, help="jobs workload: instances to submit")
+    p.add_argument("--chunks-per-job", type=int, default=10, help="jobs workload: work chunks per instance")
+    p.add_argument("--clients", type=int, default=16, help="jobs workload: keep-alive HTTP clients (closed loop)")
+    p.add_argument("--rate", type=float, help="jobs workload: open loop, submits started per second on schedule")
     p.add_argument("--plot", metavar="PNG", help="write a throughput-over-time chart (needs matplotlib)")
     p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
     p.add_argument("--compare", action="store_true",
@@ -75,6 +89,17 @@ def parser() -> argparse.ArgumentParser:
 def _with_db(dsn: str, db: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit((parts.scheme, parts.netloc, "/" + db, parts.query, parts.fragment))
+
+
+async def existing_database(admin_dsn: str, name: str) -> str:
+    """`name` on the server of `admin_dsn`, created if missing, never dropped; returns its DSN."""
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        if not await admin.fetchval("SELECT true FROM pg_database WHERE datname = $1", name):
+            await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return _with_db(admin_dsn, name)
 
 
 async def fresh_database(admin_dsn: str, name: str) -> str:
@@ -125,7 +150,7 @@ async def run(opts: Options) -> dict[str, Any]:
                            "CHUNKD_MAINTENANCE_INTERVAL": "0.2"})
     from daemon.cli import resolve_dsn
     admin_dsn = resolve_dsn(cfg)
-    dsn = await fresh_database(admin_dsn, BENCH_DB)
+    dsn = await (existing_database(admin_dsn, opts.database) if opts.database else fresh_database(admin_dsn, BENCH_DB))
     registry = build_registry(cfg.jobs)
     store = await open_store(cfg, dsn)
     conn = await asyncpg.connect(dsn)
@@ -140,6 +165,13 @@ async def run(opts: Options) -> dict[str, Any]:
         iid = await q.seed_backlog(conn, "chunkd.synthetic", 1, params, STEP, [Work(i) for i in range(opts.chunks)],
                                    opts.partitions, 5)
     facts = await q.server_facts(conn)
+    if opts.workload == "jobs":
+        from . import jobs_workload
+        try:
+            return await jobs_workload.run(opts, dsn, conn, facts)
+        finally:
+            await conn.close()
+            await store.close()
     procs: list[subprocess.Popen[bytes]] = []
     node: Node | None = None
     timeline: list[tuple[float, int]] = []
@@ -265,6 +297,10 @@ def plot(report: dict[str, Any], path: str) -> None:
 def report_table(report: dict[str, Any], plot_path: str | None) -> str:
     """The human-readable report: one table of figures, one of peers, and the plot's path."""
     from daemon.cli import table
+    if report["workload"] == "jobs":
+        from .jobs_workload import report_rows
+        return table([{"metric": k, "value": "-" if v is None else str(v)} for k, v in report_rows(report)],
+                     ["metric", "value"])
     lat = report["latency_ms"]
     cpu = report["cpu_seconds_per_1000_chunks"]
     rows = [
@@ -296,6 +332,9 @@ def report_table(report: dict[str, Any], plot_path: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
+    if a.workload == "jobs" and (a.jobs < 1 or a.chunks_per_job < 0 or a.clients < 1 or (a.rate is not None and a.rate <= 0)):
+        print("chunkd bench: --jobs and --clients must be >= 1, --chunks-per-job >= 0, --rate > 0", file=sys.stderr)
+        return 2
     if a.chunks < 1 or a.daemons < 1 or a.partitions < 1 or a.concurrency < 1 or a.batch < 1:
         print("chunkd bench: --chunks, --daemons, --partitions, --concurrency and --batch must be >= 1", file=sys.stderr)
         return 2
@@ -309,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(workload=a.workload, chunks=a.chunks, daemons=a.daemons, partitions=a.partitions,
                    concurrency=a.concurrency, batch=a.batch, completer_batch=a.completer_batch, work_ms=a.work_ms,
                    timeout=a.timeout, plot=a.plot, as_json=a.as_json, compare=a.compare,
-                   peer_jobs={"procrastinate": min(a.chunks, a.procrastinate_jobs)})
+                   peer_jobs={"procrastinate": min(a.chunks, a.procrastinate_jobs)},
+                   database=a.database, jobs=a.jobs, chunks_per_job=a.chunks_per_job, clients=a.clients, rate=a.rate)
     try:
         report = anyio.run(run, opts)
     except config_mod.ConfigError as e:
