@@ -127,7 +127,7 @@ class Schedules:
             if instance is not None:
                 job, version, params_json, gated, first, max_attempts = instance
                 iid = await conn.fetchval(sql.INSTANCE_INSERT, job, version, params_json, gated, None)
-                await conn.execute(sql.CHUNK_INSERT, [iid], [0], [int(C.READY)], [partition], [max_attempts], [first])
+                await conn.execute(sql.CHUNK_INSERT, [iid], [0], [int(C.READY)], [partition], [max_attempts], [first], [0])
                 delta = CounterDelta()
                 delta.add(iid, 0, CREATED)
                 await conn.execute(sql.COUNTERS_ADD, *delta.arrays())

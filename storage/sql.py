@@ -143,14 +143,27 @@ SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])"""
 WARNING_LIST = "SELECT message FROM chunkd_warning WHERE instance_id = $1 ORDER BY id LIMIT $2"
 
 # ---------------------------------------------------------------- chunks
+# $7: each chunk's rank offset (its ordinal among its instance's chunks here, times the
+# instance's stride); the rank adds its partition's virtual clock (migration 0012).
 CHUNK_INSERT = """
-INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, data)
-SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::smallint[], $4::smallint[], $5::smallint[], $6::bytea[])"""
-CHUNK_COPY_COLUMNS = ("instance_id", "step", "state", "partition", "max_attempts", "data")
+INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, data, rank)
+SELECT d.i, d.s, d.st, d.p, d.m, d.data, coalesce(c.vtime, 0) + d.o
+FROM unnest($1::bigint[], $2::smallint[], $3::smallint[], $4::smallint[], $5::smallint[], $6::bytea[], $7::bigint[])
+     AS d(i, s, st, p, m, data, o)
+LEFT JOIN chunkd_partition_clock c ON c.partition = d.p"""
+# COPY (large inserts) cannot join: the caller reads the clocks first and adds them itself.
+CHUNK_COPY_COLUMNS = ("instance_id", "step", "state", "partition", "max_attempts", "data", "rank")
+PARTITION_CLOCKS = "SELECT partition, vtime FROM chunkd_partition_clock WHERE partition = ANY($1::smallint[])"
 
 # With $6 (this daemon runs no suspect now) the batch may include one suspect: a chunk
 # orphaned SUSPECT_AFTER times in a row (see migration 0008); the batch never exceeds $2.
 # With $6 false the suspect branch is a one-time filter that costs nothing on the hot path.
+#
+# Fair share: READY chunks are taken in (rank, id) order from the cursor ($5, $7) (see
+# migration 0012 and actors/consumer.ClaimCursor), and the claim advances the partition's
+# virtual clock to the highest rank it took, so chunks inserted later rank level with what
+# is claimed next. The clock row is ticked only if no other claim holds it (SKIP LOCKED):
+# claims never wait for each other, and a missed tick only makes a newcomer rank earlier.
 CHUNK_CLAIM = f"""
 WITH suspect AS (
     SELECT id FROM chunkd_chunk
@@ -159,16 +172,25 @@ WITH suspect AS (
     FOR UPDATE SKIP LOCKED
 ), normal AS (
     SELECT id FROM chunkd_chunk
-    WHERE state = {int(C.READY)} AND orphaned < {SUSPECT_AFTER} AND partition = $1 AND id >= $5
-    ORDER BY id LIMIT $2 - (SELECT count(*) FROM suspect)
+    WHERE state = {int(C.READY)} AND orphaned < {SUSPECT_AFTER} AND partition = $1 AND (rank, id) >= ($5, $7)
+    ORDER BY rank, id LIMIT $2 - (SELECT count(*) FROM suspect)
     FOR UPDATE SKIP LOCKED
-), picked AS (SELECT id FROM suspect UNION ALL SELECT id FROM normal)
-UPDATE chunkd_chunk k
-   SET state = {int(C.IN_PROGRESS)}, attempt = k.attempt + 1, claimed_at = now(),
-       lease_owner = $3, lease_until = now() + make_interval(secs => $4)
-  FROM picked
- WHERE k.id = picked.id AND k.state IN ({_in(chunk_allowed_from(C.IN_PROGRESS))})
-RETURNING k.id, k.instance_id, k.step, k.attempt, k.failures, k.data, k.orphaned"""
+), picked AS (SELECT id FROM suspect UNION ALL SELECT id FROM normal),
+claimed AS (
+    UPDATE chunkd_chunk k
+       SET state = {int(C.IN_PROGRESS)}, attempt = k.attempt + 1, claimed_at = now(),
+           lease_owner = $3, lease_until = now() + make_interval(secs => $4)
+      FROM picked
+     WHERE k.id = picked.id AND k.state IN ({_in(chunk_allowed_from(C.IN_PROGRESS))})
+    RETURNING k.id, k.instance_id, k.step, k.attempt, k.failures, k.data, k.orphaned, k.rank
+), clock AS (
+    SELECT partition FROM chunkd_partition_clock WHERE partition = $1 FOR UPDATE SKIP LOCKED
+), tick AS (
+    UPDATE chunkd_partition_clock c SET vtime = m.top
+      FROM (SELECT max(rank) AS top FROM claimed) m, clock
+     WHERE c.partition = clock.partition AND m.top > c.vtime
+)
+SELECT id, instance_id, step, attempt, failures, data, orphaned, rank FROM claimed"""
 # Before an orphaned chunk runs: which attempt really started (see migration 0008).
 CHUNK_MARK_STARTED = "UPDATE chunkd_chunk SET started_attempt = $2 WHERE id = $1 AND attempt = $2"
 
@@ -249,7 +271,7 @@ CHUNK_RELEASE_DUE_POLL = _release_due(C.POLL_WAITING)
 # notification was probably lost, so maintenance publishes the partition again.
 CHUNK_PARTITION_HEAD_AGE = f"""
 SELECT extract(epoch FROM now() - created_at)::float8 FROM chunkd_chunk
-WHERE state = {int(C.READY)} AND partition = $1 ORDER BY id LIMIT 1"""
+WHERE state = {int(C.READY)} AND partition = $1 ORDER BY rank, id LIMIT 1"""
 CHUNK_ANY_READY = f"SELECT EXISTS (SELECT 1 FROM chunkd_chunk WHERE state = {int(C.READY)})"
 # Chunks written by a daemon configured with more partitions than this one consumes.
 CHUNK_REHOME = f"""
@@ -360,7 +382,7 @@ INSTANCE_SET_IDEMPOTENCY_REQUEST = "UPDATE chunkd_instance SET idempotency_reque
 # ---------------------------------------------------------------- operator gauges
 # Queue depth per partition for the states an operator watches. One statement per state,
 # each answered from that state's partial index (no OR across states, see 0001_core.sql);
-# IN_PROGRESS and ERRORED are small, READY is an index-only count on (partition, id).
+# IN_PROGRESS and ERRORED are small, READY is an index-only count on (partition, rank, id).
 # A claimed chunk always has a lease (claims set it, every move out clears it), so the
 # IN_PROGRESS count repeats the predicate of chunkd_chunk_leased (0003) to use that index.
 QUEUE_DEPTH = f"""
@@ -370,10 +392,10 @@ SELECT partition, {int(C.IN_PROGRESS)}::smallint, count(*) FROM chunkd_chunk
 WHERE state = {int(C.IN_PROGRESS)} AND lease_until IS NOT NULL GROUP BY partition
 UNION ALL
 SELECT partition, {int(C.ERRORED)}::smallint, count(*) FROM chunkd_chunk WHERE state = {int(C.ERRORED)} GROUP BY partition"""
-# Per partition in $1, the age of the head of its READY queue (lowest id, as claims take
-# them): one index probe each on chunkd_chunk_ready, like CHUNK_PARTITION_HEAD_AGE.
+# Per partition in $1, the age of the head of its READY queue (lowest (rank, id), as claims
+# take them): one index probe each on chunkd_chunk_ready_rank, like CHUNK_PARTITION_HEAD_AGE.
 QUEUE_OLDEST_READY = f"""
 SELECT p.partition, coalesce((
     SELECT extract(epoch FROM now() - k.created_at)::float8 FROM chunkd_chunk k
-    WHERE k.state = {int(C.READY)} AND k.partition = p.partition ORDER BY k.id LIMIT 1), 0) AS age
+    WHERE k.state = {int(C.READY)} AND k.partition = p.partition ORDER BY k.rank, k.id LIMIT 1), 0) AS age
 FROM unnest($1::smallint[]) AS p(partition)"""

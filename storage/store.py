@@ -94,7 +94,7 @@ class Store:
             if idempotency_key is not None and idempotency_request is not None:
                 await conn.execute(sql.INSTANCE_SET_IDEMPOTENCY_REQUEST, iid, idempotency_request)
             part = self.next_partition()
-            await conn.execute(sql.CHUNK_INSERT, [iid], [0], [int(C.READY)], [part], [max_attempts], [first_chunk])
+            await conn.execute(sql.CHUNK_INSERT, [iid], [0], [int(C.READY)], [part], [max_attempts], [first_chunk], [0])
             delta = CounterDelta()
             delta.add(iid, 0, CREATED)
             await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
@@ -229,12 +229,14 @@ class Store:
 
     # ------------------------------------------------------------ claims
     async def claim(self, partition: int, limit: int, node_id: int, lease_seconds: float,
-                    from_id: int = 0, suspect: bool = False) -> list[ClaimedChunk]:
-        """Up to `limit` READY chunks of `partition` with id >= from_id, oldest first; with
-        `suspect`, one of them may be a suspect (its workers died holding it, see CHUNK_CLAIM)."""
+                    from_rank: int = 0, suspect: bool = False, from_id: int = 0) -> list[ClaimedChunk]:
+        """Up to `limit` READY chunks of `partition` from (from_rank, from_id) in (rank, id) order
+        (fair share, see CHUNK_CLAIM); with `suspect`, one of them may be a suspect (its workers
+        died holding it)."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(sql.CHUNK_CLAIM, partition, limit, node_id, lease_seconds, from_id, suspect)
-        return [ClaimedChunk(r[0], r[1], r[2], r[3], r[4], r[5], orphaned=r[6]) for r in rows]
+            rows = await conn.fetch(sql.CHUNK_CLAIM, partition, limit, node_id, lease_seconds, from_rank, suspect,
+                                    from_id)
+        return [ClaimedChunk(r[0], r[1], r[2], r[3], r[4], r[5], orphaned=r[6], rank=r[7]) for r in rows]
 
     async def mark_chunk_started(self, chunk_id: int, attempt: int) -> None:
         await self.pool.execute(sql.CHUNK_MARK_STARTED, chunk_id, attempt)
@@ -304,7 +306,8 @@ class Store:
 
     async def _insert_children(self, conn: asyncpg.Connection, ok: Sequence[Success], closed: set[int],
                                delta: CounterDelta, res: FlushResult) -> None:
-        rows: list[tuple[int, int, int, int, int, bytes]] = []
+        rows: list[tuple[int, int, int, int, int, bytes, int]] = []
+        ordinal: dict[int, int] = {}  # per instance: its children rank in turn with other instances'
         for s in ok:
             if not s.children:
                 continue
@@ -315,15 +318,20 @@ class Store:
             else:
                 state = int(C.GATE_WAITING if s.child_gated else C.READY)
             delta.add(s.instance_id, child_step, CREATED, len(s.children))
+            n = ordinal.get(s.instance_id, 0)
             for data in s.children:
                 part = self.next_partition()
-                rows.append((s.instance_id, child_step, state, part, s.child_max_attempts, data))
+                rows.append((s.instance_id, child_step, state, part, s.child_max_attempts, data, n))
+                n += 1
                 if state == C.READY:
                     res.ready_partitions.add(part)
+            ordinal[s.instance_id] = n
         res.children = len(rows)
         if not rows:
             return
         if len(rows) >= _COPY_THRESHOLD:
+            clocks = dict(await conn.fetch(sql.PARTITION_CLOCKS, sorted({r[3] for r in rows})))
+            rows = [(*r[:6], clocks.get(r[3], 0) + r[6]) for r in rows]
             await conn.copy_records_to_table("chunkd_chunk", records=rows, columns=sql.CHUNK_COPY_COLUMNS)
         else:
             await conn.execute(sql.CHUNK_INSERT, *map(list, zip(*rows)))

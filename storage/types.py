@@ -17,6 +17,7 @@ class ClaimedChunk(msgspec.Struct, array_like=True):
     data: bytes | None
     claimed_at: float = 0.0  # monotonic, set by the consumer: claim-to-complete latency
     orphaned: int = 0        # times its worker died holding it (migration 0008)
+    rank: int = 0            # its place in the partition's fair-share order (migration 0012)
 
     @property
     def suspect(self) -> bool:

@@ -31,3 +31,74 @@ def test_keep_alive_requests_pay_no_fixed_delay(api_daemon) -> None:  # type: ig
             assert total < 0.4, f"20 keep-alive GET {path} took {total * 1000:.0f} ms (a fixed delay per request?)"
     finally:
         c.close()
+
+
+# ------------------------------------------------------------------ fair share
+import anyio  # noqa: E402
+import asyncpg  # noqa: E402
+import pytest  # noqa: E402
+
+from storage.bench import seed_backlog  # noqa: E402
+from storage.store import Store  # noqa: E402
+from storage.types import Success  # noqa: E402
+from tests.conftest import wait_status  # noqa: E402
+
+
+@pytest.mark.anyio
+async def test_small_instance_is_claimed_before_the_rest_of_a_large_backlog(dsn: str, conn: asyncpg.Connection) -> None:
+    """Store level, one partition: a large instance's 2,000 READY chunks, 100 of them claimed;
+    a small instance submitted then (first chunk, then its 10 children) is claimed within the
+    next claims, not after the large instance's remaining 1,900."""
+    from daemon.jobs.synthetic import SyntheticParams, Work
+    from storage.codec import encode
+    store = await Store.open(dsn, partitions=1)
+    try:
+        node = await store.register_node("test", 1)
+        large = await seed_backlog(conn, "chunkd.synthetic", 1, SyntheticParams(chunks=2000, fanout=0), 1,
+                                   [Work(i) for i in range(2000)], 1, 3)
+        first = await store.claim(0, 100, node, 60)
+        assert {c.instance_id for c in first} == {large} and len(first) == 100
+        small, created, _ = await store.create_instance("chunkd.synthetic", 1, '{"chunks": 10, "fanout": 0}',
+                                                        False, None, b"", 3)
+        assert created
+        # the consumer's cursor after one full claim: it starts where that claim started
+        (plan,) = [c for c in await store.claim(0, 20, node, 60) if c.instance_id == small]
+        res = await store.flush([Success(chunk_id=plan.id, attempt=plan.attempt, instance_id=small, step=0,
+                                         children=[encode(Work(i)) for i in range(10)])], [])
+        assert res.completed == 1 and res.children == 10
+        claimed_small: list[int] = []
+        claimed_large = 0
+        while len(claimed_small) < 10:
+            batch = await store.claim(0, 20, node, 60)
+            assert batch, "the small instance's chunks were never claimed"
+            claimed_small += [c.id for c in batch if c.instance_id == small]
+            claimed_large += sum(c.instance_id == large for c in batch)
+        # round-robin with the large instance: its next few chunks at most, not its 1,860 left
+        assert claimed_large <= 20, claimed_large
+        left = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state = 2", large)
+        assert left >= 1800
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_small_job_completes_while_a_big_job_drains(dsn: str, conn: asyncpg.Connection, api_daemon) -> None:  # type: ignore[no-untyped-def]
+    """A real daemon, one partition: a 20,000-chunk job with 2 ms per chunk (~10 s here) is
+    draining when a 20-chunk job is submitted; the small job completes while most of the big
+    job's backlog is still READY."""
+    from daemon.client import ApiClient
+    api = api_daemon(CHUNKD_PARTITIONS="1", CHUNKD_PARTITION_CONCURRENCY="8", CHUNKD_CLAIM_BATCH="100")
+    client = ApiClient(api.url)
+    big = client.call("POST", "/api/v1/instances",
+                      body={"job": "chunkd.synthetic", "parameters": {"chunks": 20000, "fanout": 0, "work_ms": 2}})["id"]
+    deadline = time.monotonic() + 30
+    while (await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND step = 1 AND state = 7",
+                               big)) < 500:  # the big job's work step is draining
+        assert time.monotonic() < deadline, "the big job never started draining"
+        await anyio.sleep(0.05)
+    small = client.call("POST", "/api/v1/instances",
+                        body={"job": "chunkd.synthetic", "parameters": {"chunks": 20, "fanout": 0}})["id"]
+    await wait_status(conn, small, {"COMPLETED"}, timeout=30)
+    ready = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state = 2", big)
+    assert ready >= 10000, f"the small job completed only when the big one had {ready} READY chunks left"
+    client.call("POST", f"/api/v1/instances/{big}/cancel")
