@@ -29,6 +29,7 @@ from .scheduling import validate as validate_spec
 from .submit import BadParameters, IdempotencyConflict, UnknownJob, submit
 from .submit import validate as validate_params
 from .throughput import bucket_seconds
+from . import bulk as _bulk
 
 if TYPE_CHECKING:
     from .node import Node
@@ -160,7 +161,7 @@ QUERY_PARAMS: dict[tuple[str, str], frozenset[str]] = {
         ("POST", "/api/v1/schedules/{sid}/resume"), ("GET", "/api/v1/jobs"), ("POST", "/api/v1/instances"),
         ("GET", "/api/v1/instances/{id:int}"), ("GET", "/api/v1/instances/{id:int}/throughput"),
         ("GET", "/api/v1/cluster"), ("GET", "/api/v1/whoami"), ("POST", "/api/v1/instances/{id:int}/cancel"),
-        ("POST", "/api/v1/instances/{id:int}/restart")]},
+        ("POST", "/api/v1/instances/{id:int}/restart"), ("POST", "/api/v1/instances:batch")]},
 }
 
 
@@ -311,10 +312,13 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
             raise ApiError(400, "bad_request", "version must be a positive integer")
         _bounded(req.job, "job", MAX_NAME)
         _bounded(req.idempotency_key, "idempotency_key", MAX_IDEMPOTENCY_KEY)
+        if not -3 <= req.priority <= 3:
+            raise ApiError(400, "bad_request", "priority must be between -3 and 3")
         e = engine()
         try:
             res = await submit(e.store, e.channel, node.registry, req.job, _json.encode(req.parameters),
-                               version=req.version, idempotency_key=req.idempotency_key, reader=e.reader)
+                               version=req.version, idempotency_key=req.idempotency_key, reader=e.reader,
+                               priority=req.priority)
         except UnknownJob as err:
             raise ApiError(404, "unknown_job", str(err)) from None
         except BadParameters as err:
@@ -500,6 +504,7 @@ def routes(node: "Node", tokens: dict[str, Scope]) -> list[Route]:
         Route("/api/v1/schedules/{sid}/resume", guarded(M, pause_or_resume(False)), methods=["POST"]),
         Route("/api/v1/jobs", guarded(V, list_jobs), methods=["GET"]),
         Route("/api/v1/instances", guarded(M, create_instance), methods=["POST"]),
+        Route("/api/v1/instances:batch", guarded(M, _bulk.route(node)), methods=["POST"]),  # daemon/bulk.py
         Route("/api/v1/instances", guarded(V, list_instances), methods=["GET"]),
         Route("/api/v1/instances/{id:int}", guarded(V, get_instance), methods=["GET"]),
         Route("/api/v1/instances/{id:int}/chunks", guarded(V, list_chunks), methods=["GET"]),

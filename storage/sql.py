@@ -143,14 +143,29 @@ SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])"""
 WARNING_LIST = "SELECT message FROM chunkd_warning WHERE instance_id = $1 ORDER BY id LIMIT $2"
 
 # ---------------------------------------------------------------- chunks
-# $7: each chunk's rank offset (its ordinal among its instance's chunks here, times the
-# instance's stride); the rank adds its partition's virtual clock (migration 0012).
-CHUNK_INSERT = """
+# $7: each chunk's ordinal among its instance's chunks of this insert; its rank is its
+# partition's virtual clock plus that ordinal times the instance's priority stride
+# (migrations 0012, 0013). One lookup per distinct instance, not per chunk.
+PRIORITY_STRIDE_SQL = "(64 >> (priority + 3))"
+DEFAULT_STRIDE = 8  # priority 0
+
+
+def priority_stride(priority: int) -> int:
+    return 64 >> (priority + 3)
+
+
+CHUNK_INSERT = f"""
+WITH d AS (
+    SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::smallint[], $4::smallint[], $5::smallint[], $6::bytea[],
+                         $7::bigint[]) AS d(i, s, st, p, m, data, o)
+), stride AS (
+    SELECT id, {PRIORITY_STRIDE_SQL} AS n FROM chunkd_instance WHERE id IN (SELECT DISTINCT i FROM d)
+)
 INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, data, rank)
-SELECT d.i, d.s, d.st, d.p, d.m, d.data, coalesce(c.vtime, 0) + d.o
-FROM unnest($1::bigint[], $2::smallint[], $3::smallint[], $4::smallint[], $5::smallint[], $6::bytea[], $7::bigint[])
-     AS d(i, s, st, p, m, data, o)
-LEFT JOIN chunkd_partition_clock c ON c.partition = d.p"""
+SELECT d.i, d.s, d.st, d.p, d.m, d.data, coalesce(c.vtime, 0) + d.o * coalesce(stride.n, {DEFAULT_STRIDE})
+FROM d LEFT JOIN stride ON stride.id = d.i LEFT JOIN chunkd_partition_clock c ON c.partition = d.p"""
+INSTANCE_STRIDES = f"SELECT id, {PRIORITY_STRIDE_SQL} FROM chunkd_instance WHERE id = ANY($1::bigint[])"
+INSTANCE_SET_PRIORITY = "UPDATE chunkd_instance SET priority = $2 WHERE id = $1"
 # COPY (large inserts) cannot join: the caller reads the clocks first and adds them itself.
 CHUNK_COPY_COLUMNS = ("instance_id", "step", "state", "partition", "max_attempts", "data", "rank")
 PARTITION_CLOCKS = "SELECT partition, vtime FROM chunkd_partition_clock WHERE partition = ANY($1::smallint[])"

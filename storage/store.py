@@ -84,7 +84,8 @@ class Store:
     # ------------------------------------------------------------ instances
     async def create_instance(self, job_name: str, version: int, params_json: str, gated: bool,
                               idempotency_key: str | None, first_chunk: bytes,
-                              max_attempts: int, idempotency_request: str | None = None) -> tuple[int, bool, int | None]:
+                              max_attempts: int, idempotency_request: str | None = None,
+                              priority: int = 0) -> tuple[int, bool, int | None]:
         """Instance + first chunk + counters in one transaction.
         Returns (instance id, created?, partition to notify)."""
         async with self.pool.acquire() as conn, conn.transaction():
@@ -93,6 +94,8 @@ class Store:
                 return await conn.fetchval(sql.INSTANCE_BY_IDEMPOTENCY_KEY, idempotency_key), False, None
             if idempotency_key is not None and idempotency_request is not None:
                 await conn.execute(sql.INSTANCE_SET_IDEMPOTENCY_REQUEST, iid, idempotency_request)
+            if priority:
+                await conn.execute(sql.INSTANCE_SET_PRIORITY, iid, priority)
             part = self.next_partition()
             await conn.execute(sql.CHUNK_INSERT, [iid], [0], [int(C.READY)], [part], [max_attempts], [first_chunk], [0])
             delta = CounterDelta()
@@ -331,7 +334,8 @@ class Store:
             return
         if len(rows) >= _COPY_THRESHOLD:
             clocks = dict(await conn.fetch(sql.PARTITION_CLOCKS, sorted({r[3] for r in rows})))
-            rows = [(*r[:6], clocks.get(r[3], 0) + r[6]) for r in rows]
+            strides = dict(await conn.fetch(sql.INSTANCE_STRIDES, sorted(ordinal)))
+            rows = [(*r[:6], clocks.get(r[3], 0) + r[6] * strides.get(r[0], sql.DEFAULT_STRIDE)) for r in rows]
             await conn.copy_records_to_table("chunkd_chunk", records=rows, columns=sql.CHUNK_COPY_COLUMNS)
         else:
             await conn.execute(sql.CHUNK_INSERT, *map(list, zip(*rows)))

@@ -3,6 +3,7 @@ partition share the claim (a small job does not wait behind a big job's backlog)
 from __future__ import annotations
 
 import http.client
+import json
 import time
 from urllib.parse import urlsplit
 
@@ -102,3 +103,88 @@ async def test_small_job_completes_while_a_big_job_drains(dsn: str, conn: asyncp
     ready = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state = 2", big)
     assert ready >= 10000, f"the small job completed only when the big one had {ready} READY chunks left"
     client.call("POST", f"/api/v1/instances/{big}/cancel")
+
+
+@pytest.mark.anyio
+async def test_priority_weights_the_claim(dsn: str, conn: asyncpg.Connection) -> None:
+    """Two instances' backlogs in one partition, priority 1 and -1 (each level doubles the
+    share): the first claims take about 4 chunks of the first for 1 of the second."""
+    from daemon.jobs.synthetic import Work
+    from storage.codec import encode
+    store = await Store.open(dsn, partitions=1)
+    try:
+        node = await store.register_node("test", 1)
+        ids = {}
+        for prio in (-1, 1):
+            iid, _, _ = await store.create_instance("chunkd.synthetic", 1, '{"chunks": 500, "fanout": 0}',
+                                                    False, None, b"", 3, priority=prio)
+            ids[prio] = iid
+        assert await conn.fetchval("SELECT priority FROM chunkd_instance WHERE id = $1", ids[1]) == 1
+        plans = await store.claim(0, 10, node, 60)
+        assert len(plans) == 2
+        # both plans complete in one flush, each emitting 500 chunks
+        res = await store.flush([Success(chunk_id=p.id, attempt=p.attempt, instance_id=p.instance_id, step=0,
+                                         children=[encode(Work(i)) for i in range(500)]) for p in plans], [])
+        assert res.children == 1000
+        first = await store.claim(0, 250, node, 60)
+        high = sum(c.instance_id == ids[1] for c in first)
+        low = sum(c.instance_id == ids[-1] for c in first)
+        assert high + low == 250 and 3.5 <= high / low <= 4.5, (high, low)
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------------ bulk submit
+@pytest.mark.anyio
+async def test_bulk_submit_one_result_per_item(conn: asyncpg.Connection, api_daemon, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from daemon.client import ApiCallError, ApiClient
+    from tests.conftest import run_cli
+    api = api_daemon()
+    client = ApiClient(api.url)
+    syn = "chunkd.synthetic"
+    before = client.call("POST", "/api/v1/instances", body={"job": syn, "parameters": {"chunks": 2},
+                                                            "idempotency_key": "old", "priority": 2})
+    assert await conn.fetchval("SELECT priority FROM chunkd_instance WHERE id = $1", before["id"]) == 2
+    with pytest.raises(ApiCallError) as e:
+        client.call("POST", "/api/v1/instances", body={"job": syn, "priority": 9})
+    assert e.value.status == 400
+    items = [
+        {"job": syn, "parameters": {"chunks": 3}},                                   # 0 created
+        {"job": syn, "parameters": {"chunks": 3}, "idempotency_key": "k1", "priority": -1},  # 1 created
+        {"job": syn, "parameters": {"chunks": 3}, "idempotency_key": "k1", "priority": -1},  # 2 same as 1
+        {"job": syn, "parameters": {"chunks": 4}, "idempotency_key": "k1"},          # 3 conflict with 1
+        {"job": "no.such.job"},                                                     # 4 unknown job
+        {"job": syn, "parameters": {"chunks": -1}},                                  # 5 invalid parameters
+        {"job": syn, "priority": 7},                                                # 6 bad priority
+        {"job": syn, "parameters": {"chunks": 2}, "idempotency_key": "old"},         # 7 existing instance
+        {"job": syn, "parameters": {"chunks": 5}, "idempotency_key": "old2"},        # 8 created
+    ]
+    res = client.call("POST", "/api/v1/instances:batch", body={"items": items})
+    st = [r["status"] for r in res["results"]]
+    assert [r["index"] for r in res["results"]] == list(range(len(items)))
+    assert st == [201, 201, 200, 409, 404, 422, 400, 200, 201], res
+    r = res["results"]
+    assert r[2]["id"] == r[1]["id"] and r[7]["id"] == before["id"]
+    assert r[3]["error"]["code"] == "idempotency_conflict" and r[4]["error"]["code"] == "unknown_job"
+    assert (res["created"], res["existing"], res["refused"]) == (3, 2, 4)
+    new = [r[0]["id"], r[1]["id"], r[8]["id"]]
+    # nothing written for the refused items; each created one whole: first chunk, counters, priority
+    assert await conn.fetchval("SELECT count(*) FROM chunkd_instance") == 4
+    assert await conn.fetchval("SELECT priority FROM chunkd_instance WHERE id = $1", r[1]["id"]) == -1
+    for iid in new:
+        await wait_status(conn, iid, {"COMPLETED"}, timeout=30)
+    assert [await conn.fetchval("SELECT report->>'chunks' FROM chunkd_instance WHERE id = $1", i) for i in new] \
+        == ["3", "3", "5"]  # the reduction saw every work chunk of each
+    with pytest.raises(ApiCallError) as e:
+        client.call("POST", "/api/v1/instances:batch", body={"items": []})
+    assert e.value.status == 400
+    # the CLI: JSON Lines in, one line per result out with --json
+    f = tmp_path / "batch.jsonl"
+    f.write_text("\n".join(json.dumps({"job": syn, "parameters": {"chunks": 1}, "idempotency_key": f"cli{i}"})
+                           for i in range(3)) + "\n" + json.dumps({"job": "nope"}) + "\n")
+    out = run_cli("submit-batch", str(f), "--json", env=api.cli_env())
+    assert out.returncode == 1, out.stderr  # one item refused
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert [x["status"] for x in lines] == [201, 201, 201, 404]
+    out = run_cli("submit-batch", str(f), env=api.cli_env())
+    assert "0 created, 3 existing, 1 refused" in out.stdout, out.stdout + out.stderr
