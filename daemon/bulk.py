@@ -25,7 +25,7 @@ from starlette.responses import Response
 from storage.bulk import NewInstance, create_instances
 
 from . import api_models as m
-from .limits import MAX_IDEMPOTENCY_KEY, MAX_NAME
+from .limits import MAX_IDEMPOTENCY_KEY, MAX_JSON_DEPTH, MAX_NAME, json_depth
 from .submit import BadParameters, ParameterError, UnknownJob, idempotency_differences, validate
 
 if TYPE_CHECKING:
@@ -50,6 +50,9 @@ class BatchResult(msgspec.Struct):
     created: int
     existing: int
     refused: int
+
+
+SCHEMA_TYPES = (BatchRequest, BatchResult)
 
 
 class _Refused(Exception):
@@ -82,6 +85,9 @@ async def submit_batch(node: "Node", items: list[m.SubmitRequest]) -> BatchResul
                 raise _Refused(400, "bad_request", "priority must be between -3 and 3")
             _text(req.job, "job", MAX_NAME)
             _text(req.idempotency_key, "idempotency_key", MAX_IDEMPOTENCY_KEY)
+            if json_depth(req.parameters) > MAX_JSON_DEPTH:
+                raise _Refused(422, "invalid_parameters", f"parameters are nested more than {MAX_JSON_DEPTH} "
+                               "levels deep", {"path": "$.parameters", "limit": MAX_JSON_DEPTH})
             try:
                 job, canonical = validate(node.registry, req.job, _json.encode(req.parameters), req.version)
                 if job.check is not None:
