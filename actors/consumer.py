@@ -27,18 +27,19 @@ class ClaimCursor:
     large backlog (pgqueuer #607). A short claim, or every RESCAN_EVERY seconds, starts again
     from the beginning, so nothing behind the cursor waits for long.
 
-    The start lags one claim behind (the highest rank of the claim before the last one): a
-    chunk inserted while the last claim ran read the partition's clock before that claim
-    advanced it, so it may rank below the last claim's top but never below the one before.
-    The price is re-reading one batch of claimed index entries per claim."""
+    The start lags one claim behind (where the claim before the last one ended): a chunk
+    inserted while the last claim ran read the partition's clock before that claim advanced
+    it, so it may rank below the last claim's end but not below the one before (a new id
+    sorts after older ones of its rank). The price is re-reading one batch of claimed index
+    entries per claim. An insert that read the clock even earlier waits for the rescan."""
 
     def __init__(self) -> None:
         self.next: tuple[int, int] = (0, 0)
         self.rescan_at = 0.0
-        self._top: int | None = None  # highest rank of the last full claim
+        self._end: tuple[int, int] | None = None  # (rank, id) where the last full claim ended
 
     def _reset(self) -> None:
-        self.next, self._top = (0, 0), None
+        self.next, self._end = (0, 0), None
 
     def start(self, now: float) -> tuple[int, int]:
         if now >= self.rescan_at:
@@ -46,15 +47,16 @@ class ClaimCursor:
             self._reset()
         return self.next
 
-    def claimed(self, ranks: list[int], requested: int) -> None:
+    def claimed(self, positions: list[tuple[int, int]], requested: int) -> None:
+        """`positions`: (rank, id) of the chunks claimed in order (suspects left out)."""
         if requested <= 0:  # the whole batch went to a suspect: the cursor learnt nothing
             return
-        if len(ranks) < requested:
+        if len(positions) < requested:
             self._reset()
             return
-        if self._top is not None:
-            self.next = (self._top, 0)
-        self._top = max(ranks)
+        if self._end is not None:
+            self.next = (self._end[0], self._end[1] + 1)
+        self._end = max(positions)
 
 
 async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSendStream[ClaimedChunk]) -> None:
@@ -77,7 +79,7 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
             from_rank, from_id = cursor.start(time.monotonic())
             chunks = await engine.store.claim(partition, cfg.claim_batch, engine.node_id, cfg.lease_seconds,
                                               from_rank, suspect, from_id)
-            normal = [c.rank for c in chunks if not c.suspect]
+            normal = [(c.rank, c.id) for c in chunks if not c.suspect]
             cursor.claimed(normal, cfg.claim_batch - (len(chunks) - len(normal)))
             engine.channel.acked(partition)  # hints so far are served: their offsets may be committed
             backoff.ok()

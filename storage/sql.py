@@ -143,15 +143,25 @@ SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])"""
 WARNING_LIST = "SELECT message FROM chunkd_warning WHERE instance_id = $1 ORDER BY id LIMIT $2"
 
 # ---------------------------------------------------------------- chunks
-# $7: each chunk's ordinal among its instance's chunks of this insert; its rank is its
-# partition's virtual clock plus that ordinal times the instance's priority stride
+# $7: each chunk's ordinal among its instance's chunks of this insert. Its rank is its
+# partition's virtual clock plus rank_offset(ordinal, the instance's priority stride)
 # (migrations 0012, 0013). One lookup per distinct instance, not per chunk.
+# Instances take turns by QUANTUM chunks, not one by one: the chunks of one quantum share a
+# rank (ties go by id, i.e. insertion order), so a job of up to QUANTUM chunks is served FIFO
+# among its peers, a claim batch touches a few instances rather than hundreds (per-instance
+# costs: counters, instance locks, progress), and a big job yields to a newcomer after at
+# most one quantum (QUANTUM / partitions chunks per partition).
 PRIORITY_STRIDE_SQL = "(64 >> (priority + 3))"
 DEFAULT_STRIDE = 8  # priority 0
+QUANTUM = 256
 
 
 def priority_stride(priority: int) -> int:
     return 64 >> (priority + 3)
+
+
+def rank_offset(ordinal: int, stride: int = DEFAULT_STRIDE) -> int:
+    return ordinal // QUANTUM * QUANTUM * stride
 
 
 CHUNK_INSERT = f"""
@@ -162,7 +172,8 @@ WITH d AS (
     SELECT id, {PRIORITY_STRIDE_SQL} AS n FROM chunkd_instance WHERE id IN (SELECT DISTINCT i FROM d)
 )
 INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, data, rank)
-SELECT d.i, d.s, d.st, d.p, d.m, d.data, coalesce(c.vtime, 0) + d.o * coalesce(stride.n, {DEFAULT_STRIDE})
+SELECT d.i, d.s, d.st, d.p, d.m, d.data,
+       coalesce(c.vtime, 0) + d.o / {QUANTUM} * {QUANTUM} * coalesce(stride.n, {DEFAULT_STRIDE})
 FROM d LEFT JOIN stride ON stride.id = d.i LEFT JOIN chunkd_partition_clock c ON c.partition = d.p"""
 INSTANCE_STRIDES = f"SELECT id, {PRIORITY_STRIDE_SQL} FROM chunkd_instance WHERE id = ANY($1::bigint[])"
 INSTANCE_SET_PRIORITY = "UPDATE chunkd_instance SET priority = $2 WHERE id = $1"

@@ -335,7 +335,8 @@ class Store:
         if len(rows) >= _COPY_THRESHOLD:
             clocks = dict(await conn.fetch(sql.PARTITION_CLOCKS, sorted({r[3] for r in rows})))
             strides = dict(await conn.fetch(sql.INSTANCE_STRIDES, sorted(ordinal)))
-            rows = [(*r[:6], clocks.get(r[3], 0) + r[6] * strides.get(r[0], sql.DEFAULT_STRIDE)) for r in rows]
+            rows = [(*r[:6], clocks.get(r[3], 0) + sql.rank_offset(r[6], strides.get(r[0], sql.DEFAULT_STRIDE)))
+                    for r in rows]
             await conn.copy_records_to_table("chunkd_chunk", records=rows, columns=sql.CHUNK_COPY_COLUMNS)
         else:
             await conn.execute(sql.CHUNK_INSERT, *map(list, zip(*rows)))

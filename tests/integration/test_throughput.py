@@ -47,37 +47,42 @@ from tests.conftest import wait_status  # noqa: E402
 
 @pytest.mark.anyio
 async def test_small_instance_is_claimed_before_the_rest_of_a_large_backlog(dsn: str, conn: asyncpg.Connection) -> None:
-    """Store level, one partition: a large instance's 2,000 READY chunks, 100 of them claimed;
-    a small instance submitted then (first chunk, then its 10 children) is claimed within the
-    next claims, not after the large instance's remaining 1,900."""
+    """Store level, one partition: a large instance's 5,000 READY chunks, 300 of them claimed;
+    a small instance submitted then (first chunk, then its 10 children) has all its chunks
+    claimed while the large instance still has most of its backlog: each of its two steps
+    waits at most one quantum of the large instance (instances take turns by QUANTUM chunks)."""
     from daemon.jobs.synthetic import SyntheticParams, Work
     from storage.codec import encode
+    from storage.sql import QUANTUM
     store = await Store.open(dsn, partitions=1)
     try:
         node = await store.register_node("test", 1)
-        large = await seed_backlog(conn, "chunkd.synthetic", 1, SyntheticParams(chunks=2000, fanout=0), 1,
-                                   [Work(i) for i in range(2000)], 1, 3)
-        first = await store.claim(0, 100, node, 60)
-        assert {c.instance_id for c in first} == {large} and len(first) == 100
+        large = await seed_backlog(conn, "chunkd.synthetic", 1, SyntheticParams(chunks=5000, fanout=0), 1,
+                                   [Work(i) for i in range(5000)], 1, 3)
+        first = await store.claim(0, 300, node, 60)
+        assert {c.instance_id for c in first} == {large} and len(first) == 300
         small, created, _ = await store.create_instance("chunkd.synthetic", 1, '{"chunks": 10, "fanout": 0}',
                                                         False, None, b"", 3)
         assert created
-        # the consumer's cursor after one full claim: it starts where that claim started
-        (plan,) = [c for c in await store.claim(0, 20, node, 60) if c.instance_id == small]
+        claimed_large = 0
+
+        async def claim_until(pred, what: str) -> list:  # type: ignore[no-untyped-def,type-arg]
+            nonlocal claimed_large
+            got: list = []  # type: ignore[type-arg]
+            while not pred(got):
+                batch = await store.claim(0, 50, node, 60)
+                assert batch, f"{what} was never claimed"
+                got += [c for c in batch if c.instance_id == small]
+                claimed_large += sum(c.instance_id == large for c in batch)
+            return got
+        (plan,) = await claim_until(lambda got: len(got) == 1, "the small instance's first chunk")
         res = await store.flush([Success(chunk_id=plan.id, attempt=plan.attempt, instance_id=small, step=0,
                                          children=[encode(Work(i)) for i in range(10)])], [])
         assert res.completed == 1 and res.children == 10
-        claimed_small: list[int] = []
-        claimed_large = 0
-        while len(claimed_small) < 10:
-            batch = await store.claim(0, 20, node, 60)
-            assert batch, "the small instance's chunks were never claimed"
-            claimed_small += [c.id for c in batch if c.instance_id == small]
-            claimed_large += sum(c.instance_id == large for c in batch)
-        # round-robin with the large instance: its next few chunks at most, not its 1,860 left
-        assert claimed_large <= 20, claimed_large
+        await claim_until(lambda got: len(got) == 10, "the small instance's work chunks")
+        assert claimed_large <= 2 * (QUANTUM + 50), claimed_large  # two turns, claim granularity
         left = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND state = 2", large)
-        assert left >= 1800
+        assert left >= 4000, left
     finally:
         await store.close()
 
@@ -108,28 +113,29 @@ async def test_small_job_completes_while_a_big_job_drains(dsn: str, conn: asyncp
 @pytest.mark.anyio
 async def test_priority_weights_the_claim(dsn: str, conn: asyncpg.Connection) -> None:
     """Two instances' backlogs in one partition, priority 1 and -1 (each level doubles the
-    share): the first claims take about 4 chunks of the first for 1 of the second."""
+    share): the claims take 4 quanta of the first for 1 of the second."""
     from daemon.jobs.synthetic import Work
     from storage.codec import encode
+    from storage.sql import QUANTUM
     store = await Store.open(dsn, partitions=1)
     try:
         node = await store.register_node("test", 1)
         ids = {}
         for prio in (-1, 1):
-            iid, _, _ = await store.create_instance("chunkd.synthetic", 1, '{"chunks": 500, "fanout": 0}',
+            iid, _, _ = await store.create_instance("chunkd.synthetic", 1, '{"chunks": 2000, "fanout": 0}',
                                                     False, None, b"", 3, priority=prio)
             ids[prio] = iid
         assert await conn.fetchval("SELECT priority FROM chunkd_instance WHERE id = $1", ids[1]) == 1
         plans = await store.claim(0, 10, node, 60)
         assert len(plans) == 2
-        # both plans complete in one flush, each emitting 500 chunks
+        # both plans complete in one flush, each emitting 2,000 chunks
         res = await store.flush([Success(chunk_id=p.id, attempt=p.attempt, instance_id=p.instance_id, step=0,
-                                         children=[encode(Work(i)) for i in range(500)]) for p in plans], [])
-        assert res.children == 1000
-        first = await store.claim(0, 250, node, 60)
+                                         children=[encode(Work(i)) for i in range(2000)]) for p in plans], [])
+        assert res.children == 4000
+        first = await store.claim(0, 5 * QUANTUM, node, 60)
         high = sum(c.instance_id == ids[1] for c in first)
         low = sum(c.instance_id == ids[-1] for c in first)
-        assert high + low == 250 and 3.5 <= high / low <= 4.5, (high, low)
+        assert (high, low) == (4 * QUANTUM, QUANTUM)
     finally:
         await store.close()
 
