@@ -19,24 +19,42 @@ RESCAN_EVERY = 5.0  # seconds: a full scan picks up rescued or released chunks w
 
 
 class ClaimCursor:
-    """Where the next claim starts in the partition's READY index. Claimed rows leave dead
-    entries at the front of that index until vacuum; starting past them keeps a claim's cost
-    flat under a large backlog (pgqueuer #607). A short claim, or every RESCAN_EVERY seconds,
-    starts again from the beginning, so nothing behind the cursor waits for long."""
+    """Where the next claim starts in the partition's READY index, as (rank, id): claims take
+    chunks in that order (fair share, migration 0012). Claimed rows leave dead entries at the
+    front of that index until vacuum; starting past them keeps a claim's cost flat under a
+    large backlog (pgqueuer #607). A short claim, or every RESCAN_EVERY seconds, starts again
+    from the beginning, so nothing behind the cursor waits for long.
+
+    The start lags one claim behind (where the claim before the last one ended): a chunk
+    inserted while the last claim ran read the partition's clock before that claim advanced
+    it, so it may rank below the last claim's end but not below the one before (a new id
+    sorts after older ones of its rank). The price is re-reading one batch of claimed index
+    entries per claim. An insert that read the clock even earlier waits for the rescan."""
 
     def __init__(self) -> None:
-        self.next_id = 0
+        self.next: tuple[int, int] = (0, 0)
         self.rescan_at = 0.0
+        self._end: tuple[int, int] | None = None  # (rank, id) where the last full claim ended
 
-    def start(self, now: float) -> int:
+    def _reset(self) -> None:
+        self.next, self._end = (0, 0), None
+
+    def start(self, now: float) -> tuple[int, int]:
         if now >= self.rescan_at:
             self.rescan_at = now + RESCAN_EVERY
-            self.next_id = 0
-        return self.next_id
+            self._reset()
+        return self.next
 
-    def claimed(self, ids: list[int], requested: int) -> None:
-        if requested > 0:  # 0 when the whole batch went to a suspect: the cursor learnt nothing
-            self.next_id = max(ids) + 1 if len(ids) == requested else 0
+    def claimed(self, positions: list[tuple[int, int]], requested: int) -> None:
+        """`positions`: (rank, id) of the chunks claimed in order (suspects left out)."""
+        if requested <= 0:  # the whole batch went to a suspect: the cursor learnt nothing
+            return
+        if len(positions) < requested:
+            self._reset()
+            return
+        if self._end is not None:
+            self.next = (self._end[0], self._end[1] + 1)
+        self._end = max(positions)
 
 
 async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSendStream[ClaimedChunk]) -> None:
@@ -56,9 +74,10 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
             continue
         suspect = engine.inflight.take_suspect_slot()
         try:
+            from_rank, from_id = cursor.start(time.monotonic())
             chunks = await engine.store.claim(partition, cfg.claim_batch, engine.node_id, cfg.lease_seconds,
-                                              cursor.start(time.monotonic()), suspect)
-            normal = [c.id for c in chunks if not c.suspect]
+                                              from_rank, suspect, from_id)
+            normal = [(c.rank, c.id) for c in chunks if not c.suspect]
             cursor.claimed(normal, cfg.claim_batch - (len(chunks) - len(normal)))
             engine.channel.acked(partition)  # hints so far are served: their offsets may be committed
             backoff.ok()

@@ -93,8 +93,9 @@ class Submitted(msgspec.Struct):
 async def checked(registry: Registry, job_name: str, params_json: str | bytes, version: int | None,
                   reader: Reader | None, dsn: str) -> tuple[Job, str]:
     """Everything an instance must pass before it exists, whoever creates it (a submit, a
-    schedule being created, a schedule firing): the job and version exist, the parameters
-    decode, and the job's params_check accepts them. Returns the job and canonical JSON."""
+    bulk submit, a schedule being created, a schedule firing): the job and version exist,
+    the parameters decode, and the job's params_check accepts them. Returns the job and
+    canonical JSON."""
     job, canonical = validate(registry, job_name, params_json, version)
     if job.check is not None:
         own = reader is None
@@ -111,12 +112,12 @@ async def checked(registry: Registry, job_name: str, params_json: str | bytes, v
 
 async def submit(store: Store, channel: Channel | None, registry: Registry, job_name: str,
                  params_json: str | bytes, *, version: int | None = None,
-                 idempotency_key: str | None = None, reader: Reader | None = None) -> Submitted:
+                 idempotency_key: str | None = None, reader: Reader | None = None, priority: int = 0) -> Submitted:
     job, canonical = await checked(registry, job_name, params_json, version, reader, store.dsn)
     first = job.steps[0]
     iid, created, part = await store.create_instance(job.name, job.version, canonical, job.gated,
                                                      idempotency_key, b"", first.max_attempts,
-                                                     json.dumps({"version": version}))
+                                                     json.dumps({"version": version}), priority=priority)
     if not created and idempotency_key is not None:
         row = await store.get_instance(iid)
         diffs = idempotency_differences(row, job_name, version, canonical) if row is not None else []

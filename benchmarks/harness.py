@@ -3,8 +3,11 @@
 Workloads (chunks of `chunkd.synthetic`'s no-op `work` step, fanout 0):
   drain  N chunks already READY (seeded with COPY); time the daemon(s) to process them.
   e2e    submit a job whose first step emits N chunks; time submit -> COMPLETED.
+  jobs   --jobs N instances of --chunks-per-job M chunks each, submitted through the HTTP API
+         of `chunkd run` processes by keep-alive clients (benchmarks/jobs_workload.py).
 Runs in its own database (`chunkd_bench` on the server of CHUNKD_DATABASE_URL, or on the
-embedded Postgres), dropped and re-created each run.
+embedded Postgres), dropped and re-created each run; `--database NAME` runs in NAME instead,
+created if missing and never dropped (the figures count only this run's instances).
 """
 from __future__ import annotations
 
@@ -49,12 +52,28 @@ class Options(msgspec.Struct, kw_only=True):
     as_json: bool = False
     compare: bool = False
     peer_jobs: dict[str, int] = {}
+    database: str | None = None
+    jobs: int = 1000
+    chunks_per_job: int = 10
+    clients: int = 16
+    rate: float | None = None
 
 
 
 def _with_db(dsn: str, db: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit((parts.scheme, parts.netloc, "/" + db, parts.query, parts.fragment))
+
+
+async def existing_database(admin_dsn: str, name: str) -> str:
+    """`name` on the server of `admin_dsn`, created if missing, never dropped; returns its DSN."""
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        if not await admin.fetchval("SELECT true FROM pg_database WHERE datname = $1", name):
+            await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return _with_db(admin_dsn, name)
 
 
 async def fresh_database(admin_dsn: str, name: str) -> str:
@@ -106,7 +125,7 @@ async def run(opts: Options) -> dict[str, Any]:
                            "CHUNKD_COMPLETER_BATCH": str(opts.completer_batch),
                            "CHUNKD_MAINTENANCE_INTERVAL": "0.2"})
     admin_dsn = resolve_dsn(cfg)
-    dsn = await fresh_database(admin_dsn, BENCH_DB)
+    dsn = await (existing_database(admin_dsn, opts.database) if opts.database else fresh_database(admin_dsn, BENCH_DB))
     registry = load_registry(cfg.jobs)
     store = await open_store(cfg, dsn)
     conn = await asyncpg.connect(dsn)
@@ -121,6 +140,13 @@ async def run(opts: Options) -> dict[str, Any]:
         iid = await q.seed_backlog(conn, "chunkd.synthetic", 1, params, STEP, [Work(i) for i in range(opts.chunks)],
                                    opts.partitions, 5)
     facts = await q.server_facts(conn)
+    if opts.workload == "jobs":
+        from . import jobs_workload
+        try:
+            return await jobs_workload.run(opts, dsn, conn, facts)
+        finally:
+            await conn.close()
+            await store.close()
     procs: list[subprocess.Popen[bytes]] = []
     node: Node | None = None
     timeline: list[tuple[float, int]] = []

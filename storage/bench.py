@@ -23,7 +23,8 @@ async def seed_backlog(conn: asyncpg.Connection, job: str, version: int, params:
             delta.add(iid, s, COMPLETED)
         delta.add(iid, step, CREATED, len(items))
         await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
-        rows = [(iid, step, int(C.READY), i % partitions, max_attempts, encode(item)) for i, item in enumerate(items)]
+        rows = [(iid, step, int(C.READY), i % partitions, max_attempts, encode(item), sql.rank_offset(i))
+                for i, item in enumerate(items)]
         await conn.copy_records_to_table("chunkd_chunk", records=rows, columns=sql.CHUNK_COPY_COLUMNS)
     await conn.execute(sql.BENCH_ANALYZE)
     return iid

@@ -8,7 +8,8 @@ import asyncpg
 import msgspec
 
 from storage import sql
-from storage.store import insert_instance
+from storage.store import insert_instances
+from storage.types import NewInstance
 
 
 class ScheduleState(msgspec.Struct, kw_only=True):
@@ -88,7 +89,9 @@ class Schedules:
             iid = None
             if instance is not None:
                 job, version, params_json, gated, first, max_attempts = instance
-                iid = await insert_instance(conn, job, version, params_json, gated, first, max_attempts, partition)
+                (made,), _ = await insert_instances(conn, [NewInstance(job, version, params_json, gated, None, None,
+                                                                      max_attempts, 0, first)], lambda: partition)
+                iid = made.instance_id
                 await conn.execute(sql.SCHEDULE_RECORD_INSTANCE, s.id, occurrence, iid)
                 await conn.execute(sql.SCHEDULE_MARK_INSTANCE, iid, s.id, occurrence)
             if await conn.fetchval(sql.SCHEDULE_ADVANCE, s.id, occurrence, next_fire_at, occurrence, iid) is None:

@@ -99,12 +99,19 @@ RETURNING term"""
 LEADER_RESIGN = "DELETE FROM chunkd_leader WHERE role = 'maintenance' AND node_id = $1"
 
 # ---------------------------------------------------------------- instances
-INSTANCE_INSERT = """
-INSERT INTO chunkd_instance (job_name, job_version, params, gated, idempotency_key)
-VALUES ($1, $2, $3::jsonb, $4, $5)
+# Creating instances (storage.store.insert_instances): ids first, so each inserted row is
+# known by its position, keyed or not; then every row in one statement.
+INSTANCE_IDS = "SELECT nextval(pg_get_serial_sequence('chunkd_instance', 'id')) FROM generate_series(1, $1)"
+INSTANCE_INSERT_MANY = """
+INSERT INTO chunkd_instance (id, job_name, job_version, params, gated, idempotency_key, idempotency_request, priority)
+OVERRIDING SYSTEM VALUE
+SELECT d.id, d.job, d.version, d.params::jsonb, d.gated, d.ikey, d.ireq::jsonb, d.priority
+FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::text[], $7::text[], $8::smallint[])
+     AS d(id, job, version, params, gated, ikey, ireq, priority)
+ORDER BY d.id
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id"""
-INSTANCE_BY_IDEMPOTENCY_KEY = "SELECT id FROM chunkd_instance WHERE idempotency_key = $1"
+INSTANCE_IDS_BY_KEYS = "SELECT idempotency_key, id FROM chunkd_instance WHERE idempotency_key = ANY($1::text[])"
 INSTANCE_GET = "SELECT * FROM chunkd_instance WHERE id = $1"
 INSTANCE_RUNTIME = "SELECT id, job_name, job_version, params::text AS params, gated, status FROM chunkd_instance WHERE id = $1"
 # KEY SHARE: no conflict with maintenance's progress updates, but ordered against a
@@ -159,14 +166,52 @@ SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])"""
 WARNING_LIST = "SELECT message FROM chunkd_warning WHERE instance_id = $1 ORDER BY id LIMIT $2"
 
 # ---------------------------------------------------------------- chunks
-CHUNK_INSERT = """
-INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, data)
-SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::smallint[], $4::smallint[], $5::smallint[], $6::bytea[])"""
-CHUNK_COPY_COLUMNS = ("instance_id", "step", "state", "partition", "max_attempts", "data")
+# $7: each chunk's ordinal among its instance's chunks of this insert. Its rank is its
+# partition's virtual clock plus rank_offset(ordinal, the instance's priority stride)
+# (migrations 0012, 0013). One lookup per distinct instance, not per chunk.
+# Instances take turns by QUANTUM chunks, not one by one: the chunks of one quantum share a
+# rank (ties go by id, i.e. insertion order), so a job of up to QUANTUM chunks is served FIFO
+# among its peers, a claim batch touches a few instances rather than hundreds (per-instance
+# costs: counters, instance locks, progress), and a big job yields to a newcomer after at
+# most one quantum (QUANTUM / partitions chunks per partition).
+PRIORITY_STRIDE_SQL = "(64 >> (priority + 3))"
+DEFAULT_STRIDE = 8  # priority 0
+QUANTUM = 256
+
+
+def priority_stride(priority: int) -> int:
+    return 64 >> (priority + 3)
+
+
+def rank_offset(ordinal: int, stride: int = DEFAULT_STRIDE) -> int:
+    return ordinal // QUANTUM * QUANTUM * stride
+
+
+CHUNK_INSERT = f"""
+WITH d AS (
+    SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::smallint[], $4::smallint[], $5::smallint[], $6::bytea[],
+                         $7::bigint[]) AS d(i, s, st, p, m, data, o)
+), stride AS (
+    SELECT id, {PRIORITY_STRIDE_SQL} AS n FROM chunkd_instance WHERE id IN (SELECT DISTINCT i FROM d)
+)
+INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, data, rank)
+SELECT d.i, d.s, d.st, d.p, d.m, d.data,
+       coalesce(c.vtime, 0) + d.o / {QUANTUM} * {QUANTUM} * coalesce(stride.n, {DEFAULT_STRIDE})
+FROM d LEFT JOIN stride ON stride.id = d.i LEFT JOIN chunkd_partition_clock c ON c.partition = d.p"""
+INSTANCE_STRIDES = f"SELECT id, {PRIORITY_STRIDE_SQL} FROM chunkd_instance WHERE id = ANY($1::bigint[])"
+# COPY (large inserts) cannot join: the caller reads the clocks first and adds them itself.
+CHUNK_COPY_COLUMNS = ("instance_id", "step", "state", "partition", "max_attempts", "data", "rank")
+PARTITION_CLOCKS = "SELECT partition, vtime FROM chunkd_partition_clock WHERE partition = ANY($1::smallint[])"
 
 # With $6 (this daemon runs no suspect now) the batch may include one suspect: a chunk
 # orphaned SUSPECT_AFTER times in a row (see migration 0008); the batch never exceeds $2.
 # With $6 false the suspect branch is a one-time filter that costs nothing on the hot path.
+#
+# Fair share: READY chunks are taken in (rank, id) order from the cursor ($5, $7) (see
+# migration 0012 and actors/consumer.ClaimCursor), and the claim advances the partition's
+# virtual clock to the highest rank it took, so chunks inserted later rank level with what
+# is claimed next. The clock row is ticked only if no other claim holds it (SKIP LOCKED):
+# claims never wait for each other, and a missed tick only makes a newcomer rank earlier.
 CHUNK_CLAIM = f"""
 WITH suspect AS (
     SELECT id FROM chunkd_chunk
@@ -175,16 +220,25 @@ WITH suspect AS (
     FOR UPDATE SKIP LOCKED
 ), normal AS (
     SELECT id FROM chunkd_chunk
-    WHERE state = {int(C.READY)} AND orphaned < {SUSPECT_AFTER} AND partition = $1 AND id >= $5
-    ORDER BY id LIMIT $2 - (SELECT count(*) FROM suspect)
+    WHERE state = {int(C.READY)} AND orphaned < {SUSPECT_AFTER} AND partition = $1 AND (rank, id) >= ($5, $7)
+    ORDER BY rank, id LIMIT $2 - (SELECT count(*) FROM suspect)
     FOR UPDATE SKIP LOCKED
-), picked AS (SELECT id FROM suspect UNION ALL SELECT id FROM normal)
-UPDATE chunkd_chunk k
-   SET state = {int(C.IN_PROGRESS)}, attempt = k.attempt + 1, claimed_at = now(),
-       lease_owner = $3, lease_until = now() + make_interval(secs => $4)
-  FROM picked
- WHERE k.id = picked.id AND k.state IN ({_in(chunk_allowed_from(C.IN_PROGRESS))})
-RETURNING k.id, k.instance_id, k.step, k.attempt, k.failures, k.data, k.orphaned"""
+), picked AS (SELECT id FROM suspect UNION ALL SELECT id FROM normal),
+claimed AS (
+    UPDATE chunkd_chunk k
+       SET state = {int(C.IN_PROGRESS)}, attempt = k.attempt + 1, claimed_at = now(),
+           lease_owner = $3, lease_until = now() + make_interval(secs => $4)
+      FROM picked
+     WHERE k.id = picked.id AND k.state IN ({_in(chunk_allowed_from(C.IN_PROGRESS))})
+    RETURNING k.id, k.instance_id, k.step, k.attempt, k.failures, k.data, k.orphaned, k.rank
+), clock AS (
+    SELECT partition FROM chunkd_partition_clock WHERE partition = $1 FOR UPDATE SKIP LOCKED
+), tick AS (
+    UPDATE chunkd_partition_clock c SET vtime = m.top
+      FROM (SELECT max(rank) AS top FROM claimed) m, clock
+     WHERE c.partition = clock.partition AND m.top > c.vtime
+)
+SELECT id, instance_id, step, attempt, failures, data, orphaned, rank FROM claimed"""
 # Before an orphaned chunk runs: which attempt really started (see migration 0008).
 CHUNK_MARK_STARTED = "UPDATE chunkd_chunk SET started_attempt = $2 WHERE id = $1 AND attempt = $2"
 
@@ -265,7 +319,7 @@ CHUNK_RELEASE_DUE_POLL = _release_due(C.POLL_WAITING)
 # notification was probably lost, so maintenance publishes the partition again.
 CHUNK_PARTITION_HEAD_AGE = f"""
 SELECT extract(epoch FROM now() - created_at)::float8 FROM chunkd_chunk
-WHERE state = {int(C.READY)} AND partition = $1 ORDER BY id LIMIT 1"""
+WHERE state = {int(C.READY)} AND partition = $1 ORDER BY rank, id LIMIT 1"""
 CHUNK_ANY_READY = f"SELECT EXISTS (SELECT 1 FROM chunkd_chunk WHERE state = {int(C.READY)})"
 # Chunks written by a daemon configured with more partitions than this one consumes.
 CHUNK_REHOME = f"""
@@ -370,12 +424,11 @@ ON CONFLICT (instance_id, step) DO UPDATE
 # ---------------------------------------------------------------- notifications
 
 # Idempotency (migration 0010): what the key was first used for, written in the submit's transaction.
-INSTANCE_SET_IDEMPOTENCY_REQUEST = "UPDATE chunkd_instance SET idempotency_request = $2::jsonb WHERE id = $1"
 
 # ---------------------------------------------------------------- operator gauges
 # Queue depth per partition for the states an operator watches. One statement per state,
 # each answered from that state's partial index (no OR across states, see 0001_core.sql);
-# IN_PROGRESS and ERRORED are small, READY is an index-only count on (partition, id).
+# IN_PROGRESS and ERRORED are small, READY is an index-only count on (partition, rank, id).
 # A claimed chunk always has a lease (claims set it, every move out clears it), so the
 # IN_PROGRESS count repeats the predicate of chunkd_chunk_leased (0003) to use that index.
 QUEUE_DEPTH = f"""
@@ -385,12 +438,12 @@ SELECT partition, {int(C.IN_PROGRESS)}::smallint, count(*) FROM chunkd_chunk
 WHERE state = {int(C.IN_PROGRESS)} AND lease_until IS NOT NULL GROUP BY partition
 UNION ALL
 SELECT partition, {int(C.ERRORED)}::smallint, count(*) FROM chunkd_chunk WHERE state = {int(C.ERRORED)} GROUP BY partition"""
-# Per partition in $1, the age of the head of its READY queue (lowest id, as claims take
-# them): one index probe each on chunkd_chunk_ready, like CHUNK_PARTITION_HEAD_AGE.
+# Per partition in $1, the age of the head of its READY queue (lowest (rank, id), as claims
+# take them): one index probe each on chunkd_chunk_ready_rank, like CHUNK_PARTITION_HEAD_AGE.
 QUEUE_OLDEST_READY = f"""
 SELECT p.partition, coalesce((
     SELECT extract(epoch FROM now() - k.created_at)::float8 FROM chunkd_chunk k
-    WHERE k.state = {int(C.READY)} AND k.partition = p.partition ORDER BY k.id LIMIT 1), 0) AS age
+    WHERE k.state = {int(C.READY)} AND k.partition = p.partition ORDER BY k.rank, k.id LIMIT 1), 0) AS age
 FROM unnest($1::smallint[]) AS p(partition)"""
 
 
@@ -513,3 +566,29 @@ SELECT g,
               'valueQuantity', jsonb_build_object('value', 40 + (g % 120), 'unit', 'units'))
        END
 FROM generate_series(1, $1::int) g"""
+
+
+# ------------------------------------------------------------ The benchmark's jobs workload: figures for its own instances (storage/bench_jobs.py)
+BENCH_JOBS_PROGRESS = """
+SELECT coalesce(sum(completed + failed), 0)::bigint FROM chunkd_step_counter
+WHERE instance_id = ANY($1::bigint[]) AND step = $2"""
+BENCH_JOBS_FINISHED = f"""
+SELECT count(*) FILTER (WHERE status IN ({_in(sorted(s.value for s in INSTANCE_TERMINAL))})),
+       count(*) FILTER (WHERE status = '{I.COMPLETED.value}')
+FROM chunkd_instance WHERE id = ANY($1::bigint[])"""
+# Submit -> COMPLETED from the client's own start time of each submit (the scheduled one under
+# --rate), so time spent queued in the client counts; same machine, same clock.
+BENCH_JOBS_INSTANCE_LATENCY = f"""
+SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
+           ORDER BY extract(epoch FROM i.finished_at)::float8 - s.t),
+       max(extract(epoch FROM i.finished_at)::float8)
+FROM unnest($1::bigint[], $2::float8[]) AS s(id, t) JOIN chunkd_instance i ON i.id = s.id
+WHERE i.status = '{I.COMPLETED.value}'"""
+# A chunk's life: created (its parent step completed) -> completed, and claim -> complete.
+BENCH_JOBS_CHUNK_LATENCY = f"""
+SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
+           ORDER BY extract(epoch FROM completed_at - created_at)::float8),
+       percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
+           ORDER BY extract(epoch FROM completed_at - claimed_at)::float8),
+       count(*)
+FROM chunkd_chunk WHERE instance_id = ANY($1::bigint[]) AND step = $2 AND state = {int(C.COMPLETED)}"""

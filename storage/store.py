@@ -14,7 +14,18 @@ from storage.counters import CANCELLED, COMPLETED, CREATED, ERRORS, FAILED, Coun
 from storage.migrate import migrate
 from storage.states import INSTANCE_TERMINAL, C, I, instance_allowed_from
 from storage.text import MAX_TRACE, storable, storable_json
-from storage.types import ClaimedChunk, InstanceRow, LeaderTerm, NotLeader, Recorded, Setback, StepCounts, Success
+from storage.types import (
+    ClaimedChunk,
+    Created,
+    InstanceRow,
+    LeaderTerm,
+    NewInstance,
+    NotLeader,
+    Recorded,
+    Setback,
+    StepCounts,
+    Success,
+)
 
 # Above this many child rows, COPY beats an unnest INSERT.
 _COPY_THRESHOLD = 2000
@@ -22,20 +33,42 @@ _COPY_THRESHOLD = 2000
 MAX_WARNINGS = 100
 
 
-async def insert_instance(conn: asyncpg.Connection, job_name: str, version: int, params_json: str, gated: bool,
-                          first_chunk: bytes, max_attempts: int, partition: int,
-                          idempotency_key: str | None = None) -> int | None:
-    """The one way an instance comes to exist, in the caller's transaction (a submit, a
-    schedule firing): its row, its first chunk READY, its counters. None if the
-    idempotency key is taken. The caller has run actors.instances.checked first."""
-    iid = await conn.fetchval(sql.INSTANCE_INSERT, job_name, version, params_json, gated, idempotency_key)
-    if iid is None:
-        return None
-    await conn.execute(sql.CHUNK_INSERT, [iid], [0], [int(C.READY)], [partition], [max_attempts], [first_chunk])
+async def insert_instances(conn: asyncpg.Connection, items: Sequence[NewInstance],
+                           partition: Callable[[], int]) -> tuple[list[Created], set[int]]:
+    """The one way instances come to exist (a submit, a bulk submit, a schedule firing), in
+    the caller's transaction and in five statements whatever their number: each item is
+    created whole (its row, its first chunk READY in partition(), its counters) or, when its
+    idempotency key exists already, answered with that instance. Keys must be distinct
+    within `items`. The caller has run actors.instances.checked on each. Returns one result
+    per item, in order, and the partitions to notify after the commit."""
+    if not items:
+        return [], set()
+    ids = [r[0] for r in await conn.fetch(sql.INSTANCE_IDS, len(items))]
+    inserted = {r[0] for r in await conn.fetch(
+        sql.INSTANCE_INSERT_MANY, ids, [i.job_name for i in items], [i.version for i in items],
+        [i.params_json for i in items], [i.gated for i in items], [i.idempotency_key for i in items],
+        [i.idempotency_request if i.idempotency_key is not None else None for i in items],
+        [i.priority for i in items])}
+    missing = [i.idempotency_key for n, i in zip(ids, items) if n not in inserted]
+    existing = {r[0]: r[1] for r in await conn.fetch(sql.INSTANCE_IDS_BY_KEYS, missing)} if missing else {}
+    out: list[Created] = []
+    rows: list[tuple[int, int, int, int, int, bytes, int]] = []
+    partitions: set[int] = set()
     delta = CounterDelta()
-    delta.add(iid, 0, CREATED)
-    await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
-    return iid
+    for n, item in zip(ids, items):
+        if n in inserted:
+            part = partition()
+            partitions.add(part)
+            rows.append((n, 0, int(C.READY), part, item.first_max_attempts, item.first_chunk, 0))
+            delta.add(n, 0, CREATED)
+            out.append(Created(n, True))
+        else:
+            assert item.idempotency_key is not None  # only a key conflict skips a row
+            out.append(Created(existing[item.idempotency_key], False))
+    if rows:
+        await conn.execute(sql.CHUNK_INSERT, *map(list, zip(*rows)))
+        await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
+    return out, partitions
 
 
 class Store:
@@ -102,20 +135,20 @@ class Store:
             raise NotLeader(f"maintenance term {leader.term} of node {leader.node_id} is over")
 
     # ------------------------------------------------------------ instances
-    async def create_instance(self, job_name: str, version: int, params_json: str, gated: bool,
-                              idempotency_key: str | None, first_chunk: bytes,
-                              max_attempts: int, idempotency_request: str | None = None) -> tuple[int, bool, int | None]:
-        """Instance + first chunk + counters in one transaction.
-        Returns (instance id, created?, partition to notify)."""
+    async def create_instances(self, items: Sequence[NewInstance]) -> tuple[list[Created], set[int]]:
+        """insert_instances in a transaction of its own (a submit, a bulk submit)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            part = self.next_partition()
-            iid = await insert_instance(conn, job_name, version, params_json, gated, first_chunk, max_attempts, part,
-                                        idempotency_key)
-            if iid is None:  # the idempotency key exists: the racing submit won
-                return await conn.fetchval(sql.INSTANCE_BY_IDEMPOTENCY_KEY, idempotency_key), False, None
-            if idempotency_key is not None and idempotency_request is not None:
-                await conn.execute(sql.INSTANCE_SET_IDEMPOTENCY_REQUEST, iid, idempotency_request)
-            return iid, True, part
+            return await insert_instances(conn, items, self.next_partition)
+
+    async def create_instance(self, job_name: str, version: int, params_json: str, gated: bool,
+                              idempotency_key: str | None, first_chunk: bytes, max_attempts: int,
+                              idempotency_request: str | None = None,
+                              priority: int = 0) -> tuple[int, bool, int | None]:
+        """One instance through create_instances: (instance id, created?, partition to notify)."""
+        (res,), parts = await self.create_instances([NewInstance(
+            job_name, version, params_json, gated, idempotency_key, idempotency_request, max_attempts, priority,
+            first_chunk)])
+        return res.instance_id, res.created, next(iter(parts), None)
 
     async def instance_runtime(self, instance_id: int) -> InstanceRow | None:
         row = await self.pool.fetchrow(sql.INSTANCE_RUNTIME, instance_id)
@@ -246,12 +279,14 @@ class Store:
 
     # ------------------------------------------------------------ claims
     async def claim(self, partition: int, limit: int, node_id: int, lease_seconds: float,
-                    from_id: int = 0, suspect: bool = False) -> list[ClaimedChunk]:
-        """Up to `limit` READY chunks of `partition` with id >= from_id, oldest first; with
-        `suspect`, one of them may be a suspect (its workers died holding it, see CHUNK_CLAIM)."""
+                    from_rank: int = 0, suspect: bool = False, from_id: int = 0) -> list[ClaimedChunk]:
+        """Up to `limit` READY chunks of `partition` from (from_rank, from_id) in (rank, id) order
+        (fair share, see CHUNK_CLAIM); with `suspect`, one of them may be a suspect (its workers
+        died holding it)."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(sql.CHUNK_CLAIM, partition, limit, node_id, lease_seconds, from_id, suspect)
-        return [ClaimedChunk(r[0], r[1], r[2], r[3], r[4], r[5], orphaned=r[6]) for r in rows]
+            rows = await conn.fetch(sql.CHUNK_CLAIM, partition, limit, node_id, lease_seconds, from_rank, suspect,
+                                    from_id)
+        return [ClaimedChunk(r[0], r[1], r[2], r[3], r[4], r[5], orphaned=r[6], rank=r[7]) for r in rows]
 
     async def mark_chunk_started(self, chunk_id: int, attempt: int) -> None:
         await self.pool.execute(sql.CHUNK_MARK_STARTED, chunk_id, attempt)
@@ -321,7 +356,8 @@ class Store:
 
     async def _insert_children(self, conn: asyncpg.Connection, ok: Sequence[Success], closed: set[int],
                                delta: CounterDelta, res: Recorded) -> None:
-        rows: list[tuple[int, int, int, int, int, bytes]] = []
+        rows: list[tuple[int, int, int, int, int, bytes, int]] = []
+        ordinal: dict[int, int] = {}  # per instance: its children rank in turn with other instances'
         for s in ok:
             if not s.children:
                 continue
@@ -332,15 +368,22 @@ class Store:
             else:
                 state = int(C.GATE_WAITING if s.child_gated else C.READY)
             delta.add(s.instance_id, child_step, CREATED, len(s.children))
+            n = ordinal.get(s.instance_id, 0)
             for data in s.children:
                 part = self.next_partition()
-                rows.append((s.instance_id, child_step, state, part, s.child_max_attempts, data))
+                rows.append((s.instance_id, child_step, state, part, s.child_max_attempts, data, n))
+                n += 1
                 if state == C.READY:
                     res.ready_partitions.add(part)
+            ordinal[s.instance_id] = n
         res.children = len(rows)
         if not rows:
             return
         if len(rows) >= _COPY_THRESHOLD:
+            clocks = dict(await conn.fetch(sql.PARTITION_CLOCKS, sorted({r[3] for r in rows})))
+            strides = dict(await conn.fetch(sql.INSTANCE_STRIDES, sorted(ordinal)))
+            rows = [(*r[:6], clocks.get(r[3], 0) + sql.rank_offset(r[6], strides.get(r[0], sql.DEFAULT_STRIDE)))
+                    for r in rows]
             await conn.copy_records_to_table("chunkd_chunk", records=rows, columns=sql.CHUNK_COPY_COLUMNS)
         else:
             await conn.execute(sql.CHUNK_INSERT, *map(list, zip(*rows)))

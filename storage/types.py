@@ -17,6 +17,7 @@ class ClaimedChunk(msgspec.Struct, array_like=True):
     data: bytes | None
     claimed_at: float = 0.0  # monotonic, set by the consumer: claim-to-complete latency
     orphaned: int = 0        # times its worker died holding it (migration 0008)
+    rank: int = 0            # its place in the partition's fair-share order (migration 0012)
 
     @property
     def suspect(self) -> bool:
@@ -99,3 +100,21 @@ class LeaderTerm(msgspec.Struct, frozen=True):
 
 class NotLeader(Exception):
     """A leader's write found its term over (deposed while paused): it was rolled back."""
+
+
+class NewInstance(msgspec.Struct, array_like=True):
+    """An instance to create (storage.store.insert_instances), already checked."""
+    job_name: str
+    version: int
+    params_json: str             # canonical
+    gated: bool
+    idempotency_key: str | None
+    idempotency_request: str | None
+    first_max_attempts: int
+    priority: int = 0
+    first_chunk: bytes = b""
+
+
+class Created(msgspec.Struct, array_like=True):
+    instance_id: int
+    created: bool                # False: the idempotency key named an existing instance

@@ -10,8 +10,9 @@ from typing import Any
 
 import anyio
 
-from benchmarks.harness import Options, run
+from benchmarks.harness import BENCH_DB, Options, run
 from benchmarks.harness import __doc__ as HARNESS_DOC
+from benchmarks.jobs_workload import report_rows
 from daemon.cli.render import table
 from daemon.wiring import config as config_mod
 from daemon.wiring.logs import configure
@@ -20,7 +21,7 @@ from daemon.wiring.logs import configure
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chunkd bench", description=HARNESS_DOC,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workload", choices=("drain", "e2e"), default="drain")
+    p.add_argument("--workload", choices=("drain", "e2e", "jobs"), default="drain")
     p.add_argument("--chunks", type=int, default=100_000)
     p.add_argument("--daemons", type=int, default=1, help="1 runs in-process; more run as `chunkd run` subprocesses")
     p.add_argument("--partitions", type=int, default=4)
@@ -29,6 +30,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--completer-batch", type=int, default=1000, help="CHUNKD_COMPLETER_BATCH")
     p.add_argument("--work-ms", type=float, default=0.0, help="simulated work per chunk")
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--database", metavar="NAME",
+                   help=f"run in this database (created if missing, never dropped) instead of {BENCH_DB}")
+    p.add_argument("--jobs", type=int, default=1000, help="jobs workload: instances to submit")
+    p.add_argument("--chunks-per-job", type=int, default=10, help="jobs workload: work chunks per instance")
+    p.add_argument("--clients", type=int, default=16, help="jobs workload: keep-alive HTTP clients (closed loop)")
+    p.add_argument("--rate", type=float, help="jobs workload: open loop, submits started per second on schedule")
     p.add_argument("--plot", metavar="PNG", help="write a throughput-over-time chart (needs matplotlib)")
     p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
     p.add_argument("--compare", action="store_true",
@@ -40,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
 
 def report_table(report: dict[str, Any], plot_path: str | None) -> str:
     """The human-readable report: one table of figures, one of peers, and the plot's path."""
+    if report["workload"] == "jobs":
+        return table([{"metric": k, "value": "-" if v is None else str(v)} for k, v in report_rows(report)],
+                     ["metric", "value"])
     lat = report["latency_ms"]
     cpu = report["cpu_seconds_per_1000_chunks"]
     rows = [
@@ -71,6 +81,9 @@ def report_table(report: dict[str, Any], plot_path: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
+    if a.workload == "jobs" and (a.jobs < 1 or a.chunks_per_job < 0 or a.clients < 1 or (a.rate is not None and a.rate <= 0)):
+        print("chunkd bench: --jobs and --clients must be >= 1, --chunks-per-job >= 0, --rate > 0", file=sys.stderr)
+        return 2
     if a.chunks < 1 or a.daemons < 1 or a.partitions < 1 or a.concurrency < 1 or a.batch < 1:
         print("chunkd bench: --chunks, --daemons, --partitions, --concurrency and --batch must be >= 1", file=sys.stderr)
         return 2
@@ -83,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(workload=a.workload, chunks=a.chunks, daemons=a.daemons, partitions=a.partitions,
                    concurrency=a.concurrency, batch=a.batch, completer_batch=a.completer_batch, work_ms=a.work_ms,
                    timeout=a.timeout, plot=a.plot, as_json=a.as_json, compare=a.compare,
-                   peer_jobs={"procrastinate": min(a.chunks, a.procrastinate_jobs)})
+                   peer_jobs={"procrastinate": min(a.chunks, a.procrastinate_jobs)},
+                   database=a.database, jobs=a.jobs, chunks_per_job=a.chunks_per_job, clients=a.clients, rate=a.rate)
     try:
         report = anyio.run(run, opts)
     except config_mod.ConfigError as e:

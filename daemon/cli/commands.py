@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--idempotency-key", default=None)
     s.add_argument("--wait", action="store_true", help="wait for the end; exit 1 unless COMPLETED")
     s.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    sb = remote("submit-batch", "submit many instances in one request per 1,000 (POST /api/v1/instances:batch)")
+    sb.add_argument("file", help="JSON Lines (one submit body per line) or a JSON array; - for stdin")
     for name, what in (("cancel", "cancel an instance"), ("restart", "restart a FAILED or CANCELLED instance")):
         remote(name, what).add_argument("instance_id", type=int)
     st = remote("stop", "stop an instance: without --force like cancel (running chunks finish); with --force "
@@ -422,4 +424,10 @@ _REMOTE: dict[str, Callable[[ApiClient, argparse.Namespace], int]] = {
     "jobs": cmd_jobs, "instances": cmd_instances, "show": cmd_show, "submit": cmd_submit,
     "cancel": _post("cancel"), "stop": lambda c, a: _stop(c, a), "restart": _post("restart"),
     "chunks": cmd_chunks,
+    "submit-batch": lambda c, a: _submit_batch(c, a),
 }
+
+
+def _submit_batch(client: ApiClient, args: argparse.Namespace) -> int:
+    from daemon.cli.bulk import cli_submit_batch
+    return cli_submit_batch(client, args.file, args.json)

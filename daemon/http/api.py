@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.routing import Route
 
 from daemon.http.auth import Scope
+from daemon.http.bulk import BulkRoutes
 from daemon.http.cluster import ClusterRoutes
 from daemon.http.common import Api, strict_routes
 from daemon.http.instances import Instances
@@ -19,5 +20,6 @@ def routes(node: Served, tokens: dict[str, Scope]) -> list[Route]:
         *ScheduleRoutes(api).routes(),
         *ClusterRoutes(api).routes(),
         *Instances(api).routes(),
+        *BulkRoutes(api).routes(),
         *SeedRoutes(api).routes(),
     ])

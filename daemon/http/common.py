@@ -151,7 +151,7 @@ QUERY_PARAMS: dict[tuple[str, str], frozenset[str]] = {
         ("POST", "/api/v1/schedules/{sid}/resume"), ("GET", "/api/v1/jobs"), ("POST", "/api/v1/instances"),
         ("GET", "/api/v1/instances/{id:int}"), ("GET", "/api/v1/instances/{id:int}/throughput"),
         ("GET", "/api/v1/cluster"), ("GET", "/api/v1/whoami"), ("POST", "/api/v1/instances/{id:int}/cancel"),
-        ("POST", "/api/v1/instances/{id:int}/restart")]},
+        ("POST", "/api/v1/instances/{id:int}/restart"), ("POST", "/api/v1/instances:batch")]},
 }
 
 

@@ -75,10 +75,13 @@ class Instances:
             raise ApiError(400, "bad_request", "version must be a positive integer")
         _bounded(req.job, "job", MAX_NAME)
         _bounded(req.idempotency_key, "idempotency_key", MAX_IDEMPOTENCY_KEY)
+        if not -3 <= req.priority <= 3:
+            raise ApiError(400, "bad_request", "priority must be between -3 and 3")
         e = self.api.engine()
         try:
             res = await submit(e.store, e.channel, self.api.node.registry, req.job, _json.encode(req.parameters),
-                               version=req.version, idempotency_key=req.idempotency_key, reader=e.reader)
+                               version=req.version, idempotency_key=req.idempotency_key, reader=e.reader,
+                               priority=req.priority)
         except UnknownJob as err:
             raise ApiError(404, "unknown_job", str(err)) from None
         except BadParameters as err:

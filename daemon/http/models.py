@@ -25,6 +25,9 @@ class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True):
     parameters: dict[str, Any] = {}
     version: int | None = None
     idempotency_key: str | None = None
+    # -3..3: each level doubles the instance's share of the claims against the instances it
+    # shares partitions with (fair share, migrations 0012/0013)
+    priority: int = 0
 
 
 class StepInfo(msgspec.Struct):

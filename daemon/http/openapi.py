@@ -92,7 +92,9 @@ def document(secured: bool) -> dict[str, Any]:
     from daemon.http import seed_routes as seeds
     seed_types = (seeds.SmileJobNames, seeds.SmileJobInstances, seeds.SmileMessage, seeds.HapiJobInstance,
                   seeds.HapiOperationResult)
-    _, components = msgspec.json.schema_components((*m.SCHEMA_TYPES, *seed_types), ref_template=_REF)
+    from daemon.http import bulk
+    _, components = msgspec.json.schema_components((*m.SCHEMA_TYPES, *seed_types, *bulk.SCHEMA_TYPES),
+                                                   ref_template=_REF)
     security = [{"bearer": []}] if secured else []
 
     def op(summary: str, ok: dict[str, Any], *errors: int, params: list[dict[str, Any]] | None = None,
@@ -173,6 +175,10 @@ def document(secured: bool) -> dict[str, Any]:
         },
         "components": {"schemas": components},
     }
+    doc["paths"]["/api/v1/instances:batch"] = {"post": op(
+        "Submit many instances: one result per item (see daemon/http/bulk.py)",
+        {"200": {"description": "One result per item, in order", **_json(bulk.BatchResult)}},
+        400, 413, 503, body=bulk.BatchRequest)}
     for path, ops in doc["paths"].items():  # the request guard (daemon/http/guard.py) answers for every route
         if path in ("/healthz", "/readyz"):
             continue

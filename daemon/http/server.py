@@ -135,8 +135,13 @@ class HttpBindError(RuntimeError):
 def bind(host: str, port: int) -> socket.socket:
     """Bind before serving, so a taken port is a clear start-up error, not a log line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY on an accepted connection only
+    # when its socket says proto == IPPROTO_TCP (base_events._set_nodelay), and accepted sockets
+    # inherit the listener's proto. Without it, uvicorn's separate header and body writes met
+    # Nagle + the client's delayed ACK: ~44 ms per keep-alive request after the first.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets on Linux
     try:
         sock.bind((host, port))
     except OSError as e:

@@ -35,3 +35,29 @@ def test_bench_drain_and_e2e_report_consistent_figures(dsn: str) -> None:
 def test_bench_with_two_daemon_processes(dsn: str) -> None:
     r = run_bench(dsn, "--chunks", "3000", "--daemons", "2")
     assert r["daemons"] == 2 and r["completed"] == 3000 and r["statements_per_chunk"] is None
+
+
+def test_bench_jobs_workload_over_http(dsn: str) -> None:
+    """Many small jobs through the HTTP API, in the test's own database (--database: not
+    dropped, the figures count only this run's instances)."""
+    db = dsn.rsplit("/", 1)[1]
+    r = run_bench(dsn, "--workload", "jobs", "--jobs", "200", "--chunks-per-job", "10", "--database", db)
+    assert r["workload"] == "jobs" and r["database"] == db and r["jobs"] == 200 and r["chunks_per_job"] == 10
+    assert r["instances_submitted"] == 200 and r["instances_completed"] == 200
+    assert r["chunks"] == 2000 and r["completed"] == 2000 and r["chunks_completed"] == 2000
+    assert r["http"]["errors"] == 0 and r["http"]["connections_opened"] <= 16  # keep-alive: one per client
+    assert r["instances_per_second"] > 0 and r["chunks_per_second"] > 0 and r["submits_per_second"] > 0
+    for key in ("submit_round_trip_ms", "instance_latency_ms", "chunk_latency_ms", "latency_ms"):
+        p = r[key]
+        assert set(p) == {"p50", "p95", "p99"}, key
+        assert 0 <= p["p50"] <= p["p95"] <= p["p99"], (key, p)
+    # a chunk's life lies within its instance's: claim->complete <= created->completed <= submit->COMPLETED
+    assert r["latency_ms"]["p50"] <= r["chunk_latency_ms"]["p50"] <= r["instance_latency_ms"]["p50"]
+    assert r["timeline"][-1][1] == 2000
+
+
+def test_bench_jobs_open_loop(dsn: str) -> None:
+    r = run_bench(dsn, "--workload", "jobs", "--jobs", "40", "--chunks-per-job", "5", "--rate", "100",
+                  "--database", dsn.rsplit("/", 1)[1])
+    assert r["rate"] == 100 and r["instances_completed"] == 40 and r["completed"] == 200
+    assert r["submit_seconds"] >= 0.39  # submit i starts at i / rate: the schedule held

@@ -84,13 +84,20 @@ def test_counter_delta_sorted_arrays() -> None:
 def test_claim_cursor_moves_past_claimed_rows_and_rescans() -> None:
     from actors.consumer import RESCAN_EVERY, ClaimCursor
     c = ClaimCursor()
-    assert c.start(0.0) == 0
-    c.claimed([5, 9, 7], requested=3)
-    assert c.start(1.0) == 10  # a full batch: the next claim starts past it
-    c.claimed([12], requested=3)
-    assert c.start(2.0) == 0  # a short claim: back to the beginning
-    c.claimed([1, 2, 3], requested=3)
-    assert c.start(RESCAN_EVERY + 0.1) == 0  # periodic rescan for lower ids released meanwhile
+    assert c.start(0.0) == (0, 0)
+    c.claimed([(0, 5), (0, 9), (8, 7)], requested=3)
+    assert c.start(0.5) == (0, 0)  # the start lags one full claim behind (a racing insert's rank)
+    c.claimed([(8, 10), (8, 14), (16, 12)], requested=3)
+    assert c.start(1.0) == (8, 8)  # just past where the claim before the last one ended
+    c.claimed([(16, 15), (16, 16), (24, 20)], requested=3)
+    assert c.start(1.5) == (16, 13)
+    c.claimed([(24, 21)], requested=3)
+    assert c.start(2.0) == (0, 0)  # a short claim: back to the beginning
+    c.claimed([], requested=0)  # the whole batch went to a suspect: nothing learnt
+    assert c.start(2.1) == (0, 0)
+    c.claimed([(1, 1), (2, 2), (3, 3)], requested=3)
+    c.claimed([(4, 4), (5, 5), (6, 6)], requested=3)
+    assert c.start(RESCAN_EVERY + 0.1) == (0, 0)  # periodic rescan for lower ranks released meanwhile
 
 
 def test_outages_restart_with_backoff_without_exhausting_the_supervisor() -> None:

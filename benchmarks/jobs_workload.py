@@ -1,0 +1,288 @@
+"""The `jobs` workload of `chunkd bench`: many `chunkd.synthetic` instances (fanout 0, so each
+is `--chunks-per-job` no-op work chunks and an empty reduction) submitted through the real HTTP
+API of `chunkd run` daemon processes, by keep-alive clients in this process.
+
+Closed loop (default): `--clients` connections each submit the next job as soon as their last
+submit answered. Open loop (`--rate R`): submit i starts at t0 + i/R whatever earlier submits
+do (a busy connection does not delay it: another one is opened), and latencies count from that
+scheduled time, so the latency at an offered load is measured honestly.
+
+Reports instances/s and chunks/s (sustained 10%..90%), submit round trip, submit -> COMPLETED
+and chunk (created -> completed, claim -> complete) percentiles.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import psutil
+
+from storage import bench_jobs as q
+
+STEP = 1  # chunkd.synthetic's `work` step
+
+
+class HttpConn:
+    """A minimal HTTP/1.1 keep-alive client (one request at a time): the harness must not
+    measure a client library's overhead, and the daemon's own deps have none for asyncio."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def _open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        for attempt in (1, 2):  # a keep-alive connection the server closed meanwhile: reopen once
+            if self.writer is None:
+                await self._open()
+            assert self.reader is not None and self.writer is not None
+            try:
+                self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                                  .encode() + body)
+                head = await self.reader.readuntil(b"\r\n\r\n")
+                break
+            except (ConnectionError, asyncio.IncompleteReadError):
+                self.close()
+                if attempt == 2:
+                    raise
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        payload = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, headers, payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self.reader = None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _is_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not _is_ready(url):
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("a chunkd daemon exited during start-up (see its output above)")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} never became ready")
+        time.sleep(0.05)
+
+
+def _pcts(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    s = sorted(values)
+    pick = lambda p: round(s[min(len(s) - 1, int(p * len(s)))] * 1000, 2)  # noqa: E731
+    return {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99)}
+
+
+class Submitter:
+    def __init__(self, ports: list[int], body: bytes) -> None:
+        self.ports, self.body = ports, body
+        self.idle: list[HttpConn] = []
+        self.opened = 0
+        self.ids: list[int] = []
+        self.started: list[float] = []   # wall-clock start (scheduled start under --rate) per id
+        self.round_trips: list[float] = []
+        self.refused = 0                 # 429 answers (load shedding), retried
+        self.errors: list[str] = []
+
+    def _conn(self) -> HttpConn:
+        if self.idle:
+            return self.idle.pop()
+        self.opened += 1
+        return HttpConn("127.0.0.1", self.ports[self.opened % len(self.ports)])
+
+    async def submit(self, scheduled_wall: float | None = None) -> None:
+        conn = self._conn()
+        start_wall = scheduled_wall if scheduled_wall is not None else time.time()
+        t = time.perf_counter()
+        try:
+            while True:
+                status, headers, payload = await conn.request("POST", "/api/v1/instances", self.body)
+                if status != 429:
+                    break
+                self.refused += 1
+                await anyio.sleep(0.01)
+        except (OSError, asyncio.IncompleteReadError) as e:
+            conn.close()
+            self.errors.append(repr(e))
+            return
+        self.round_trips.append(time.perf_counter() - t)
+        self.idle.append(conn)
+        if status not in (200, 201):
+            self.errors.append(f"HTTP {status}: {payload[:200]!r}")
+            return
+        self.ids.append(msgspec.json.decode(payload)["id"])
+        self.started.append(start_wall)
+
+    def close(self) -> None:
+        for c in self.idle:
+            c.close()
+
+
+# One function on purpose, like harness.run: daemons, clients and accounting share the
+# measurement's clocks; split, the figures would be taken at different moments.
+async def run(opts: Any, dsn: str, conn: Any, facts: dict[str, Any]) -> dict[str, Any]:
+    """`opts` is benchmarks.harness.Options; `dsn` the benchmark's database (migrated by the daemons)."""
+    ports = [_free_port() for _ in range(opts.daemons)]
+    env_base = {**os.environ, "CHUNKD_DATABASE_URL": dsn,
+                "CHUNKD_PARTITIONS": str(opts.partitions), "CHUNKD_PARTITION_CONCURRENCY": str(opts.concurrency),
+                "CHUNKD_CLAIM_BATCH": str(opts.batch), "CHUNKD_COMPLETER_BATCH": str(opts.completer_batch),
+                "CHUNKD_LOG_LEVEL": os.environ.get("CHUNKD_LOG_LEVEL", "warning"),
+                "CHUNKD_MAINTENANCE_INTERVAL": "0.2", "CHUNKD_API_TOKENS": ""}
+    exe = str(Path(sys.executable).with_name("chunkd"))
+    procs = [subprocess.Popen([exe, "run"], env={**env_base, "CHUNKD_HTTP_ADDR": f"127.0.0.1:{p}"})
+             for p in ports]
+    try:
+        for p in ports:
+            await anyio.to_thread.run_sync(_wait_ready, f"http://127.0.0.1:{p}", procs)
+        body = msgspec.json.encode({"job": "chunkd.synthetic",
+                                    "parameters": {"chunks": opts.chunks_per_job, "fanout": 0,
+                                                   "work_ms": opts.work_ms}})
+        sub = Submitter(ports, body)
+        total_chunks = opts.jobs * opts.chunks_per_job
+        timeline: list[tuple[float, int]] = []
+        daemon_cpu0 = _cpu(procs)
+        t0 = time.monotonic()
+        wall0 = time.time()
+        async with anyio.create_task_group() as tg:
+            if opts.rate:
+                async def schedule() -> None:
+                    for i in range(opts.jobs):
+                        due = t0 + i / opts.rate
+                        delay = due - time.monotonic()
+                        if delay > 0:
+                            await anyio.sleep(delay)
+                        tg.start_soon(sub.submit, wall0 + (due - t0))
+                tg.start_soon(schedule)
+            else:
+                remaining = [opts.jobs]
+
+                async def client() -> None:
+                    while remaining[0] > 0:
+                        remaining[0] -= 1
+                        await sub.submit()
+                for _ in range(min(opts.clients, opts.jobs)):
+                    tg.start_soon(client)
+        submitted_at = time.monotonic() - t0
+        deadline = t0 + opts.timeout
+        while True:
+            done = await q.progress(conn, sub.ids, STEP)
+            timeline.append((time.monotonic() - t0, done))
+            ended, completed = await q.finished(conn, sub.ids)
+            if ended >= len(sub.ids) or time.monotonic() > deadline:
+                break
+            await anyio.sleep(0.05)
+        elapsed = time.monotonic() - t0
+        daemon_cpu = _cpu(procs) - daemon_cpu0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        sub_close = locals().get("sub")
+        if sub_close is not None:
+            sub_close.close()
+    inst_lat, last_finish = await q.instance_latency(conn, sub.ids, sub.started)
+    chunks = await q.chunk_latency(conn, sub.ids, STEP)
+    # Completion rate over the span from the first submit to the last COMPLETED (the poll
+    # loop's own 50 ms granularity does not count).
+    span = (last_finish - wall0) if last_finish else elapsed
+    from .harness import sustained_rate
+    done_chunks = timeline[-1][1] if timeline else 0
+    return {
+        "workload": "jobs", "channel": os.environ.get("CHUNKD_CHANNEL", "postgres"), "daemons": opts.daemons,
+        "jobs": opts.jobs, "chunks_per_job": opts.chunks_per_job, "clients": opts.clients, "rate": opts.rate,
+        "database": opts.database,
+        "instances_submitted": len(sub.ids), "instances_completed": completed,
+        "chunks": total_chunks, "completed": done_chunks, "chunks_completed": chunks["completed"],
+        "seconds": round(elapsed, 3), "submit_seconds": round(submitted_at, 3),
+        "instances_per_second": round(completed / span, 1) if span > 0 else None,
+        "submits_per_second": round(len(sub.ids) / submitted_at, 1) if submitted_at > 0 else None,
+        "chunks_per_second": round(sustained_rate(timeline, total_chunks) or (done_chunks / elapsed), 1),
+        "chunks_per_second_overall": round(done_chunks / span, 1) if span > 0 else None,
+        "submit_round_trip_ms": _pcts(sub.round_trips),
+        "instance_latency_ms": inst_lat,
+        "chunk_latency_ms": chunks["created_to_completed_ms"],
+        "latency_ms": chunks["claim_to_complete_ms"],
+        "http": {"connections_opened": sub.opened, "refused_429": sub.refused, "errors": len(sub.errors),
+                 "first_errors": sub.errors[:3]},
+        "cpu_seconds_per_1000_chunks": {"daemon": round(daemon_cpu * 1000 / done_chunks, 4) if done_chunks else None},
+        "settings": {"partitions": opts.partitions, "concurrency": opts.concurrency, "claim_batch": opts.batch,
+                     "completer_batch": opts.completer_batch, "work_ms": opts.work_ms, **facts},
+        "timeline": [[round(t, 3), n] for t, n in timeline],
+    }
+
+
+def _cpu(procs: list[subprocess.Popen[bytes]]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = psutil.Process(p.pid).cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def report_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
+    fmt = lambda d: f"{d['p50']} / {d['p95']} / {d['p99']}"  # noqa: E731
+    return [
+        ("workload", f"jobs: {report['jobs']} x {report['chunks_per_job']} chunks"
+                     + (f", open loop at {report['rate']}/s" if report["rate"] else f", {report['clients']} clients")),
+        ("instances completed", f"{report['instances_completed']:,} / {report['jobs']:,}"),
+        ("chunks completed", f"{report['completed']:,} / {report['chunks']:,}"),
+        ("seconds", report["seconds"]),
+        ("instances/s", report["instances_per_second"]),
+        ("submits/s", report["submits_per_second"]),
+        ("chunks/s sustained", report["chunks_per_second"]),
+        ("submit round trip p50 / p95 / p99 ms", fmt(report["submit_round_trip_ms"])),
+        ("submit -> COMPLETED p50 / p95 / p99 ms", fmt(report["instance_latency_ms"])),
+        ("chunk created -> completed p50 / p95 / p99 ms", fmt(report["chunk_latency_ms"])),
+        ("chunk claim -> complete p50 / p95 / p99 ms", fmt(report["latency_ms"])),
+        ("HTTP connections / 429s / errors",
+         f"{report['http']['connections_opened']} / {report['http']['refused_429']} / {report['http']['errors']}"),
+        ("daemon CPU s per 1000 chunks", report["cpu_seconds_per_1000_chunks"]["daemon"]),
+        ("synchronous_commit", report["settings"]["synchronous_commit"]),
+    ]
