@@ -69,7 +69,9 @@ def _drain(recv: anyio.abc.ObjectReceiveStream[Outcome], batch: list[Outcome], l
         except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
             break
         batch.append(o)
-        size += _size(o)
+        r = o.result
+        if type(r) is Success and r.children:  # (inline: once per chunk)
+            size += sum(map(len, r.children))
     return size
 
 

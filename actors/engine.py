@@ -128,22 +128,34 @@ class JobSlots:
             self._used[job.name] -= 1
 
 
-class RunningStep:
-    """A step running now: what the stopper needs to tell it its instance ended.
+class StepSlot:
+    """One executor worker's running step: what the stopper needs to tell it its instance
+    ended. One per worker, reused for every chunk it runs (no allocation per chunk).
 
-    An async step is interrupted by cancelling its asyncio task natively, not through an
-    anyio CancelScope: a scope per chunk cost ~8 µs, a sixth of a chunk's whole budget on
-    the drain benchmark. The executor tells our cancellation from anyone else's (shutdown)
-    by `stop_requested` and the task's cancel count (`Task.uncancel`)."""
+    An async step is interrupted by cancelling the worker's asyncio task natively, not
+    through an anyio CancelScope: a scope per chunk cost ~8 µs, a sixth of a chunk's whole
+    budget on the drain benchmark. The executor tells our cancellation from anyone else's
+    (shutdown) by `stop_requested` and the task's cancel count (`Task.uncancel`)."""
 
-    __slots__ = ("instance_id", "ctx", "task", "stop_requested", "_settled")
+    __slots__ = ("instance_id", "ctx", "worker", "task", "stop_requested", "_settled")
 
-    def __init__(self, instance_id: int, ctx: Any, task: asyncio.Task[Any] | None) -> None:
-        self.instance_id = instance_id
-        self.ctx = ctx
-        self.task = task   # None for a sync step: it runs in a thread and only sees ctx.cancelled
+    def __init__(self, worker: asyncio.Task[Any] | None = None) -> None:
+        self.instance_id: int | None = None   # None: no step runs in this worker now
+        self.ctx: Any = None
+        self.worker = worker                  # the worker's task, taken once
+        self.task: asyncio.Task[Any] | None = None   # the worker's task while an async step runs
         self.stop_requested = False
         self._settled = False
+
+    def begin(self, instance_id: int, ctx: Any, is_async: bool) -> None:
+        # A sync step runs in a thread, which cannot be interrupted: it only sees ctx.cancelled.
+        self.ctx, self.task, self.stop_requested, self._settled = ctx, self.worker if is_async else None, False, False
+        self.instance_id = instance_id
+
+    def end(self) -> None:
+        self.instance_id = None
+        if self.stop_requested:
+            self.settle()  # a step that swallowed our cancellation leaves it counted on the task
 
     def stop(self) -> None:
         self.ctx.cancelled = True
@@ -182,8 +194,8 @@ class Engine:
         # Instances that ended (cancelled, failed) while this daemon holds chunks of them:
         # those chunks never start (actors/stopper.py keeps this current).
         self.ended: set[int] = set()
-        # Steps running now, by chunk id (the stopper interrupts those of ended instances)
-        self.running: dict[int, RunningStep] = {}
+        # Each executor worker's slot (the stopper interrupts steps of ended instances)
+        self.step_slots: set[StepSlot] = set()
 
     def cached_runtime(self, instance_id: int) -> LoadedInstance | None:
         hit = self._runtimes.get(instance_id)

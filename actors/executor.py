@@ -14,7 +14,7 @@ import anyio.lowlevel
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from actors.engine import Engine, Outcome, RunningStep
+from actors.engine import Engine, Outcome, StepSlot
 from actors.job import Context, PermanentError, RetryLater, Sink, StepDef, StepKind
 from actors.registry import UnknownJobError
 from metrics import STEP_SECONDS
@@ -43,8 +43,8 @@ async def _call(step: StepDef, *args: Any) -> None:
 
 
 # One function on purpose: it runs once per chunk, and every call or closure split out of it
-# costs the drain benchmark measurably (see RunningStep for the price of a CancelScope).
-async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outcome:
+# costs the drain benchmark measurably (see StepSlot for the price of a CancelScope).
+async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int, slot: StepSlot) -> Outcome:
     job_name, step_name = "?", str(chunk.step)
 
     def setback(state: C, message: str | None, *, failure: bool, delay: float = 0.0,
@@ -86,9 +86,8 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
             return setback(C.POLL_WAITING, f"could not record the start: {e!r}", failure=False, delay=1.0)
     started = time.perf_counter()
     # The stopper interrupts an async step at its next await when the instance ends
-    # (cancel, force-stop, fail-fast); see RunningStep for why natively.
-    running = RunningStep(chunk.instance_id, ctx, asyncio.current_task() if step.is_async else None)
-    engine.running[chunk.id] = running
+    # (cancel, force-stop, fail-fast); see StepSlot for why natively.
+    slot.begin(chunk.instance_id, ctx, step.is_async)
     try:
         try:
             if step.kind is StepKind.FIRST:
@@ -101,7 +100,7 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
                     await _call(step, rt.params, item, ctx)
         except asyncio.CancelledError:
             # Ours (the instance ended) unless somebody else, shutdown say, cancels too.
-            if not running.stop_requested or running.settle():
+            if not slot.stop_requested or slot.settle():
                 raise
     except RetryLater as r:
         return setback(C.POLL_WAITING, None, failure=False, delay=max(0.0, r.seconds))
@@ -117,10 +116,9 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int) -> Outc
         ctx.log.debug("step raised", error=_error_text(e), next_state=state.name)
         return setback(state, _error_text(e), failure=True, delay=delay, exc=e)
     finally:
-        running.settle()  # a step that swallowed our cancellation leaves it counted on the task
-        engine.running.pop(chunk.id, None)
+        slot.end()
         step_seconds(job_name, step_name).observe(time.perf_counter() - started)
-    if running.stop_requested:
+    if slot.stop_requested:
         return setback(C.CANCELLED, "the instance ended while this step ran; the step was cancelled", failure=False)
     if sink is not None and sink.too_large:  # the step swallowed ChunkTooLarge: still a failure
         return setback(C.FAILED, sink.too_large, failure=True)
@@ -140,6 +138,15 @@ def step_seconds(job: str, step: str):  # type: ignore[no-untyped-def]
 
 async def execute_partition(engine: Engine, partition: int, inbox: MemoryObjectReceiveStream[ClaimedChunk]) -> None:
     """One executor worker; a partition runs CHUNKD_PARTITION_CONCURRENCY of them."""
+    slot = StepSlot(asyncio.current_task())
+    engine.step_slots.add(slot)
+    try:
+        await _work(engine, partition, inbox, slot)
+    finally:
+        engine.step_slots.discard(slot)
+
+
+async def _work(engine: Engine, partition: int, inbox: MemoryObjectReceiveStream[ClaimedChunk], slot: StepSlot) -> None:
     streak = 0
     while True:
         # Take what is already there without a scheduling round trip; yield now and then so
@@ -161,7 +168,7 @@ async def execute_partition(engine: Engine, partition: int, inbox: MemoryObjectR
         if engine.stopping:
             continue  # not started: stays held and is released at shutdown
         try:
-            await _run_with_slots(engine, partition, chunk)
+            await _run_with_slots(engine, partition, chunk, slot)
         except anyio.get_cancelled_exc_class():
             raise
         except BaseException:
@@ -170,7 +177,7 @@ async def execute_partition(engine: Engine, partition: int, inbox: MemoryObjectR
             raise
 
 
-async def _run_with_slots(engine: Engine, partition: int, chunk: ClaimedChunk) -> None:
+async def _run_with_slots(engine: Engine, partition: int, chunk: ClaimedChunk, slot: StepSlot) -> None:
     try:
         rt = engine.cached_runtime(chunk.instance_id) or await engine.runtime(chunk.instance_id)
     except Exception:  # noqa: BLE001 - run_chunk loads it again and reports the problem
@@ -180,7 +187,7 @@ async def _run_with_slots(engine: Engine, partition: int, chunk: ClaimedChunk) -
         return
     try:
         while True:
-            outcome = await run_chunk(engine, chunk, partition)
+            outcome = await run_chunk(engine, chunk, partition, slot)
             try:
                 engine.completer_send.send_nowait(outcome)
             except anyio.WouldBlock:

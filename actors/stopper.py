@@ -21,9 +21,9 @@ def stop_running(engine: Engine, instance_ids: set[int]) -> int:
     """Mark these instances ended here and interrupt their running steps; returns how many were told."""
     engine.ended |= instance_ids
     told = 0
-    for step in list(engine.running.values()):
-        if step.instance_id in instance_ids:
-            step.stop()
+    for slot in list(engine.step_slots):
+        if slot.instance_id in instance_ids:
+            slot.stop()
             told += 1
     return told
 
