@@ -10,7 +10,9 @@ import anyio
 import asyncpg
 import structlog
 
-from actors.engine import Engine, Outcome
+from actors.engine import InFlight, Outcome
+from actors.settings import CompleterSettings
+from channels.base import Channel
 from metrics import (
     CHUNKS_COMPLETED,
     CHUNKS_ERRORED,
@@ -23,16 +25,29 @@ from metrics import (
 )
 from storage.errors import BAD_INPUT, Backoff, is_transient
 from storage.states import SETBACK_BY_ATTEMPTS, C
+from storage.store import Store
 from storage.types import Setback, Success
 
 log = structlog.get_logger("chunkd.completer")
 
 
+class Completer:
+    """What the completer uses, and nothing else: its settings, its mailbox, the store that
+    records outcomes, the channel it publishes READY partitions on, and the in-flight table
+    it releases."""
 
-async def complete_forever(engine: Engine) -> None:
+    def __init__(self, settings: CompleterSettings, recv: anyio.abc.ObjectReceiveStream[Outcome], store: Store,
+                 channel: Channel, inflight: InFlight) -> None:
+        self.settings, self.recv, self.store, self.channel, self.inflight = settings, recv, store, channel, inflight
+
+    async def run(self) -> None:
+        await complete_forever(self)
+
+
+async def complete_forever(c: Completer) -> None:
     """Runs until the mailbox is closed and drained (shutdown), flushing as it goes."""
-    recv = engine.completer_recv
-    cfg = engine.settings.completer
+    recv = c.recv
+    cfg = c.settings
     wait = cfg.flush_ms / 1000
     while True:
         try:
@@ -44,7 +59,7 @@ async def complete_forever(engine: Engine) -> None:
         if len(batch) < cfg.batch and size < FLUSH_BYTES and wait > 0:
             await anyio.sleep(wait)
             _drain(recv, batch, cfg.batch, size)
-        await flush(engine, batch)
+        await flush(c, batch)
 
 
 # A flush stops taking results past this many bytes of child data: one transaction (and
@@ -83,18 +98,18 @@ class _Unstorable(Exception):
         self.cause = cause
 
 
-async def flush(engine: Engine, batch: list[Outcome]) -> None:
+async def flush(c: Completer, batch: list[Outcome]) -> None:
     """Write a batch; if its content breaks the transaction, bisect it so the culprit is
     written alone and replaced by a bare setback: batch-mates are never held back by it."""
     try:
-        await _flush(engine, batch)
+        await _flush(c, batch)
         return
     except _Unstorable as e:
         cause = e.cause
     if len(batch) > 1:
         mid = len(batch) // 2
-        await flush(engine, batch[:mid])
-        await flush(engine, batch[mid:])
+        await flush(c, batch[:mid])
+        await flush(c, batch[mid:])
         return
     (o,) = batch
     r = o.result
@@ -109,16 +124,16 @@ async def flush(engine: Engine, batch: list[Outcome]) -> None:
     bare = Setback(r.chunk_id, r.attempt, r.instance_id, r.step, SETBACK_BY_ATTEMPTS, True, 1.0,
                    f"{what}: {type(cause).__name__}: {cause}")
     try:
-        await _flush(engine, [Outcome(bare, o.job, o.step, o.partition, o.claimed_at)], bare=True)
+        await _flush(c, [Outcome(bare, o.job, o.step, o.partition, o.claimed_at)], bare=True)
     except _Unstorable as e:
         # Not even a bare setback can be written: give the chunk up; the heartbeat hands it
         # back as an orphan and counts the attempt, so it ends FAILED at max attempts.
         log.error("a chunk's failure could not be written either; giving it up", chunk_id=r.chunk_id,
                   error=repr(e.cause))
-        engine.inflight.forget([r.chunk_id])
+        c.inflight.forget([r.chunk_id])
 
 
-async def _flush(engine: Engine, batch: list[Outcome], *, bare: bool = False) -> None:
+async def _flush(c: Completer, batch: list[Outcome], *, bare: bool = False) -> None:
     successes = [o.result for o in batch if isinstance(o.result, Success)]
     setbacks = [o.result for o in batch if isinstance(o.result, Setback)]
     backoff = Backoff(0.05, 5.0)
@@ -126,16 +141,16 @@ async def _flush(engine: Engine, batch: list[Outcome], *, bare: bool = False) ->
     while True:
         started = time.perf_counter()
         try:
-            res = await engine.store.record_outcomes(successes, setbacks)  # type: ignore[arg-type]
+            res = await c.store.record_outcomes(successes, setbacks)  # type: ignore[arg-type]
             break
         except anyio.get_cancelled_exc_class():
-            engine.inflight.forget([o.result.chunk_id for o in batch])
+            c.inflight.forget([o.result.chunk_id for o in batch])
             raise
         except Exception as e:
             if is_transient(e):
                 # Safe to retry: the fencing token refuses anything that already committed.
                 failures += 1
-                if failures >= SPLIT_AFTER and not bare and await engine.store.alive():
+                if failures >= SPLIT_AFTER and not bare and await c.store.alive():
                     raise _Unstorable(e) from e  # the database answers: it is this batch
                 delay = backoff.failed()
                 log.warning("completer flush failed; retrying", error=repr(e), batch=len(batch), retry_in=delay)
@@ -144,17 +159,17 @@ async def _flush(engine: Engine, batch: list[Outcome], *, bare: bool = False) ->
             if isinstance(e, (asyncpg.PostgresError, *BAD_INPUT)):
                 raise _Unstorable(e) from e  # the caller isolates the culprit
             # Our bug: this batch is lost with us; stop extending its leases so they are rescued.
-            engine.inflight.forget([o.result.chunk_id for o in batch])
+            c.inflight.forget([o.result.chunk_id for o in batch])
             raise
     FLUSH_SECONDS.observe(time.perf_counter() - started)
     FLUSH_SIZE.observe(len(batch))
-    engine.inflight.forget([o.result.chunk_id for o in batch])
+    c.inflight.forget([o.result.chunk_id for o in batch])
     if res.refused:
         CHUNKS_REFUSED.inc(res.refused)
         log.info("results refused by fencing token", count=res.refused)
     _count(batch, res.accepted, res.setback_states)
     if res.ready_partitions:
-        await engine.channel.publish(res.ready_partitions)
+        await c.channel.publish(res.ready_partitions)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -7,7 +7,6 @@ from typing import Any
 from actors.engine import Engine
 from actors.job import StepKind
 from actors.registry import Registry
-from actors.stopper import stop_running
 
 
 async def stop(engine: Engine, instance_id: int, *, force: bool) -> bool:
@@ -16,7 +15,7 @@ async def stop(engine: Engine, instance_id: int, *, force: bool) -> bool:
     store = engine.store
     if not await (store.force_stop_instance(instance_id) if force else store.cancel_instance(instance_id)):
         return False
-    stop_running(engine, {instance_id})
+    engine.stops.stop({instance_id})
     return True
 
 

@@ -173,6 +173,26 @@ class StepSlot:
         return self.task.cancelling() > 0
 
 
+class Stops:
+    """What the stopper, the executors and the cancel routes share: the instances that ended
+    (cancelled, failed) while this daemon holds chunks of them, whose chunks never start
+    (actors/stopper.py keeps the set current), and each executor worker's step slot."""
+
+    def __init__(self) -> None:
+        self.ended: set[int] = set()
+        self.slots: set[StepSlot] = set()
+
+    def stop(self, instance_ids: set[int]) -> int:
+        """Mark these instances ended here and interrupt their running steps; returns how many were told."""
+        self.ended |= instance_ids
+        told = 0
+        for slot in list(self.slots):
+            if slot.instance_id in instance_ids:
+                slot.stop()
+                told += 1
+        return told
+
+
 class Engine:
     def __init__(self, settings: ActorSettings, store: Store, channel: Channel, registry: Registry, node_id: int,
                  dsn: str) -> None:
@@ -191,11 +211,7 @@ class Engine:
             max_buffer_size=max(1000, settings.completer.batch * 4))
         self.leader = False
         self.reader = Reader(dsn)  # ctx.db and submit-time checks
-        # Instances that ended (cancelled, failed) while this daemon holds chunks of them:
-        # those chunks never start (actors/stopper.py keeps this current).
-        self.ended: set[int] = set()
-        # Each executor worker's slot (the stopper interrupts steps of ended instances)
-        self.step_slots: set[StepSlot] = set()
+        self.stops = Stops()
 
     def cached_runtime(self, instance_id: int) -> LoadedInstance | None:
         hit = self._runtimes.get(instance_id)

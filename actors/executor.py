@@ -53,7 +53,7 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int, slot: S
                                failure, delay, message, _trace(exc) if exc is not None else None),
                        job_name, step_name, partition, chunk.claimed_at)
 
-    if chunk.instance_id in engine.ended:
+    if chunk.instance_id in engine.stops.ended:
         # Cancelled (or failed) after this chunk was claimed: it never starts.
         return setback(C.CANCELLED, None, failure=False)
 
@@ -139,11 +139,11 @@ def step_seconds(job: str, step: str):  # type: ignore[no-untyped-def]
 async def execute_partition(engine: Engine, partition: int, inbox: MemoryObjectReceiveStream[ClaimedChunk]) -> None:
     """One executor worker; a partition runs CHUNKD_PARTITION_CONCURRENCY of them."""
     slot = StepSlot(asyncio.current_task())
-    engine.step_slots.add(slot)
+    engine.stops.slots.add(slot)
     try:
         await _work(engine, partition, inbox, slot)
     finally:
-        engine.step_slots.discard(slot)
+        engine.stops.slots.discard(slot)
 
 
 async def _work(engine: Engine, partition: int, inbox: MemoryObjectReceiveStream[ClaimedChunk], slot: StepSlot) -> None:

@@ -9,43 +9,34 @@ from __future__ import annotations
 import anyio
 import structlog
 
-from actors.engine import Engine
+from actors.engine import InFlight, Stops
 from storage.errors import TRANSIENT, Backoff
+from storage.store import Store
 
 log = structlog.get_logger("chunkd.stopper")
 
 POLL_SECONDS = 0.25
 
 
-def stop_running(engine: Engine, instance_ids: set[int]) -> int:
-    """Mark these instances ended here and interrupt their running steps; returns how many were told."""
-    engine.ended |= instance_ids
-    told = 0
-    for slot in list(engine.step_slots):
-        if slot.instance_id in instance_ids:
-            slot.stop()
-            told += 1
-    return told
-
-
-async def watch_ended(engine: Engine) -> None:
+async def watch_ended(store: Store, inflight: InFlight, stops: Stops) -> None:
+    """Gets only what it uses: the store to ask, the chunks this daemon holds, and the stops."""
     backoff = Backoff(0.25, 5.0)
     while True:
-        held = engine.inflight.held_instances()
+        held = inflight.held_instances()
         if held:
             try:
-                ended = await engine.store.ended_among(sorted(held))
+                ended = await store.ended_among(sorted(held))
                 backoff.ok()
             except TRANSIENT as e:
                 delay = backoff.failed()
                 log.warning("checking for ended instances failed; retrying", error=repr(e), retry_in=delay)
                 await anyio.sleep(delay)
                 continue
-            new = ended - engine.ended
+            new = ended - stops.ended
             if new:
-                told = stop_running(engine, new)
+                told = stops.stop(new)
                 log.info("instances ended: their chunks here stop", instances=sorted(new), running_told=told)
-            engine.ended = ended | (engine.ended & held)  # forget instances we no longer hold
+            stops.ended = ended | (stops.ended & held)  # forget instances we no longer hold
         else:
-            engine.ended = set()
+            stops.ended = set()
         await anyio.sleep(POLL_SECONDS)

@@ -13,7 +13,7 @@ import anyio
 import msgspec
 import structlog
 
-from actors.completer import complete_forever
+from actors.completer import Completer
 from actors.consumer import consume_partition
 from actors.engine import Engine
 from actors.executor import execute_partition
@@ -237,9 +237,11 @@ class Node:
             maintenance = Maintenance(engine)
             background.start_soon(sup.supervise, "maintenance", "maintenance", maintenance.run)
             background.start_soon(sup.supervise, "scheduler", "scheduler", scheduler.run)
-            background.start_soon(sup.supervise, "stopper", "stopper", lambda: watch_ended(engine))
+            background.start_soon(sup.supervise, "stopper", "stopper", lambda: watch_ended(store, engine.inflight, engine.stops))
             async with anyio.create_task_group() as completer_tg:
-                completer_tg.start_soon(sup.supervise, "completer", "completer", lambda: complete_forever(engine))
+                completer = Completer(engine.settings.completer, engine.completer_recv, store, channel,
+                                      engine.inflight)
+                completer_tg.start_soon(sup.supervise, "completer", "completer", completer.run)
                 await self._work(engine, sup)
                 # executors are done: let the completer drain and exit, within a bound
                 # (a database that is away must not hold the shutdown: what is not
