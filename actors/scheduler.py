@@ -10,13 +10,16 @@ from datetime import datetime
 import anyio
 import structlog
 
-from actors.engine import Engine
 from actors.instances import SubmitError, checked
 from actors.job import LocalTask
-from actors.registry import UnknownJobError
+from actors.registry import Registry, UnknownJobError
 from actors.scheduling import ScheduleError, Spec, next_after, plan_fire, validate
+from actors.settings import SchedulerSettings
+from channels.base import Channel
 from storage.errors import TRANSIENT, Backoff
+from storage.reader import Reader
 from storage.schedules import ScheduleRow, Schedules
+from storage.store import Store
 
 log = structlog.get_logger("chunkd.scheduler")
 
@@ -36,15 +39,17 @@ def spec_of(row: ScheduleRow) -> Spec:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.settings = engine.settings.scheduler
-        self.schedules = Schedules(engine.store.pool)
+    def __init__(self, settings: SchedulerSettings, store: Store, channel: Channel, registry: Registry,
+                 reader: Reader) -> None:
+        """Only what it uses: its settings, the store (and the schedule rows in it), the channel
+        it publishes a fired instance's partition on, the registry, and ctx.db's reader."""
+        self.settings, self.store, self.channel, self.registry, self.reader = settings, store, channel, registry, reader
+        self.schedules = Schedules(store.pool)
         self.registered = False
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
-            for task in self.engine.registry.local_tasks.values():
+            for task in self.registry.local_tasks.values():
                 tg.start_soon(self._local, task)
             if self.settings.enabled:
                 if not self.registered:
@@ -56,7 +61,7 @@ class Scheduler:
         now = await self.schedules.now()
         cfg = self.settings
         declared = [(s.name, s.job, s.version, json.dumps(s.params), s.cron, s.every, s.timezone, s.missed, "code")
-                    for s in self.engine.registry.schedules.values()]
+                    for s in self.registry.schedules.values()]
         if cfg.retention_every:
             declared.append((RETENTION_SCHEDULE, "chunkd.retention", None,
                              json.dumps({"keep_seconds": cfg.retention, "keep_failed_seconds": cfg.retention_failed}),
@@ -66,8 +71,8 @@ class Scheduler:
         for sid, job, version, params, cron, every, tz, missed, source in declared:
             try:
                 spec = validate(cron, every, tz, missed)
-                j, canonical = await checked(self.engine.registry, job, params, version, self.engine.reader,
-                                             self.engine.store.dsn)
+                j, canonical = await checked(self.registry, job, params, version, self.reader,
+                                             self.store.dsn)
             except (ScheduleError, ValueError) as e:
                 log.error("declared schedule is invalid; not registered", schedule=sid, error=str(e))
                 continue
@@ -111,9 +116,8 @@ class Scheduler:
             firing.discard(row.id)
 
     async def _fire(self, row: ScheduleRow, now: datetime) -> None:
-        engine = self.engine
         try:
-            job = engine.registry.get(row.job_name, row.job_version)
+            job = self.registry.get(row.job_name, row.job_version)
         except UnknownJobError as e:
             # perhaps another daemon has this job loaded; it fires it then
             log.warning("cannot fire schedule here", schedule=row.id, error=str(e))
@@ -122,16 +126,16 @@ class Scheduler:
         fire, nxt = plan_fire(spec, row.next_fire_at, now)
         if fire:
             try:  # the same checks as a submit, the job's params_check included
-                await checked(engine.registry, job.name, row.params, job.version, engine.reader, engine.store.dsn)
+                await checked(self.registry, job.name, row.params, job.version, self.reader, self.store.dsn)
             except SubmitError as e:
                 log.error("schedule occurrence skipped: its parameters are refused", schedule=row.id, error=str(e))
                 fire = False
         instance = (job.name, job.version, row.params, job.gated, b"", job.steps[0].max_attempts) if fire else None
-        part = engine.store.next_partition()
+        part = self.store.next_partition()
         fired, iid = await self.schedules.fire(row, row.next_fire_at, nxt, self.settings.node_name, instance,
                                                self.settings.partitions, part)
         if fired and iid is not None:
-            await engine.channel.publish([part])
+            await self.channel.publish([part])
             log.info("schedule fired", schedule=row.id, job=job.name, instance_id=iid,
                      occurrence=row.next_fire_at.isoformat())
         elif fired:

@@ -226,7 +226,7 @@ class Node:
         store, channel = engine.store, engine.channel
         async with anyio.create_task_group() as background:
             await background.start(channel.run)
-            scheduler = Scheduler(engine)
+            scheduler = Scheduler(engine.settings.scheduler, store, channel, self.registry, engine.reader)
             if self.cfg.scheduling:
                 try:
                     await scheduler.register()  # declared schedules exist once the API answers
