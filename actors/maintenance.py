@@ -12,10 +12,11 @@ from typing import Any
 import anyio
 import structlog
 
-from actors.engine import Engine
 from actors.job import Context, Job, StepKind
 from actors.planner import Action, JobShape, RateState, plan
-from actors.registry import UnknownJobError
+from actors.registry import Registry, UnknownJobError
+from actors.settings import MaintenanceSettings
+from channels.base import Channel
 from metrics import (
     CHUNKS_RETRIED,
     GATES_ADVANCED,
@@ -31,7 +32,9 @@ from metrics import (
 )
 from storage.codec import decode, to_json
 from storage.errors import TRANSIENT, Backoff
+from storage.reader import Reader
 from storage.states import I
+from storage.store import Store
 from storage.types import InstanceRow, LeaderTerm, NotLeader
 
 log = structlog.get_logger("chunkd.maintenance")
@@ -46,9 +49,13 @@ def shape_of(job: Job) -> JobShape:
 
 
 class Maintenance:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.settings = engine.settings.maintenance
+    def __init__(self, settings: MaintenanceSettings, store: Store, channel: Channel, registry: Registry,
+                 reader: Reader, node_id: int) -> None:
+        """Only what it uses: its settings, the store, the channel it publishes on, the
+        registry (reductions, handlers), ctx.db's reader for reductions, and this node's id."""
+        self.settings, self.store, self.channel, self.registry = settings, store, channel, registry
+        self.reader, self.node_id = reader, node_id
+        self.leader = False
         self.reducing: set[int] = set()
         self.term: LeaderTerm | None = None  # the fencing token of every leader write
         self.rates: dict[int, RateState] = {}  # per instance, for the smoothed ETA (leader-local)
@@ -81,18 +88,18 @@ class Maintenance:
                         await self.wake.wait()
                     self.wake = anyio.Event()
             finally:
-                if self.engine.leader:
+                if self.leader:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                         try:
-                            await self.engine.store.resign_leadership(self.engine.node_id)
+                            await self.store.resign_leadership(self.node_id)
                         except TRANSIENT:
                             pass
                     self._lose()
 
     def _lose(self) -> None:
-        if self.engine.leader:
+        if self.leader:
             LEADER_CHANGES.labels("lost").inc()
-        self.engine.leader = False
+        self.leader = False
         self.term = None
         IS_LEADER.set(0)
 
@@ -100,24 +107,24 @@ class Maintenance:
         """Renew (or take) the leader lease; if we hold it, run one pass."""
         if not self.settings.scheduling:
             return  # CHUNKD_SCHEDULING=false: a secondary node never leads
-        term = await self.engine.store.acquire_leadership(self.engine.node_id, ttl)
-        if term is not None and not self.engine.leader:
+        term = await self.store.acquire_leadership(self.node_id, ttl)
+        if term is not None and not self.leader:
             log.info("became maintenance leader", term=term)
             LEADER_CHANGES.labels("acquired").inc()
-        was_leader, self.engine.leader = self.engine.leader, term is not None
-        self.term = LeaderTerm(self.engine.node_id, term) if term is not None else None
-        IS_LEADER.set(1 if self.engine.leader else 0)
-        if was_leader and not self.engine.leader:
+        was_leader, self.leader = self.leader, term is not None
+        self.term = LeaderTerm(self.node_id, term) if term is not None else None
+        IS_LEADER.set(1 if self.leader else 0)
+        if was_leader and not self.leader:
             log.info("lost maintenance leadership")
             LEADER_CHANGES.labels("lost").inc()
             await self.export_gauges({})
-        if self.engine.leader:
+        if self.leader:
             started = time.perf_counter()
             await self.pass_once()
             MAINTENANCE_SECONDS.observe(time.perf_counter() - started)
 
     async def pass_once(self) -> None:
-        store = self.engine.store
+        store = self.store
         publish: set[int] = set()
         while True:
             n, failed, parts = await store.rescue_expired(_BATCH)
@@ -134,7 +141,7 @@ class Maintenance:
         publish |= await store.rehome()
         publish |= await self.instances()
         if publish:
-            await self.engine.channel.publish(publish)
+            await self.channel.publish(publish)
         now = time.monotonic()
         if now >= self._forget_at:  # a tenth of the age: a dead node's row goes within 110% of it
             self._forget_at = now + self.settings.forget_nodes_after / 10
@@ -144,11 +151,11 @@ class Maintenance:
             self._republish_at = now + self.settings.republish_after
             stale = await store.stale_partitions(range(self.settings.partitions), self.settings.republish_after)
             if stale:
-                await self.engine.channel.publish(stale)
+                await self.channel.publish(stale)
 
     def _step_name(self, job_name: str, version: int, step: int) -> str:
         try:
-            return self.engine.registry.get(job_name, version).steps[step].name
+            return self.registry.get(job_name, version).steps[step].name
         except (UnknownJobError, IndexError):
             return str(step)
 
@@ -156,13 +163,13 @@ class Maintenance:
         """Cluster-wide figures, exported by the leader only (others clear them)."""
         INSTANCES.clear()
         INSTANCE_ETA.clear()
-        if not self.engine.leader:
+        if not self.leader:
             QUEUE_CHUNKS.clear()
             QUEUE_OLDEST_READY.clear()
             return
         for status in I:
             INSTANCES.labels(status.value).set(0)
-        for status, n in (await self.engine.store.instances_by_status()).items():
+        for status, n in (await self.store.instances_by_status()).items():
             INSTANCES.labels(status).set(n)
         if time.monotonic() - self._queue_at >= 1:  # idle clusters call us every pass
             self._queue_at = time.monotonic()
@@ -175,7 +182,7 @@ class Maintenance:
         (every 5 s while instances run, at most once a second when idle), never per chunk.
         Every configured partition gets a series, 0 included, so an alert on a partition
         does not depend on the series appearing."""
-        store = self.engine.store
+        store = self.store
         depth = await store.queue_depth()
         ages = await store.oldest_ready_age(range(self.settings.partitions))
         QUEUE_CHUNKS.clear()
@@ -189,7 +196,7 @@ class Maintenance:
             QUEUE_OLDEST_READY.labels(str(p)).set(age)
 
     async def instances(self) -> set[int]:
-        store = self.engine.store
+        store = self.store
         active = await store.active_instances()
         etas: dict[str, float] = {}
         now = time.monotonic()
@@ -206,7 +213,7 @@ class Maintenance:
         publish: set[int] = set()
         for inst in active:
             try:
-                job = self.engine.registry.get(inst.job_name, inst.job_version)
+                job = self.registry.get(inst.job_name, inst.job_version)
             except UnknownJobError:
                 continue  # another daemon may have it; never fail what we cannot read
             p = plan(shape_of(job), inst.status, inst.current_step, counts.get(inst.id, []),
@@ -225,7 +232,7 @@ class Maintenance:
     async def apply(self, inst: InstanceRow, job: Job, action: Action, to_step: int) -> set[int]:
         """Every write here is fenced by the leader term (rule 6): a leader paused past its
         lease finds it refused (NotLeader) instead of applying a decision made on old reads."""
-        store = self.engine.store
+        store = self.store
         term = self.term
         bound = log.bind(job=job.name, instance_id=inst.id)
         if action is Action.START:
@@ -271,7 +278,7 @@ class Maintenance:
         """Runs the reduction in one transaction that commits only if, at its end, the
         instance is still in FINALIZE and this node still holds the term it started with;
         otherwise everything rolls back, the reduction's own ctx.tx writes included."""
-        store = self.engine.store
+        store = self.store
         step = job.steps[-1]
         assert step.kind is StepKind.REDUCE
         term = self.term
@@ -306,11 +313,11 @@ class Maintenance:
             self.reducing.discard(inst.id)
 
     async def _reduce_in_tx(self, inst: InstanceRow, job: Job, term: LeaderTerm) -> Any:
-        store = self.engine.store
+        store = self.store
         step = job.steps[-1]
         params = job.decode_params(inst.params)
         async with store.pool.acquire() as conn, conn.transaction():
-            ctx = Context(job.name, inst.id, None, step.name, 1, log, step.transactional, self.engine.reader)
+            ctx = Context(job.name, inst.id, None, step.name, 1, log, step.transactional, self.reader)
             raw = store.reduction_input(conn, inst.id, step.index)
             items = _decoded(raw, step.consumes)  # type: ignore[arg-type]
             if step.is_async:

@@ -234,7 +234,8 @@ class Node:
                     log.warning("registering schedules failed; the scheduler retries", error=repr(e))
             self.engine = engine  # the API serves from here on
             self._set_gauges(engine)  # at once, not at the next tick
-            maintenance = Maintenance(engine)
+            maintenance = Maintenance(engine.settings.maintenance, store, channel, self.registry, engine.reader,
+                                      engine.node_id)
             background.start_soon(sup.supervise, "maintenance", "maintenance", maintenance.run)
             background.start_soon(sup.supervise, "scheduler", "scheduler", scheduler.run)
             background.start_soon(sup.supervise, "stopper", "stopper", lambda: watch_ended(store, engine.inflight, engine.stops))
