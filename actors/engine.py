@@ -194,6 +194,11 @@ class Stops:
 
 
 class Engine:
+    """The work pipeline's shared state, for the two actors that are the pipeline (the
+    consumers and the executors): the in-flight table, the job slots, the instance cache,
+    the completer's mailbox, the stops and the shutdown flags. The other actors (completer,
+    stopper, maintenance, scheduler) are given only their own handles by daemon/wiring/node.py."""
+
     def __init__(self, settings: ActorSettings, store: Store, channel: Channel, registry: Registry, node_id: int,
                  dsn: str) -> None:
         self.settings = settings
