@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
@@ -23,6 +23,17 @@ log = structlog.get_logger("chunkd.channel.kafka")
 # aiokafka logs every failed reconnect attempt at error level, many per second during an
 # outage; the channel reports the outage itself, once.
 logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
+def _not_aiokafka_orphan(record: logging.LogRecord) -> bool:
+    """aiokafka leaves internal request futures unawaited when a broker drops mid-request;
+    asyncio reports each at error level ("Future exception was never retrieved"). The
+    channel reports the outage itself."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(exc, KafkaError) and record.getMessage().startswith("Future exception was never retrieved"))
+
+
+logging.getLogger("asyncio").addFilter(_not_aiokafka_orphan)
 
 
 class WorkNotice(msgspec.Struct, array_like=True):
@@ -65,6 +76,24 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.channel._set_owned(self.channel.owned | {tp.partition for tp in assigned})
+
+
+# aiokafka's default (5 minutes) would keep an empty assignment that long after a
+# memory-only broker restarted without the topic; one metadata request per 5 s is cheap.
+_METADATA_MAX_AGE_MS = 5000
+
+
+class _Backoff:
+    """Reconnect delay: doubles while attempts fail fast, starts again after a good run."""
+
+    def __init__(self) -> None:
+        self.delay = 0.5
+
+    def next(self, ran_for: float) -> float:
+        if ran_for > 30:
+            self.delay = 0.5
+        delay, self.delay = self.delay, min(self.delay * 2, 5.0)
+        return delay
 
 
 class KafkaChannel:
@@ -158,19 +187,22 @@ class KafkaChannel:
     # ---------------------------------------------------------------- consuming
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         started = False
-        delay = 0.5
-        while True:
-            try:
-                await self._consume(task_status if not started else None)
-                started = True
-            except Exception as e:  # noqa: BLE001 - the consumer outlives any broker or client fault
-                self._connected = False
-                log.warning("kafka consumer failed; reconnecting", error=repr(e), retry_in=delay)
+
+        def once() -> None:  # the caller goes on after the first connection or the first failure
+            nonlocal started
             if not started:
                 started = True
                 task_status.started()
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        backoff = _Backoff()
+        while True:
+            began = anyio.current_time()
+            try:
+                await self._consume(once)
+            except Exception as e:  # noqa: BLE001 - the consumer outlives any broker or client fault
+                log.warning("kafka consumer failed; reconnecting", error=repr(e), retry_in=backoff.delay)
+            self._connected = False
+            once()
+            await anyio.sleep(backoff.next(anyio.current_time() - began))
             try:
                 await self.prepare_again()
             except Exception:  # noqa: BLE001 - retried on the next round
@@ -189,44 +221,68 @@ class KafkaChannel:
         finally:
             await admin.close()
 
-    async def _consume(self, task_status: Any) -> None:
+    async def _consume(self, connected: Callable[[], None]) -> None:
         consumer = AIOKafkaConsumer(group_id=self.s.group, enable_auto_commit=False, auto_offset_reset="latest",
                                     session_timeout_ms=6000, heartbeat_interval_ms=1500,
-                                    max_poll_interval_ms=60000, **self.s.client_options())
+                                    max_poll_interval_ms=60000, metadata_max_age_ms=_METADATA_MAX_AGE_MS,
+                                    **self.s.client_options())
         await consumer.start()
         self._consumer = consumer
         try:
             consumer.subscribe([self.s.topic], listener=_Listener(self))
             self._connected = True
-            if task_status is not None:
-                task_status.started()
-            probe_at = 0.0
-            while True:
-                now = anyio.current_time()
-                if now >= probe_at:  # getmany() alone cannot tell an idle topic from a dead broker
-                    probe_at = now + 2.0
-                    await self._probe(consumer)
-                    await self._export_lag(consumer)
-                batch = await consumer.getmany(timeout_ms=500)
-                for tp, messages in batch.items():
-                    if messages:
-                        self._pending[tp.partition] = messages[-1].offset + 1
-                        assert self._local is not None
-                        self._local.wake([tp.partition])
-                await self._commit(consumer)
-                # a dead group coordinator or a vanished topic shows up here
-                if not consumer.assignment() and self.owned:
-                    self._set_owned(set())
+            connected()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_broker, consumer)
+                await self._fetch(consumer)
         finally:
             self._connected = False
             self._consumer = None
+            if self.owned:
+                self._set_owned(set())  # a rebuilt consumer is assigned afresh
             with anyio.move_on_after(5, shield=True):
                 try:
                     await consumer.stop()  # leaves the group cleanly
                 except Exception:  # noqa: BLE001
                     pass
 
-    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            # getmany() waits without limit while a rebalance is pending, and a rebalance with
+            # the broker gone never ends: the loop must go on (commits, the "owned" set).
+            batch: dict[Any, Any] = {}
+            with anyio.move_on_after(1):
+                batch = await consumer.getmany(timeout_ms=500)
+            for tp, messages in batch.items():
+                if messages:
+                    self._pending[tp.partition] = messages[-1].offset + 1
+                    assert self._local is not None
+                    self._local.wake([tp.partition])
+            await self._commit(consumer)
+            # a dead group coordinator or a vanished topic shows up here
+            if not consumer.assignment() and self.owned:
+                self._set_owned(set())
+
+    async def _watch_broker(self, consumer: AIOKafkaConsumer) -> None:
+        """Readiness and recovery, apart from the fetch loop (which a dead broker can stall).
+        A memory-only broker comes back empty: the topic is made again at once, and the
+        consumer's short metadata age lets the group see its partitions within seconds."""
+        lost = False
+        while True:
+            reachable = await self._probe()
+            if not reachable:
+                lost = True
+            elif lost or not consumer.partitions_for_topic(self.s.topic):
+                try:
+                    await self.prepare_again()
+                    lost = False
+                except (KafkaError, OSError) as e:
+                    log.info("topic not made yet", error=repr(e))
+            else:
+                await self._export_lag(consumer)
+            await anyio.sleep(2)
+
+    async def _probe(self) -> bool:
         """aiokafka retries a lost broker quietly (getmany just returns nothing), so readiness
         asks the network directly: can any bootstrap server be reached?"""
         reachable, error = False, ""
@@ -246,6 +302,7 @@ class KafkaChannel:
             else:
                 log.warning("kafka broker unreachable", error=error)
         self._connected = reachable
+        return reachable
 
     async def _export_lag(self, consumer: AIOKafkaConsumer) -> None:
         KAFKA_LAG.clear()
