@@ -35,14 +35,14 @@ async def check_exactly_once(conn: asyncpg.Connection, iid: int, n: int) -> None
 
 
 async def test_kill_loop_three_daemons(dsn: str, conn: asyncpg.Connection, spawn_daemon, channel) -> None:  # type: ignore[no-untyped-def]
-    """Three daemons on a 50,000-chunk gated job (plan, ledger step, reduction); every 2-2.5 s
-    one of them, chosen at random, is SIGKILLed and started again; ten times."""
-    n, kills_wanted = 50_000, 10
+    """Three daemons on a 32,000-chunk gated job (plan, ledger step, reduction); every 2-2.5 s
+    one of them, chosen at random, is SIGKILLed and started again; six times."""
+    n, kills_wanted = 32_000, 6
     await conn.execute(LEDGER)
     # Kafka gives each partition to one daemon, so each daemon runs more per partition there.
     env = channel(CHUNKD_PARTITION_CONCURRENCY="16" if channel.name == "kafka" else "8")
     daemons = [spawn_daemon(**env) for _ in range(3)]
-    iid = await submit(dsn, n, work_ms=60)  # outlasts the kill loop: >= 30 s of work for 3 daemons
+    iid = await submit(dsn, n, work_ms=60)  # outlasts the kill loop (~14 s): >= 20 s of work for 3 daemons
     while await conn.fetchval("SELECT count(*) FROM test_ledger") < 500:
         await anyio.sleep(0.05)
     rng = random.Random()
@@ -60,7 +60,7 @@ async def test_kill_loop_three_daemons(dsn: str, conn: asyncpg.Connection, spawn
     rescued = await conn.fetchval("SELECT count(*) FROM chunkd_chunk WHERE instance_id = $1 AND attempt > 1", iid)
     assert len(killed_pids) == kills_wanted and rescued > 0  # the kills really hit chunks in flight
     writers = {r[0] for r in await conn.fetch("SELECT DISTINCT pid FROM test_ledger")}
-    assert len(writers & set(killed_pids)) >= 3  # killed daemons had done work: they were really mid-job
+    assert len(writers & set(killed_pids)) >= 2  # killed daemons had done work: they were really mid-job
     print(f"kills={len(killed_pids)} rescued={rescued} writers={len(writers)}")
     for d in daemons:
         assert d.terminate() == 0

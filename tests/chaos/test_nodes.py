@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 
 
 async def test_a_killed_daemons_node_row_is_forgotten(conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
-    env = dict(CHUNKD_LEASE_SECONDS="2", CHUNKD_MAINTENANCE_INTERVAL="0.5")
+    env = dict(CHUNKD_LEASE_SECONDS="1", CHUNKD_HEARTBEAT_SECONDS="0.25", CHUNKD_MAINTENANCE_INTERVAL="0.5")
     survivor = spawn_daemon(**postgres_env(**env))
     victim = spawn_daemon(**postgres_env(**env))
 
@@ -23,6 +23,6 @@ async def test_a_killed_daemons_node_row_is_forgotten(conn: asyncpg.Connection, 
 
     async def forgotten() -> bool:
         return not await registered(victim.proc.pid)
-    await wait_for(forgotten, 90, "the killed daemon's node row deleted (after 10 x 2 s)")
+    await wait_for(forgotten, 90, "the killed daemon's node row deleted (after 10 x 1 s)")
     assert await registered(survivor.proc.pid)  # a live node's row stays
     assert survivor.terminate() == 0
