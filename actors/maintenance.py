@@ -34,7 +34,7 @@ from storage.codec import decode, to_json
 from storage.errors import TRANSIENT, Backoff
 from storage.reader import Reader
 from storage.states import I
-from storage.store import Store
+from storage.store import Store, reset_after_user_sql
 from storage.types import InstanceRow, LeaderTerm, NotLeader
 
 log = structlog.get_logger("chunkd.maintenance")
@@ -316,8 +316,9 @@ class Maintenance:
         store = self.store
         step = job.steps[-1]
         params = job.decode_params(inst.params)
-        async with store.pool.acquire() as conn, conn.transaction():
-            ctx = Context(job.name, inst.id, None, step.name, 1, log, step.transactional, self.reader)
+        ctx = Context(job.name, inst.id, None, step.name, 1, log, step.transactional, self.reader)
+        async with store.pool.acquire() as conn, reset_after_user_sql(conn, lambda: bool(ctx.tx.ops)), \
+                conn.transaction():
             raw = store.reduction_input(conn, inst.id, step.index)
             items = _decoded(raw, step.consumes)  # type: ignore[arg-type]
             if step.is_async:

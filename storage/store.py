@@ -1,12 +1,14 @@
 """The Postgres store: every round trip chunkd makes goes through here."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import anyio
 import asyncpg
 
 from storage import sql
@@ -71,6 +73,34 @@ async def insert_instances(conn: asyncpg.Connection, items: Sequence[NewInstance
     return out, partitions
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's release hook. asyncpg's default sends `SELECT pg_advisory_unlock_all();
+    CLOSE ALL; UNLISTEN *; RESET ALL` on every release, one more round trip and four more
+    statements for each of ours. chunkd's own statements leave no session state; the one
+    place user SQL runs on this pool resets explicitly (`reset_after_user_sql`). asyncpg
+    still rolls back an open transaction itself before calling this."""
+
+
+@contextlib.asynccontextmanager
+async def reset_after_user_sql(conn: asyncpg.Connection, ran: Callable[[], bool]) -> AsyncIterator[None]:
+    """User statements (ctx.tx) may leave session state (SET, advisory locks, LISTEN): if
+    `ran()` says some ran, the connection goes back to the pool only after a full reset,
+    or not at all."""
+    try:
+        yield
+    finally:
+        if ran():
+            await _reset_session(conn)
+
+
+async def _reset_session(conn: asyncpg.Connection) -> None:
+    try:
+        with anyio.CancelScope(shield=True), anyio.fail_after(5):
+            await conn.execute(conn.get_reset_query())
+    except Exception:  # noqa: BLE001 - a connection we cannot reset must not be reused
+        conn.terminate()
+
+
 class Store:
     def __init__(self, pool: asyncpg.Pool, partitions: int, dsn: str = "") -> None:
         self.pool = pool
@@ -86,7 +116,7 @@ class Store:
             if on_query is not None:
                 conn.add_query_logger(on_query)
         pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init,
-                                         server_settings={"application_name": "chunkd"})
+                                         reset=_keep_session, server_settings={"application_name": "chunkd"})
         return cls(pool, partitions, dsn)
 
     async def close(self) -> None:
@@ -297,7 +327,8 @@ class Store:
         chunks, warnings, fenced setbacks, counters. Returns what to publish."""
         res = Recorded(ready_partitions=set(), accepted=set(), setback_states={})
         delta = CounterDelta()
-        async with self.pool.acquire() as conn, conn.transaction():
+        user_sql = any(s.tx_ops for s in successes)
+        async with self.pool.acquire() as conn, reset_after_user_sql(conn, lambda: user_sql), conn.transaction():
             instance_ids = sorted({s.instance_id for s in successes})
             closed: set[int] = set()
             if instance_ids:

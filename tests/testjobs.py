@@ -431,3 +431,32 @@ async def t_reduce(params: TrustParams, chunks: AsyncIterator[Blob], ctx: Contex
     if params.nul == "reduce-error":
         raise RuntimeError("reduction saw \x00")
     return {"count": count}
+
+
+# Session state left by user SQL (ctx.tx) must not outlive its transaction on chunkd's pool:
+# the pool skips asyncpg's reset on release, so the store resets such connections itself.
+SESSION_LOCK_KEY = 4242
+sessionleak = Job("test.sessionleak", params=CountParams, gated=True)
+
+
+@sessionleak.first_step(emits=Item)
+async def s_plan(params: CountParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+@sessionleak.step(consumes=Item, emits=Item, transactional=True)
+async def s_leave_state(params: CountParams, chunk: Item, ctx: Context, sink: Sink[Item]) -> None:
+    ctx.tx.execute("SELECT pg_advisory_lock($1)", SESSION_LOCK_KEY)
+    ctx.tx.execute("SET application_name = 'chunkd-leaked'")
+    sink.emit(chunk)
+
+
+@sessionleak.reduce(consumes=Item, transactional=True)
+async def s_reduce(params: CountParams, chunks: AsyncIterator[Item], ctx: Context) -> Sum:
+    count = 0
+    async for _ in chunks:
+        count += 1
+    ctx.tx.execute("SELECT pg_advisory_lock($1)", SESSION_LOCK_KEY + 1)
+    ctx.tx.execute("SET application_name = 'chunkd-leaked'")
+    return Sum(count, 0)

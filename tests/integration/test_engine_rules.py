@@ -143,3 +143,16 @@ async def test_undecodable_chunk_data_fails_only_that_chunk(dsn: str, conn: asyn
     assert [r["state"] for r in states[:5]].count(7) >= 1
     bad = states[5]
     assert bad["state"] == 6 and bad["attempt"] == 1 and "chunk data does not decode as Item" in bad["error_message"]
+
+
+async def test_user_sql_leaves_no_session_state_on_the_pool(dsn: str, conn: asyncpg.Connection) -> None:
+    """ctx.tx may SET or take session advisory locks: neither outlives the chunk's (or the
+    reduction's) transaction on chunkd's connections, which the pool reuses without asyncpg's
+    per-release reset (storage/store.py)."""
+    async with running_node(dsn) as node:
+        res = await submit_job(node, "test.sessionleak", chunks=20)
+        assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 30) == "COMPLETED"
+        held = await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = ANY($1::oid[])",
+                                   [testjobs.SESSION_LOCK_KEY, testjobs.SESSION_LOCK_KEY + 1])
+        leaked = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'chunkd-leaked'")
+        assert (held, leaked) == (0, 0)
