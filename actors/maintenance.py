@@ -6,14 +6,15 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import anyio
 import structlog
 
 from actors.job import Context, Job, StepKind
-from actors.planner import Action, JobShape, RateState, plan
+from actors.planner import Action, JobShape, Plan, RateState, plan
 from actors.registry import Registry, UnknownJobError
 from actors.settings import MaintenanceSettings
 from channels.base import Channel
@@ -35,7 +36,7 @@ from storage.errors import TRANSIENT, Backoff
 from storage.reader import Reader
 from storage.states import I
 from storage.store import Store, reset_after_user_sql
-from storage.types import InstanceRow, LeaderTerm, NotLeader
+from storage.types import InstanceRow, LeaderTerm, NotLeader, Progress
 
 log = structlog.get_logger("chunkd.maintenance")
 
@@ -59,6 +60,7 @@ class Maintenance:
         self.reducing: set[int] = set()
         self.term: LeaderTerm | None = None  # the fencing token of every leader write
         self.rates: dict[int, RateState] = {}  # per instance, for the smoothed ETA (leader-local)
+        self._shown: dict[int, Progress] = {}  # per instance, the progress last written
         self.wake = anyio.Event()
         self._gauges_at = 0.0
         self._forget_at = 0.0
@@ -204,13 +206,16 @@ class Maintenance:
             self._gauges_at = now
             await self.export_gauges(etas)
         if not active:
+            self._shown.clear()
             return set()
         ids = [i.id for i in active]
         live = set(ids)
         self.rates = {i: r for i, r in self.rates.items() if i in live}  # finished ones go
+        self._shown = {i: r for i, r in self._shown.items() if i in live}
         counts = await store.step_counts(ids)
         errored = await store.instances_with_errored_chunks(ids)
-        publish: set[int] = set()
+        decided: list[Decided] = []
+        shown: list[Progress] = []
         for inst in active:
             try:
                 job = self.registry.get(inst.job_name, inst.job_version)
@@ -220,54 +225,64 @@ class Maintenance:
                      inst.id in errored, inst.elapsed, now=time.monotonic(), prev=self.rates.get(inst.id))
             if p.rate_state is not None:
                 self.rates[inst.id] = p.rate_state  # the smoothed rate behind the ETA
-            publish |= await self.apply(inst, job, p.action, p.to_step)
+            decided.append(Decided(inst, job, p))
             if p.action not in (Action.COMPLETE, Action.FAIL):
-                await store.set_progress(inst.id, p.progress, p.rate, p.eta, p.errors)
+                row = Progress(inst.id, round(p.progress, 4), _rounded(p.rate), _rounded(p.eta), p.errors)
+                if self._shown.get(inst.id) != row:  # an instance waiting its turn costs no write
+                    shown.append(row)
                 if p.eta is not None:
                     etas[job.name] = max(etas.get(job.name, 0.0), p.eta)
+        publish = await self.apply(decided)
+        await store.set_progress(shown)
+        self._shown.update((r.instance_id, r) for r in shown)
         for job_name, eta in etas.items():
             INSTANCE_ETA.labels(job_name).set(eta)
         return publish
 
-    async def apply(self, inst: InstanceRow, job: Job, action: Action, to_step: int) -> set[int]:
-        """Every write here is fenced by the leader term (rule 6): a leader paused past its
-        lease finds it refused (NotLeader) instead of applying a decision made on old reads."""
+    async def apply(self, decided: Sequence[Decided]) -> set[int]:
+        """Applies a pass's decisions, one statement per kind of decision for all instances
+        (a pass over thousands of small jobs costs a few round trips, not thousands). Every
+        write here is fenced by the leader term (rule 6): a leader paused past its lease
+        finds it refused (NotLeader) instead of applying a decision made on old reads."""
         store = self.store
         term = self.term
-        bound = log.bind(job=job.name, instance_id=inst.id)
-        if action is Action.START:
-            await store.set_instance_status(inst.id, I.IN_PROGRESS, term)
-        elif action is Action.MARK_ERRORED:
-            if await store.set_instance_status(inst.id, I.ERRORED, term):
-                bound.info("instance state change", status=I.ERRORED.value)
-        elif action is Action.CLEAR_ERRORED:
-            if await store.set_instance_status(inst.id, I.IN_PROGRESS, term):
-                bound.info("instance state change", status=I.IN_PROGRESS.value)
-        elif action is Action.ADVANCE:
-            parts = await store.advance_gate(inst.id, to_step, term)
-            if parts is not None:
-                bound.info("gate advanced", step=job.steps[to_step].name)
-                GATES_ADVANCED.labels(job.name, job.steps[to_step].name).inc()
-                self.wake.set()  # the next step may already be finished (it was empty)
-                return parts
-        elif action is Action.COMPLETE:
-            if await store.finish_instance(inst.id, I.COMPLETED, leader=term):
-                bound.info("instance state change", status=I.COMPLETED.value)
-                await _handler(job.on_complete, inst.id, None)
-        elif action is Action.FAIL:
-            last = await store.last_error(inst.id)
-            msg = (f"step {job.steps[last[0]].name!r} failed: {last[1]}" if last
+        by: dict[Action, list[Decided]] = defaultdict(list)
+        for d in decided:
+            by[d.plan.action].append(d)
+        await store.set_instances_status([d.inst.id for d in by[Action.START]], I.IN_PROGRESS, term)
+        for action, to in ((Action.MARK_ERRORED, I.ERRORED), (Action.CLEAR_ERRORED, I.IN_PROGRESS),
+                           (Action.FINALIZE, I.FINALIZE)):
+            moved = await store.set_instances_status([d.inst.id for d in by[action]], to, term)
+            for d in by[action]:
+                if d.inst.id in moved:
+                    log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=to.value)
+                    if action is Action.FINALIZE:
+                        self._start_reduction(d.inst, d.job)
+        for d in by[Action.REDUCE]:
+            self._start_reduction(d.inst, d.job)  # e.g. a previous leader died mid-reduction
+        publish: set[int] = set()
+        opened = await store.advance_gates({d.inst.id: d.plan.to_step for d in by[Action.ADVANCE]}, term)
+        for d in by[Action.ADVANCE]:
+            if d.inst.id in opened:
+                step = d.job.steps[d.plan.to_step].name
+                log.info("gate advanced", job=d.job.name, instance_id=d.inst.id, step=step)
+                GATES_ADVANCED.labels(d.job.name, step).inc()
+                publish |= opened[d.inst.id]
+        if opened:
+            self.wake.set()  # the next step may already be finished (it was empty)
+        for d in by[Action.COMPLETE]:
+            if await store.finish_instance(d.inst.id, I.COMPLETED, leader=term):
+                log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=I.COMPLETED.value)
+                await _handler(d.job.on_complete, d.inst.id, None)
+        for d in by[Action.FAIL]:
+            last = await store.last_error(d.inst.id)
+            msg = (f"step {d.job.steps[last[0]].name!r} failed: {last[1]}" if last
                    else "a chunk failed")
-            if await store.finish_instance(inst.id, I.FAILED, error=msg, leader=term):
-                bound.info("instance state change", status=I.FAILED.value, error=msg)
-                await _handler(job.on_error, inst.id, msg)
-        elif action is Action.FINALIZE:
-            if await store.set_instance_status(inst.id, I.FINALIZE, term):
-                bound.info("instance state change", status=I.FINALIZE.value)
-                self._start_reduction(inst, job)
-        elif action is Action.REDUCE:
-            self._start_reduction(inst, job)  # e.g. a previous leader died mid-reduction
-        return set()
+            if await store.finish_instance(d.inst.id, I.FAILED, error=msg, leader=term):
+                log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=I.FAILED.value,
+                         error=msg)
+                await _handler(d.job.on_error, d.inst.id, msg)
+        return publish
 
     def _start_reduction(self, inst: InstanceRow, job: Job) -> None:
         if inst.id not in self.reducing:
@@ -336,6 +351,16 @@ class Maintenance:
             if not await store.complete_reduction(conn, inst.id, step.index, report_json, term):
                 raise _Superseded()  # leaving the block rolls the transaction back
         return report
+
+
+class Decided(NamedTuple):
+    inst: InstanceRow
+    job: Job
+    plan: Plan
+
+
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
 
 
 class ReportTooLarge(ValueError):

@@ -136,17 +136,23 @@ SELECT instance_id, step, created, completed, failed, cancelled, errors
 FROM chunkd_step_counter WHERE instance_id = ANY($1::bigint[]) ORDER BY instance_id, step"""
 INSTANCE_HAS_ERRORED_CHUNKS = f"""
 SELECT DISTINCT instance_id FROM chunkd_chunk WHERE state = {int(C.ERRORED)} AND instance_id = ANY($1::bigint[])"""
-INSTANCE_SET_STATUS = """
+# Maintenance writes each kind of decision for all instances of a pass in one statement.
+INSTANCES_SET_STATUS = """
 UPDATE chunkd_instance SET status = $2, updated_at = now()
-WHERE id = $1 AND status = ANY($3::text[])
+WHERE id = ANY($1::bigint[]) AND status = ANY($3::text[])
 RETURNING id"""
-INSTANCE_PROGRESS = f"""
-UPDATE chunkd_instance SET progress = $2, chunks_per_second = $3, eta_seconds = $4, error_count = $5, updated_at = now()
-WHERE id = $1 AND status IN ({_ACTIVE})"""
-INSTANCE_ADVANCE_GATE = f"""
-UPDATE chunkd_instance SET current_step = $2, updated_at = now()
-WHERE id = $1 AND current_step = $2 - 1 AND status IN ('{I.QUEUED.value}', '{I.IN_PROGRESS.value}', '{I.ERRORED.value}')
-RETURNING id"""
+INSTANCES_PROGRESS = f"""
+UPDATE chunkd_instance i
+   SET progress = t.progress, chunks_per_second = t.rate, eta_seconds = t.eta, error_count = t.errors,
+       updated_at = now()
+FROM unnest($1::bigint[], $2::float8[], $3::float8[], $4::float8[], $5::int[]) AS t(id, progress, rate, eta, errors)
+WHERE i.id = t.id AND i.status IN ({_ACTIVE})"""
+INSTANCES_ADVANCE_GATE = f"""
+UPDATE chunkd_instance i SET current_step = t.to_step, updated_at = now()
+FROM unnest($1::bigint[], $2::int[]) AS t(id, to_step)
+WHERE i.id = t.id AND i.current_step = t.to_step - 1
+  AND i.status IN ('{I.QUEUED.value}', '{I.IN_PROGRESS.value}', '{I.ERRORED.value}')
+RETURNING i.id, i.current_step"""
 INSTANCE_FINISH = f"""
 UPDATE chunkd_instance
    SET status = $2, finished_at = now(), updated_at = now(),
@@ -327,10 +333,12 @@ UPDATE chunkd_chunk SET partition = id % $1
 WHERE state = {int(C.READY)} AND partition >= $1
 RETURNING partition"""
 
-CHUNK_OPEN_GATE = f"""
-UPDATE chunkd_chunk SET state = {int(C.READY)}
-WHERE instance_id = $1 AND step = $2 AND state IN ({_in(chunk_allowed_from(C.READY, frozenset({C.GATE_WAITING})))})
-RETURNING partition"""
+CHUNKS_OPEN_GATE = f"""
+UPDATE chunkd_chunk c SET state = {int(C.READY)}
+FROM unnest($1::bigint[], $2::smallint[]) AS t(instance_id, step)
+WHERE c.instance_id = t.instance_id AND c.step = t.step
+  AND c.state IN ({_in(chunk_allowed_from(C.READY, frozenset({C.GATE_WAITING})))})
+RETURNING c.instance_id, c.partition"""
 
 CHUNK_CANCEL_PENDING = f"""
 UPDATE chunkd_chunk SET state = {int(C.CANCELLED)}, lease_owner = NULL, lease_until = NULL

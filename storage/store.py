@@ -23,6 +23,7 @@ from storage.types import (
     LeaderTerm,
     NewInstance,
     NotLeader,
+    Progress,
     Recorded,
     Setback,
     StepCounts,
@@ -204,27 +205,40 @@ class Store:
         return {r[0] for r in await self.pool.fetch(sql.INSTANCE_HAS_ERRORED_CHUNKS, list(instance_ids))}
 
     async def set_instance_status(self, instance_id: int, to: I, leader: LeaderTerm | None = None) -> bool:
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchval(sql.INSTANCE_SET_STATUS, instance_id, to.value, instance_allowed_from(to))
-            await self.fence_leader(conn, leader)
-        return row is not None
+        return bool(await self.set_instances_status([instance_id], to, leader))
 
-    async def set_progress(self, instance_id: int, progress: float, rate: float | None,
-                           eta: float | None, error_count: int) -> None:
-        await self.pool.execute(sql.INSTANCE_PROGRESS, instance_id, progress, rate, eta, error_count)
+    async def set_instances_status(self, instance_ids: Sequence[int], to: I,
+                                   leader: LeaderTerm | None = None) -> set[int]:
+        """Moves those allowed to move to `to`; returns their ids."""
+        if not instance_ids:
+            return set()
+        async with self.pool.acquire() as conn, conn.transaction():
+            moved = {r[0] for r in await conn.fetch(sql.INSTANCES_SET_STATUS, list(instance_ids), to.value,
+                                                    instance_allowed_from(to))}
+            await self.fence_leader(conn, leader)
+        return moved
+
+    async def set_progress(self, rows: Sequence[Progress]) -> None:
+        if rows:
+            await self.pool.execute(sql.INSTANCES_PROGRESS, *map(list, zip(*rows)))
 
     async def last_error(self, instance_id: int) -> tuple[int, str] | None:
         row = await self.pool.fetchrow(sql.INSTANCE_LAST_ERROR, instance_id)
         return (row[0], row[1]) if row else None
 
-    async def advance_gate(self, instance_id: int, to_step: int, leader: LeaderTerm | None = None) -> set[int] | None:
-        """Open step `to_step` of a gated instance. None if someone else already did."""
+    async def advance_gates(self, to_steps: dict[int, int], leader: LeaderTerm | None = None) -> dict[int, set[int]]:
+        """Opens step `to_steps[id]` of each gated instance (those someone else advanced
+        already are left out). Returns, per advanced instance, the partitions to notify."""
+        if not to_steps:
+            return {}
         async with self.pool.acquire() as conn, conn.transaction():
-            if await conn.fetchval(sql.INSTANCE_ADVANCE_GATE, instance_id, to_step) is None:
-                return None
-            parts = {r[0] for r in await conn.fetch(sql.CHUNK_OPEN_GATE, instance_id, to_step)}
+            rows = await conn.fetch(sql.INSTANCES_ADVANCE_GATE, list(to_steps), list(to_steps.values()))
+            opened: dict[int, set[int]] = {r[0]: set() for r in rows}
+            if rows:
+                for inst, part in await conn.fetch(sql.CHUNKS_OPEN_GATE, [r[0] for r in rows], [r[1] for r in rows]):
+                    opened[inst].add(part)
             await self.fence_leader(conn, leader)
-            return parts
+        return opened
 
     async def finish_instance(self, instance_id: int, to: I, *, report_json: str | None = None,
                               error: str | None = None, conn: asyncpg.Connection | None = None,

@@ -1,7 +1,7 @@
 """Data that crosses the storage boundary."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -90,6 +90,15 @@ class StepCounts(msgspec.Struct, array_like=True):
     @property
     def pending(self) -> int:
         return self.created - self.completed - self.failed - self.cancelled
+
+
+class Progress(NamedTuple):
+    """What maintenance shows of a running instance (a tuple: rows go to Postgres as columns)."""
+    instance_id: int
+    progress: float
+    rate: float | None
+    eta: float | None
+    errors: int
 
 
 class LeaderTerm(msgspec.Struct, frozen=True):
