@@ -113,6 +113,18 @@ ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id"""
 INSTANCE_IDS_BY_KEYS = "SELECT idempotency_key, id FROM chunkd_instance WHERE idempotency_key = ANY($1::text[])"
 INSTANCE_GET = "SELECT * FROM chunkd_instance WHERE id = $1"
+# The API's view of one instance in one round trip: the row, its step counters, its chunks
+# per step and state, and its first $2 warnings.
+INSTANCE_DETAIL = """
+SELECT i.*,
+  (SELECT array_agg(ARRAY[c.step, c.created, c.completed, c.failed, c.cancelled, c.errors]::bigint[] ORDER BY c.step)
+     FROM chunkd_step_counter c WHERE c.instance_id = i.id) AS detail_counters,
+  (SELECT array_agg(ARRAY[s.step, s.state, s.n]::bigint[] ORDER BY s.step, s.state)
+     FROM (SELECT step, state, count(*) AS n FROM chunkd_chunk WHERE instance_id = i.id GROUP BY step, state) s
+  ) AS detail_chunk_states,
+  (SELECT array_agg(w.message ORDER BY w.id)
+     FROM (SELECT id, message FROM chunkd_warning WHERE instance_id = i.id ORDER BY id LIMIT $2) w) AS detail_warnings
+FROM chunkd_instance i WHERE i.id = $1"""
 INSTANCE_RUNTIME = "SELECT id, job_name, job_version, params::text AS params, gated, status FROM chunkd_instance WHERE id = $1"
 # KEY SHARE: no conflict with maintenance's progress updates, but ordered against a
 # cancel/fail, which takes INSTANCE_LOCK (FOR UPDATE) first.
@@ -360,8 +372,6 @@ CHUNK_MOVE = "UPDATE chunkd_chunk SET state = $2 WHERE id = $1 AND state = ANY($
 
 INSTANCE_COUNT_BY_STATUS = "SELECT status, count(*) FROM chunkd_instance GROUP BY status"
 
-CHUNK_COUNT_BY_STATE = """
-SELECT step, state, count(*) AS n FROM chunkd_chunk WHERE instance_id = $1 GROUP BY step, state ORDER BY step, state"""
 
 # ---------------------------------------------------------------- control plane
 INSTANCE_LIST_WHERE = """

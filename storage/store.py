@@ -19,6 +19,7 @@ from storage.text import MAX_TRACE, storable, storable_json
 from storage.types import (
     ClaimedChunk,
     Created,
+    InstanceDetail,
     InstanceRow,
     LeaderTerm,
     NewInstance,
@@ -189,6 +190,16 @@ class Store:
         row = await self.pool.fetchrow(sql.INSTANCE_GET, instance_id)
         return dict(row) if row else None
 
+    async def instance_detail(self, instance_id: int, warnings: int = 100) -> InstanceDetail | None:
+        r = await self.pool.fetchrow(sql.INSTANCE_DETAIL, instance_id, warnings)
+        if r is None:
+            return None
+        row = dict(r)
+        counters = row.pop("detail_counters") or []
+        states = row.pop("detail_chunk_states") or []
+        return InstanceDetail(row, [StepCounts(*c) for c in counters], [(a, b, c) for a, b, c in states],
+                              row.pop("detail_warnings") or [])
+
     async def mark_started(self, instance_ids: Sequence[int]) -> None:
         await self.pool.execute(sql.INSTANCE_MARK_STARTED, list(instance_ids))
 
@@ -318,8 +329,6 @@ class Store:
     async def warnings(self, instance_id: int, limit: int = 100) -> list[str]:
         return [r[0] for r in await self.pool.fetch(sql.WARNING_LIST, instance_id, limit)]
 
-    async def chunk_counts(self, instance_id: int) -> list[tuple[int, int, int]]:
-        return [(r[0], r[1], r[2]) for r in await self.pool.fetch(sql.CHUNK_COUNT_BY_STATE, instance_id)]
 
     # ------------------------------------------------------------ claims
     async def claim(self, partition: int, limit: int, node_id: int, lease_seconds: float,

@@ -79,6 +79,13 @@ class InstanceRow(msgspec.Struct):
     elapsed: float = 0.0
 
 
+class InstanceDetail(NamedTuple):
+    row: dict[str, Any]                             # the chunkd_instance row
+    counters: list[StepCounts]                      # by step
+    chunk_states: list[tuple[int, int, int]]        # (step, state, chunks)
+    warnings: list[str]                             # the first ones, in order
+
+
 class StepCounts(msgspec.Struct, array_like=True):
     step: int
     created: int

@@ -267,17 +267,19 @@ class Api:
             raise ApiError(404, "not_found", f"no instance {iid}")
         return row
 
-    async def detailed(self, row: dict[str, Any]) -> m.Instance:
-        e = self.engine()
+    async def detailed(self, iid: int) -> m.Instance:
+        """The full view of one instance (one query), or 404."""
+        d = await self.engine().store.instance_detail(iid)
+        if d is None:
+            raise ApiError(404, "not_found", f"no instance {iid}")
+        row = d.row
         out = instance_out(row)
         names = _step_names(self.node, row["job_name"], row["job_version"])
-        counts = (await e.store.step_counts([row["id"]])).get(row["id"], [])
         by_state: dict[int, dict[str, int]] = {}
-        for step, state, n in await e.store.chunk_counts(row["id"]):
+        for step, state, n in d.chunk_states:
             by_state.setdefault(step, {})[C(state).name] = n
-        steps: dict[int, StepCounts] = {c.step: c for c in counts}
-        out.steps = [m.StepProgress(i, _name(names, i), c.created, c.completed, c.failed, c.cancelled, c.errors,
-                                    by_state.get(i, {}))
-                     for i, c in sorted(steps.items())]
-        out.warnings = await e.store.warnings(row["id"])
+        out.steps = [m.StepProgress(c.step, _name(names, c.step), c.created, c.completed, c.failed, c.cancelled,
+                                    c.errors, by_state.get(c.step, {}))
+                     for c in d.counters]
+        out.warnings = d.warnings
         return out

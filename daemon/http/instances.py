@@ -89,10 +89,9 @@ class Instances:
                            {"path": err.path} if err.path else None) from None
         except IdempotencyConflict as err:
             raise ApiError(409, "idempotency_conflict", str(err), {"differences": err.differences}) from None
-        row = await self.api.load(res.instance_id)
         if res.created:
             log.info("instance submitted", job=res.job, instance_id=res.instance_id)
-        return ok(await self.api.detailed(row), 201 if res.created else 200)
+        return ok(await self.api.detailed(res.instance_id), 201 if res.created else 200)
 
     async def list(self, request: Request) -> Response:
         statuses = [s.upper() for s in request.query_params.getlist("status")]  # in_progress works too
@@ -109,7 +108,7 @@ class Instances:
         return ok(m.InstanceList(total, start, len(rows), [instance_out(r) for r in rows]))
 
     async def get(self, request: Request) -> Response:
-        return ok(await self.api.detailed(await self.api.load(_instance_id(request))))
+        return ok(await self.api.detailed(_instance_id(request)))
 
     async def chunks(self, request: Request) -> Response:
         iid = _instance_id(request)
@@ -169,7 +168,7 @@ class Instances:
             raise self.conflict(await self.api.load(iid), "stop" if force else "cancel")
         log.info("instance state change", job=row["job_name"], instance_id=iid, status="CANCELLED",
                  **({"forced": True} if force else {}))
-        return ok(await self.api.detailed(await self.api.load(iid)))
+        return ok(await self.api.detailed(iid))
 
     async def restart(self, request: Request) -> Response:
         iid = _instance_id(request)
@@ -183,4 +182,4 @@ class Instances:
         if not restarted:
             raise self.conflict(await self.api.load(iid), "restart")
         log.info("instance state change", job=row["job_name"], instance_id=iid, status="IN_PROGRESS", restarted=True)
-        return ok(await self.api.detailed(await self.api.load(iid)))
+        return ok(await self.api.detailed(iid))
