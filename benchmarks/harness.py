@@ -151,6 +151,7 @@ async def run(opts: Options) -> dict[str, Any]:
     node: Node | None = None
     timeline: list[tuple[float, int]] = []
     pg_cpu0, self_cpu0, xacts0 = _postgres_cpu(), _self_cpu(), await q.transactions(conn)
+    wal0 = await q.wal_position(conn)
     async with anyio.create_task_group() as tg:
         if opts.daemons == 1:
             node = Node(cfg, registry, dsn, on_query=count)
@@ -184,6 +185,7 @@ async def run(opts: Options) -> dict[str, Any]:
             await anyio.sleep(0.05)
         elapsed = time.monotonic() - t0
         pg_cpu, self_cpu, xacts = _postgres_cpu() - pg_cpu0, _self_cpu() - self_cpu0, await q.transactions(conn) - xacts0
+        wal = await q.wal_position(conn) - wal0
         daemon_cpu = self_cpu
         if procs:
             daemon_cpu = 0.0
@@ -213,6 +215,7 @@ async def run(opts: Options) -> dict[str, Any]:
         "latency_ms": latency,
         "statements_per_chunk": round(statements[0] / completed, 4) if completed and node is not None else None,
         "transactions_per_chunk": round(xacts / completed, 4) if completed else None,
+        "wal_bytes_per_chunk": round(wal / completed) if completed else None,
         "cpu_seconds_per_1000_chunks": {"daemon": round(daemon_cpu * per_k, 4) if per_k else None,
                                         "postgres": round(pg_cpu * per_k, 4) if per_k else None},
         "chunk_table_bytes": table_bytes,

@@ -50,5 +50,10 @@ async def transactions(conn: asyncpg.Connection) -> int:
     return await conn.fetchval(sql.BENCH_XACTS)
 
 
+async def wal_position(conn: asyncpg.Connection) -> int:
+    """Bytes of WAL the whole server has written (the difference of two: a quiet server's run)."""
+    return await conn.fetchval(sql.BENCH_WAL_POSITION)
+
+
 async def chunk_table_bytes(conn: asyncpg.Connection) -> int:
     return await conn.fetchval(sql.BENCH_TABLE_BYTES)

@@ -552,6 +552,7 @@ FROM chunkd_chunk WHERE instance_id = $1 AND step = $2 AND state = {int(C.COMPLE
 BENCH_COMPLETED = "SELECT completed, failed FROM chunkd_step_counter WHERE instance_id = $1 AND step = $2"
 BENCH_TABLE_BYTES = "SELECT pg_total_relation_size('chunkd_chunk')"
 BENCH_XACTS = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+BENCH_WAL_POSITION = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
 BENCH_SYNC = "SHOW synchronous_commit"
 BENCH_SERVER = "SHOW server_version"
 

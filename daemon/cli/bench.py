@@ -61,6 +61,7 @@ def report_table(report: dict[str, Any], plot_path: str | None) -> str:
         ("claim-to-complete p50 / p95 / p99 ms", f"{lat['p50']} / {lat['p95']} / {lat['p99']}"),
         ("statements per chunk", report["statements_per_chunk"]),
         ("transactions per chunk", report["transactions_per_chunk"]),
+        ("WAL bytes per chunk", report.get("wal_bytes_per_chunk")),
         ("CPU s per 1000 chunks: daemon / postgres", f"{cpu['daemon']} / {cpu['postgres']}"),
         ("chunk table MB", f"{report['chunk_table_bytes'] / 1e6:.1f}"),
         ("synchronous_commit", report["settings"]["synchronous_commit"]),

@@ -25,7 +25,7 @@ def test_bench_drain_and_e2e_report_consistent_figures(dsn: str) -> None:
         assert r["chunks_per_second"] > 0 and r["seconds"] > 0
         assert set(r["latency_ms"]) == {"p50", "p95", "p99"}
         assert 0 <= r["latency_ms"]["p50"] <= r["latency_ms"]["p95"] <= r["latency_ms"]["p99"]
-        assert r["statements_per_chunk"] > 0 and r["transactions_per_chunk"] > 0
+        assert r["statements_per_chunk"] > 0 and r["transactions_per_chunk"] > 0 and r["wal_bytes_per_chunk"] > 0
         assert r["cpu_seconds_per_1000_chunks"]["daemon"] > 0
         assert r["chunk_table_bytes"] > 0 and r["settings"]["synchronous_commit"] in ("on", "off", "local",
                                                                                       "remote_write", "remote_apply")
