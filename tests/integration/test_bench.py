@@ -1,10 +1,13 @@
 """Smoke test of the benchmark harness: the report's fields, present and consistent."""
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import asyncpg
 
 from tests.conftest import ROOT, daemon_env
 
@@ -61,3 +64,26 @@ def test_bench_jobs_open_loop(dsn: str) -> None:
                   "--database", dsn.rsplit("/", 1)[1])
     assert r["rate"] == 100 and r["instances_completed"] == 40 and r["completed"] == 200
     assert r["submit_seconds"] >= 0.39  # submit i starts at i / rate: the schedule held
+
+
+def test_keepalive_benchmark_reports_both_routes(dsn: str) -> None:
+    """`python -m benchmarks.keepalive` (the README's keep-alive row): fields present and sane."""
+    name = dsn.rsplit("/", 1)[1] + "_ka"
+    try:
+        res = subprocess.run([sys.executable, "-m", "benchmarks.keepalive", "--requests", "20", "--database", name],
+                             env=daemon_env(dsn), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        asyncio.run(_drop_database(dsn, name))
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(res.stdout)
+    assert r["requests"] == 20
+    for route in ("healthz_ms", "instance_ms"):
+        assert 0 < r[route]["p50"] <= r[route]["p95"]
+
+
+async def _drop_database(dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
