@@ -17,7 +17,7 @@ demo: $(VENV)
 	$(BIN)/chunkd demo
 
 test: $(VENV) $(LINT_VENV) promtool chromium faketime
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
 
 $(LINT_VENV): requirements-lint.lock
 	$(PYTHON) -m venv $(LINT_VENV)
