@@ -83,19 +83,6 @@ class _Listener(ConsumerRebalanceListener):
 _METADATA_MAX_AGE_MS = 5000
 
 
-class _Backoff:
-    """Reconnect delay: doubles while attempts fail fast, starts again after a good run."""
-
-    def __init__(self) -> None:
-        self.delay = 0.5
-
-    def next(self, ran_for: float) -> float:
-        if ran_for > 30:
-            self.delay = 0.5
-        delay, self.delay = self.delay, min(self.delay * 2, 5.0)
-        return delay
-
-
 class KafkaChannel:
     name = "kafka"
 
@@ -193,16 +180,19 @@ class KafkaChannel:
             if not started:
                 started = True
                 task_status.started()
-        backoff = _Backoff()
+        delay = 0.5
         while True:
             began = anyio.current_time()
             try:
                 await self._consume(once)
             except Exception as e:  # noqa: BLE001 - the consumer outlives any broker or client fault
-                log.warning("kafka consumer failed; reconnecting", error=repr(e), retry_in=backoff.delay)
+                if anyio.current_time() - began > 30:
+                    delay = 0.5  # it had been running well: this is a new outage, not the same one
+                log.warning("kafka consumer failed; reconnecting", error=repr(e), retry_in=delay)
             self._connected = False
             once()
-            await anyio.sleep(backoff.next(anyio.current_time() - began))
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 5.0)
             try:
                 await self.prepare_again()
             except Exception:  # noqa: BLE001 - retried on the next round
