@@ -189,8 +189,8 @@ def _count(batch: list[Outcome], accepted: set[int], setback_states: dict[int, i
         elif cid in setback_states:
             tally[(C(setback_states[cid]).name, o.job, o.step)] += 1
     for (kind, job, step), n in tally.items():
-        if kind == "CANCELLED":
-            continue  # released unstarted (instance ended): not a step outcome
+        if kind in ("CANCELLED", "READY"):
+            continue  # released (its instance ended, or was restarted since): not a step outcome
         metric = {"completed": CHUNKS_COMPLETED, "ERRORED": CHUNKS_ERRORED, "FAILED": CHUNKS_FAILED,
                   "POLL_WAITING": CHUNKS_POLL_WAITING}[kind]
         metric.labels(job, step).inc(n)

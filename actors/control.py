@@ -27,6 +27,7 @@ async def restart(engine: Engine, registry: Registry, row: dict[str, Any]) -> bo
     parts = await engine.store.restart_instance(row["id"], reduction)
     if parts is None:
         return False
+    engine.stops.restarted(row["id"])
     if parts:
         await engine.channel.publish(parts)
     return True

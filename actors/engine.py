@@ -158,10 +158,13 @@ class StepSlot:
             self.settle()  # a step that swallowed our cancellation leaves it counted on the task
 
     def stop(self) -> None:
+        # stop_requested for sync steps too: whatever the step does next (returns early,
+        # raises, finishes anyway), its run was cut short and its chunk ends CANCELLED (rule 11).
         self.ctx.cancelled = True
-        if self.task is not None and not self.stop_requested:
+        if not self.stop_requested:
             self.stop_requested = True
-            self.task.cancel("chunkd: the instance ended")
+            if self.task is not None:
+                self.task.cancel("chunkd: the instance ended")
 
     def settle(self) -> bool:
         """Take our cancellation request back (once); True if another one is still pending."""
@@ -180,17 +183,24 @@ class Stops:
 
     def __init__(self) -> None:
         self.ended: set[int] = set()
+        self.fresh: set[int] = set()   # stopped here since the stopper last asked the database
         self.slots: set[StepSlot] = set()
 
     def stop(self, instance_ids: set[int]) -> int:
         """Mark these instances ended here and interrupt their running steps; returns how many were told."""
         self.ended |= instance_ids
+        self.fresh |= instance_ids
         told = 0
         for slot in list(self.slots):
             if slot.instance_id in instance_ids:
                 slot.stop()
                 told += 1
         return told
+
+    def restarted(self, instance_id: int) -> None:
+        """Its new run's chunks may start here at once (the database refuses stale releases anyway)."""
+        self.ended.discard(instance_id)
+        self.fresh.discard(instance_id)
 
 
 class Engine:

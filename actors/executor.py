@@ -99,8 +99,9 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int, slot: S
                 else:
                     await _call(step, rt.params, item, ctx)
         except asyncio.CancelledError:
-            # Ours (the instance ended) unless somebody else, shutdown say, cancels too.
-            if not slot.stop_requested or slot.settle():
+            # Ours (the instance ended) unless somebody else, shutdown say, cancels too
+            # (a sync step's thread is never cancelled by us: any cancellation is theirs).
+            if not slot.stop_requested or slot.task is None or slot.settle():
                 raise
     except RetryLater as r:
         return setback(C.POLL_WAITING, None, failure=False, delay=max(0.0, r.seconds))
@@ -109,6 +110,9 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int, slot: S
     except PermanentError as e:
         return setback(C.FAILED, f"permanent error: {_error_text(e)}", failure=True, exc=e)
     except Exception as e:  # noqa: BLE001 - any step failure becomes a retry or a FAILED chunk
+        if slot.stop_requested:  # it gave up because its instance ended: not a failure, never retried
+            return setback(C.CANCELLED, f"the instance ended while this step ran; the step then raised "
+                                        f"{_error_text(e)}", failure=False)
         if sink is not None and sink.too_large:
             return setback(C.FAILED, sink.too_large, failure=True)
         state, delay = after_error(chunk.failures, step.max_attempts, permanent=False,

@@ -23,6 +23,7 @@ from metrics import (
     GATES_ADVANCED,
     INSTANCE_ETA,
     INSTANCES,
+    INVARIANT_REFUSALS,
     IS_LEADER,
     LEADER_CHANGES,
     LEASES_RESCUED,
@@ -36,7 +37,7 @@ from storage.errors import TRANSIENT, Backoff
 from storage.reader import Reader
 from storage.states import I
 from storage.store import Store, reset_after_user_sql
-from storage.types import InstanceRow, LeaderTerm, NotLeader, Progress
+from storage.types import Finish, InstanceRow, LeaderTerm, NotLeader, Progress
 
 log = structlog.get_logger("chunkd.maintenance")
 
@@ -267,40 +268,63 @@ class Maintenance:
         by: dict[Action, list[Decided]] = defaultdict(list)
         for d in decided:
             by[d.plan.action].append(d)
-        await store.set_instances_status([d.inst.id for d in by[Action.START]], I.IN_PROGRESS, term)
-        for action, to in ((Action.MARK_ERRORED, I.ERRORED), (Action.CLEAR_ERRORED, I.IN_PROGRESS),
-                           (Action.FINALIZE, I.FINALIZE)):
-            moved = await store.set_instances_status([d.inst.id for d in by[action]], to, term)
+        await store.set_instances_status({d.inst.id: d.inst.run for d in by[Action.START]}, I.IN_PROGRESS, term)
+        for action, to in ((Action.MARK_ERRORED, I.ERRORED), (Action.CLEAR_ERRORED, I.IN_PROGRESS)):
+            moved = await store.set_instances_status({d.inst.id: d.inst.run for d in by[action]}, to, term)
             for d in by[action]:
                 if d.inst.id in moved:
                     log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=to.value)
-                    if action is Action.FINALIZE:
-                        self._start_reduction(d.inst, d.job)
+        moved = await store.finalize([_finish(d, d.job.work_steps) for d in by[Action.FINALIZE]], term)
+        for d in by[Action.FINALIZE]:
+            if d.inst.id in moved:
+                log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=I.FINALIZE.value)
+                self._start_reduction(d.inst, d.job)
+            else:
+                await self._refused(d, "FINALIZE")
         for d in by[Action.REDUCE]:
             self._start_reduction(d.inst, d.job)  # e.g. a previous leader died mid-reduction
         publish: set[int] = set()
-        opened = await store.advance_gates({d.inst.id: d.plan.to_step for d in by[Action.ADVANCE]}, term)
+        opened = await store.advance_gates([_finish(d, d.plan.to_step) for d in by[Action.ADVANCE]], term)
         for d in by[Action.ADVANCE]:
             if d.inst.id in opened:
                 step = d.job.steps[d.plan.to_step].name
                 log.info("gate advanced", job=d.job.name, instance_id=d.inst.id, step=step)
                 GATES_ADVANCED.labels(d.job.name, step).inc()
                 publish |= opened[d.inst.id]
+            else:
+                await self._refused(d, f"the gate of step {d.plan.to_step}")
         if opened:
             self.wake.set()  # the next step may already be finished (it was empty)
         for d in by[Action.COMPLETE]:
-            if await store.finish_instance(d.inst.id, I.COMPLETED, leader=term):
+            if await store.finish_instance(d.inst.id, I.COMPLETED, leader=term, decided=_finish(d, _ALL_STEPS)):
                 log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=I.COMPLETED.value)
                 await _handler(d.job.on_complete, d.inst.id, None)
+            else:
+                await self._refused(d, "COMPLETED")
         for d in by[Action.FAIL]:
-            last = await store.last_error(d.inst.id)
-            msg = (f"step {d.job.steps[last[0]].name!r} failed: {last[1]}" if last
-                   else "a chunk failed")
-            if await store.finish_instance(d.inst.id, I.FAILED, error=msg, leader=term):
+            if d.plan.reason:
+                msg = d.plan.reason
+            else:
+                last = await store.last_error(d.inst.id)
+                msg = (f"step {d.job.steps[last[0]].name!r} failed: {last[1]}" if last
+                       else "a chunk failed")
+            if await store.finish_instance(d.inst.id, I.FAILED, error=msg, leader=term,
+                                           decided=_finish(d, 0)):
                 log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=I.FAILED.value,
                          error=msg)
                 await _handler(d.job.on_error, d.inst.id, msg)
         return publish
+
+    async def _refused(self, d: Decided, what: str) -> None:
+        """A move the pass decided was refused in SQL. Usually benign (the instance was
+        stopped, restarted or moved on meanwhile: the next pass decides afresh); if the
+        instance is still in the run and status decided on, rule 10's check refused it: some
+        chunk the counters were read as done is not, which must never pass silently."""
+        now = await self.store.get_instance(d.inst.id)
+        if now is not None and now["run"] == d.inst.run and now["status"] == d.inst.status:
+            INVARIANT_REFUSALS.labels(d.job.name).inc()
+            log.error("refused to move an instance on: not every chunk of its earlier steps is COMPLETED",
+                      job=d.job.name, instance_id=d.inst.id, run=d.inst.run, to=what)
 
     def _start_reduction(self, inst: InstanceRow, job: Job) -> None:
         if inst.id not in self.reducing:
@@ -334,7 +358,8 @@ class Maintenance:
                 msg = f"reduction step {step.name!r} failed: {type(e).__name__}: {e}"
                 bound.warning("reduction failed", error=msg)
                 REDUCTIONS.labels(job.name, "failed").inc()
-                if await store.finish_instance(inst.id, I.FAILED, error=msg, leader=term):
+                if await store.finish_instance(inst.id, I.FAILED, error=msg, leader=term,
+                                               decided=Finish(inst.id, inst.run, 0)):
                     await _handler(job.on_error, inst.id, msg)
                 return
             REDUCTIONS.labels(job.name, "completed").inc()
@@ -366,7 +391,8 @@ class Maintenance:
                                      f"{limit:,} bytes (CHUNKD_MAX_REPORT_BYTES)")
             for op in ctx.tx.ops:
                 await conn.execute(op.sql, *op.args)
-            if not await store.complete_reduction(conn, inst.id, step.index, report_json, term):
+            decided = Finish(inst.id, inst.run, step.index, not job.fail_instance_on_chunk_failure)
+            if not await store.complete_reduction(conn, inst.id, step.index, report_json, term, decided):
                 raise _Superseded()  # leaving the block rolls the transaction back
         return report
 
@@ -375,6 +401,13 @@ class Decided(NamedTuple):
     inst: InstanceRow
     job: Job
     plan: Plan
+
+
+_ALL_STEPS = 32767  # smallint's top: every step
+
+
+def _finish(d: Decided, bound: int) -> Finish:
+    return Finish(d.inst.id, d.inst.run, bound, not d.job.fail_instance_on_chunk_failure)
 
 
 def _rounded(x: float | None) -> float | None:

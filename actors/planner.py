@@ -56,6 +56,7 @@ class Plan(msgspec.Struct, frozen=True):
     eta: float | None = None
     errors: int = 0
     rate_state: RateState | None = None
+    reason: str | None = None    # FAIL: why, when it is not a chunk's own error
 
 
 def step_work(shape: JobShape, counts: dict[int, StepCounts], finished_through: int) -> list[tuple[float, float]]:
@@ -142,6 +143,14 @@ def plan(shape: JobShape, status: str, current_step: int, counts_list: list[Step
     failed = sum(counts[s].failed for s in work if s in counts)
     if failed and shape.fail_on_chunk_failure:
         return Plan(Action.FAIL, **base)
+    # A running instance never holds CANCELLED chunks (a cancel ends it; a restart runs them
+    # again; a late release for an older run is handed back READY). If one does, the result
+    # would silently miss that work: fail loudly instead, and a restart runs them (rule 10).
+    cancelled = [c for c in counts_list if c.cancelled]
+    if cancelled:
+        where = ", ".join(f"{c.cancelled} of step {c.step}" for c in cancelled)
+        return Plan(Action.FAIL, reason=f"chunks were cancelled while the instance ran ({where}); restart the "
+                                        f"instance to run them", **base)
 
     if finished_through >= shape.work_steps:
         return Plan(Action.FINALIZE if shape.has_reduction else Action.COMPLETE, **base)

@@ -24,6 +24,7 @@ async def watch_ended(store: Store, inflight: InFlight, stops: Stops) -> None:
     while True:
         held = inflight.held_instances()
         if held:
+            stops.fresh = set()
             try:
                 ended = await store.ended_among(sorted(held))
                 backoff.ok()
@@ -36,7 +37,9 @@ async def watch_ended(store: Store, inflight: InFlight, stops: Stops) -> None:
             if new:
                 told = stops.stop(new)
                 log.info("instances ended: their chunks here stop", instances=sorted(new), running_told=told)
-            stops.ended = ended | (stops.ended & held)  # forget instances we no longer hold
+            # The database's answer, plus what was stopped here while it was asked; an instance
+            # restarted since it ended drops out, so its new run's chunks start again.
+            stops.ended = ended | stops.fresh
         else:
             stops.ended = set()
         await anyio.sleep(POLL_SECONDS)

@@ -64,6 +64,11 @@ QUEUE_OLDEST_READY = Gauge("chunkd_queue_oldest_ready_age_seconds",
                            "Exported by the maintenance leader.", ["partition"])
 REDUCTIONS = Counter("chunkd_reductions", "Reduction steps finished by this daemon's maintenance, by outcome.",
                      ["job", "outcome"])
+INVARIANT_REFUSALS = Counter(
+    "chunkd_invariant_refusals",
+    "Moves of an instance (gate, FINALIZE, COMPLETED) that maintenance decided and SQL refused because not every "
+    "chunk of the earlier steps was COMPLETED (rule 10). Should stay 0: anything else is a bug worth reporting.",
+    ["job"])
 GATES_ADVANCED = Counter("chunkd_gates_advanced", "Gates opened by maintenance (the next step's chunks became READY).",
                          _STEP)
 LEADER_CHANGES = Counter("chunkd_maintenance_leader_changes",

@@ -25,6 +25,7 @@ def _in(values: list[int] | list[str]) -> str:
 
 
 _ACTIVE = _in(sorted(s.value for s in I if s not in INSTANCE_TERMINAL))           # not ended yet
+_TERMINAL = _in(sorted(s.value for s in INSTANCE_TERMINAL))                       # ended
 _ENDED_OK = _in(sorted(s.value for s in INSTANCE_TERMINAL if s is not I.FAILED))  # kept CHUNKD_RETENTION
 
 
@@ -134,13 +135,13 @@ INSTANCE_LOCK = "SELECT id FROM chunkd_instance WHERE id = $1 FOR UPDATE"
 # queued chunks must not start and their running steps are told (actors/stopper.py).
 INSTANCES_ENDED_AMONG = f"""
 SELECT id FROM chunkd_instance
-WHERE id = ANY($1::bigint[]) AND status IN ({_in(sorted(s.value for s in INSTANCE_TERMINAL))})"""
+WHERE id = ANY($1::bigint[]) AND status IN ({_TERMINAL})"""
 INSTANCE_MARK_STARTED = f"""
 UPDATE chunkd_instance SET status = '{I.IN_PROGRESS.value}', started_at = now(), updated_at = now()
 WHERE id = ANY($1::bigint[]) AND status = '{I.QUEUED.value}'"""
 INSTANCE_ACTIVE_LIST = f"""
 SELECT id, job_name, job_version, params::text AS params, gated, status, current_step,
-       extract(epoch FROM (now() - coalesce(started_at, created_at)))::float8 AS elapsed
+       extract(epoch FROM (now() - coalesce(started_at, created_at)))::float8 AS elapsed, run
 FROM chunkd_instance WHERE status IN ({_ACTIVE})
 ORDER BY id"""
 INSTANCE_COUNTERS = """
@@ -148,11 +149,32 @@ SELECT instance_id, step, created, completed, failed, cancelled, errors
 FROM chunkd_step_counter WHERE instance_id = ANY($1::bigint[]) ORDER BY instance_id, step"""
 INSTANCE_HAS_ERRORED_CHUNKS = f"""
 SELECT DISTINCT instance_id FROM chunkd_chunk WHERE state = {int(C.ERRORED)} AND instance_id = ANY($1::bigint[])"""
-# Maintenance writes each kind of decision for all instances of a pass in one statement.
+# Rule 10's invariant, checked in the statement that moves an instance on: every chunk of
+# its steps below `bound` COMPLETED (FAILED too where the job tolerates failed chunks), read
+# from the step counters, which change in the same transaction as every chunk state. A
+# decision made on stale reads (a stop and a restart in between) cannot open a gate or finish
+# an instance over chunks that did not run.
+def _all_done_below(instance: str, bound: str, tolerate_failed: str) -> str:
+    return f"""NOT EXISTS (
+    SELECT 1 FROM chunkd_step_counter sc
+    WHERE sc.instance_id = {instance} AND sc.step < {bound}
+      AND sc.completed + CASE WHEN {tolerate_failed} THEN sc.failed ELSE 0 END < sc.created)"""
+
+
+# Maintenance writes each kind of decision for all instances of a pass in one statement,
+# each row fenced by the run it was decided for ($4).
 INSTANCES_SET_STATUS = """
-UPDATE chunkd_instance SET status = $2, updated_at = now()
-WHERE id = ANY($1::bigint[]) AND status = ANY($3::text[])
-RETURNING id"""
+UPDATE chunkd_instance i SET status = $2, updated_at = now()
+FROM unnest($1::bigint[], $4::int[]) AS t(id, run)
+WHERE i.id = t.id AND i.run = t.run AND i.status = ANY($3::text[])
+RETURNING i.id"""
+# -> FINALIZE: only when every work step's chunks are done ($2: work steps, $3: tolerated).
+INSTANCES_FINALIZE = f"""
+UPDATE chunkd_instance i SET status = '{I.FINALIZE.value}', updated_at = now()
+FROM unnest($1::bigint[], $4::int[], $2::int[], $3::bool[]) AS t(id, run, bound, tolerate)
+WHERE i.id = t.id AND i.run = t.run AND i.status IN ({_in(instance_allowed_from(I.FINALIZE))})
+  AND {_all_done_below("i.id", "t.bound", "t.tolerate")}
+RETURNING i.id"""
 INSTANCES_PROGRESS = f"""
 UPDATE chunkd_instance i
    SET progress = t.progress, chunks_per_second = t.rate, eta_seconds = t.eta, error_count = t.errors,
@@ -161,18 +183,22 @@ FROM unnest($1::bigint[], $2::float8[], $3::float8[], $4::float8[], $5::int[]) A
 WHERE i.id = t.id AND i.status IN ({_ACTIVE})"""
 INSTANCES_ADVANCE_GATE = f"""
 UPDATE chunkd_instance i SET current_step = t.to_step, updated_at = now()
-FROM unnest($1::bigint[], $2::int[]) AS t(id, to_step)
-WHERE i.id = t.id AND i.current_step = t.to_step - 1
+FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bool[]) AS t(id, to_step, run, tolerate)
+WHERE i.id = t.id AND i.current_step = t.to_step - 1 AND i.run = t.run
   AND i.status IN ('{I.QUEUED.value}', '{I.IN_PROGRESS.value}', '{I.ERRORED.value}')
+  AND {_all_done_below("i.id", "t.to_step", "t.tolerate")}
 RETURNING i.id, i.current_step"""
+# $6: the run the decision was made for (NULL: an operator's stop, whatever the run).
+# $7, $8: to COMPLETED, only when every chunk of the steps below $7 is done (rule 10).
 INSTANCE_FINISH = f"""
-UPDATE chunkd_instance
+UPDATE chunkd_instance i
    SET status = $2, finished_at = now(), updated_at = now(),
        progress = CASE WHEN $2 = '{I.COMPLETED.value}' THEN 1.0 ELSE progress END,
        eta_seconds = CASE WHEN $2 = '{I.COMPLETED.value}' THEN 0 ELSE NULL END,
        report = coalesce($4::jsonb, report),
        error_message = coalesce($5, error_message)
- WHERE id = $1 AND status = ANY($3::text[])
+ WHERE id = $1 AND status = ANY($3::text[]) AND ($6::int IS NULL OR run = $6)
+   AND ($2 <> '{I.COMPLETED.value}' OR {_all_done_below("i.id", "$7::int", "$8::bool")})
 RETURNING id"""
 INSTANCE_LAST_ERROR = f"""
 SELECT step, error_message FROM chunkd_chunk
@@ -274,31 +300,51 @@ RETURNING k.id"""
 # Errors, failures and poll-waits in one fenced statement; the target state per row
 # is computed in Python (storage.retry) and checked here against the table, or, with
 # SETBACK_BY_ATTEMPTS, decided here from the row's own failures and max_attempts.
+#
+# Rule 11: the instance decides too. Of an ended instance (cancelled, failed), any setback is
+# recorded CANCELLED and never retried, whatever the step did after the cancel (returned,
+# raised). A release as CANCELLED that finds the instance running again (a restart came
+# after the stop this daemon heard of) hands the chunk back READY instead: it belongs to the
+# new run. The caller holds the instances FOR KEY SHARE, so a stop or restart is ordered
+# before or after this statement, never across it.
 CHUNK_SETBACK = f"""
 UPDATE chunkd_chunk k
-   SET state = CASE WHEN d.state <> {SETBACK_BY_ATTEMPTS} THEN d.state
+   SET state = CASE WHEN i.status IN ({_TERMINAL}) THEN {int(C.CANCELLED)}
+                    WHEN d.state = {int(C.CANCELLED)} THEN {int(C.READY)}
+                    WHEN d.state <> {SETBACK_BY_ATTEMPTS} THEN d.state
                     WHEN k.failures + 1 >= k.max_attempts THEN {int(C.FAILED)} ELSE {int(C.ERRORED)} END,
-       failures = k.failures + d.failure, error_message = coalesce(d.message, k.error_message),
+       failures = k.failures + CASE WHEN i.status IN ({_TERMINAL})
+                                         OR d.state = {int(C.CANCELLED)} THEN 0 ELSE d.failure END,
+       error_message = coalesce(d.message, k.error_message),
        error_trace = CASE WHEN d.message IS NULL THEN k.error_trace ELSE d.trace END,
        orphaned = CASE WHEN d.failure > 0 THEN 0 ELSE k.orphaned END,  -- it ran and raised: not a killer
        next_run_at = now() + make_interval(secs => d.delay), lease_owner = NULL, lease_until = NULL
   FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::smallint[], $5::float8[], $6::text[], $7::text[])
-       AS d(id, attempt, state, failure, delay, message, trace)
- WHERE k.id = d.id AND k.attempt = d.attempt AND k.state = {int(C.IN_PROGRESS)}
+       AS d(id, attempt, state, failure, delay, message, trace), chunkd_instance i
+ WHERE k.id = d.id AND k.attempt = d.attempt AND k.state = {int(C.IN_PROGRESS)} AND i.id = k.instance_id
    AND d.state IN ({int(C.ERRORED)}, {int(C.FAILED)}, {int(C.POLL_WAITING)}, {int(C.CANCELLED)}, {SETBACK_BY_ATTEMPTS})
-RETURNING k.id, k.instance_id, k.step, k.state"""
+RETURNING k.id, k.instance_id, k.step, k.state, k.partition"""
 
 # Lease expired: the worker died or froze. Counts as a failure (poison chunks end FAILED) and
 # towards the chunk becoming a suspect, for the chunks that may have been running: all of
 # them the first time, then those whose start was recorded (see migration 0008).
+# Of an ended instance (a plain cancel leaves running chunks running), the chunk ends
+# CANCELLED instead (rule 11); the instances are held FOR KEY SHARE so that a restart
+# (INSTANCE_LOCK) is ordered before or after this statement, and their status read is current.
 CHUNK_RESCUE_EXPIRED = f"""
 WITH expired AS (
-    SELECT id, (orphaned = 0 OR started_attempt IS NOT DISTINCT FROM attempt) AS blamed FROM chunkd_chunk
+    SELECT id, instance_id, (orphaned = 0 OR started_attempt IS NOT DISTINCT FROM attempt) AS blamed
+    FROM chunkd_chunk
     WHERE state = {int(C.IN_PROGRESS)} AND lease_until < now()
     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+), ended AS (
+    SELECT id FROM chunkd_instance
+    WHERE id IN (SELECT instance_id FROM expired) AND status IN ({_TERMINAL})
+    FOR KEY SHARE
 )
 UPDATE chunkd_chunk k
-   SET state = CASE WHEN e.blamed AND k.failures + 1 >= k.max_attempts THEN {int(C.FAILED)} ELSE {int(C.READY)} END,
+   SET state = CASE WHEN k.instance_id IN (SELECT id FROM ended) THEN {int(C.CANCELLED)}
+                    WHEN e.blamed AND k.failures + 1 >= k.max_attempts THEN {int(C.FAILED)} ELSE {int(C.READY)} END,
        failures = k.failures + e.blamed::int, orphaned = k.orphaned + e.blamed::int,
        lease_owner = NULL, lease_until = NULL,
        error_message = CASE WHEN e.blamed
@@ -326,6 +372,7 @@ WITH due AS (
 UPDATE chunkd_chunk k SET state = {int(C.READY)}, next_run_at = NULL
   FROM due, chunkd_instance i
  WHERE k.id = due.id AND i.id = k.instance_id
+   AND i.status NOT IN ({_TERMINAL})  -- nothing of an ended instance is retried
    AND k.state IN ({_in(chunk_allowed_from(C.READY, frozenset({waiting})))})
 RETURNING k.partition, i.job_name, i.job_version, k.step"""
 
@@ -404,7 +451,7 @@ CHUNK_LIST_COUNT = f"SELECT count(*) FROM chunkd_chunk {CHUNK_LIST_WHERE}"
 INSTANCE_RESTART = f"""
 UPDATE chunkd_instance
    SET status = '{I.IN_PROGRESS.value}', finished_at = NULL, error_message = NULL, eta_seconds = NULL,
-       updated_at = now()
+       updated_at = now(), run = run + 1
  WHERE id = $1 AND status IN ({_in(sorted(s.value for s in RESTARTABLE if s.value in instance_allowed_from(I.IN_PROGRESS)))})
    AND NOT purging  -- retention has begun deleting it (storage/retention.py)
 RETURNING current_step, gated"""
@@ -592,7 +639,7 @@ BENCH_JOBS_PROGRESS = """
 SELECT coalesce(sum(completed + failed), 0)::bigint FROM chunkd_step_counter
 WHERE instance_id = ANY($1::bigint[]) AND step = $2"""
 BENCH_JOBS_FINISHED = f"""
-SELECT count(*) FILTER (WHERE status IN ({_in(sorted(s.value for s in INSTANCE_TERMINAL))})),
+SELECT count(*) FILTER (WHERE status IN ({_TERMINAL})),
        count(*) FILTER (WHERE status = '{I.COMPLETED.value}')
 FROM chunkd_instance WHERE id = ANY($1::bigint[])"""
 # Submit -> COMPLETED from the client's own start time of each submit (the scheduled one under

@@ -19,6 +19,7 @@ from storage.text import MAX_TRACE, storable, storable_json
 from storage.types import (
     ClaimedChunk,
     Created,
+    Finish,
     InstanceDetail,
     InstanceRow,
     LeaderTerm,
@@ -101,6 +102,13 @@ async def _reset_session(conn: asyncpg.Connection) -> None:
             await conn.execute(conn.get_reset_query())
     except Exception:  # noqa: BLE001 - a connection we cannot reset must not be reused
         conn.terminate()
+
+
+def _fence_args(decided: Finish | None) -> tuple[int | None, int, bool]:
+    """INSTANCE_FINISH's $6-$8: the run, and the steps whose chunks must all be done."""
+    if decided is None:
+        return None, 0, False
+    return decided.run, decided.bound, decided.tolerate_failed
 
 
 class Store:
@@ -215,17 +223,26 @@ class Store:
     async def instances_with_errored_chunks(self, instance_ids: Sequence[int]) -> set[int]:
         return {r[0] for r in await self.pool.fetch(sql.INSTANCE_HAS_ERRORED_CHUNKS, list(instance_ids))}
 
-    async def set_instance_status(self, instance_id: int, to: I, leader: LeaderTerm | None = None) -> bool:
-        return bool(await self.set_instances_status([instance_id], to, leader))
-
-    async def set_instances_status(self, instance_ids: Sequence[int], to: I,
+    async def set_instances_status(self, runs: dict[int, int], to: I,
                                    leader: LeaderTerm | None = None) -> set[int]:
-        """Moves those allowed to move to `to`; returns their ids."""
-        if not instance_ids:
+        """Moves those allowed to move to `to` and still in the run given (instance id -> run);
+        returns their ids."""
+        if not runs:
             return set()
         async with self.pool.acquire() as conn, conn.transaction():
-            moved = {r[0] for r in await conn.fetch(sql.INSTANCES_SET_STATUS, list(instance_ids), to.value,
-                                                    instance_allowed_from(to))}
+            moved = {r[0] for r in await conn.fetch(sql.INSTANCES_SET_STATUS, list(runs), to.value,
+                                                    instance_allowed_from(to), list(runs.values()))}
+            await self.fence_leader(conn, leader)
+        return moved
+
+    async def finalize(self, decided: Sequence[Finish], leader: LeaderTerm | None = None) -> set[int]:
+        """-> FINALIZE those whose work steps' chunks are all done (rule 10) in the run given."""
+        if not decided:
+            return set()
+        async with self.pool.acquire() as conn, conn.transaction():
+            moved = {r[0] for r in await conn.fetch(
+                sql.INSTANCES_FINALIZE, [d.instance_id for d in decided], [d.bound for d in decided],
+                [d.tolerate_failed for d in decided], [d.run for d in decided])}
             await self.fence_leader(conn, leader)
         return moved
 
@@ -237,13 +254,15 @@ class Store:
         row = await self.pool.fetchrow(sql.INSTANCE_LAST_ERROR, instance_id)
         return (row[0], row[1]) if row else None
 
-    async def advance_gates(self, to_steps: dict[int, int], leader: LeaderTerm | None = None) -> dict[int, set[int]]:
-        """Opens step `to_steps[id]` of each gated instance (those someone else advanced
-        already are left out). Returns, per advanced instance, the partitions to notify."""
-        if not to_steps:
+    async def advance_gates(self, gates: Sequence[Finish], leader: LeaderTerm | None = None) -> dict[int, set[int]]:
+        """Opens step `bound` of each gated instance, if every chunk before it is done and the
+        instance is still in the run given (those someone else advanced already are left out).
+        Returns, per advanced instance, the partitions to notify."""
+        if not gates:
             return {}
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(sql.INSTANCES_ADVANCE_GATE, list(to_steps), list(to_steps.values()))
+            rows = await conn.fetch(sql.INSTANCES_ADVANCE_GATE, [g.instance_id for g in gates], [g.bound for g in gates],
+                                    [g.run for g in gates], [g.tolerate_failed for g in gates])
             opened: dict[int, set[int]] = {r[0]: set() for r in rows}
             if rows:
                 for inst, part in await conn.fetch(sql.CHUNKS_OPEN_GATE, [r[0] for r in rows], [r[1] for r in rows]):
@@ -253,13 +272,16 @@ class Store:
 
     async def finish_instance(self, instance_id: int, to: I, *, report_json: str | None = None,
                               error: str | None = None, conn: asyncpg.Connection | None = None,
-                              running_too: bool = False, leader: LeaderTerm | None = None) -> bool:
+                              running_too: bool = False, leader: LeaderTerm | None = None,
+                              decided: Finish | None = None) -> bool:
         """COMPLETED / FAILED / CANCELLED, guarded; pending chunks (with `running_too`, also
-        the running ones, whose results will then be refused) are cancelled in the same transaction."""
+        the running ones, whose results will then be refused) are cancelled in the same transaction.
+        `decided`: maintenance's decision, fenced by its run (and, to COMPLETED, rule 10's check)."""
         async def run(c: asyncpg.Connection) -> bool:
             await c.execute(sql.INSTANCE_LOCK, instance_id)
             ok = await c.fetchval(sql.INSTANCE_FINISH, instance_id, to.value, instance_allowed_from(to),
-                                  None if report_json is None else storable_json(report_json), storable(error))
+                                  None if report_json is None else storable_json(report_json), storable(error),
+                                  *_fence_args(decided))
             if ok is None:
                 return False
             if to is not I.COMPLETED:
@@ -288,6 +310,9 @@ class Store:
         """FAILED/CANCELLED -> IN_PROGRESS; every chunk that did not complete runs again.
         Returns the partitions to notify, or None if the instance is not restartable."""
         async with self.pool.acquire() as conn, conn.transaction():
+            # FOR UPDATE first: waits for the outcome batches and rescues holding the instance
+            # FOR KEY SHARE, so none of them straddles the restart (see CHUNK_SETBACK).
+            await conn.execute(sql.INSTANCE_LOCK, instance_id)
             row = await conn.fetchrow(sql.INSTANCE_RESTART, instance_id)
             if row is None:
                 return None
@@ -352,11 +377,12 @@ class Store:
         delta = CounterDelta()
         user_sql = any(s.tx_ops for s in successes)
         async with self.pool.acquire() as conn, reset_after_user_sql(conn, lambda: user_sql), conn.transaction():
-            instance_ids = sorted({s.instance_id for s in successes})
+            instance_ids = sorted({s.instance_id for s in successes} | {b.instance_id for b in setbacks})
             closed: set[int] = set()
             if instance_ids:
-                # FOR SHARE orders us against a concurrent cancel/fail of these instances,
-                # so a child is never inserted claimable into a finished instance.
+                # FOR KEY SHARE orders us against a concurrent cancel/fail/restart of these
+                # instances, so a child is never inserted claimable into a finished instance
+                # and a setback sees the instance's current status (CHUNK_SETBACK).
                 for r in await conn.fetch(sql.INSTANCE_STATUS_FOR_SHARE, instance_ids):
                     if r[1] in {s.value for s in INSTANCE_TERMINAL}:
                         closed.add(r[0])
@@ -381,7 +407,7 @@ class Store:
                     [b.delay for b in setbacks], [storable(b.message) for b in setbacks],
                     [storable(b.trace, MAX_TRACE) for b in setbacks])
                 res.refused += len(setbacks) - len(rows)
-                for cid, inst, step, state in rows:
+                for cid, inst, step, state, part in rows:
                     res.setback_states[cid] = state
                     if state == C.FAILED:
                         res.failed += 1
@@ -393,6 +419,9 @@ class Store:
                     elif state == C.CANCELLED:
                         res.cancelled += 1
                         delta.add(inst, step, CANCELLED)
+                    elif state == C.READY:  # released for the instance's new run
+                        res.released += 1
+                        res.ready_partitions.add(part)
                     else:
                         res.poll_waiting += 1
             if delta:
@@ -455,6 +484,8 @@ class Store:
                     failed += 1
                     delta.add(inst, step, FAILED)
                     delta.add(inst, step, ERRORS)
+                elif state == C.CANCELLED:  # its instance ended meanwhile
+                    delta.add(inst, step, CANCELLED)
                 else:
                     parts.add(part)
             if delta:
@@ -495,13 +526,13 @@ class Store:
             yield r[1]
 
     async def complete_reduction(self, conn: asyncpg.Connection, instance_id: int, step: int,
-                                 report_json: str, leader: LeaderTerm | None) -> bool:
+                                 report_json: str, leader: LeaderTerm | None, decided: Finish | None = None) -> bool:
         """In the caller's transaction: report written and input consumed exactly once.
         False when the instance is no longer in FINALIZE (cancelled, or finished by another
         leader); NotLeader when this leader's term is over. In both cases the caller must
         roll back, taking the reduction's own ctx.tx writes with it."""
         ok = await conn.fetchval(sql.INSTANCE_FINISH, instance_id, I.COMPLETED.value,
-                                 [I.FINALIZE.value], storable_json(report_json), None)
+                                 [I.FINALIZE.value], storable_json(report_json), None, *_fence_args(decided))
         if ok is None:
             return False
         n = await conn.fetchval(sql.CHUNK_REDUCTION_CONSUMED, instance_id, step)

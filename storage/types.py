@@ -62,6 +62,7 @@ class Recorded(msgspec.Struct):
     failed: int = 0
     poll_waiting: int = 0
     cancelled: int = 0
+    released: int = 0                # cancel releases that found the instance restarted: READY again
     children: int = 0
     ready_partitions: set[int] = set()
     accepted: set[int] = set()            # chunk ids whose completion committed
@@ -77,6 +78,7 @@ class InstanceRow(msgspec.Struct):
     status: str
     current_step: int = 0
     elapsed: float = 0.0
+    run: int = 1          # the instance's run: a restart starts the next (migration 0014)
 
 
 class InstanceDetail(NamedTuple):
@@ -106,6 +108,16 @@ class Progress(NamedTuple):
     rate: float | None
     eta: float | None
     errors: int
+
+
+class Finish(msgspec.Struct, frozen=True):
+    """A maintenance decision to move an instance on, fenced in SQL (rule 10): it applies only
+    in the run it was decided for, and only when every chunk of the steps below `bound` is
+    COMPLETED (or FAILED, with `tolerate_failed`: a job that does not fail on a chunk's failure)."""
+    instance_id: int
+    run: int
+    bound: int
+    tolerate_failed: bool = False
 
 
 class LeaderTerm(msgspec.Struct, frozen=True):

@@ -460,3 +460,97 @@ async def s_reduce(params: CountParams, chunks: AsyncIterator[Item], ctx: Contex
     ctx.tx.execute("SELECT pg_advisory_lock($1)", SESSION_LOCK_KEY + 1)
     ctx.tx.execute("SET application_name = 'chunkd-leaked'")
     return Sum(count, 0)
+
+
+# ------------------------------------------------------------ runs and cancels (issue 22 rows 1-3)
+# A transactional step that records its effect once per input (test_effect) and reacts to
+# ctx.cancelled as told: "return" early, "raise", or "ignore" it and finish its work.
+class ReactParams(msgspec.Struct, forbid_unknown_fields=True):
+    chunks: int
+    work_ms: float = 100.0
+    react: str = "ignore"
+
+
+EFFECT_TABLES = """
+CREATE TABLE IF NOT EXISTS test_started (instance_id bigint, n int, at timestamptz);
+CREATE TABLE IF NOT EXISTS test_effect (instance_id bigint, n int, at timestamptz DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS test_reduced (instance_id bigint, node int);
+"""
+
+
+def _react_plan(params: ReactParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+def _react_effect(params: ReactParams, chunk: Item, ctx: Context, sink: Sink[Item]) -> None:
+    ctx.tx.execute("INSERT INTO test_effect (instance_id, n) VALUES ($1, $2)", ctx.instance_id, chunk.n)
+    sink.emit(chunk)
+
+
+def _react_cancelled(params: ReactParams) -> bool:
+    """True: the step stops here (returns); raises for "raise"; False: carry on."""
+    if params.react == "raise":
+        raise RuntimeError("cancelled, so this step gives up")
+    return params.react == "return"
+
+
+async def _react_reduce(params: ReactParams, chunks: AsyncIterator[Item], ctx: Context) -> Sum:
+    count = total = 0
+    async for c in chunks:
+        count += 1
+        total += c.n
+    ctx.tx.execute("INSERT INTO test_reduced (instance_id, node) VALUES ($1, $2)", ctx.instance_id, os.getpid())
+    return Sum(count, total)
+
+
+react_sync = Job("test.react_sync", params=ReactParams, gated=True)
+react_async = Job("test.react_async", params=ReactParams, gated=True)
+
+
+@react_sync.first_step(emits=Item)
+def rs_plan(params: ReactParams, ctx: Context, sink: Sink[Item]) -> None:
+    _react_plan(params, ctx, sink)
+
+
+@react_sync.step(consumes=Item, emits=Item, transactional=True, max_attempts=3, backoff_base=0.05, backoff_max=0.2)
+def rs_work(params: ReactParams, chunk: Item, ctx: Context, sink: Sink[Item]) -> None:
+    import time
+    deadline = time.monotonic() + params.work_ms / 1000
+    while time.monotonic() < deadline:
+        if ctx.cancelled and _react_cancelled(params):
+            return
+        time.sleep(0.01)
+    _react_effect(params, chunk, ctx, sink)
+
+
+@react_sync.reduce(consumes=Item, transactional=True)
+async def rs_reduce(params: ReactParams, chunks: AsyncIterator[Item], ctx: Context) -> Sum:
+    return await _react_reduce(params, chunks, ctx)
+
+
+@react_async.first_step(emits=Item)
+async def ra_plan(params: ReactParams, ctx: Context, sink: Sink[Item]) -> None:
+    _react_plan(params, ctx, sink)
+
+
+@react_async.step(consumes=Item, emits=Item, transactional=True, max_attempts=3, backoff_base=0.05, backoff_max=0.2)
+async def ra_work(params: ReactParams, chunk: Item, ctx: Context, sink: Sink[Item]) -> None:
+    await ctx.db.fetchval("INSERT INTO test_started (instance_id, n, at) VALUES ($1, $2, clock_timestamp()) "
+                          "RETURNING 1", ctx.instance_id, chunk.n)
+    deadline = anyio.current_time() + params.work_ms / 1000
+    while anyio.current_time() < deadline:
+        if ctx.cancelled and _react_cancelled(params):
+            return
+        try:
+            await anyio.sleep(0.01)
+        except BaseException:
+            if params.react == "ignore":
+                continue  # swallows the interruption and finishes its work anyway
+            raise
+    _react_effect(params, chunk, ctx, sink)
+
+
+@react_async.reduce(consumes=Item, transactional=True)
+async def ra_reduce(params: ReactParams, chunks: AsyncIterator[Item], ctx: Context) -> Sum:
+    return await _react_reduce(params, chunks, ctx)
