@@ -160,3 +160,41 @@ async def test_a_chunk_orphaned_twice_runs_only_in_the_suspect_slot(store: Store
     # it came back with an ordinary error: no longer suspected of killing workers
     await store.record_outcomes([], [Setback(s.id, s.attempt, iid, 0, int(C.ERRORED), True, 0.0, "boom")])
     assert (await orphaned(s.id))[0] == 0
+
+
+async def test_an_instance_moves_on_only_over_completed_chunks_of_its_run(store: Store, conn: asyncpg.Connection) -> None:
+    """Rule 10 in SQL (issue 22 row 1): a decision to complete, finalize or open a gate is
+    refused while any chunk of the earlier steps is not COMPLETED (by the counters written in
+    the same transactions), or when the instance is in another run than the one decided for."""
+    from storage.states import I
+    from storage.types import Finish
+    iid = await _instance(store)  # one first-step chunk, READY
+    await conn.execute("UPDATE chunkd_instance SET status = 'IN_PROGRESS' WHERE id = $1", iid)
+    assert not await store.finish_instance(iid, I.COMPLETED, decided=Finish(iid, 1, 32767))
+    assert not await store.finalize([Finish(iid, 1, 1)])
+    assert await store.advance_gates([Finish(iid, 1, 1)]) == {}
+    await conn.execute(f"UPDATE chunkd_chunk SET state = {int(C.COMPLETED)} WHERE instance_id = $1", iid)
+    await conn.execute("UPDATE chunkd_step_counter SET completed = created WHERE instance_id = $1", iid)
+    await conn.execute("UPDATE chunkd_instance SET run = 2 WHERE id = $1", iid)  # a stop and a restart came between
+    assert not await store.finish_instance(iid, I.COMPLETED, decided=Finish(iid, 1, 32767))
+    assert await store.finish_instance(iid, I.COMPLETED, decided=Finish(iid, 2, 32767))
+
+
+async def test_a_setback_of_an_ended_instance_is_cancelled_and_a_stale_release_is_handed_back(
+        store: Store, conn: asyncpg.Connection) -> None:
+    """Rule 11 (issue 22 rows 1 and 3): once the instance has ended, a chunk's error is
+    recorded CANCELLED (never retried); a release as CANCELLED that finds the instance running
+    again (restarted after the stop the daemon heard of) puts the chunk back READY."""
+    iid = await _instance(store)
+    node = await store.register_node("test", 1)
+    (c,) = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30)]
+    assert await store.cancel_instance(iid)
+    res = await store.record_outcomes([], [Setback(c.id, c.attempt, iid, 0, int(C.ERRORED), True, 0.0, "gave up")])
+    assert res.setback_states == {c.id: C.CANCELLED}
+    assert await conn.fetchval("SELECT failures FROM chunkd_chunk WHERE id = $1", c.id) == 0
+    assert await store.restart_instance(iid, None)
+    (again,) = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30)]
+    res = await store.record_outcomes([], [Setback(again.id, again.attempt, iid, 0, int(C.CANCELLED), False, 0.0, None)])
+    assert res.setback_states == {again.id: C.READY} and res.ready_partitions
+    assert await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", iid) == "IN_PROGRESS"
+    assert await conn.fetchval("SELECT run FROM chunkd_instance WHERE id = $1", iid) == 2

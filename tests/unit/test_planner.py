@@ -119,3 +119,13 @@ def test_eta_follows_a_slowdown_within_seconds() -> None:
     average_guess = t * (1 - p.progress) / p.progress
     assert p.eta is not None and abs(p.eta - true_left) < 0.25 * true_left, (p.eta, true_left)
     assert abs(average_guess - true_left) > 0.4 * true_left  # what the old ETA would have said
+
+
+def test_cancelled_chunks_in_a_running_instance_fail_it_with_the_reason() -> None:
+    """Rule 10 (issue 22 row 1): cancelled chunks are never 'done' work in a running instance.
+    The old planner counted them as finished and completed the instance over work never run."""
+    p = plan(FREE, "IN_PROGRESS", 0, [sc(0, 1, 1), sc(1, 3, 1, cancelled=2)], False, 1.0)
+    assert p.action is Action.FAIL
+    assert p.reason is not None and "2 of step 1" in p.reason and "restart" in p.reason
+    gated = plan(GATED, "IN_PROGRESS", 1, [sc(0, 1, 1), sc(1, 10, 9, cancelled=1)], False, 1.0)
+    assert gated.action is Action.FAIL
