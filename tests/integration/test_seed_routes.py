@@ -359,3 +359,65 @@ async def test_readme_curl_lines_work_as_written(conn: asyncpg.Connection, api_d
         "Restarted job execution with ID 1 - New execution ID is: 1"
     assert by_path["/control/jobs DELETE"]["success"] is True
     assert await wait_status(conn, first, {"CANCELLED"}, 10) == "CANCELLED"
+
+
+# ---------------------------------------------------------------- cron dialects through the API and the CLI
+async def test_schedules_say_their_dialect_and_next_fire_times(conn: asyncpg.Connection, api_daemon) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import run_cli
+    api = api_daemon()
+    env = api.cli_env()
+    add = ("schedules", "add", "mondays", "chunkd.synthetic", "--params", '{"chunks": 1}', "--cron", "0 0 1 * * 1")
+    # seed 002 is Spring's @Scheduled, seed 004 Smile's Quartz: "1" is Monday to one, Sunday to the other
+    refused = run_cli(*add, env=env)
+    assert refused.returncode != 0
+    assert "quartz reads SUN" in refused.stderr and "spring reads MON" in refused.stderr, refused.stderr
+    assert "--dialect" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert await conn.fetchval("SELECT count(*) FROM chunkd_schedule") == 0
+
+    made = run_cli(*add, "--dialect", "spring", "--json", env=env)
+    assert made.returncode == 0, made.stderr
+    row = json.loads(made.stdout)
+    assert row["dialect"] == "spring" and len(row["next_fire_times"]) == 3
+    assert [datetime.fromisoformat(t.replace("Z", "+00:00")).strftime("%a %H:%M:%S") for t in row["next_fire_times"]] \
+        == ["Mon 01:00:00"] * 3
+    # seed 002's nightly, no dialect: the same in both, stored as Quartz
+    nightly = ApiClient(api.url).call("POST", "/api/v1/schedules", body={
+        "id": "nightly", "job": "chunkd.synthetic", "parameters": {"chunks": 1}, "cron": "0 0 1 * * ?"})
+    assert nightly["dialect"] == "quartz"
+    times = [datetime.fromisoformat(t.replace("Z", "+00:00")) for t in nightly["next_fire_times"]]
+    assert [t.strftime("%H:%M:%S") for t in times] == ["01:00:00"] * 3
+    assert [(b - a).days for a, b in zip(times, times[1:])] == [1, 1]
+    sundays = ApiClient(api.url).call("POST", "/api/v1/schedules", body={
+        "id": "sundays", "job": "chunkd.synthetic", "cron": "0 0 1 * * 1", "dialect": "quartz"})
+    assert {datetime.fromisoformat(t.replace("Z", "+00:00")).strftime("%a") for t in sundays["next_fire_times"]} \
+        == {"Sun"}
+    e = err(lambda: ApiClient(api.url).call("POST", "/api/v1/schedules", body={
+        "id": "x", "job": "chunkd.synthetic", "cron": "0 0 1 * * 1"}))
+    assert e.status == 422 and e.details == {"path": "$.cron"} and "spring reads MON" in e.message
+    assert await conn.fetchval("SELECT dialect FROM chunkd_schedule WHERE id = 'mondays'") == "spring"
+
+    listed = run_cli("schedules", env=env)
+    assert listed.returncode == 0, listed.stderr
+    lines = {ln.split()[0]: ln for ln in listed.stdout.splitlines() if ln.split()}
+    assert "DIALECT" in lines["ID"] and "NEXT_FIRE_TIMES" in lines["ID"]
+    assert " spring " in lines["mondays"] and " quartz " in lines["nightly"] and " quartz " in lines["sundays"]
+    assert lines["mondays"].count("T01:00:00") == 3
+
+
+async def test_migration_0015_says_the_dialect_old_rows_were_read_in(conn: asyncpg.Connection) -> None:
+    # Rows from before 0015 were read by field count (5 unix, else quartz): they keep that meaning.
+    from storage.migrate import migrate
+    await conn.execute("ALTER TABLE chunkd_schedule DROP CONSTRAINT chunkd_schedule_dialect_with_cron")
+    await conn.execute("ALTER TABLE chunkd_schedule DROP COLUMN dialect")
+    await conn.execute("DELETE FROM chunkd_migration WHERE version = 15")
+    for sid, cron, every in (("u", " 0 1 * *  1", None), ("q", "0 0 1 * * 1", None), ("y", "0 0 1 ? * 2 2030", None),
+                             ("e", None, 60.0)):
+        await conn.execute("INSERT INTO chunkd_schedule (id, job_name, params, cron, interval_seconds, next_fire_at) "
+                           "VALUES ($1, 'chunkd.synthetic', '{}', $2, $3, now())", sid, cron, every)
+    assert await migrate(conn) == ["0015_schedule_dialect.sql"]
+    got = dict(await conn.fetch("SELECT id, dialect FROM chunkd_schedule"))  # type: ignore[arg-type]
+    assert got == {"u": "unix", "q": "quartz", "y": "quartz", "e": None}
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute("UPDATE chunkd_schedule SET dialect = 'cronos' WHERE id = 'q'")
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute("UPDATE chunkd_schedule SET dialect = NULL WHERE id = 'q'")
