@@ -98,6 +98,28 @@ def test_same_shape_catches_last_rounds_differences() -> None:
     same_shape({**ex, "extra": 1}, ex)
 
 
+# the workspace's ../shared/seeds, where the issue keeps them (from the main checkout or a worktree under wt/)
+SEED_DIR = next((p for p in (ROOT.parent / "shared" / "seeds", ROOT.parent.parent / "shared" / "seeds") if p.exists()),
+                ROOT.parent / "shared" / "seeds")
+
+
+def test_fixtures_are_the_seed_pages_own_examples() -> None:
+    # seed 003, 33.2.1-33.2.4: every JSON example on the page, in order, is a fixture, unchanged
+    page = SEED_DIR / SMILE
+    if not page.exists():
+        pytest.skip(f"the seed documents are not at {SEED_DIR}")
+    examples, depth, buf = [], 0, []
+    for line in page.read_text().splitlines():
+        if depth or line.startswith("{"):
+            buf.append(line)
+            depth += line.count("{") - line.count("}")
+            if not depth:
+                examples.append(json.loads("\n".join(buf)))
+                buf = []
+    assert examples == [seed(n) for n in ("smile_batch_job_names.json", "smile_batch_job_instances.json",
+                                          "smile_stop_job_execution.json", "smile_restart_job_execution.json")]
+
+
 # ---------------------------------------------------------------- real curl, exactly as typed
 def curl(*args: str) -> tuple[int, Any]:
     """Run curl (or, without it, urllib sending no Content-Type and no body); (status, JSON body)."""
@@ -280,6 +302,8 @@ async def test_hapi_control_jobs(conn: asyncpg.Connection, api_daemon) -> None: 
 
 async def test_credentials_come_before_content_type(conn: asyncpg.Connection, api_daemon) -> None:  # type: ignore[no-untyped-def]
     # Before: a request with no token, or a valid token and no Content-Type, got 415 first.
+    # Seed 003, 33.2.3/33.2.4 ("This method requires the MANAGE_BATCH_JOBS permission"): the
+    # permission is what decides, whatever the request's body or Content-Type.
     api = api_daemon(TOKENS)
     url = f"{api.url}/api/v1/instances"
     body = json.dumps({"job": "chunkd.synthetic", "parameters": {"chunks": 1}})
@@ -294,6 +318,7 @@ async def test_credentials_come_before_content_type(conn: asyncpg.Connection, ap
 
 
 async def test_without_tokens_a_bearer_header_is_what_lifts_the_content_type_rule(conn: asyncpg.Connection, api_daemon) -> None:  # type: ignore[no-untyped-def]
+    # Seed 003, 33.2.3 Stop Job Execution (POST …/stop?force=true, no body), sent without tokens configured.
     # No-token mode (loopback): a page can send a bodyless or form POST but not an Authorization
     # header (that needs a CORS preflight, never granted), so only the header lifts the rule.
     # (tests/integration/test_trust.py::test_browser_pages_cannot_drive_the_api keeps the rest.)
@@ -331,6 +356,8 @@ def readme_curl_lines() -> list[str]:
 
 
 async def test_readme_curl_lines_work_as_written(conn: asyncpg.Connection, api_daemon) -> None:  # type: ignore[no-untyped-def]
+    # The README's block: seed 003 33.2.1-33.2.4 (names, instances with ?count=20&start=0, stop
+    # force=true, restart) and seed 002 "Tutorial: Controlling Native Jobs" (list, DELETE cancel).
     if not shutil.which("curl"):
         pytest.skip("no curl on this machine")
     lines = readme_curl_lines()
@@ -405,6 +432,7 @@ async def test_schedules_say_their_dialect_and_next_fire_times(conn: asyncpg.Con
 
 
 async def test_migration_0015_says_the_dialect_old_rows_were_read_in(conn: asyncpg.Connection) -> None:
+    # Seed 004 (Smile, "6.25.5 Clustered Scheduled Jobs": Quartz) is what 6-7 field rows meant before.
     # Rows from before 0015 were read by field count (5 unix, else quartz): they keep that meaning.
     from storage.migrate import migrate
     await conn.execute("ALTER TABLE chunkd_schedule DROP CONSTRAINT chunkd_schedule_dialect_with_cron")
