@@ -305,8 +305,10 @@ class Job:
 
 class Schedule(msgspec.Struct, frozen=True, kw_only=True):
     """A clustered schedule declared in a job module: fires once per occurrence across
-    all daemons. Give `cron` (Unix: 5 fields; Quartz: 6-7 fields, seconds first) or `every`
-    (seconds). An invalid one stops `chunkd run` at start (exit 2)."""
+    all daemons. Give `cron` (Unix: 5 fields; Quartz: 6-7 fields, seconds first; Spring: 6) or
+    `every` (seconds), and for a cron the `dialect` ("quartz", "spring" or "unix") where it
+    matters: a 6-field expression with a numeric day-of-week, which Quartz and Spring read
+    differently, is refused without one. An invalid one stops `chunkd run` at start (exit 2)."""
     name: str
     job: str
     params: dict[str, Any] = {}
@@ -315,6 +317,7 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
     timezone: str = "UTC"
     missed: str = "skip"          # or "run_once": after downtime, one run for all missed ones
     version: int | None = None
+    dialect: str | None = None    # quartz, spring or unix; None: by field count where unambiguous
 
 
 class LocalTask(msgspec.Struct, frozen=True, kw_only=True):

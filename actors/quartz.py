@@ -1,4 +1,5 @@
-"""Quartz cron expressions (what Smile CDR and Spring's @Scheduled users write), pure.
+"""Quartz cron expressions (what Smile CDR writes) and Spring's (`@Scheduled(cron=...)`, what
+hapi-fhir-groovy writes), pure.
 
 Fields, seconds first: `sec min hour day-of-month month day-of-week [year]`.
 Supported as Quartz's CronExpression documents them: `*`, `?` (day fields), lists `,`,
@@ -12,6 +13,12 @@ are Unix cron: 0=Sunday, no `W`/`#` combination rules), so this is a small evalu
 it walks matching days, then the hours/minutes/seconds of each day, in wall-clock time.
 One deliberate leniency over Quartz: `*` in both day fields means every day (Spring
 accepts it; Quartz would refuse); restricting both day fields is refused as in Quartz.
+
+Spring's dialect (`parse(expr, dialect="spring")`) differs only in the day-of-week field and
+in having no year: exactly 6 fields, day-of-week 0 or 7 = SUN, 1 = MON .. 6 = SAT (ISO, as
+Spring's CronExpression), names as everywhere; `5L` = last Friday, `5#3` = third Friday. It
+is parsed into the same Quartz structure (day numbers translated to Quartz's 1=SUN..7=SAT),
+so one evaluator serves both.
 """
 from __future__ import annotations
 
@@ -23,7 +30,10 @@ from datetime import date, datetime, time, timedelta, tzinfo
 MAX_YEAR = 2099
 _MONTHS = {n: i for i, n in enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT",
                                         "NOV", "DEC"], start=1)}
-_DAYS = {n: i for i, n in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"], start=1)}
+DAY_NAMES = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")  # index + 1 = Quartz's number
+_DAYS = {n: i for i, n in enumerate(DAY_NAMES, start=1)}
+_SPRING_DAYS = {n: (i - 2) % 7 + 1 for n, i in _DAYS.items()}  # ISO: MON=1 .. SUN=7
+DIALECTS = ("quartz", "spring")
 _FIELDS = ("second", "minute", "hour", "day-of-month", "month", "day-of-week", "year")
 _BOUNDS = {"second": (0, 59), "minute": (0, 59), "hour": (0, 23), "day-of-month": (1, 31), "month": (1, 12),
            "day-of-week": (1, 7), "year": (1970, MAX_YEAR)}
@@ -149,10 +159,16 @@ def _dow_matches(spec: DayOfWeek, d: date) -> bool:
 
 
 # ---------------------------------------------------------------- parsing
-def _number(token: str, field: str, names: dict[str, int] | None) -> int:
+def _spring_to_quartz(iso: int) -> int:
+    return iso % 7 + 1  # MON=1 -> 2, SAT=6 -> 7, SUN=7 -> 1
+
+
+def _number(token: str, field: str, names: dict[str, int] | None, spring: bool = False) -> int:
     up = token.upper()
     if names and up in names:
         return names[up]
+    if spring and field == "day-of-week" and up == "0":
+        return 7  # Spring: 0 and 7 are both Sunday
     if not up.isdigit():
         hint = " (names: " + "-".join([next(iter(names)), list(names)[-1]]) + ")" if names else ""
         raise QuartzError(f"{field} {token!r} is not a number{hint}")
@@ -164,7 +180,7 @@ def _number(token: str, field: str, names: dict[str, int] | None) -> int:
     return n
 
 
-def _values(text: str, field: str, names: dict[str, int] | None = None) -> frozenset[int]:
+def _values(text: str, field: str, names: dict[str, int] | None = None, spring: bool = False) -> frozenset[int]:
     """`*`, lists, ranges (wrapping past the maximum as Quartz does), increments."""
     lo, hi = _BOUNDS[field]
     out: set[int] = set()
@@ -183,9 +199,9 @@ def _values(text: str, field: str, names: dict[str, int] | None = None) -> froze
             start, end = lo, hi
         elif "-" in base:
             a, _, b = base.partition("-")
-            start, end = _number(a, field, names), _number(b, field, names)
+            start, end = _number(a, field, names, spring), _number(b, field, names, spring)
         else:
-            start = _number(base, field, names)
+            start = _number(base, field, names, spring)
             end = hi if _ else start  # "5/15": from 5 to the end
         span = end - start if end >= start else (hi - start) + (end - lo) + 1
         for k in range(0, span + 1, step):
@@ -212,24 +228,49 @@ def _day_of_month(text: str) -> DayOfMonth:
     return DayOfMonth(_values(text, "day-of-month"))
 
 
-def _day_of_week(text: str) -> DayOfWeek:
+def _day_of_week(text: str, spring: bool = False) -> DayOfWeek:
     up = text.upper()
+    names = _SPRING_DAYS if spring else _DAYS
+    conv = _spring_to_quartz if spring else (lambda n: n)
     if up == "L":
+        if spring:
+            raise QuartzError("day-of-week 'L' alone: say which day's last (5L or FRIL = the last Friday)")
         return DayOfWeek(frozenset({7}))  # "L" alone = the last day of the week, Saturday
     if m := re.fullmatch(r"(\w+?)L", up):
-        return DayOfWeek(frozenset(), last_of=_number(m.group(1), "day-of-week", _DAYS))
+        return DayOfWeek(frozenset(), last_of=conv(_number(m.group(1), "day-of-week", names, spring)))
     if m := re.fullmatch(r"(\w+)#(\d+)", up):
         n = int(m.group(2))
         if not 1 <= n <= 5:
             raise QuartzError(f"day-of-week {text!r}: the n in #n must be 1-5")
-        return DayOfWeek(frozenset(), nth=(_number(m.group(1), "day-of-week", _DAYS), n))
+        return DayOfWeek(frozenset(), nth=(conv(_number(m.group(1), "day-of-week", names, spring)), n))
     if "#" in up or re.search(r"\dL|L$", up):
         raise QuartzError(f"day-of-week {text!r}: L and # stand alone (6L, 6#3), not in lists or ranges")
-    return DayOfWeek(_values(text, "day-of-week", _DAYS))
+    return DayOfWeek(frozenset(conv(v) for v in _values(text, "day-of-week", names, spring)))
 
 
-def parse(expression: str) -> Quartz:
+def describe_days(dow: DayOfWeek | None) -> tuple[str, str]:
+    """(words, the day-of-week field spelled with names) of a parsed day-of-week: names mean
+    the same in Quartz and Spring, so the second is an unambiguous way to write it."""
+    if dow is None:
+        return "every day", "*"
+    if dow.last_of is not None:
+        name = DAY_NAMES[dow.last_of - 1]
+        return f"the last {name} of the month", f"{name}L"
+    if dow.nth is not None:
+        name, n = DAY_NAMES[dow.nth[0] - 1], dow.nth[1]
+        return f"the {n}{'st' if n == 1 else 'nd' if n == 2 else 'rd' if n == 3 else 'th'} {name} of the month", \
+            f"{name}#{n}"
+    names = ",".join(DAY_NAMES[v - 1] for v in sorted(dow.values))
+    return names, names
+
+
+def parse(expression: str, dialect: str = "quartz") -> Quartz:
+    """`dialect`: "quartz" (day-of-week 1=SUN..7=SAT, optional year) or "spring" (0/7=SUN,
+    1=MON..6=SAT, no year)."""
     fields = expression.split()
+    spring = dialect == "spring"
+    if spring and len(fields) != 6:
+        raise QuartzError(f"a Spring cron expression has 6 fields (seconds first, no year), not {len(fields)}")
     if len(fields) not in (6, 7):
         raise QuartzError(f"a Quartz expression has 6 or 7 fields (seconds first, optional year), not {len(fields)}")
     sec, minute, hour, dom, month, dow = fields[:6]
@@ -238,8 +279,8 @@ def parse(expression: str) -> Quartz:
             raise QuartzError(f"{_FIELDS[i]} {f!r}: '?' stands alone and only in day-of-month or day-of-week")
     dom_any, dow_any = dom in ("?", "*"), dow in ("?", "*")
     if not dom_any and not dow_any:
-        raise QuartzError("restricting both day-of-month and day-of-week is not supported (as in Quartz): "
-                          "put '?' in one of them")
+        raise QuartzError("restricting both day-of-month and day-of-week is not supported (Quartz refuses it, "
+                          "Spring would require both to match): put '?' in one of them")
     if dom == "?" and dow == "?":
         raise QuartzError("'?' in both day-of-month and day-of-week: one of them must say which days")
     years = None
@@ -252,6 +293,6 @@ def parse(expression: str) -> Quartz:
         hours=tuple(sorted(_values(hour, "hour"))),
         dom=None if dom_any else _day_of_month(dom),
         months=_values(month, "month", _MONTHS),
-        dow=None if dow_any else _day_of_week(dow),
+        dow=None if dow_any else _day_of_week(dow, spring),
         years=years,
     )

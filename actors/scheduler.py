@@ -29,13 +29,13 @@ RETENTION_SCHEDULE = "chunkd.retention"
 def row_for(sid: str, job: str, version: int | None, params_json: str, spec: Spec, source: str,
             now: datetime) -> ScheduleRow:
     return ScheduleRow(id=sid, job_name=job, job_version=version, params=params_json, cron=spec.cron,
-                       interval_seconds=spec.every, timezone=spec.timezone, missed=spec.missed, paused=False,
+                       dialect=spec.dialect, interval_seconds=spec.every, timezone=spec.timezone, missed=spec.missed, paused=False,
                        source=source, created_at=now, next_fire_at=next_after(spec, now), last_fire_at=None,
                        last_instance_id=None)
 
 
 def spec_of(row: ScheduleRow) -> Spec:
-    return Spec(row.cron, row.interval_seconds, row.timezone, row.missed)
+    return Spec(row.cron, row.interval_seconds, row.timezone, row.missed, row.dialect)
 
 
 class Scheduler:
@@ -60,17 +60,17 @@ class Scheduler:
         """Schedules declared in job modules, and the built-in retention schedule."""
         now = await self.schedules.now()
         cfg = self.settings
-        declared = [(s.name, s.job, s.version, json.dumps(s.params), s.cron, s.every, s.timezone, s.missed, "code")
-                    for s in self.registry.schedules.values()]
+        declared = [(s.name, s.job, s.version, json.dumps(s.params), s.cron, s.every, s.timezone, s.missed, "code",
+                     s.dialect) for s in self.registry.schedules.values()]
         if cfg.retention_every:
             declared.append((RETENTION_SCHEDULE, "chunkd.retention", None,
                              json.dumps({"keep_seconds": cfg.retention, "keep_failed_seconds": cfg.retention_failed}),
-                             None, max(1.0, cfg.retention_every), "UTC", "skip", "builtin"))
+                             None, max(1.0, cfg.retention_every), "UTC", "skip", "builtin", None))
         else:
             await self.schedules.delete(RETENTION_SCHEDULE)
-        for sid, job, version, params, cron, every, tz, missed, source in declared:
+        for sid, job, version, params, cron, every, tz, missed, source, said in declared:
             try:
-                spec = validate(cron, every, tz, missed)
+                spec = validate(cron, every, tz, missed, said)
                 j, canonical = await checked(self.registry, job, params, version, self.reader,
                                              self.store.dsn)
             except (ScheduleError, ValueError) as e:

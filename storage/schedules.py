@@ -31,6 +31,7 @@ class ScheduleRow(ScheduleState, kw_only=True):
     params: str
     cron: str | None
     interval_seconds: float | None
+    dialect: str | None = None  # quartz, spring or unix for a cron schedule (migration 0015)
 
 
 def _row(r: Any) -> ScheduleRow:
@@ -48,11 +49,12 @@ class Schedules:
 
     async def upsert(self, s: ScheduleRow) -> None:
         await self.pool.execute(sql.SCHEDULE_UPSERT, s.id, s.job_name, s.job_version, s.params, s.cron, s.interval_seconds,
-                                s.timezone, s.missed, s.source, s.next_fire_at)
+                                s.timezone, s.missed, s.source, s.next_fire_at, s.dialect)
 
     async def create(self, s: ScheduleRow) -> bool:
         return await self.pool.fetchval(sql.SCHEDULE_INSERT, s.id, s.job_name, s.job_version, s.params, s.cron,
-                                        s.interval_seconds, s.timezone, s.missed, s.source, s.next_fire_at) is not None
+                                        s.interval_seconds, s.timezone, s.missed, s.source, s.next_fire_at,
+                                        s.dialect) is not None
 
     async def list(self) -> list[ScheduleRow]:
         return [_row(r) for r in await self.pool.fetch(sql.SCHEDULE_LIST)]

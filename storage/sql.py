@@ -515,20 +515,21 @@ FROM unnest($1::smallint[]) AS p(partition)"""
 # ------------------------------------------------------------ Schedules: definitions, and firing an occurrence exactly once (storage/schedules.py)
 SCHEDULE_UPSERT = """
 INSERT INTO chunkd_schedule (id, job_name, job_version, params, cron, interval_seconds, timezone, missed, source,
-                             next_fire_at)
-VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10)
+                             next_fire_at, dialect)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (id) DO UPDATE SET job_name = EXCLUDED.job_name, job_version = EXCLUDED.job_version,
     params = EXCLUDED.params, cron = EXCLUDED.cron, interval_seconds = EXCLUDED.interval_seconds,
-    timezone = EXCLUDED.timezone, missed = EXCLUDED.missed, source = EXCLUDED.source,
+    timezone = EXCLUDED.timezone, missed = EXCLUDED.missed, source = EXCLUDED.source, dialect = EXCLUDED.dialect,
     next_fire_at = CASE WHEN chunkd_schedule.cron IS NOT DISTINCT FROM EXCLUDED.cron
+                         AND chunkd_schedule.dialect IS NOT DISTINCT FROM EXCLUDED.dialect
                          AND chunkd_schedule.interval_seconds IS NOT DISTINCT FROM EXCLUDED.interval_seconds
                          AND chunkd_schedule.timezone = EXCLUDED.timezone
                         THEN chunkd_schedule.next_fire_at ELSE EXCLUDED.next_fire_at END
 RETURNING (xmax = 0) AS inserted"""
 SCHEDULE_INSERT = """
 INSERT INTO chunkd_schedule (id, job_name, job_version, params, cron, interval_seconds, timezone, missed, source,
-                             next_fire_at)
-VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10)
+                             next_fire_at, dialect)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (id) DO NOTHING RETURNING id"""
 SCHEDULE_LIST = "SELECT * FROM chunkd_schedule ORDER BY id"
 SCHEDULE_GET = "SELECT * FROM chunkd_schedule WHERE id = $1"

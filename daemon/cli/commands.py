@@ -101,8 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("job")
     add.add_argument("--params", default="{}", help="parameters as JSON, or @file")
     group = add.add_mutually_exclusive_group(required=True)
-    group.add_argument("--cron", help="Unix cron (5 fields, minute first) or Quartz (6-7 fields, seconds first: '0 0 1 * * ?')")
+    group.add_argument("--cron", help="Unix cron (5 fields, minute first), Quartz (6-7 fields, seconds first: "
+                                      "'0 0 1 * * ?') or Spring (6 fields)")
     group.add_argument("--every", type=float, help="seconds")
+    add.add_argument("--dialect", choices=("quartz", "spring", "unix"), default=None,
+                     help="the cron's dialect; needed where Quartz (1=SUN) and Spring (1=MON) disagree")
     add.add_argument("--timezone", default="UTC")
     add.add_argument("--missed", choices=("skip", "run_once"), default="skip")
     add.add_argument("--version", type=int)
@@ -397,13 +400,15 @@ def cmd_schedules(client: ApiClient, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
-            print(table([{**r, "when": r["cron"] or f"every {r['every_seconds']:g}s"} for r in rows],
-                        ["id", "job", "when", "timezone", "paused", "next_fire_at", "last_fire_at", "last_instance_id"]))
+            print(table([{**r, "when": r["cron"] or f"every {r['every_seconds']:g}s", "dialect": r["dialect"] or "-",
+                          "next_fire_times": ", ".join(r["next_fire_times"])} for r in rows],
+                        ["id", "job", "when", "dialect", "timezone", "paused", "next_fire_times", "last_fire_at",
+                         "last_instance_id"]))
         return 0
     if action == "add":
         body = {"id": args.id, "job": args.job, "parameters": _params(args.params), "cron": args.cron,
                 "every_seconds": args.every, "timezone": args.timezone, "missed": args.missed,
-                "version": args.version}
+                "version": args.version, "dialect": args.dialect}
         row = client.call("POST", "/api/v1/schedules", body=body)
     elif action == "show":
         row = client.call("GET", f"/api/v1/schedules/{quote(args.id, safe='')}")

@@ -226,6 +226,25 @@ def _decode_data(data: bytes | None) -> Any:
 
 # ---------------------------------------------------------------- routes
 Handler = Callable[[Request], Awaitable[Response]]
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="chunkd"'}
+
+
+def bearer(authorization: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value, or None."""
+    kind, _, presented = authorization.partition(" ")
+    return presented.strip() or None if kind.lower() == "bearer" else None
+
+
+def bearer_scope(tokens: dict[str, Scope], authorization: str) -> Scope:
+    """The scope of a presented bearer token; 401 if there is none or it is unknown. Shared by
+    the route check and the request guard, which runs it first for state-changing requests."""
+    presented = bearer(authorization)
+    if presented is None:
+        raise ApiError(401, "unauthorized", "missing bearer token", headers=_CHALLENGE)
+    have = scope_of(tokens, presented)
+    if have is None:
+        raise ApiError(401, "unauthorized", "unknown token", headers=_CHALLENGE)
+    return have
 
 
 class Api:
@@ -235,21 +254,14 @@ class Api:
         self.node = node
         self.tokens = tokens
 
-    def presented_scope(self, request: Request) -> Scope | None:
+    def presented_scope(self, request: Request) -> Scope:
         """The scope of the request's bearer token; raises 401 if there is none or it is unknown."""
-        kind, _, presented = request.headers.get("authorization", "").partition(" ")
-        if kind.lower() != "bearer" or not presented:
-            raise ApiError(401, "unauthorized", "missing bearer token",
-                           headers={"WWW-Authenticate": 'Bearer realm="chunkd"'})
-        return scope_of(self.tokens, presented.strip())
+        return bearer_scope(self.tokens, request.headers.get("authorization", ""))
 
     def guarded(self, need: Scope, fn: Handler) -> Handler:
         async def handler(request: Request) -> Response:
             if self.tokens:
                 have = self.presented_scope(request)
-                if have is None:
-                    raise ApiError(401, "unauthorized", "unknown token",
-                                   headers={"WWW-Authenticate": 'Bearer realm="chunkd"'})
                 if not allows(have, need):
                     raise ApiError(403, "forbidden", f"this token has the {have.value} scope; "
                                                      f"this operation needs {need.value}")

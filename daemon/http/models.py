@@ -134,6 +134,7 @@ class ScheduleIn(msgspec.Struct, forbid_unknown_fields=True):
     every_seconds: float | None = None
     timezone: str = "UTC"
     missed: str = "skip"
+    dialect: str | None = None  # quartz, spring or unix; required where Quartz and Spring disagree
 
 
 class Schedule(ScheduleState, kw_only=True):
@@ -143,6 +144,8 @@ class Schedule(ScheduleState, kw_only=True):
     parameters: dict[str, Any]
     cron: str | None
     every_seconds: float | None
+    dialect: str | None  # the cron's dialect: quartz, spring or unix (null for every_seconds)
+    next_fire_times: list[datetime]  # next_fire_at and the occurrences after it (3 in all)
 
 
 class ScheduleList(msgspec.Struct):

@@ -69,11 +69,11 @@ def _seed_paths(op: Any) -> dict[str, Any]:
                 _q("start", {"type": "integer", "minimum": 0, "maximum": 10_000_000}, "offset"),
                 _q("count", {"type": "integer", "minimum": 1, "maximum": 500}, "page size")])},
         "/batch-job/{module_id}/{execution_id}/stop": {"post": op(
-            "Smile CDR: stop (force=true also cancels running steps)", json_of(seeds.SmileMessage, "Stopped"),
+            "Smile CDR: stop (force=true also cancels running steps)", json_of(seeds.SmileOperation, "Stopped"),
             400, 404, 409, params=[_MODULE, _EXEC, _q("force", {"type": "boolean"}, "default false")])},
         "/batch-job/{module_id}/{execution_id}/restart": {"post": op(
             "Smile CDR: restart a FAILED or CANCELLED execution (resumed in place: the new execution id is the "
-            "same)", json_of(seeds.SmileMessage, "Restarted"), 400, 404, 409, params=[_MODULE, _EXEC])},
+            "same)", json_of(seeds.SmileOperation, "Restarted"), 400, 404, 409, params=[_MODULE, _EXEC])},
         "/control/jobs": {
             "get": op("hapi-fhir-groovy: job instances", hapi_list, 400, params=[
                 _q("pageStart", {"type": "integer", "minimum": 0, "maximum": 1_000_000}, "page index"),
@@ -90,7 +90,7 @@ def _seed_paths(op: Any) -> dict[str, Any]:
 # One long literal on purpose: the document reads top to bottom as the spec it is.
 def document(secured: bool) -> dict[str, Any]:
     from daemon.http import seed_routes as seeds
-    seed_types = (seeds.SmileJobNames, seeds.SmileJobInstances, seeds.SmileMessage, seeds.HapiJobInstance,
+    seed_types = (seeds.SmileJobNames, seeds.SmileJobInstances, seeds.SmileOperation, seeds.HapiJobInstance,
                   seeds.HapiOperationResult)
     from daemon.http import bulk
     _, components = msgspec.json.schema_components((*m.SCHEMA_TYPES, *seed_types, *bulk.SCHEMA_TYPES),

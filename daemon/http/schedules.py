@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from actors.instances import BadParameters, UnknownJob, checked
 from actors.scheduler import row_for, spec_of
-from actors.scheduling import ScheduleError, next_after
+from actors.scheduling import ScheduleError, next_after, upcoming
 from actors.scheduling import validate as validate_spec
 from daemon.http import models as m
 from daemon.http.auth import Scope
@@ -19,11 +19,14 @@ from daemon.http.limits import MAX_NAME
 from storage.schedules import ScheduleRow, Schedules
 
 log = structlog.get_logger("chunkd.api")
+NEXT_FIRE_TIMES = 3
 
 
 def schedule_out(r: ScheduleRow) -> m.Schedule:
     return m.Schedule(id=r.id, job=r.job_name, version=r.job_version, parameters=json.loads(r.params),
-                      cron=r.cron, every_seconds=r.interval_seconds, timezone=r.timezone, missed=r.missed,
+                      cron=r.cron, every_seconds=r.interval_seconds, dialect=r.dialect,
+                      next_fire_times=upcoming(spec_of(r), r.next_fire_at, NEXT_FIRE_TIMES),
+                      timezone=r.timezone, missed=r.missed,
                       paused=r.paused, source=r.source, created_at=r.created_at, next_fire_at=r.next_fire_at,
                       last_fire_at=r.last_fire_at, last_instance_id=r.last_instance_id)
 
@@ -58,14 +61,14 @@ class ScheduleRoutes:
 
     async def create(self, request: Request) -> Response:
         req = _decode(await _body(request), m.ScheduleIn)
-        for name in ("id", "job", "cron", "timezone", "missed"):
+        for name in ("id", "job", "cron", "timezone", "missed", "dialect"):
             _bounded(getattr(req, name), name, MAX_NAME)
         if not req.id:
             raise ApiError(422, "invalid_schedule", f"id must be 1 to {MAX_NAME} characters", {"path": "$.id"})
         if req.version is not None and not 1 <= req.version <= 2**31 - 1:
             raise ApiError(400, "bad_request", "version must be a positive integer")
         try:
-            spec = validate_spec(req.cron, req.every_seconds, req.timezone, req.missed)
+            spec = validate_spec(req.cron, req.every_seconds, req.timezone, req.missed, req.dialect)
         except ScheduleError as err:
             raise ApiError(422, "invalid_schedule", str(err), {"path": err.path}) from None
         e = self.api.engine()

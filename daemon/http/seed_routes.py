@@ -1,17 +1,22 @@
 """The seeds' routes, beside chunkd's own API, for scripts written against Smile CDR's
 Batch Job Endpoint and hapi-fhir-groovy's `/control/jobs` (HAPI FHIR batch2 `JobInstance`).
 
-Same tokens as /api/v1 (VIEW_BATCH_JOBS -> view, MANAGE_BATCH_JOBS -> manage), same error
-bodies. How chunkd's model maps onto theirs (README "Seed-compatible routes"):
+Shapes are the seeds' example JSON field by field (tests/fixtures/seeds/, held by
+tests/integration/test_seed_routes.py). Same tokens as /api/v1 (VIEW_BATCH_JOBS -> view,
+MANAGE_BATCH_JOBS -> manage), same error bodies. How chunkd's model maps onto theirs (README
+"Seed-compatible routes"):
 
 - chunkd has one module: `module_id` is accepted, echoed as `moduleId`, and selects nothing.
 - A chunkd instance is a Smile job instance with exactly one job execution whose `id` is the
   instance id, and whose `executionUUID` is the instance id as a UUID (`UUID(int=id)`), so a
-  script can go from one to the other. A step is a step execution; `recordWriteCount` counts the
-  step's completed chunks.
+  script can go from one to the other. A step is a step execution. `recordWriteCount` counts
+  completed chunks (of the step, or of the whole execution).
+- Statuses and exit codes are Spring Batch's (Smile's job executions are Spring Batch ones):
+  `exitStatus` is Spring's ExitStatus object (`exitCode`, `running` = EXECUTING or UNKNOWN),
+  the execution's `running` is BatchStatus.isRunning().
 - Restart resumes the same instance in place (completed chunks are kept, as Spring Batch does
-  for a restarted job instance), so "the new execution" has the id of the old one; the response
-  says so, in the words Smile's response uses.
+  for a restarted job instance), so "the new execution" is the same instance: the message
+  names its id as the new execution ID, in the words Smile's response uses.
 - For HAPI's `JobInstance`, `instanceId` is the chunkd instance id as a string and
   `combinedRecordsProcessed` counts completed chunks.
 """
@@ -38,7 +43,10 @@ from storage.types import StepCounts
 # Spring Batch words for chunkd's instance states (Smile's job executions are Spring Batch ones)
 _BATCH_STATUS = {"QUEUED": "STARTING", "IN_PROGRESS": "STARTED", "FINALIZE": "STARTED", "ERRORED": "STARTED",
                  "COMPLETED": "COMPLETED", "FAILED": "FAILED", "CANCELLED": "STOPPED"}
-_EXIT_STATUS = {"COMPLETED": "COMPLETED", "FAILED": "FAILED", "CANCELLED": "STOPPED"}
+# Spring Batch ExitStatus codes: UNKNOWN until the execution starts, EXECUTING while it runs
+_EXIT_CODE = {"QUEUED": "UNKNOWN", "COMPLETED": "COMPLETED", "FAILED": "FAILED", "CANCELLED": "STOPPED"}
+_RUNNING_EXIT = frozenset({"EXECUTING", "UNKNOWN"})  # Spring's ExitStatus.isRunning()
+_RUNNING_BATCH = frozenset({"STARTING", "STARTED", "STOPPING"})  # Spring's BatchStatus.isRunning()
 
 
 # ---------------------------------------------------------------- Smile CDR shapes
@@ -50,13 +58,16 @@ class SmileJobNames(msgspec.Struct):
     jobs: list[SmileJobName]
 
 
+class SmileExitStatus(msgspec.Struct, rename="camel"):
+    exit_code: str
+    running: bool
+
+
 class SmileStepExecution(msgspec.Struct, rename="camel"):
-    id: int
     step_name: str
+    exit_code: str
+    # chunkd's extras beside the seed's two fields
     status: str
-    exit_status: str
-    start_time: str | None
-    end_time: str | None
     record_write_count: int
 
 
@@ -65,14 +76,16 @@ class SmileJobExecution(msgspec.Struct, rename="camel"):
     module_id: str
     job_name: str
     execution_uuid: str = msgspec.field(name="executionUUID")
-    job_parameters: dict[str, str] = {}
-    create_time: str | None = None
-    start_time: str | None = None
-    last_updated_time: str | None = None
-    end_time: str | None = None
-    status: str = ""
-    exit_status: str = ""
-    step_executions: list[SmileStepExecution] = []
+    job_parameters: dict[str, str]
+    create_time: str | None
+    start_time: str | None
+    last_updated_time: str | None
+    end_time: str | None
+    status: str
+    exit_status: SmileExitStatus
+    running: bool
+    record_write_count: int
+    step_executions: list[SmileStepExecution]
 
 
 class SmileJobInstance(msgspec.Struct, rename="camel"):
@@ -84,7 +97,11 @@ class SmileJobInstances(msgspec.Struct, rename="camel"):
     job_instances: list[SmileJobInstance]
 
 
-class SmileMessage(msgspec.Struct, rename="camel"):
+class SmileOperation(msgspec.Struct, rename="camel"):
+    """Smile's stop/restart answer `{"operation", "success", "message"}`, with the execution as
+    it now reads beside it (chunkd's extra)."""
+    operation: str
+    success: bool
     message: str
     job_execution: SmileJobExecution
 
@@ -141,6 +158,7 @@ def _param_strings(params_json: str) -> dict[str, str]:
 
 
 def _step_status(c: StepCounts, instance_status: str) -> tuple[str, str]:
+    """(BatchStatus, ExitStatus code) of one step."""
     if c.failed:
         return "FAILED", "FAILED"
     if c.pending and instance_status == "CANCELLED" or c.cancelled:
@@ -152,17 +170,20 @@ def _step_status(c: StepCounts, instance_status: str) -> tuple[str, str]:
 
 def smile_execution(row: dict[str, Any], module_id: str, names: list[str], counts: list[StepCounts]) -> SmileJobExecution:
     status = row["status"]
-    steps = [SmileStepExecution(
-        id=c.step, step_name=names[c.step] if c.step < len(names) else str(c.step),
-        status=_step_status(c, status)[0], exit_status=_step_status(c, status)[1],
-        start_time=_iso(row["started_at"]), end_time=_iso(row["finished_at"]) if not c.pending else None,
-        record_write_count=c.completed) for c in sorted(counts, key=lambda c: c.step)]
+    steps = []
+    for c in sorted(counts, key=lambda c: c.step):
+        batch, exit_code = _step_status(c, status)
+        steps.append(SmileStepExecution(step_name=names[c.step] if c.step < len(names) else str(c.step),
+                                         exit_code=exit_code, status=batch, record_write_count=c.completed))
+    batch_status = _BATCH_STATUS.get(status, "UNKNOWN")
+    exit_code = _EXIT_CODE.get(status, "EXECUTING")
     return SmileJobExecution(
         id=row["id"], module_id=module_id, job_name=row["job_name"], execution_uuid=execution_uuid(row["id"]),
         job_parameters=_param_strings(row["params"]), create_time=_iso(row["created_at"]),
         start_time=_iso(row["started_at"]), last_updated_time=_iso(row["updated_at"]),
-        end_time=_iso(row["finished_at"]), status=_BATCH_STATUS.get(status, "UNKNOWN"),
-        exit_status=_EXIT_STATUS.get(status, "EXECUTING"), step_executions=steps)
+        end_time=_iso(row["finished_at"]), status=batch_status,
+        exit_status=SmileExitStatus(exit_code, exit_code in _RUNNING_EXIT), running=batch_status in _RUNNING_BATCH,
+        record_write_count=sum(c.completed for c in counts), step_executions=steps)
 
 
 def _hhmmss(seconds: float | None) -> str | None:
@@ -191,6 +212,23 @@ def hapi_instance(row: dict[str, Any], names: list[str], counts: list[StepCounts
         error_message=row["error_message"], error_count=row["error_count"] or 0,
         estimated_completion=_hhmmss(row["eta_seconds"]), report=row["report"], warning_messages=None,
         triggering_username=None, triggering_client_id=None)
+
+
+def _instance_id(raw: str) -> int:
+    """HAPI instance ids are UUIDs; chunkd's are integers. Both spellings of one are accepted:
+    `42` and its executionUUID `00000000-0000-0000-0000-00000000002a`."""
+    iid = 0
+    if raw.isdigit():
+        iid = int(raw)
+    else:
+        try:
+            iid = uuid.UUID(raw).int
+        except ValueError:
+            pass
+    if not 1 <= iid <= _MAX_ID:
+        raise ApiError(404, "not_found", f"no instance {raw!r} (chunkd instance ids are integers, or that "
+                                         "integer as a UUID)")
+    return iid
 
 
 def _status_filter(raw: str | None, name: str) -> list[str]:
@@ -291,9 +329,10 @@ class SeedRoutes:
         if not await control.stop(self.api.engine(), iid, force=force == "true"):
             raise ApiError(409, "illegal_state", f"cannot stop job execution {iid}: it is {row['status']}",
                            {"status": row["status"]})
-        how = "stopped (running steps cancelled)" if force == "true" else \
-            "stopping (no new chunk starts; running steps finish)"
-        return ok(SmileMessage(f"Job execution {iid} {how}", await self.as_execution(await self.load(iid), mid)))
+        # Smile's example is the force form; the unforced one is Spring Batch's graceful stop
+        # (no new chunk starts, running steps finish) in the same sentence without "force-".
+        message = f"Batch Job {iid} force-stopped." if force == "true" else f"Batch Job {iid} stopped."
+        return ok(SmileOperation("stop", True, message, await self.as_execution(await self.load(iid), mid)))
 
     # ---- Smile CDR: POST /batch-job/{module_id}/{job_execution_id}/restart
     async def restart(self, request: Request) -> Response:
@@ -309,8 +348,10 @@ class SeedRoutes:
             raise ApiError(409, "unknown_job", f"cannot restart: {err}") from None
         if not restarted:
             raise ApiError(409, "illegal_state", f"cannot restart job execution {iid}: it changed meanwhile")
-        return ok(SmileMessage(f"Job execution {iid} restarted. New execution ID: {iid} (chunkd resumes the same "
-                               f"instance in place; completed chunks are kept)", await self.as_execution(await self.load(iid), mid)))
+        # chunkd restarts in place: the run that follows is the same instance, so its execution
+        # id (the one to poll, stop or restart next) is the same id.
+        return ok(SmileOperation("restart", True, f"Restarted job execution with ID {iid} - New execution ID is: {iid}",
+                                 await self.as_execution(await self.load(iid), mid)))
 
     # ---- hapi-fhir-groovy: GET /control/jobs?pageStart=&batchSize=&jobStatus=
     async def control_list(self, request: Request) -> Response:
@@ -326,9 +367,7 @@ class SeedRoutes:
         raw = request.query_params.get("instanceId")
         if raw is None:
             raise ApiError(400, "bad_request", "query parameter 'instanceId' is required", {"parameter": "instanceId"})
-        if not raw.isdigit() or not 1 <= int(raw) <= _MAX_ID:
-            raise ApiError(404, "not_found", f"no instance {raw!r} (chunkd instance ids are integers)")
-        iid = int(raw)
+        iid = _instance_id(raw)
         row = await self.load(iid, "instance")
         operation = f"Cancel job instance {iid}"
         if await control.stop(self.api.engine(), iid, force=False):

@@ -82,7 +82,8 @@ def build_app(node: Served, tokens: dict[str, Scope] | None = None) -> Starlette
         ],
         exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash},
         middleware=[Middleware(Guard, own_hosts=[*node.http.allowed_hosts,
-                                                 *([node.http.addr[0]] if node.http.addr else [])])],
+                                                 *([node.http.addr[0]] if node.http.addr else [])],
+                               tokens=tokens)],
     )
     app.add_middleware(RequestMetrics)
     return app

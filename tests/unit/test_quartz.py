@@ -8,13 +8,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from actors.quartz import QuartzError, parse
-from actors.scheduling import NEVER, ScheduleError, dialect, next_after, validate
+from actors.scheduling import NEVER, ScheduleError, dialect, next_after, upcoming, validate
 
 UTC = timezone.utc
 
 
 def fires(expr: str, start: datetime, n: int, tz: str = "UTC") -> list[datetime]:
-    spec = validate(expr, None, tz, "skip") if "2005" not in expr and "2002" not in expr else None
+    # the tutorial is Quartz's: its numeric days of the week are Quartz's (1 = SUN)
+    spec = validate(expr, None, tz, "skip", "quartz") if "2005" not in expr and "2002" not in expr else None
     q = parse(expr)
     out, t = [], start
     for _ in range(n):
@@ -113,7 +114,7 @@ def test_unix_five_fields_keep_unix_meaning() -> None:
     # 5 = Friday in Unix cron, Thursday in Quartz: the dialect is told by the field count
     assert dialect("0 10 * * 5") == "unix"
     unix = validate("0 10 * * 5", None, "UTC", "skip")
-    quartz = validate("0 0 10 ? * 5", None, "UTC", "skip")
+    quartz = validate("0 0 10 ? * 5", None, "UTC", "skip", "quartz")
     assert next_after(unix, T0).weekday() == 4
     assert next_after(quartz, T0).weekday() == 3
 
@@ -140,7 +141,7 @@ def test_timezone_and_dst() -> None:
 @pytest.mark.parametrize("expr,words", [
     ("0 0 1 * * * * *", "give 5 (Unix: minute first) or 6-7 (Quartz"),
     ("0 0 25 * * ?", "hour 25 is outside 0-23"),
-    ("0 0 1 ? * 0", "1=SUN..7=SAT"),
+    ("0 0 1 ? * 0", "1=SUN..7=SAT, use SUN; if it is Spring's (0 or 7 = SUN, 1 = MON), say dialect spring"),
     ("0 0 1 5 * MON", "put '?' in one of them"),
     ("0 0 1 ? * ?", "one of them must say"),
     ("0 0 1 ? * 6#6", "1-5"),
@@ -162,3 +163,108 @@ def test_parse_errors_are_quartz_errors() -> None:
     with pytest.raises(QuartzError):
         parse("0 0 1 * *")
     assert NEVER.year == 9999
+
+
+# ---------------------------------------------------------------- dialects (issue 23)
+# Seed 002 (hapi-fhir-groovy, "Tutorial: Implementing a Custom Scheduled Job"): Spring's
+# @Scheduled(cron = "0 0 1 * * ?") // Runs every day at 1:00 AM. Seed 004 (Smile CDR, "6.25.5
+# Clustered Scheduled Jobs"): Smile schedules with Quartz.
+SAT = datetime(2026, 3, 7, 12, 0, tzinfo=UTC)  # a Saturday noon: the next Sunday is the 8th, Monday the 9th
+
+
+def next_n(spec, t: datetime, n: int) -> list[datetime]:  # type: ignore[no-untyped-def]
+    out = []
+    for _ in range(n):
+        t = next_after(spec, t)
+        out.append(t.astimezone(UTC).replace(tzinfo=None))
+    return out
+
+
+@pytest.mark.parametrize("said", [None, "quartz", "spring"])
+def test_seed_nightly_fires_daily_at_one_in_both_dialects(said: str | None) -> None:
+    # seed 002, "Step 1: Write the Job Script": "0 0 1 * * ?" runs every day at 1:00 AM
+    spec = validate("0 0 1 * * ?", None, "UTC", "skip", said, now=SAT)
+    assert spec.dialect == (said or "quartz")
+    assert next_n(spec, SAT, 3) == [d(2026, 3, 8, 1), d(2026, 3, 9, 1), d(2026, 3, 10, 1)]
+
+
+def test_numeric_day_of_week_is_refused_without_a_dialect_showing_both_readings() -> None:
+    # issue 23: "0 0 1 * * 1" is a Spring user's "Mondays at 01:00" and Quartz's Sundays
+    with pytest.raises(ScheduleError) as e:
+        validate("0 0 1 * * 1", None, "UTC", "skip", now=SAT)
+    msg = str(e.value)
+    assert e.value.path == "$.cron"
+    assert "quartz reads SUN (next Sun 2026-03-08 01:00:00 UTC)" in msg
+    assert "spring reads MON (next Mon 2026-03-09 01:00:00 UTC)" in msg
+    assert '"dialect": "quartz" or "spring"' in msg and "--dialect" in msg
+    assert "'0 0 1 * * SUN' for Quartz's reading, '0 0 1 * * MON' for Spring's" in msg
+    spring = validate("0 0 1 * * 1", None, "UTC", "skip", "spring", now=SAT)
+    assert next_n(spring, SAT, 2) == [d(2026, 3, 9, 1), d(2026, 3, 16, 1)]  # Mondays
+    quartz = validate("0 0 1 * * 1", None, "UTC", "skip", "quartz", now=SAT)
+    assert next_n(quartz, SAT, 2) == [d(2026, 3, 8, 1), d(2026, 3, 15, 1)]  # Sundays
+
+
+@pytest.mark.parametrize("dow,quartz,spring", [
+    ("7", "SAT", "SUN"),
+    ("1-5", "SUN,MON,TUE,WED,THU", "MON,TUE,WED,THU,FRI"),
+    ("*/2", "SUN,TUE,THU,SAT", "SUN,MON,WED,FRI"),
+    ("5L", "the last THU of the month", "the last FRI of the month"),
+    ("5#3", "the 3rd THU of the month", "the 3rd FRI of the month"),
+])
+def test_every_numeric_form_that_differs_is_refused(dow: str, quartz: str, spring: str) -> None:
+    with pytest.raises(ScheduleError) as e:
+        validate(f"0 0 1 ? * {dow}", None, "UTC", "skip", now=SAT)
+    assert f"quartz reads {quartz} (" in str(e.value) and f"spring reads {spring} (" in str(e.value)
+
+
+@pytest.mark.parametrize("cron,weekday", [
+    ("0 0 1 ? * MON", 0), ("0 0 1 ? * mon-fri", 0), ("0 0 1 ? * SUN", 6), ("0 0 1 ? * 1-7", 6),
+    ("0 0 1 ? * FRIL", 4), ("0 0 1 ? * FRI#3", 4), ("0 0 1 L * ?", 1),
+])
+def test_names_and_same_meaning_expressions_pass_without_a_dialect(cron: str, weekday: int) -> None:
+    spec = validate(cron, None, "UTC", "skip", now=SAT)
+    assert spec.dialect == "quartz"
+    assert next_after(spec, SAT).weekday() == weekday
+    assert validate(cron, None, "UTC", "skip", "spring", now=SAT).dialect == "spring"
+    assert next_after(validate(cron, None, "UTC", "skip", "spring", now=SAT), SAT) == next_after(spec, SAT)
+
+
+def test_spring_day_numbers() -> None:
+    # Spring's CronExpression: 0 and 7 are Sunday, 1 Monday .. 6 Saturday; 5L last Friday
+    for sunday in ("0", "7", "SUN"):
+        assert next_after(validate(f"0 0 1 ? * {sunday}", None, "UTC", "skip", "spring", now=SAT), SAT) == \
+            datetime(2026, 3, 8, 1, tzinfo=UTC)
+    assert next_n(validate("0 0 1 ? * 5L", None, "UTC", "skip", "spring", now=SAT), SAT, 2) == \
+        [d(2026, 3, 27, 1), d(2026, 4, 24, 1)]
+    assert next_n(validate("0 0 1 ? * 5#3", None, "UTC", "skip", "spring", now=SAT), SAT, 1) == [d(2026, 3, 20, 1)]
+    assert next_n(validate("0 0 1 ? * 1-5", None, "UTC", "skip", "spring", now=SAT), SAT, 2) == \
+        [d(2026, 3, 9, 1), d(2026, 3, 10, 1)]
+
+
+@pytest.mark.parametrize("cron,every,said,words,path", [
+    ("0 0 1 * * ? 2030", None, "spring", "a spring expression has 6", "$.cron"),
+    ("0 0 1 * * ?", None, "unix", "a unix expression has 5", "$.cron"),
+    ("0 1 * * *", None, "quartz", "a quartz expression has 6 or 7", "$.cron"),
+    ("0 0 1 ? * L", None, "spring", "say which day's last", "$.cron"),
+    ("0 0 1 ? * 8", None, "spring", "day-of-week 8 is outside", "$.cron"),
+    ("0 0 1 * * ?", None, "cronos", "one of quartz, spring, unix", "$.dialect"),
+    (None, 60, "quartz", "goes with a cron expression only", "$.dialect"),
+])
+def test_bad_dialects_say_why(cron: str | None, every: float | None, said: str, words: str, path: str) -> None:
+    with pytest.raises(ScheduleError) as e:
+        validate(cron, every, "UTC", "skip", said)
+    assert words in str(e.value) and e.value.path == path
+
+
+def test_unix_and_seven_fields_need_no_dialect() -> None:
+    assert validate("0 1 * * 1", None, "UTC", "skip").dialect == "unix"  # Unix: 1 = Monday, no ambiguity
+    assert validate("0 0 1 ? * 2 2030", None, "UTC", "skip").dialect == "quartz"  # Spring has no year field
+
+
+def test_upcoming_lists_next_fire_times() -> None:
+    spec = validate("0 0 1 * * 1", None, "UTC", "skip", "spring", now=SAT)
+    first = next_after(spec, SAT)
+    assert [t.astimezone(UTC).replace(tzinfo=None) for t in upcoming(spec, first, 3)] == \
+        [d(2026, 3, 9, 1), d(2026, 3, 16, 1), d(2026, 3, 23, 1)]
+    ended = validate("0 0 1 * * ? 2026", None, "UTC", "skip", now=datetime(2026, 12, 31, tzinfo=UTC))
+    assert len(upcoming(ended, next_after(ended, datetime(2026, 12, 31, tzinfo=UTC)), 3)) == 1

@@ -58,3 +58,17 @@ def test_retention_durations() -> None:
     with pytest.raises(ConfigError, match="CHUNKD_RETENTION='soon'"):
         load({"CHUNKD_RETENTION": "soon"})
     assert load({"CHUNKD_SCHEDULING": "false"}).scheduling is False
+
+
+def test_a_declared_schedule_names_its_dialect_where_quartz_and_spring_disagree() -> None:
+    # issue 23: Schedule(cron="0 0 1 * * 1") is Monday to a Spring user, Sunday to Quartz
+    from actors.job import JobDefinitionError, Schedule
+    from actors.registry import build_registry
+    from actors.scheduling import check_declared
+    reg = build_registry([], None, ("daemon.jobs.synthetic",))
+    reg.schedules["m"] = Schedule(name="m", job="chunkd.synthetic", params={"chunks": 1}, cron="0 0 1 * * 1")
+    with pytest.raises(JobDefinitionError, match="schedule 'm'.*spring reads MON"):
+        check_declared(reg)
+    reg.schedules["m"] = Schedule(name="m", job="chunkd.synthetic", params={"chunks": 1}, cron="0 0 1 * * 1",
+                                  dialect="spring")
+    check_declared(reg)

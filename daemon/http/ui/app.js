@@ -413,7 +413,7 @@ function schedulesPage() {
     const { schedules } = await api("/api/v1/schedules");
     body.replaceChildren(...schedules.map((sc) => h("tr", {},
       h("th", { scope: "row" }, sc.id), h("td", {}, sc.job),
-      h("td", {}, sc.cron ? `cron ${sc.cron} (${sc.timezone})` : `every ${fmt.dur(sc.every_seconds)}`),
+      h("td", {}, sc.cron ? `cron ${sc.cron} (${sc.dialect}, ${sc.timezone})` : `every ${fmt.dur(sc.every_seconds)}`),
       h("td", {}, sc.paused ? "—" : fmt.time(sc.next_fire_at)), h("td", {}, fmt.time(sc.last_fire_at)),
       h("td", {}, sc.last_instance_id ? h("a", { href: `#/instances/${sc.last_instance_id}` }, `#${sc.last_instance_id}`) : "—"),
       h("td", {}, sc.paused ? "paused" : "active"),
