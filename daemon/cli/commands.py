@@ -25,6 +25,7 @@ from daemon.wiring import config as config_mod
 from daemon.wiring.config import Config, ConfigError
 from daemon.wiring.embedded import EmbeddedPostgresError, resolve_dsn
 from daemon.wiring.logs import configure
+from daemon.wiring.startup import DatabaseRefused
 
 
 class CliError(Exception):
@@ -193,7 +194,7 @@ def _run_local(cfg: Config, args: argparse.Namespace) -> int:
             raise _first_leaf(eg) from None
     except SupervisorGaveUp as e:
         _fail(str(e), 1)
-    except (ConfigError, HttpBindError) as e:
+    except (ConfigError, HttpBindError, DatabaseRefused) as e:
         _fail(str(e), 2)
     except CliError as e:
         _fail(str(e), e.code)
