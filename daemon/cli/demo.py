@@ -142,7 +142,8 @@ class Out:
                           progress_percent=round(row["progress"] * 100, 1),
                           eta_seconds=None if eta is None else round(eta))
             return
-        line = f"{progress_bar(row['progress'])} {row['status']:<11}" + (f" eta {eta:4.0f}s" if eta is not None else " " * 9)
+        line = f"{progress_bar(row['progress'])} {row['status']:<11}" + (
+            f" eta {eta:4.0f}s" if eta is not None else " " * 9)
         print(f"\r{line}", end="\n" if final else "", file=sys.stderr, flush=True)  # redrawn in place
 
 

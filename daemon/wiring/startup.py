@@ -66,7 +66,7 @@ async def until_reachable(attempt: Callable[[], Awaitable[T]], dsn: str, stop: a
             if not is_transient(e):
                 raise
             reason = f"{type(e).__name__}: {e}".strip().rstrip(":")
-            waiting(f"waiting for the database at {place} ({reason}); retrying every {min(delay, RETRY_MAX):g}s")
+            waiting(f"waiting for the database at {place} ({reason}); retrying in {delay:g}s")
             log.warning("database not reachable at start-up; retrying", database=place, error=reason, retry_in=delay)
         with anyio.move_on_after(delay):
             await stop.wait()
