@@ -50,6 +50,7 @@ class Forwarder:
 
     def __init__(self, port: int, target: tuple[str, int]) -> None:
         self.port, self.target = port, target
+        self.forwarding = False  # until then: accept and hang up at once, like a server going down
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.server: asyncio.AbstractServer | None = None
@@ -65,6 +66,9 @@ class Forwarder:
             writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.forwarding:
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -112,8 +116,13 @@ def test_a_daemon_waits_for_a_database_that_comes_up_later(dsn: str, closed_port
 
     target = urlsplit(dsn)
     forwarder = Forwarder(db_port, (target.hostname or "127.0.0.1", target.port or 5432))
-    forwarder.start()  # the database "comes up"
+    forwarder.start()  # something listens, but hangs up at once: a server restarting
     try:
+        _wait_for("the wait names the dropped connection",
+                  lambda: any("waiting for the database" in p and "ConnectionRefusedError" not in p
+                              for p in _get(url + "/readyz")[1]["problems"]))
+        assert d.proc.poll() is None, (tmp_path / "daemon0.log").read_text()
+        forwarder.forwarding = True  # the database "comes up"
         wait_ready(url, timeout=60)
         assert d.proc.poll() is None
         assert d.terminate(60) == 0
