@@ -140,6 +140,16 @@ def test_every_alert_has_a_unit_test_that_fires_it_and_one_that_does_not() -> No
         "ChunkdDaemonRestarting", "ChunkdNotReady", "ChunkdNoLeaderEligible", "ChunkdDown", "ChunkdAbsent"}
 
 
+def test_up_matchers_select_the_shipped_scrape_jobs() -> None:
+    """ChunkdDown and ChunkdAbsent read `up` of chunkd's scrape jobs: a renamed job in
+    prometheus.yml would leave ChunkdAbsent firing forever (or ChunkdDown never)."""
+    jobs = [c["job_name"] for c in yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())["scrape_configs"]]
+    for rule in alert_rules():
+        for regex in re.findall(r'up\{job=~"([^"]+)"\}', rule["expr"]):
+            assert all(re.fullmatch(regex, j) for j in jobs), (rule["alert"], regex, jobs)
+    assert {r["alert"] for r in alert_rules() if "up{" in r["expr"]} == {"ChunkdDown", "ChunkdAbsent"}
+
+
 # ---------------------------------------------------------------- metric names
 def exported_names() -> set[str]:
     """Every sample name a chunkd daemon's /metrics can carry: chunkd's metrics (with the
