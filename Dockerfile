@@ -14,7 +14,10 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN pip install --no-cache-dir -r requirements.lock
 
+# Every package pyproject.toml lists (tests/integration/test_image_build.py installs exactly
+# what these lines copy, as the RUN line below does, and runs `chunkd --version` and a job import).
 COPY pyproject.toml README.md ./
+COPY chunkd ./chunkd
 COPY daemon ./daemon
 COPY actors ./actors
 COPY storage ./storage

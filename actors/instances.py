@@ -29,6 +29,12 @@ class BadParameters(SubmitError):
         self.path = path
 
 
+def error_path(e: Exception) -> str | None:
+    """The JSON path msgspec names in a validation error (`- at `$.rows``), if any."""
+    m = re.search(r"- at `([^`]+)`", str(e))
+    return m.group(1) if m else None
+
+
 def validate(registry: Registry, job_name: str, params_json: str | bytes, version: int | None = None) -> tuple[Job, str]:
     """Pure checks. Returns the job and the canonical parameters JSON (defaults filled in)."""
     try:
@@ -38,8 +44,7 @@ def validate(registry: Registry, job_name: str, params_json: str | bytes, versio
     try:
         params = job.decode_params(params_json)
     except DataError as e:
-        m = re.search(r"- at `([^`]+)`", str(e))
-        raise BadParameters(f"job {job.name!r}: {e}", m.group(1) if m else None) from None
+        raise BadParameters(f"job {job.name!r}: {e}", error_path(e)) from None
     canonical = to_json(params)
     if "\\u0000" in canonical:
         raise BadParameters(f"job {job.name!r}: parameters must not contain NUL characters", None)

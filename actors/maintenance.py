@@ -52,6 +52,11 @@ def shape_of(job: Job) -> JobShape:
                     fail_on_chunk_failure=job.fail_instance_on_chunk_failure)
 
 
+def leader_lease(interval: float) -> float:
+    """Seconds a leader's lease lasts; it is renewed every `interval`."""
+    return max(5.0, 5 * interval)
+
+
 class Maintenance:
     def __init__(self, settings: MaintenanceSettings, store: Store, channel: Channel, registry: Registry,
                  reader: Reader, node_id: int) -> None:
@@ -74,7 +79,7 @@ class Maintenance:
 
     async def run(self) -> None:
         cfg = self.settings
-        ttl = max(5.0, 5 * cfg.interval)
+        ttl = leader_lease(cfg.interval)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             backoff = Backoff(0.2, 5.0)

@@ -32,12 +32,7 @@ class Registry:
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            hint = ""
-            top = module_name.split(".")[0]
-            if isinstance(e, ModuleNotFoundError) and e.name in (top, module_name):
-                hint = (f" (looked in the app dir {self.app_dir} and on PYTHONPATH: run chunkd from the folder that "
-                        f"holds {top}.py or {top}/, or pass --app-dir FOLDER, or add that folder to PYTHONPATH)")
-            raise JobDefinitionError(f"cannot import job module {module_name!r}: {e}{hint}") from None
+            raise JobDefinitionError(f"cannot import job module {module_name!r}: {e}{self._hint(e, module_name)}") from None
         found = [v for v in vars(module).values() if isinstance(v, Job)]
         extras = [v for v in vars(module).values() if isinstance(v, (Schedule, LocalTask))]
         if not found and not extras:
@@ -50,6 +45,21 @@ class Registry:
             else:
                 self.local_tasks[item.name] = item
         return found
+
+    def _hint(self, e: ImportError, module_name: str) -> str:
+        """Where to look: the folder is wrong, or the folder is right and a submodule is missing."""
+        top = module_name.split(".")[0]
+        missing = e.name if isinstance(e, ModuleNotFoundError) else None
+        if missing == top:
+            return (f" (looked in the app dir {self.app_dir} and on PYTHONPATH: run chunkd from the folder that "
+                    f"holds {top}.py or {top}/, or pass --app-dir FOLDER, or add that folder to PYTHONPATH)")
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            parent, _, leaf = missing.rpartition(".")
+            found = getattr(sys.modules.get(parent), "__path__", None)
+            where = f" at {list(found)[0]}" if found else ""
+            return (f" (the package {parent!r} was found{where}, but it has no submodule {leaf!r}: no {leaf}.py "
+                    f"or {leaf}/ in it; check the module name in CHUNKD_JOBS)")
+        return ""
 
     def get(self, name: str, version: int | None = None) -> Job:
         if version is not None:

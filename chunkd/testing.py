@@ -25,7 +25,8 @@ from typing import Any
 import msgspec
 import structlog
 
-from actors.job import ChunkTooLarge, Context, Job, PermanentError, RetryLater, Sink, StepDef, StepKind
+from actors.instances import error_path
+from actors.job import ChunkTooLarge, Context, Job, ParameterError, PermanentError, RetryLater, Sink, StepDef, StepKind
 from storage.codec import DataError, decode, params_from_json, to_json
 from storage.types import TxOp
 
@@ -105,11 +106,16 @@ async def run_job(job: Job, params: Any = None, *, inject: Inject | None = None,
 
 
 def _params(job: Job, params: Any) -> Any:
+    """Decoded as a submit decodes them; refused as the submit's 422 is: `chunkd.ParameterError`
+    with the message and `path` (`$.rows`) the API would give, not a storage-internal error."""
     if isinstance(params, job.params):
         params = to_json(params)  # through JSON all the same: defaults and checks as at submit
     elif params is None or isinstance(params, dict):
         params = json.dumps(params or {})
-    return params_from_json(params, job.params)
+    try:
+        return params_from_json(params, job.params)
+    except DataError as e:
+        raise ParameterError(f"job {job.name!r}: {e}", error_path(e)) from None
 
 
 async def _run_chunk(job: Job, step: StepDef, params: Any, index: int, data: bytes, run: JobRun,

@@ -49,6 +49,8 @@ RETENTION_PURGED = Counter("chunkd_retention_purged", "Rows purged by retention.
 KAFKA_LAG = Gauge("chunkd_kafka_consumer_lag", "Kafka consumer lag per assigned partition (kafka channel only).",
                   ["partition"])
 IS_LEADER = Gauge("chunkd_maintenance_leader", "1 while this daemon is the maintenance leader.")
+MAY_LEAD = Gauge("chunkd_maintenance_eligible",
+                 "1 when this daemon may take the maintenance lead (CHUNKD_SCHEDULING=true), else 0.")
 CHANNEL_STARVED = Gauge("chunkd_channel_starved",
                         "1 while this daemon has had no Kafka partition for over 18 s while READY chunks wait "
                         "(it then claims from every partition).")

@@ -97,6 +97,8 @@ ON CONFLICT (role) DO UPDATE
        lease_until = EXCLUDED.lease_until
  WHERE l.node_id = EXCLUDED.node_id OR l.lease_until < now()
 RETURNING term"""
+# Does any daemon hold an unexpired maintenance lease? (/readyz: is anything advancing)
+LEADER_HELD = "SELECT EXISTS (SELECT 1 FROM chunkd_leader WHERE role = 'maintenance' AND lease_until > now())"
 LEADER_RESIGN = "DELETE FROM chunkd_leader WHERE role = 'maintenance' AND node_id = $1"
 
 # ---------------------------------------------------------------- instances

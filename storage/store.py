@@ -164,6 +164,10 @@ class Store:
         """Delete the rows of nodes whose heartbeat stopped `older_than` seconds ago."""
         return int((await self.pool.execute(sql.NODE_PURGE_STALE, older_than)).split()[-1])
 
+    async def leader_held(self) -> bool:
+        """Does some daemon hold the maintenance lease right now?"""
+        return bool(await self.pool.fetchval(sql.LEADER_HELD, timeout=2))
+
     async def resign_leadership(self, node_id: int) -> None:
         await self.pool.execute(sql.LEADER_RESIGN, node_id)
 

@@ -25,6 +25,11 @@ class ApiClient:
         self.timeout = timeout
 
     def call(self, method: str, path: str, *, query: dict[str, Any] | None = None, body: Any = None) -> Any:
+        return self.call_status(method, path, query=query, body=body)[1]
+
+    def call_status(self, method: str, path: str, *, query: dict[str, Any] | None = None,
+                    body: Any = None) -> tuple[int, Any]:
+        """The HTTP status with the body: a submit's 201 (created) and 200 (already there) differ."""
         url = self.base + path
         if query:
             pairs = [(k, v) for k, vs in query.items() if vs is not None
@@ -39,7 +44,7 @@ class ApiClient:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"null")
+                return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as e:
             raw = e.read()
             try:

@@ -25,6 +25,7 @@ from daemon.wiring import config as config_mod
 from daemon.wiring.config import Config, ConfigError
 from daemon.wiring.embedded import EmbeddedPostgresError, resolve_dsn
 from daemon.wiring.logs import configure
+from daemon.wiring.startup import DatabaseRefused
 
 
 class CliError(Exception):
@@ -114,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
         ap = scs.add_parser(action)
         ap.add_argument("id")
         ap.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    remote("cluster", "the daemons seen in the last minute and which one is the maintenance leader")
     ch = remote("chunks", "list an instance's chunks")
     ch.add_argument("instance_id", type=int)
     ch.add_argument("--step", type=int)
@@ -196,7 +198,7 @@ def _run_local(cfg: Config, args: argparse.Namespace) -> int:
             raise _first_leaf(eg) from None
     except SupervisorGaveUp as e:
         _fail(str(e), 1)
-    except (ConfigError, HttpBindError) as e:
+    except (ConfigError, HttpBindError, DatabaseRefused) as e:
         _fail(str(e), 2)
     except CliError as e:
         _fail(str(e), e.code)
@@ -338,11 +340,15 @@ def _params(raw: str) -> Any:
 def cmd_submit(client: ApiClient, args: argparse.Namespace) -> int:
     body = {"job": args.job, "parameters": _params(args.params), "version": args.version,
             "idempotency_key": args.idempotency_key}
-    inst = client.call("POST", "/api/v1/instances", body=body)
+    status, inst = client.call_status("POST", "/api/v1/instances", body=body)
+    created = status == 201  # 200: the idempotency key's existing instance, nothing new
+    said = f"submitted instance {inst['id']}" if created else f"already submitted: instance {inst['id']}"
     if not args.wait:
-        print(json.dumps({"instance_id": inst["id"], "status": inst["status"], "job": inst["job"],
-                          "version": inst["version"]}) if args.json else f"submitted instance {inst['id']}")
+        print(json.dumps({"instance_id": inst["id"], "created": created, "status": inst["status"], "job": inst["job"],
+                          "version": inst["version"]}) if args.json else said)
         return 0
+    if not created:
+        print(f"chunkd: {said}", file=sys.stderr)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     bar = sys.stderr.isatty()
     while inst["status"] not in TERMINAL:
@@ -424,8 +430,23 @@ def cmd_schedules(client: ApiClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(client: ApiClient, args: argparse.Namespace) -> int:
+    nodes = client.call("GET", "/api/v1/cluster")["nodes"]
+    if args.json:
+        print(json.dumps(nodes, indent=2))
+        return 0
+    print(table([{**n, "partitions": ",".join(map(str, n["partitions"])) or "-", "leader": "yes" if n["leader"] else "",
+                  "seen": f"{n['seen_seconds_ago']:.0f}s ago"} for n in nodes],
+                ["id", "name", "pid", "partitions", "in_flight", "leader", "started_at", "seen"]))
+    leader = next((n for n in nodes if n["leader"]), None)
+    print(f"leader: {leader['name']} (node {leader['id']})" if leader else
+          "leader: none (no daemon holds the maintenance lead: gates, retries and completions wait; "
+          "is CHUNKD_SCHEDULING=false on every daemon?)")
+    return 0
+
+
 _REMOTE: dict[str, Callable[[ApiClient, argparse.Namespace], int]] = {
-    "schedules": cmd_schedules,
+    "schedules": cmd_schedules, "cluster": cmd_cluster,
     "jobs": cmd_jobs, "instances": cmd_instances, "show": cmd_show, "submit": cmd_submit,
     "cancel": _post("cancel"), "stop": lambda c, a: _stop(c, a), "restart": _post("restart"),
     "chunks": cmd_chunks,

@@ -3,8 +3,9 @@ a daemon and a submit in one process, with a live progress bar.
 
 On a terminal the first screen is for a person: a bar redrawn in place, no JSON log lines
 (unless CHUNKD_LOG_LEVEL/CHUNKD_LOG_FORMAT ask for them), then a short table of files per
-resource type, the summary and where the manifest is. Piped, stdout is the manifest JSON and
-the progress is one line every few seconds on stderr."""
+resource type, the summary and where the manifest is. Piped (stderr not a terminal), stdout
+is the manifest JSON and stderr holds only log-shaped lines (JSON by default): the progress
+every few seconds and the summary as records of their own, never a terminal bar."""
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ from actors.instances import submit
 from actors.registry import Registry
 from daemon.cli.render import TERMINAL, progress_bar, table
 from daemon.wiring.config import Config
-from daemon.wiring.logs import configure
+from daemon.wiring.logs import configure, output_logger
 from daemon.wiring.node import Node
 from storage.demo_data import seed_demo_resources
 
@@ -40,6 +41,8 @@ def quiet_logs_on_tty() -> None:
 async def run_demo(cfg: Config, registry: Registry, dsn: str, rows: int) -> int:
     cfg = _demo_config(cfg)
     quiet_logs_on_tty()
+    out = Out(cfg.log_format)
+    say = out.say
     node = Node(cfg, registry, dsn)
     out_dir = Path(cfg.export_dir).resolve() / "demo"
     # a second run must not show the first run's files: the folder is the demo's own
@@ -62,7 +65,7 @@ async def run_demo(cfg: Config, registry: Registry, dsn: str, rows: int) -> int:
         res = await submit(engine.store, engine.channel, registry, "chunkd.bulk-export", json.dumps(params),
                            reader=engine.reader)
         say(f"submitted chunkd.bulk-export as instance {res.instance_id}")
-        row = await wait_for(engine.store, res.instance_id, timeout=600)
+        row = await wait_for(engine.store, res.instance_id, out, timeout=600)
         elapsed = time.monotonic() - started
         node.stop()
     if row["status"] == "COMPLETED":
@@ -72,9 +75,8 @@ async def run_demo(cfg: Config, registry: Registry, dsn: str, rows: int) -> int:
         if not sys.stdout.isatty():
             print(text)  # piped: the manifest is the machine-readable result
         total = sum(o["count"] for o in manifest["output"])
-        say("")
-        say(files_table(manifest["output"]))
-        say(f"\nexported {total:,} resources into {len(manifest['output'])} NDJSON files under {out_dir}")
+        out.files(manifest["output"])
+        say(f"exported {total:,} resources into {len(manifest['output'])} NDJSON files under {out_dir}")
         say(f"manifest: {out_dir / 'manifest.json'}")
         say(f"throughput: {total / elapsed:,.0f} resources/s ({_completed_chunks():,.0f} step runs, "
             f"submit to COMPLETED in {elapsed:.1f}s)")
@@ -110,28 +112,52 @@ def _completed_chunks() -> float:
                for s in m.samples if s.name.endswith("_total"))
 
 
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+class Out:
+    """Where the demo's words go: text for a person on a terminal, log-shaped records when
+    stderr is piped (the log's format, unfiltered: they are the command's output)."""
+
+    def __init__(self, log_format: str) -> None:
+        self.tty = sys.stderr.isatty()
+        self.log = None if self.tty else output_logger(log_format).bind(command="demo")
+
+    def say(self, text: str) -> None:
+        if self.log is None:
+            print(text, file=sys.stderr, flush=True)
+        elif text.strip():
+            self.log.info(text.strip())
+
+    def files(self, outputs: list[dict[str, Any]]) -> None:
+        if self.log is None:
+            self.say("\n" + files_table(outputs) + "\n")
+            return
+        per_type: dict[str, int] = defaultdict(int)
+        for o in outputs:
+            per_type[o["type"]] += o["count"]
+        self.log.info("files written", files=len(outputs), resources_per_type=dict(sorted(per_type.items())))
+
+    def progress(self, row: dict[str, Any], final: bool) -> None:
+        eta = row.get("eta_seconds") if row["status"] not in TERMINAL else None
+        if self.log is not None:
+            self.log.info("progress", instance_id=row["id"], status=row["status"],
+                          progress_percent=round(row["progress"] * 100, 1),
+                          eta_seconds=None if eta is None else round(eta))
+            return
+        line = f"{progress_bar(row['progress'])} {row['status']:<11}" + (
+            f" eta {eta:4.0f}s" if eta is not None else " " * 9)
+        print(f"\r{line}", end="\n" if final else "", file=sys.stderr, flush=True)  # redrawn in place
 
 
-async def wait_for(store: Any, instance_id: int, *, timeout: float) -> dict[str, Any]:
+async def wait_for(store: Any, instance_id: int, out: Out, *, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
-    tty = sys.stderr.isatty()
     printed_at = 0.0
     while True:
         row = await store.get_instance(instance_id)
-        eta = row.get("eta_seconds")
-        line = f"{progress_bar(row['progress'])} {row['status']:<11}" + (
-            f" eta {eta:4.0f}s" if eta is not None and row["status"] not in TERMINAL else " " * 9)
         now = time.monotonic()
-        if tty:
-            print(f"\r{line}", end="", file=sys.stderr, flush=True)  # redrawn in place
-        elif now - printed_at >= PIPED_EVERY or row["status"] in TERMINAL:
-            print(line, file=sys.stderr, flush=True)
+        final = row["status"] in TERMINAL
+        if out.tty or final or now - printed_at >= PIPED_EVERY:
+            out.progress(row, final)
             printed_at = now
-        if row["status"] in TERMINAL:
-            if tty:
-                print(file=sys.stderr)
+        if final:
             return row
         if time.monotonic() > deadline:
             raise RuntimeError(f"instance {instance_id} still {row['status']} after {timeout}s")

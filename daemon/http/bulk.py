@@ -80,8 +80,9 @@ async def submit_batch(api: Api, items: list[m.SubmitRequest]) -> BatchResult:
         try:
             if req.version is not None and not 1 <= req.version <= 2**31 - 1:
                 raise _Refused(400, "bad_request", "version must be a positive integer")
-            if not -3 <= req.priority <= 3:
-                raise _Refused(400, "bad_request", "priority must be between -3 and 3")
+            if not -3 <= req.priority <= 3:  # as the single submit answers
+                raise _Refused(422, "out_of_range", f"priority must be between -3 and 3, got {req.priority}",
+                               {"path": "$.priority"})
             _text(req.job, "job", MAX_NAME)
             _text(req.idempotency_key, "idempotency_key", MAX_IDEMPOTENCY_KEY)
             if json_depth(req.parameters) > MAX_JSON_DEPTH:

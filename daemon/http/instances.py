@@ -75,8 +75,9 @@ class Instances:
             raise ApiError(400, "bad_request", "version must be a positive integer")
         _bounded(req.job, "job", MAX_NAME)
         _bounded(req.idempotency_key, "idempotency_key", MAX_IDEMPOTENCY_KEY)
-        if not -3 <= req.priority <= 3:
-            raise ApiError(400, "bad_request", "priority must be between -3 and 3")
+        if not -3 <= req.priority <= 3:  # well-formed, out of range: a 422 naming it, as for parameters
+            raise ApiError(422, "out_of_range", f"priority must be between -3 and 3, got {req.priority}",
+                           {"path": "$.priority"})
         e = self.api.engine()
         try:
             res = await submit(e.store, e.channel, self.api.node.registry, req.job, _json.encode(req.parameters),

@@ -25,7 +25,8 @@ def _errors(*codes: int) -> dict[str, Any]:
              413: "Body too large",
              415: "A state-changing request without Content-Type: application/json (CSRF guard)",
              421: "Host is not this daemon's (DNS-rebinding guard; see CHUNKD_API_ALLOWED_HOSTS)",
-             422: "Parameters fail the job's schema", 429: "Too many submissions in progress; see Retry-After",
+             422: "Parameters fail the job's schema, or a field is out of range (details.path)",
+             429: "Too many submissions in progress; see Retry-After",
              503: "Not ready"}
     return {str(c): {"description": words[c], **_json(m.ErrorBody)} for c in codes}
 

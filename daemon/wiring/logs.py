@@ -15,9 +15,20 @@ _SHARED = [
 ]
 
 
+def _renderer(fmt: str) -> structlog.types.Processor:
+    return structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+
+
+def output_logger(fmt: str = "json") -> structlog.types.FilteringBoundLogger:
+    """A command's own result lines, shaped like the log (one JSON object per line by
+    default) and never filtered by CHUNKD_LOG_LEVEL: a piped `chunkd demo` writes its progress
+    and summary this way, so stderr stays one format, with no terminal bar between JSON lines."""
+    return structlog.wrap_logger(structlog.PrintLogger(sys.stderr), processors=[*_SHARED, _renderer(fmt)],
+                                 wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+
+
 def configure(level: str = "info", fmt: str = "json", **bound: str) -> None:
-    renderer = (structlog.processors.JSONRenderer() if fmt == "json"
-                else structlog.dev.ConsoleRenderer(colors=False))
+    renderer = _renderer(fmt)
     numeric = getattr(logging, level.upper())
     structlog.configure(
         processors=[*_SHARED, structlog.processors.format_exc_info, renderer],

@@ -29,6 +29,8 @@ from daemon.http.ports import HttpSettings
 from daemon.http.server import bind, build_app, serve
 from daemon.jobs import sandbox
 from daemon.wiring.config import Config
+from daemon.wiring.leaders import LeaderWatch
+from daemon.wiring.startup import until_reachable
 from daemon.wiring.tokens import check_exposure, load_tokens
 from metrics import (
     CHANNEL_STARVED,
@@ -56,7 +58,11 @@ _CLEANUP = 5.0           # seconds for each shutdown step that talks to the data
 
 async def open_store(cfg: Config, dsn: str, on_query: Callable[[Any], None] | None = None) -> Store:
     store = await Store.open(dsn, cfg.partitions, min_size=2, max_size=cfg.pool_size, on_query=on_query)
-    applied = await store.migrate()
+    try:
+        applied = await store.migrate()
+    except BaseException:
+        store.pool.terminate()  # start-up retries: no pool left behind per attempt
+        raise
     if applied:
         log.info("migrations applied", migrations=applied)
     return store
@@ -74,6 +80,7 @@ class Node:
         self.dsn = dsn
         self._stop = anyio.Event()
         self.engine: Engine | None = None
+        self.leaders: LeaderWatch | None = None  # is anything advancing (/readyz)
         self.ready = anyio.Event()
 
         self.http_port: int | None = None
@@ -105,6 +112,8 @@ class Node:
             problems.append(f"database unreachable: {type(e).__name__}")
         if not engine.channel.connected():
             problems.append(f"{engine.channel.name} channel not connected")
+        if self.leaders is not None and (leaderless := self.leaders.problem()):
+            problems.append(leaderless)
         if engine.starved:
             problems.append(f"no {engine.channel.name} partition assigned for over {STARVED_AFTER:.0f}s while "
                             "READY chunks wait; claiming from every partition until one is")
@@ -124,6 +133,8 @@ class Node:
         assigned = self._set_gauges(engine)
         with anyio.move_on_after(2):  # the liveness tick must not wait on the database
             await self._check_starved(engine, assigned)
+            if self.leaders is not None:
+                await self.leaders.check()
 
     def _set_gauges(self, engine: Engine) -> int:
         assigned = sum(1 for p in range(self.cfg.partitions) if engine.channel.owns(p))
@@ -205,7 +216,11 @@ class Node:
         cfg = self.cfg
         sandbox.configure(cfg.export_dir, cfg.export_tables)
         self._phase = "opening the database and applying migrations"
-        store = await open_store(cfg, self.dsn, self.on_query)
+        # Postgres not up yet or restarting: wait and retry, /readyz says so (startup.py)
+        store = await until_reachable(lambda: open_store(cfg, self.dsn, self.on_query), self.dsn, self._stop,
+                                      lambda why: setattr(self, "_phase", why))
+        if store is None:  # stopped while waiting
+            return None
         self._migrated = True
         channel = make_channel(cfg, self.dsn)
         self._phase = (f"waiting for the Kafka broker at {cfg.kafka_bootstrap_servers}" if channel.name == "kafka"
@@ -232,6 +247,7 @@ class Node:
                     await scheduler.register()  # declared schedules exist once the API answers
                 except TRANSIENT as e:
                     log.warning("registering schedules failed; the scheduler retries", error=repr(e))
+            self.leaders = LeaderWatch(store, self.cfg.scheduling, self.cfg.maintenance_interval)
             self.engine = engine  # the API serves from here on
             self._set_gauges(engine)  # at once, not at the next tick
             maintenance = Maintenance(engine.settings.maintenance, store, channel, self.registry, engine.reader,

@@ -131,6 +131,23 @@ def test_demo_runs_on_the_embedded_postgres(tmp_path: Path) -> None:
     assert "exported 3,000 resources" in res.stderr
 
 
+def test_piped_demo_writes_only_log_shaped_lines(dsn: str, tmp_path: Path) -> None:
+    """Piped, stderr is one format (issue 24 row 8): progress and summary are JSON records
+    like the log lines around them, never a terminal bar between them."""
+    env = daemon_env(dsn, CHUNKD_HOME=str(tmp_path / "home"))
+    env.pop("CHUNKD_LOG_LEVEL", None)  # as a user pipes it: info logs and the demo's lines interleave
+    res = run_cli("demo", "--rows", "2000", env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert sum(o["count"] for o in json.loads(res.stdout)["output"]) == 2000
+    assert "\r" not in res.stderr and "[#" not in res.stderr and "%]" not in res.stderr
+    records = [json.loads(line) for line in res.stderr.splitlines() if line.strip()]  # each line one JSON object
+    progress = [r for r in records if r.get("event") == "progress" and r.get("command") == "demo"]
+    assert progress and progress[-1]["status"] == "COMPLETED" and progress[-1]["progress_percent"] == 100.0
+    assert any(r["event"].startswith("exported 2,000 resources") for r in records), records
+    files = next(r for r in records if r.get("event") == "files written")
+    assert sum(files["resources_per_type"].values()) == 2000
+
+
 async def test_invalid_declared_schedule_stops_the_daemon_with_one_line(dsn: str, conn: asyncpg.Connection) -> None:
     # before: logged and dropped while the daemon started, so the nightly job never ran
     res = run_cli("run", env=daemon_env(dsn, CHUNKD_JOBS="tests.bad_schedule_jobs"), timeout=60)
@@ -189,6 +206,15 @@ def test_version_and_app_dir(dsn: str, tmp_path: Path) -> None:
     by_flag = subprocess.run([CHUNKD, "migrate", "--app-dir", str(tmp_path)], env=env, cwd=elsewhere,
                              capture_output=True, text=True, timeout=120)
     assert by_flag.returncode == 0, by_flag.stderr
+    # the folder is right, the package is there, its submodule is not: say that (issue 24 row 8)
+    (tmp_path / "nu_acme").mkdir()
+    (tmp_path / "nu_acme" / "__init__.py").write_text("")
+    sub = subprocess.run([CHUNKD, "migrate"], env={**env, "CHUNKD_JOBS": "nu_acme.jobs"}, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert sub.returncode == 2 and len(sub.stderr.strip().splitlines()) == 1, sub.stderr
+    assert (f"the package 'nu_acme' was found at {tmp_path / 'nu_acme'}, but it has no submodule 'jobs': no jobs.py "
+            "or jobs/ in it") in sub.stderr, sub.stderr
+    assert "run chunkd from the folder" not in sub.stderr
 
 
 async def test_cli_reads_well(conn: asyncpg.Connection, api_daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -287,3 +313,31 @@ def test_demo_first_screen_on_a_tty(dsn: str, tmp_path: Path) -> None:
     assert sorted(p.name for p in export.glob("*.ndjson")) == sorted(
         Path(o["url"].removeprefix("file://")).name for o in manifest["output"])
     assert sum(len(p.read_text().splitlines()) for p in export.glob("*.ndjson")) == 2000
+
+
+async def test_resubmit_says_already_submitted_and_cluster_names_the_leader(api_daemon) -> None:  # type: ignore[no-untyped-def]
+    """The CLI's words match the API's 201/200 (issue 24 row 8), and `chunkd cluster` shows
+    the daemons and the maintenance leader from GET /api/v1/cluster."""
+    api = api_daemon(CHUNKD_NODE_ID="alpha")
+    env = api.cli_env()
+    submit = ["submit", "chunkd.synthetic", "--params", '{"chunks": 1}', "--idempotency-key", "once"]
+    first = run_cli(*submit, env=env)
+    assert first.returncode == 0 and first.stdout.startswith("submitted instance "), first.stdout + first.stderr
+    iid = int(first.stdout.split()[-1])
+    again = run_cli(*submit, env=env)
+    assert again.returncode == 0 and again.stdout.strip() == f"already submitted: instance {iid}", again.stdout
+    as_json = json.loads(run_cli(*submit, "--json", env=env).stdout)
+    assert as_json["instance_id"] == iid and as_json["created"] is False
+    fresh = json.loads(run_cli("submit", "chunkd.synthetic", "--params", '{"chunks": 1}', "--json", env=env).stdout)
+    assert fresh["created"] is True
+
+    deadline = time.monotonic() + 30
+    while "leader: alpha" not in (shown := run_cli("cluster", env=env)).stdout:
+        assert time.monotonic() < deadline, shown.stdout + shown.stderr
+        await asyncio.sleep(0.2)
+    assert shown.returncode == 0
+    header, row = shown.stdout.splitlines()[:2]
+    assert header.split() == ["ID", "NAME", "PID", "PARTITIONS", "IN_FLIGHT", "LEADER", "STARTED_AT", "SEEN"]
+    assert row.split()[1:3] == ["alpha", str(api.daemon.proc.pid)] and "yes" in row.split()
+    nodes = json.loads(run_cli("cluster", "--json", env=env).stdout)
+    assert [(n["name"], n["leader"]) for n in nodes] == [("alpha", True)]

@@ -104,8 +104,8 @@ def test_promtool_checks_the_alert_rules() -> None:
 
 def test_promtool_check_rules_fails_a_broken_expression(tmp_path: Path) -> None:
     broken = tmp_path / "alerts.yml"
-    broken.write_text(ALERTS.read_text().replace("sum(chunkd_maintenance_leader) == 0",
-                                                 "sum(chunkd_maintenance_leader == 0"))
+    broken.write_text(ALERTS.read_text().replace("absent(chunkd_maintenance_leader == 1)",
+                                                 "absent(chunkd_maintenance_leader == 1"))
     res = run(promtool(), "check", "rules", str(broken))
     assert res.returncode != 0 and "parse error" in (res.stdout + res.stderr).lower(), res.stdout + res.stderr
 
@@ -137,7 +137,17 @@ def test_every_alert_has_a_unit_test_that_fires_it_and_one_that_does_not() -> No
         assert any(not c.get("exp_alerts") for c in mine), f"{rule['alert']}: no case where it stays quiet"
     assert {r["alert"] for r in alert_rules()} >= {
         "ChunkdChunksStuck", "ChunkdNoMaintenanceLeader", "ChunkdChunkErrorRate", "ChunkdLeaseRescuesSpiking",
-        "ChunkdDaemonRestarting", "ChunkdNotReady"}
+        "ChunkdDaemonRestarting", "ChunkdNotReady", "ChunkdNoLeaderEligible", "ChunkdDown", "ChunkdAbsent"}
+
+
+def test_up_matchers_select_the_shipped_scrape_jobs() -> None:
+    """ChunkdDown and ChunkdAbsent read `up` of chunkd's scrape jobs: a renamed job in
+    prometheus.yml would leave ChunkdAbsent firing forever (or ChunkdDown never)."""
+    jobs = [c["job_name"] for c in yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())["scrape_configs"]]
+    for rule in alert_rules():
+        for regex in re.findall(r'up\{job=~"([^"]+)"\}', rule["expr"]):
+            assert all(re.fullmatch(regex, j) for j in jobs), (rule["alert"], regex, jobs)
+    assert {r["alert"] for r in alert_rules() if "up{" in r["expr"]} == {"ChunkdDown", "ChunkdAbsent"}
 
 
 # ---------------------------------------------------------------- metric names
@@ -183,7 +193,7 @@ def selected_metrics(expr: str) -> set[str]:
 
 
 def test_alerts_name_only_exported_metrics() -> None:
-    exported = exported_names()
+    exported = exported_names() | {"up"}  # Prometheus' own per-target series
     for rule in alert_rules():
         unknown = selected_metrics(rule["expr"]) - exported
         assert not unknown, f"{rule['alert']} selects metrics chunkd does not export: {unknown}"

@@ -154,7 +154,8 @@ async def test_bulk_submit_one_result_per_item(conn: asyncpg.Connection, api_dae
     assert await conn.fetchval("SELECT priority FROM chunkd_instance WHERE id = $1", before["id"]) == 2
     with pytest.raises(ApiCallError) as e:
         client.call("POST", "/api/v1/instances", body={"job": syn, "priority": 9})
-    assert e.value.status == 400
+    assert e.value.status == 422 and e.value.details == {"path": "$.priority"}, e.value  # issue 24 row 8
+    assert "priority must be between -3 and 3, got 9" in e.value.message
     items = [
         {"job": syn, "parameters": {"chunks": 3}},                                   # 0 created
         {"job": syn, "parameters": {"chunks": 3}, "idempotency_key": "k1", "priority": -1},  # 1 created
@@ -169,7 +170,8 @@ async def test_bulk_submit_one_result_per_item(conn: asyncpg.Connection, api_dae
     res = client.call("POST", "/api/v1/instances:batch", body={"items": items})
     st = [r["status"] for r in res["results"]]
     assert [r["index"] for r in res["results"]] == list(range(len(items)))
-    assert st == [201, 201, 200, 409, 404, 422, 400, 200, 201], res
+    assert st == [201, 201, 200, 409, 404, 422, 422, 200, 201], res
+    assert res["results"][6]["error"]["details"] == {"path": "$.priority"}
     r = res["results"]
     assert r[2]["id"] == r[1]["id"] and r[7]["id"] == before["id"]
     assert r[3]["error"]["code"] == "idempotency_conflict" and r[4]["error"]["code"] == "unknown_job"

@@ -43,11 +43,18 @@ def test_deploy_files_use_only_declared_variables() -> None:
             assert name in declared, name
 
 
-def test_grace_period_exceeds_the_shutdown_grace() -> None:
+def test_grace_period_covers_the_app_and_chunkd_in_the_order_they_stop() -> None:
+    """A native sidecar is stopped after the app, within the pod's one budget: the budget
+    must hold the app's shutdown plus chunkd's whole one (grace, completer drain, handing
+    back held chunks). Two plain containers stop at once: the longer of the two."""
+    from daemon.wiring.node import _CLEANUP, _COMPLETER_DRAIN
     for path in MANIFESTS:
         spec = deployment(path)["spec"]["template"]["spec"]
-        grace = float(env_of(pod_containers(path)["chunkd"])["CHUNKD_SHUTDOWN_GRACE_SECONDS"])
-        assert spec["terminationGracePeriodSeconds"] > grace, path.name
+        containers = pod_containers(path)
+        chunkd = float(env_of(containers["chunkd"])["CHUNKD_SHUTDOWN_GRACE_SECONDS"]) + _COMPLETER_DRAIN + _CLEANUP
+        app = float(env_of(containers["app"])["APP_SHUTDOWN_SECONDS"])
+        need = app + chunkd if path == NATIVE else max(app, chunkd)
+        assert spec["terminationGracePeriodSeconds"] >= need, (path.name, need)
 
 
 def test_dockerfile_essentials() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from chunkd import Context, Job, PermanentError, Sink
+from chunkd import Context, Job, ParameterError, PermanentError, Sink
 from chunkd.testing import JobFailed, run_job
 
 pytestmark = pytest.mark.anyio
@@ -42,6 +42,7 @@ async def test_the_readme_job_test_passes(acme_jobs: types.ModuleType) -> None:
     exec(compile(_readme_block("# tests/test_acme_jobs.py"), "README.md", "exec"), tests)
     await tests["test_export_writes_every_row"]()  # type: ignore[operator]
     await tests["test_a_failing_chunk_is_retried"]()  # type: ignore[operator]
+    await tests["test_bad_parameters_are_refused"]()  # type: ignore[operator]
 
 
 async def test_readme_job_report_and_tx(acme_jobs: types.ModuleType) -> None:
@@ -52,10 +53,15 @@ async def test_readme_job_report_and_tx(acme_jobs: types.ModuleType) -> None:
 
 
 async def test_parameters_are_decoded_as_a_submit_does(acme_jobs: types.ModuleType) -> None:
-    with pytest.raises(Exception, match="rows"):
+    # the public error (issue 24 row 8): a job's test never needs storage.codec.DataError
+    with pytest.raises(ParameterError, match="rows"):
         await run_job(acme_jobs.job, {"table": "t"})  # `rows` is required
-    with pytest.raises(Exception, match="unknown"):
+    with pytest.raises(ParameterError, match="unknown") as refused:
         await run_job(acme_jobs.job, {"table": "t", "rows": 1, "unknown": 1})  # forbid_unknown_fields
+    assert refused.value.path is None  # as the API: msgspec names no path for the root object
+    with pytest.raises(ParameterError) as refused:
+        await run_job(acme_jobs.job, {"table": "t", "rows": "many"})
+    assert refused.value.path == "$.rows" and str(refused.value).startswith("job 'acme.export': ")
 
 
 # ------------------------------------------------------------------ a job that shows the edges
