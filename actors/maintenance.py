@@ -357,8 +357,10 @@ class Maintenance:
             if step.is_async:
                 report = await step.fn(params, items, ctx)
             else:
+                # abandoned, not awaited, if maintenance is cancelled (shutdown): the
+                # transaction rolls back and the next leader runs the reduction again
                 report = await anyio.to_thread.run_sync(
-                    functools.partial(step.fn, params, _SyncBridge(items), ctx))
+                    functools.partial(step.fn, params, _SyncBridge(items), ctx), abandon_on_cancel=True)
             report_json = to_json(report)
             limit = self.settings.max_report_bytes
             if len(report_json) > limit:

@@ -460,3 +460,27 @@ async def s_reduce(params: CountParams, chunks: AsyncIterator[Item], ctx: Contex
     ctx.tx.execute("SELECT pg_advisory_lock($1)", SESSION_LOCK_KEY + 1)
     ctx.tx.execute("SET application_name = 'chunkd-leaked'")
     return Sum(count, 0)
+
+
+# ------------------------------------------------------------ issue 22 row 6: steps a thread runs
+class SyncSleepParams(msgspec.Struct, forbid_unknown_fields=True):
+    chunks: int
+    sleep_s: float = 0.0  # the first attempt of each chunk sleeps this long in its thread
+
+
+syncsleep = Job("test.syncsleep", params=SyncSleepParams, gated=True)
+
+
+@syncsleep.first_step(emits=Item)
+async def ss_plan(params: SyncSleepParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+@syncsleep.step(consumes=Item, transactional=True)
+def ss_sleep(params: SyncSleepParams, chunk: Item, ctx: Context) -> None:  # a plain function: a thread
+    if ctx.attempt == 1:
+        import time
+        time.sleep(params.sleep_s)  # deaf to ctx.cancelled and to any cancellation
+    ctx.tx.execute("INSERT INTO test_ledger (chunk_id, attempt, n, pid) VALUES ($1, $2, $3, $4)",
+                   ctx.chunk_id, ctx.attempt, chunk.n, os.getpid())

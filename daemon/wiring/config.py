@@ -274,7 +274,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("CHUNKD_COMPLETER_BATCH", "completer_batch", "500",
         "Finished chunks that trigger a completer flush at once.", _int(1, 100_000)),
     Var("CHUNKD_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds", "25",
-        "On SIGTERM, how long in-flight chunks may finish before they are released.", _float(0, 3600)),
+        "On SIGTERM, how long in-flight chunks may finish before they are released; the daemon exits within this + 15 s.", _float(0, 3600)),
     Var("CHUNKD_NODE_ID", "node_id", "", "This daemon's name in logs and the node table (default host-pid).", _text),
     Var("CHUNKD_JOBS", "jobs", "", "Comma-separated Python modules that define jobs.", _modules),
     Var("CHUNKD_LOG_LEVEL", "log_level", "info", "debug, info, warning or error.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -50,8 +51,16 @@ _LIVENESS_STALE = 15.0  # seconds without a tick before /healthz fails
 # starved (a broken group): it says so and claims from every partition until assigned.
 # Three of the consumer's 6 s session timeouts: a normal rebalance is over by then.
 STARVED_AFTER = 18.0
-_COMPLETER_DRAIN = 10.0  # seconds the completer may take to flush after the executors stop
-_CLEANUP = 5.0           # seconds for each shutdown step that talks to the database
+# Shutdown after the grace period: the completer's drain, handing back what this daemon
+# still holds and closing its connections share SHUTDOWN_BOUND seconds in all, whatever the
+# database or the steps do (a plain-function step still running in its thread is abandoned
+# at the grace's end, its chunk handed back READY). So SIGTERM ends within
+# CHUNKD_SHUTDOWN_GRACE_SECONDS + SHUTDOWN_BOUND; the watchdog exits 1 a few seconds later
+# should anything still hang. Kubernetes manifests give the pod at least that much.
+SHUTDOWN_BOUND = 15.0
+_COMPLETER_DRAIN = 10.0  # at most this much of the bound for the completer's flush
+_CLEANUP = 5.0           # at most this much for each shutdown step that talks to the database
+_WATCHDOG_MARGIN = 5.0
 
 
 async def open_store(cfg: Config, dsn: str, on_query: Callable[[Any], None] | None = None) -> Store:
@@ -82,6 +91,7 @@ class Node:
         self._phase = "starting"  # what start-up waits for, as /readyz says it
         self._unassigned_since: float | None = None
         self._mailboxes: list[anyio.abc.ObjectSendStream[ClaimedChunk]] = []
+        self._exit_by: float | None = None  # anyio clock: when the post-grace shutdown budget ends
 
     def stop(self) -> None:
         self._stop.set()
@@ -248,10 +258,13 @@ class Node:
                 # (a database that is away must not hold the shutdown: what is not
                 # written is rescued, as after a crash)
                 engine.completer_send.close()
-                completer_tg.cancel_scope.deadline = anyio.current_time() + _COMPLETER_DRAIN
+                completer_tg.cancel_scope.deadline = anyio.current_time() + self._budget(_COMPLETER_DRAIN)
             # Everything this process still owns, including a claim whose result was lost
-            # to the consumers' cancellation: the node id is unique to this process.
-            with anyio.move_on_after(_CLEANUP):
+            # to the consumers' cancellation or whose step was abandoned in its thread: the
+            # node id is unique to this process. Their late results would be refused anyway
+            # (CHUNK_COMPLETE wants IN_PROGRESS with the claimed attempt), but none comes:
+            # nothing waits for an abandoned thread.
+            with anyio.move_on_after(self._budget(_CLEANUP)):
                 try:
                     released = await store.release_owned(engine.node_id)
                     if released:
@@ -261,20 +274,25 @@ class Node:
                     log.warning("could not release held chunks; their leases expire instead", error=repr(e))
             background.cancel_scope.cancel()
 
-    @staticmethod
-    async def _close(engine: Engine) -> None:
+    def _budget(self, cap: float) -> float:
+        """Seconds a shutdown step may take: `cap`, or what is left of SHUTDOWN_BOUND after the grace."""
+        if self._exit_by is None:
+            return cap
+        return max(0.0, min(cap, self._exit_by - anyio.current_time()))
+
+    async def _close(self, engine: Engine) -> None:
         """Each step bounded: a database that is away must not hold the exit."""
         store = engine.store
-        with anyio.move_on_after(_CLEANUP):
+        with anyio.move_on_after(self._budget(_CLEANUP)):
             try:
                 await store.unregister_node(engine.node_id)
             except Exception:  # noqa: BLE001 - the leader forgets dead nodes' rows anyway
                 pass
-        with anyio.move_on_after(_CLEANUP):
+        with anyio.move_on_after(self._budget(_CLEANUP)):
             await engine.channel.close()
-        with anyio.move_on_after(_CLEANUP):
+        with anyio.move_on_after(self._budget(_CLEANUP)):
             await engine.reader.close()
-        with anyio.move_on_after(_CLEANUP) as closing:
+        with anyio.move_on_after(self._budget(_CLEANUP)) as closing:
             await store.close()
         if closing.cancelled_caught:
             store.pool.terminate()
@@ -306,7 +324,10 @@ class Node:
                 engine.stopping = True  # stop claiming; workers start nothing new
                 consumers.cancel_scope.cancel()
             log.info("shutting down: waiting for running steps", grace_seconds=cfg.shutdown_grace_seconds)
+            # At the deadline async steps are cancelled and plain-function steps abandoned in
+            # their threads (actors/executor.py _call): the executors return at once.
             executors.cancel_scope.deadline = anyio.current_time() + cfg.shutdown_grace_seconds
+            self._exit_by = executors.cancel_scope.deadline + SHUTDOWN_BOUND
 
     @staticmethod
     async def _workers(engine: Engine, sup: Supervisor, p: int,
@@ -325,7 +346,7 @@ class Node:
                     os._exit(1)
                 log.info("signal received: shutting down", signal=sig.name)
                 self._stop.set()
-                _watchdog(self.cfg.shutdown_grace_seconds + _COMPLETER_DRAIN + 4 * _CLEANUP + 10)
+                _watchdog(self.cfg.shutdown_grace_seconds + SHUTDOWN_BOUND + _WATCHDOG_MARGIN)
 
 
 def _watchdog(seconds: float) -> None:
@@ -337,6 +358,24 @@ def _watchdog(seconds: float) -> None:
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
     timer.start()
+
+
+def leave_lingering_step_threads() -> None:
+    """After run(): plain-function steps abandoned at the grace's end may still be running in
+    their (non-daemon) threads, and the interpreter would wait for them at exit, however
+    long they run. Their chunks are handed back already: leave without them."""
+    deadline = time.monotonic() + 0.5  # idle worker threads are told to stop with the loop
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and not t.daemon:
+            t.join(max(0.0, deadline - time.monotonic()))
+    busy = [t.name for t in threading.enumerate()
+            if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if busy:
+        log.warning("exiting without steps still running in threads; their chunks were handed back",
+                    threads=len(busy))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 async def _prepare(channel: Channel, stop: anyio.Event) -> int | None:

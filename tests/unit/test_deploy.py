@@ -43,11 +43,14 @@ def test_deploy_files_use_only_declared_variables() -> None:
             assert name in declared, name
 
 
-def test_grace_period_exceeds_the_shutdown_grace() -> None:
+def test_grace_period_covers_the_shutdown_grace_and_bound() -> None:
+    """Issue 22 row 6: SIGTERM ends within the grace + SHUTDOWN_BOUND; the pod must allow it
+    (and the watchdog's margin), or the kubelet SIGKILLs chunkd with chunks still leased."""
+    from daemon.wiring.node import _WATCHDOG_MARGIN, SHUTDOWN_BOUND
     for path in MANIFESTS:
         spec = deployment(path)["spec"]["template"]["spec"]
         grace = float(env_of(pod_containers(path)["chunkd"])["CHUNKD_SHUTDOWN_GRACE_SECONDS"])
-        assert spec["terminationGracePeriodSeconds"] > grace, path.name
+        assert spec["terminationGracePeriodSeconds"] >= grace + SHUTDOWN_BOUND + _WATCHDOG_MARGIN, path.name
 
 
 def test_dockerfile_essentials() -> None:
