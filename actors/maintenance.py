@@ -366,8 +366,8 @@ class Maintenance:
             if len(report_json) > limit:
                 raise ReportTooLarge(f"the report is {len(report_json):,} bytes of JSON, over the limit of "
                                      f"{limit:,} bytes (CHUNKD_MAX_REPORT_BYTES)")
-            for op in ctx.tx.ops:
-                await conn.execute(op.sql, *op.args)
+            for op in ctx.tx.ops:  # user SQL: its own, longer deadline (storage/deadlines.py)
+                await conn.execute(op.sql, *op.args, timeout=store.deadlines.user_sql)
             if not await store.complete_reduction(conn, inst.id, step.index, report_json, term):
                 raise _Superseded()  # leaving the block rolls the transaction back
         return report

@@ -20,6 +20,7 @@ from actors.settings import (
     SchedulerSettings,
     StepSettings,
 )
+from storage.deadlines import Deadlines
 
 
 class ConfigError(ValueError):
@@ -206,6 +207,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     max_report_bytes: int
     export_dir: str
     export_tables: tuple[str, ...]
+
+    def deadlines(self) -> Deadlines:
+        """Database deadlines and the stall/health bounds, from the lease (storage/deadlines.py)."""
+        return Deadlines.from_lease(self.lease_seconds)
 
     def actor_settings(self) -> ActorSettings:
         """What each actor is told (actors/settings.py): the actors never see Config."""

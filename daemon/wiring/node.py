@@ -34,12 +34,15 @@ from daemon.wiring.tokens import check_exposure, load_tokens
 from metrics import (
     CHANNEL_STARVED,
     CHUNKS_RELEASED,
+    DB_ABANDONED,
+    DB_QUIET_SECONDS,
     IN_FLIGHT,
     MAILBOX_DEPTH,
     PARTITIONS_ASSIGNED,
     POOL_IN_USE,
     POOL_SIZE,
 )
+from storage.deadlines import keep_alive
 from storage.errors import TRANSIENT
 from storage.store import Store
 from storage.types import ClaimedChunk
@@ -64,7 +67,8 @@ _WATCHDOG_MARGIN = 5.0
 
 
 async def open_store(cfg: Config, dsn: str, on_query: Callable[[Any], None] | None = None) -> Store:
-    store = await Store.open(dsn, cfg.partitions, min_size=2, max_size=cfg.pool_size, on_query=on_query)
+    store = await Store.open(dsn, cfg.partitions, min_size=2, max_size=cfg.pool_size, on_query=on_query,
+                             deadlines=cfg.deadlines())
     applied = await store.migrate()
     if applied:
         log.info("migrations applied", migrations=applied)
@@ -92,14 +96,25 @@ class Node:
         self._unassigned_since: float | None = None
         self._mailboxes: list[anyio.abc.ObjectSendStream[ClaimedChunk]] = []
         self._exit_by: float | None = None  # anyio clock: when the post-grace shutdown budget ends
+        self._heartbeat: Heartbeat | None = None
 
     def stop(self) -> None:
         self._stop.set()
 
     # ---------------------------------------------------------------- health
     def liveness_problems(self) -> list[str]:
-        stale = time.monotonic() - self._tick_at
-        return [f"the actor tree has not ticked for {stale:.0f}s"] if stale > _LIVENESS_STALE else []
+        now = time.monotonic()
+        stale = now - self._tick_at
+        problems = [f"the actor tree has not ticked for {stale:.0f}s"] if stale > _LIVENESS_STALE else []
+        engine = self.engine
+        if engine is not None and not self._stop.is_set():
+            # Rule 12: a daemon whose database calls all hang (connections gone silent and
+            # not recovered by dropping them) must not say it is alive, so a supervisor
+            # restarts it. The store's probe keeps an idle daemon's round trips current.
+            quiet, bound = now - engine.store.last_round_trip, engine.store.deadlines.unhealthy
+            if quiet > bound:
+                problems.append(f"no round trip with the database for {quiet:.0f}s (the bound is {bound:.0f}s)")
+        return problems
 
     async def readiness_problems(self) -> list[str]:
         problems = []
@@ -141,6 +156,7 @@ class Node:
         MAILBOX_DEPTH.labels("completer").set(engine.completer_send.statistics().current_buffer_used)
         MAILBOX_DEPTH.labels("step-executor").set(sum(m.statistics().current_buffer_used for m in self._mailboxes))
         IN_FLIGHT.set(sum(engine.inflight.running))
+        DB_QUIET_SECONDS.set(time.monotonic() - engine.store.last_round_trip)
         POOL_SIZE.set(engine.store.pool.get_size())
         POOL_IN_USE.set(engine.store.pool.get_size() - engine.store.pool.get_idle_size())
         return assigned
@@ -199,6 +215,7 @@ class Node:
         heartbeat = Heartbeat(self.dsn, node_id, cfg.lease_seconds, cfg.heartbeat_seconds, engine.inflight.held,
                               lambda: [p for p in range(cfg.partitions) if channel.owns(p)])
         heartbeat.start()
+        self._heartbeat = heartbeat
         log.info("daemon started", node_id=node_id, partitions=cfg.partitions,
                  concurrency=cfg.partition_concurrency, jobs=self.registry.names(),
                  http=f"{cfg.http_addr[0]}:{self.http_port}" if cfg.http_addr else "off")
@@ -249,6 +266,8 @@ class Node:
             background.start_soon(sup.supervise, "maintenance", "maintenance", maintenance.run)
             background.start_soon(sup.supervise, "scheduler", "scheduler", scheduler.run)
             background.start_soon(sup.supervise, "stopper", "stopper", lambda: watch_ended(store, engine.inflight, engine.stops))
+            background.start_soon(self._probe_db, store)
+            background.start_soon(self._abandon_stalled, store)
             async with anyio.create_task_group() as completer_tg:
                 completer = Completer(engine.settings.completer, engine.completer_recv, store, channel,
                                       engine.inflight)
@@ -273,6 +292,37 @@ class Node:
                 except TRANSIENT as e:
                     log.warning("could not release held chunks; their leases expire instead", error=repr(e))
             background.cancel_scope.cancel()
+
+    async def _probe_db(self, store: Store) -> None:
+        """An idle daemon makes no round trips of its own: one trivial query a heartbeat
+        period after the last, so "no round trip" means "cannot", not "had nothing to do"."""
+        period = self.cfg.heartbeat_seconds
+        while True:
+            await anyio.sleep(period)
+            if time.monotonic() - store.last_round_trip >= period:
+                with anyio.move_on_after(store.deadlines.stall):
+                    await store.alive()  # a success returns a connection: that stamps the round trip
+
+    async def _abandon_stalled(self, store: Store) -> None:
+        """Rule 12: no round trip on the pool, or no heartbeat renewed, for the stall bound (the
+        lease, at least 5 s): the connections are taken for silent (a NAT or firewall that
+        forgot them sends no FIN or RST) and all dropped; the pool dials anew. Whatever this
+        daemon held meanwhile is rescued elsewhere if its lease ran out, and its late
+        results are refused by the attempt fence."""
+        stall = store.deadlines.stall
+        dropped_at = float("-inf")
+        while True:
+            await anyio.sleep(min(1.0, stall / 5))
+            now = time.monotonic()
+            quiet = now - store.last_round_trip
+            unbeaten = now - self._heartbeat.last_ok if self._heartbeat is not None else 0.0
+            if max(quiet, unbeaten) >= stall and now - dropped_at >= stall:
+                dropped_at = now
+                n = await store.abandon_connections()
+                DB_ABANDONED.inc(n)
+                log.warning("no database round trip or heartbeat within the stall bound: dropped every "
+                            "connection; reconnecting", quiet_seconds=round(quiet, 1),
+                            heartbeat_seconds_ago=round(unbeaten, 1), stall_seconds=stall, connections=n)
 
     def _budget(self, cap: float) -> float:
         """Seconds a shutdown step may take: `cap`, or what is left of SHUTDOWN_BOUND after the grace."""
@@ -402,7 +452,8 @@ def make_channel(cfg: Config, dsn: str) -> Channel:
             partitions=cfg.kafka_partitions or cfg.partitions, security_protocol=cfg.kafka_security_protocol.upper(),
             sasl_mechanism=cfg.kafka_sasl_mechanism or None, sasl_username=cfg.kafka_sasl_username or None,
             sasl_password=cfg.kafka_sasl_password or None, ssl_cafile=cfg.kafka_ssl_cafile or None))
-    return PostgresChannel(dsn, cfg.partitions)
+    deadline = cfg.deadlines().statement
+    return PostgresChannel(dsn, cfg.partitions, timeout=deadline, on_connect=lambda c: keep_alive(c, deadline))
 
 
 def _consumer(engine: Engine, p: int, send: anyio.abc.ObjectSendStream[ClaimedChunk]) -> Callable[[], Awaitable[None]]:
