@@ -47,11 +47,16 @@ class SilencingProxy:
         return sum(1 for link in self._links if not link.silenced)
 
     def close(self) -> None:
-        def stop() -> None:
+        async def stop() -> None:
             for w in self._writers:
                 w.transport.abort()
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._loop.stop()
-        self._loop.call_soon_threadsafe(stop)
+        asyncio.run_coroutine_threadsafe(stop(), self._loop)
         self._thread.join(5)
 
     def dsn(self, dsn: str) -> str:
@@ -73,6 +78,8 @@ class SilencingProxy:
         self.port = server.sockets[0].getsockname()[1]
         self._started.set()
         self._loop.run_forever()
+        server.close()
+        self._loop.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         link = _Link(self._new_silenced)
