@@ -2,9 +2,10 @@
 
 A connection can go silent without a FIN or an RST (a firewall or NAT that forgot it, a
 failover behind a virtual IP): without a deadline a statement on it waits for ever. So every
-statement, connect and pool acquire of chunkd's own has a deadline derived from the lease,
-user SQL (ctx.tx writes, ctx.db reads) a longer one, and sockets carry TCP keepalives and a
-TCP user timeout so the kernel also gives up on a peer that stopped answering.
+statement and connect of chunkd's own has a deadline derived from the lease (a pool acquire
+waits at most for those), user SQL (ctx.tx writes, ctx.db reads) a longer one, and sockets
+carry TCP keepalives and a TCP user timeout so the kernel also gives up on a peer that
+stopped answering.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import msgspec
 
 
 class Deadlines(msgspec.Struct, frozen=True):
-    statement: float   # each of chunkd's own statements, connects and pool acquires
+    statement: float   # each of chunkd's own statements and connects
     user_sql: float    # each user statement: ctx.tx writes, ctx.db reads (may legitimately run long)
     migration: float   # each migration statement (an index on a big table takes a while)
     stall: float       # no round trip on the pool (or no heartbeat) this long: drop every connection

@@ -310,10 +310,14 @@ class Node:
         daemon held meanwhile is rescued elsewhere if its lease ran out, and its late
         results are refused by the attempt fence."""
         stall = store.deadlines.stall
+        every = min(1.0, stall / 5)
         dropped_at = float("-inf")
         while True:
-            await anyio.sleep(min(1.0, stall / 5))
+            asleep = time.monotonic()
+            await anyio.sleep(every)
             now = time.monotonic()
+            if now - asleep > every + 1.0:
+                continue  # the event loop itself was blocked (a step that never awaits): not the network's fault
             quiet = now - store.last_round_trip
             unbeaten = now - self._heartbeat.last_ok if self._heartbeat is not None else 0.0
             if max(quiet, unbeaten) >= stall and now - dropped_at >= stall:
