@@ -264,7 +264,9 @@ VARIABLES: tuple[Var, ...] = (
         "(overrides the job definition's default).", _job_caps),
     Var("CHUNKD_CLAIM_BATCH", "claim_batch", "100", "Chunks claimed per claim statement.", _int(1, 10_000)),
     Var("CHUNKD_LEASE_SECONDS", "lease_seconds", "30",
-        "Lease on a claimed chunk; extended by this daemon's heartbeat, expired leases are rescued.",
+        "Lease on a claimed chunk; extended by this daemon's heartbeat, expired leases are rescued. Also sets the "
+        "database deadlines: each statement max(lease, 10 s); no round trip for max(lease, 5 s) drops every "
+        "connection; 3 x that fails /healthz.",
         _float(1, 86_400)),
     Var("CHUNKD_HEARTBEAT_SECONDS", "heartbeat_seconds", "0",
         "Heartbeat period; 0 means a third of the lease.", _float(0, 3600)),
