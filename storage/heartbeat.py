@@ -28,7 +28,8 @@ class HeartbeatConnection:
             keep_alive(self._conn, self._timeout)
         try:
             ids = list(held)
-            await self._conn.execute(sql.NODE_HEARTBEAT, node_id, lease_seconds, ids, list(partitions), timeout=self._timeout)
+            await self._conn.execute(sql.NODE_HEARTBEAT, node_id, lease_seconds, ids, list(partitions),
+                                     timeout=self._timeout)
             async with self._conn.transaction():
                 rows = await self._conn.fetch(sql.NODE_RELEASE_ORPHANS, node_id, ids,
                                               lease_seconds - orphan_after, timeout=self._timeout)
