@@ -357,10 +357,16 @@ class Maintenance:
             if step.is_async:
                 report = await step.fn(params, items, ctx)
             else:
-                # abandoned, not awaited, if maintenance is cancelled (shutdown): the
-                # transaction rolls back and the next leader runs the reduction again
-                report = await anyio.to_thread.run_sync(
-                    functools.partial(step.fn, params, _SyncBridge(items), ctx), abandon_on_cancel=True)
+                # Abandoned, not awaited, if maintenance is cancelled (shutdown): the
+                # transaction rolls back, the next leader runs the reduction again, and the
+                # bridge is closed first so the orphan thread can never read through a
+                # connection handed to someone else.
+                bridge = _SyncBridge(items)
+                try:
+                    report = await anyio.to_thread.run_sync(
+                        functools.partial(step.fn, params, bridge, ctx), abandon_on_cancel=True)
+                finally:
+                    bridge.closed = True
             report_json = to_json(report)
             limit = self.settings.max_report_bytes
             if len(report_json) > limit:
@@ -401,15 +407,21 @@ class _SyncBridge(Iterator[Any]):
 
     def __init__(self, items: AsyncIterator[Any]) -> None:
         self._items = items
+        self.closed = False  # set on the event loop when the reduction ends or is abandoned
 
     def __iter__(self) -> "_SyncBridge":
         return self
 
     def __next__(self) -> Any:
         try:
-            return anyio.from_thread.run(self._items.__anext__)
+            return anyio.from_thread.run(self._next)
         except StopAsyncIteration:
             raise StopIteration from None
+
+    async def _next(self) -> Any:
+        if self.closed:  # checked on the loop, where `closed` is set: no race with the release
+            raise RuntimeError("this reduction was abandoned (the daemon is stopping); its input is gone")
+        return await self._items.__anext__()
 
 
 async def _handler(fn: Any, instance_id: int, arg: Any) -> None:

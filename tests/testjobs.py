@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import msgspec
@@ -484,3 +484,23 @@ def ss_sleep(params: SyncSleepParams, chunk: Item, ctx: Context) -> None:  # a p
         time.sleep(params.sleep_s)  # deaf to ctx.cancelled and to any cancellation
     ctx.tx.execute("INSERT INTO test_ledger (chunk_id, attempt, n, pid) VALUES ($1, $2, $3, $4)",
                    ctx.chunk_id, ctx.attempt, chunk.n, os.getpid())
+
+
+syncreduce = Job("test.syncreduce", params=SyncSleepParams, gated=True)
+
+
+@syncreduce.first_step(emits=Item)
+async def sr_plan(params: SyncSleepParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+@syncreduce.reduce(consumes=Item)
+def sr_sum(params: SyncSleepParams, chunks: Iterator[Item], ctx: Context) -> Sum:  # a plain function: a thread
+    import time
+    time.sleep(params.sleep_s)
+    total = count = 0
+    for c in chunks:
+        count += 1
+        total += c.n
+    return Sum(count, total)

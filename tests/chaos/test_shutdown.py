@@ -100,3 +100,21 @@ async def test_sigterm_with_steps_a_thread_runs_exits_within_the_grace_plus_the_
     assert await conn.fetchval("SELECT count(*) FROM test_ledger") == n
     assert {r[0] for r in await conn.fetch("SELECT DISTINCT pid FROM test_ledger")} == {second.proc.pid}
     assert second.terminate() == 0
+
+
+async def test_sigterm_during_a_plain_function_reduction_exits_within_the_grace_plus_the_bound(
+        dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
+    """The same for a reduction run in a thread: it is abandoned, its transaction rolls back,
+    and the instance stays in FINALIZE for the next leader."""
+    from daemon.wiring.node import SHUTDOWN_BOUND
+    from tests.conftest import submit_direct
+    grace = 2.0
+    iid = await submit_direct(dsn, "test.syncreduce", {"chunks": 100, "sleep_s": 70})
+    d = spawn_daemon(CHUNKD_SHUTDOWN_GRACE_SECONDS=str(grace))
+    await wait_status(conn, iid, {"FINALIZE"}, timeout=60)
+    await anyio.sleep(1.0)  # the reducer is asleep in its thread
+    started = time.monotonic()
+    assert d.terminate(timeout=grace + SHUTDOWN_BOUND + 30) == 0
+    assert time.monotonic() - started < grace + SHUTDOWN_BOUND
+    assert await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", iid) == "FINALIZE"
+    assert await conn.fetchval("SELECT count(*) FROM chunkd_node") == 0
