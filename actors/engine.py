@@ -224,7 +224,7 @@ class Engine:
         self._started: set[int] = set()
         self.completer_send, self.completer_recv = anyio.create_memory_object_stream[Outcome](
             max_buffer_size=max(1000, settings.completer.batch * 4))
-        self.reader = Reader(dsn)  # ctx.db and submit-time checks
+        self.reader = Reader(dsn, deadlines=store.deadlines)  # ctx.db and submit-time checks
         self.stops = Stops()
 
     def cached_runtime(self, instance_id: int) -> LoadedInstance | None:

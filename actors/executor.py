@@ -39,7 +39,10 @@ async def _call(step: StepDef, *args: Any) -> None:
     if step.is_async:
         await step.fn(*args)
     else:
-        await anyio.to_thread.run_sync(functools.partial(step.fn, *args))
+        # Nothing can interrupt a thread: when the worker is cancelled (the shutdown grace
+        # ended) it stops waiting and the step runs on unobserved; its chunk is handed back
+        # and whatever it returns is dropped (issue 22 row 6).
+        await anyio.to_thread.run_sync(functools.partial(step.fn, *args), abandon_on_cancel=True)
 
 
 # One function on purpose: it runs once per chunk, and every call or closure split out of it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import structlog
@@ -25,17 +26,23 @@ class Heartbeat(threading.Thread):
         self._held = held
         self._partitions = partitions
         self._stop = threading.Event()
+        # monotonic time of the last renewal (read by the main loop's database watch: a
+        # float assignment is atomic); the start counts as one
+        self.last_ok = time.monotonic()
 
     def run(self) -> None:
         asyncio.run(self._loop())
 
     async def _loop(self) -> None:
-        conn = HeartbeatConnection(self._dsn)
+        # a beat that cannot finish within a period (at least 1 s) drops its connection, so
+        # the next one, a period later, dials anew: a silent connection costs one beat
+        conn = HeartbeatConnection(self._dsn, max(self._period, 1.0))
         try:
             while not self._stop.is_set():
                 try:
                     released = await conn.beat(self._node_id, self._lease, self._held(), 2 * self._period,
                                                self._partitions())
+                    self.last_ok = time.monotonic()
                     if released:
                         log.info("released chunks this process no longer tracks", chunks=released)
                 except Exception as e:  # noqa: BLE001 - keep beating; leases expire if we cannot

@@ -387,15 +387,23 @@ class Maintenance:
             if step.is_async:
                 report = await step.fn(params, items, ctx)
             else:
-                report = await anyio.to_thread.run_sync(
-                    functools.partial(step.fn, params, _SyncBridge(items), ctx))
+                # Abandoned, not awaited, if maintenance is cancelled (shutdown): the
+                # transaction rolls back, the next leader runs the reduction again, and the
+                # bridge is closed first so the orphan thread can never read through a
+                # connection handed to someone else.
+                bridge = _SyncBridge(items)
+                try:
+                    report = await anyio.to_thread.run_sync(
+                        functools.partial(step.fn, params, bridge, ctx), abandon_on_cancel=True)
+                finally:
+                    bridge.closed = True
             report_json = to_json(report)
             limit = self.settings.max_report_bytes
             if len(report_json) > limit:
                 raise ReportTooLarge(f"the report is {len(report_json):,} bytes of JSON, over the limit of "
                                      f"{limit:,} bytes (CHUNKD_MAX_REPORT_BYTES)")
-            for op in ctx.tx.ops:
-                await conn.execute(op.sql, *op.args)
+            for op in ctx.tx.ops:  # user SQL: its own, longer deadline (storage/deadlines.py)
+                await conn.execute(op.sql, *op.args, timeout=store.deadlines.user_sql)
             decided = Finish(inst.id, inst.run, step.index, not job.fail_instance_on_chunk_failure)
             if not await store.complete_reduction(conn, inst.id, step.index, report_json, term, decided):
                 raise _Superseded()  # leaving the block rolls the transaction back
@@ -437,15 +445,21 @@ class _SyncBridge(Iterator[Any]):
 
     def __init__(self, items: AsyncIterator[Any]) -> None:
         self._items = items
+        self.closed = False  # set on the event loop when the reduction ends or is abandoned
 
     def __iter__(self) -> "_SyncBridge":
         return self
 
     def __next__(self) -> Any:
         try:
-            return anyio.from_thread.run(self._items.__anext__)
+            return anyio.from_thread.run(self._next)
         except StopAsyncIteration:
             raise StopIteration from None
+
+    async def _next(self) -> Any:
+        if self.closed:  # checked on the loop, where `closed` is set: no race with the release
+            raise RuntimeError("this reduction was abandoned (the daemon is stopping); its input is gone")
+        return await self._items.__anext__()
 
 
 async def _handler(fn: Any, instance_id: int, arg: Any) -> None:

@@ -2,7 +2,7 @@
 NOTIFY costs a query and caps at 8 KB, and one hint per partition is all a consumer needs."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import anyio
 import asyncpg
@@ -20,8 +20,13 @@ log = structlog.get_logger("chunkd.channel.postgres")
 class PostgresChannel(AllPartitions):
     name = "postgres"
 
-    def __init__(self, dsn: str, partitions: int, *, reconnect_max: float = 5.0) -> None:
+    def __init__(self, dsn: str, partitions: int, *, reconnect_max: float = 5.0, timeout: float = 30.0,
+                 on_connect: Callable[[asyncpg.Connection], None] | None = None) -> None:
+        """`timeout` bounds each connect and statement (a silent connection must not hold a
+        publish or the listener for ever); `on_connect` sees each new connection (socket options)."""
         self._dsn = dsn
+        self._timeout = timeout
+        self._on_connect = on_connect
         self.partitions = partitions
         self.assignment_changed = anyio.Event()
         self._local = LocalSignals(partitions)
@@ -45,12 +50,20 @@ class PostgresChannel(AllPartitions):
         try:
             async with self._send_lock:
                 if self._send is None or self._send.is_closed():
-                    self._send = await asyncpg.connect(self._dsn)
+                    self._send = await self._connect()
                 await self._send.execute(_NOTIFY, CHANNEL, payload)
         except Exception as e:  # noqa: BLE001 - any connection fault, asyncpg's InternalClientError too
             # A lost hint only delays work: maintenance re-publishes stale READY partitions.
-            log.warning("notify failed", error=str(e))
-            self._send = None
+            log.warning("notify failed", error=repr(e))
+            send, self._send = self._send, None
+            if send is not None:
+                send.terminate()  # it may be silent: no goodbye
+
+    async def _connect(self) -> asyncpg.Connection:
+        conn = await asyncpg.connect(self._dsn, timeout=self._timeout, command_timeout=self._timeout)
+        if self._on_connect is not None:
+            self._on_connect(conn)
+        return conn
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         try:
@@ -63,7 +76,7 @@ class PostgresChannel(AllPartitions):
         started = False
         while True:
             try:
-                conn = await asyncpg.connect(self._dsn)
+                conn = await self._connect()
                 try:
                     await conn.add_listener(CHANNEL, self._on_notify)
                     self._listen = conn
@@ -78,7 +91,10 @@ class PostgresChannel(AllPartitions):
                 finally:
                     self._listen = None
                     with anyio.CancelScope(shield=True):
-                        await conn.close(timeout=2)
+                        try:
+                            await conn.close(timeout=2)
+                        except Exception:  # noqa: BLE001 - a silent connection: drop it without a word
+                            conn.terminate()
             except Exception as e:  # noqa: BLE001 - the listener outlives any connection fault
                 # (seen during a server restart: InternalClientError "cannot switch to state 15")
                 log.warning("listener connection lost; reconnecting", error=repr(e), retry_in=delay)

@@ -36,6 +36,10 @@ MAILBOX_DEPTH = Gauge("chunkd_mailbox_depth", "Messages waiting in actor mailbox
 PARTITIONS_ASSIGNED = Gauge("chunkd_partitions_assigned", "Partitions this daemon consumes.")
 POOL_SIZE = Gauge("chunkd_db_pool_size", "Connections open in the Postgres pool.")
 POOL_IN_USE = Gauge("chunkd_db_pool_in_use", "Pool connections checked out.")
+DB_QUIET_SECONDS = Gauge("chunkd_db_quiet_seconds",
+                         "Seconds since a pool connection last finished a round trip with the database.")
+DB_ABANDONED = Counter("chunkd_db_connections_abandoned",
+                       "Database connections dropped because no round trip finished for the stall bound.")
 INSTANCES = Gauge("chunkd_instances", "Job instances by status (exported by the maintenance leader).", ["status"])
 INSTANCE_ETA = Gauge("chunkd_instance_eta_seconds",
                      "Longest ETA among running instances of a job (exported by the maintenance leader).", ["job"])

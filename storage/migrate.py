@@ -18,18 +18,19 @@ def migration_files() -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Apply pending migrations; returns the names applied (empty when up to date)."""
+async def migrate(conn: asyncpg.Connection, timeout: float | None = None) -> list[str]:
+    """Apply pending migrations; returns the names applied (empty when up to date). Each
+    statement may take `timeout` seconds (None: the connection's command timeout)."""
     applied: list[str] = []
     async with conn.transaction():
-        await conn.execute(sql.MIGRATION_LOCK)
-        await conn.execute(sql.MIGRATION_TABLE)
-        done = {r[0] for r in await conn.fetch(sql.MIGRATIONS_APPLIED)}
+        await conn.execute(sql.MIGRATION_LOCK, timeout=timeout)
+        await conn.execute(sql.MIGRATION_TABLE, timeout=timeout)
+        done = {r[0] for r in await conn.fetch(sql.MIGRATIONS_APPLIED, timeout=timeout)}
         for version, name, text in migration_files():
             if version in done:
                 continue
-            await conn.execute(text)
-            await conn.execute(sql.MIGRATION_RECORD, version, name)
+            await conn.execute(text, timeout=timeout)
+            await conn.execute(sql.MIGRATION_RECORD, version, name, timeout=timeout)
             applied.append(name)
     return applied
 

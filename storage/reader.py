@@ -7,11 +7,14 @@ from typing import Any
 import anyio
 import asyncpg
 
+from storage.deadlines import DEFAULT, Deadlines, keep_alive
+
 
 class Reader:
-    def __init__(self, dsn: str, max_size: int = 4) -> None:
+    def __init__(self, dsn: str, max_size: int = 4, deadlines: Deadlines = DEFAULT) -> None:
         self._dsn = dsn
         self._max = max_size
+        self._deadlines = deadlines
         self._pool: asyncpg.Pool | None = None
         self._lock = anyio.Lock()
 
@@ -19,8 +22,12 @@ class Reader:
         if self._pool is None:
             async with self._lock:
                 if self._pool is None:
-                    self._pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=self._max,
-                                                           server_settings={"application_name": "chunkd-steps"})
+                    # user reads: the user-SQL deadline per statement, chunkd's own for connects
+                    d = self._deadlines
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn, min_size=0, max_size=self._max, command_timeout=d.user_sql, timeout=d.statement,
+                        init=lambda c: _keep_alive(c, d.statement),
+                        server_settings={"application_name": "chunkd-steps"})
         return self._pool
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -43,3 +50,7 @@ class Reader:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+async def _keep_alive(conn: asyncpg.Connection, deadline: float) -> None:
+    keep_alive(conn, deadline)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
@@ -13,6 +15,7 @@ import asyncpg
 
 from storage import sql
 from storage.counters import CANCELLED, COMPLETED, CREATED, ERRORS, FAILED, CounterDelta
+from storage.deadlines import DEFAULT, Deadlines, keep_alive
 from storage.migrate import migrate
 from storage.states import INSTANCE_TERMINAL, C, I, instance_allowed_from
 from storage.text import MAX_TRACE, storable, storable_json
@@ -101,7 +104,8 @@ async def _reset_session(conn: asyncpg.Connection) -> None:
         with anyio.CancelScope(shield=True), anyio.fail_after(5):
             await conn.execute(conn.get_reset_query())
     except Exception:  # noqa: BLE001 - a connection we cannot reset must not be reused
-        conn.terminate()
+        with contextlib.suppress(asyncpg.InterfaceError):  # dropped already (Store.abandon_connections)
+            conn.terminate()
 
 
 def _fence_args(decided: Finish | None) -> tuple[int | None, int, bool]:
@@ -112,22 +116,57 @@ def _fence_args(decided: Finish | None) -> tuple[int | None, int, bool]:
 
 
 class Store:
-    def __init__(self, pool: asyncpg.Pool, partitions: int, dsn: str = "") -> None:
+    def __init__(self, pool: asyncpg.Pool, partitions: int, dsn: str = "",
+                 deadlines: Deadlines = DEFAULT) -> None:
         self.pool = pool
         self.partitions = partitions
         self.dsn = dsn
+        self.deadlines = deadlines
         self._rr = itertools.count()
+        # monotonic time a pool connection last came back healthy from the database (every
+        # release of a live connection): "progress with the database" for the health checks
+        self.last_round_trip = time.monotonic()
+        self._conns: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
 
     @classmethod
     async def open(cls, dsn: str, partitions: int, *, min_size: int = 2, max_size: int = 10,
-                   on_query: Callable[[Any], None] | None = None) -> "Store":
-        """`on_query` sees every statement (the benchmark counts round trips with it)."""
+                   on_query: Callable[[Any], None] | None = None, deadlines: Deadlines = DEFAULT) -> "Store":
+        """`on_query` sees every statement (the benchmark counts round trips with it). Every
+        statement gets `deadlines.statement` unless it says otherwise (command_timeout: the
+        server is also sent a cancel, and a connection that does not answer that either is
+        terminated by asyncpg), and so do connects."""
+        store: Store | None = None
+        early: list[asyncpg.Connection] = []  # the pool's first connections, before the store exists
+
         async def init(conn: asyncpg.Connection) -> None:
+            keep_alive(conn, deadlines.statement)
+            (early.append if store is None else store._conns.add)(conn)
             if on_query is not None:
                 conn.add_query_logger(on_query)
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init,
-                                         reset=_keep_session, server_settings={"application_name": "chunkd"})
-        return cls(pool, partitions, dsn)
+
+        async def reset(conn: asyncpg.Connection) -> None:
+            if store is not None:
+                store.last_round_trip = time.monotonic()
+            await _keep_session(conn)
+
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init, reset=reset,
+                                         command_timeout=deadlines.statement, timeout=deadlines.statement,
+                                         server_settings={"application_name": "chunkd"})
+        store = cls(pool, partitions, dsn, deadlines)
+        for c in early:
+            store._conns.add(c)
+        return store
+
+    async def abandon_connections(self) -> int:
+        """Drop every connection of the pool, in use or idle, without a word to the server
+        (a silent connection would not answer one): statements waiting on them fail at once
+        as connection errors, which every caller retries, and the pool opens new ones. For a
+        daemon whose connections went silent (issue 22 row 4). Returns how many were dropped."""
+        await self.pool.expire_connections()  # only marks them: returns at once
+        conns = [c for c in self._conns if not c.is_closed()]
+        for c in conns:
+            c.terminate()
+        return len(conns)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -144,8 +183,8 @@ class Store:
             return False
 
     async def migrate(self) -> list[str]:
-        async with self.pool.acquire() as conn:
-            return await migrate(conn)
+        async with self.pool.acquire(timeout=self.deadlines.statement) as conn:
+            return await migrate(conn, self.deadlines.migration)
 
     def next_partition(self) -> int:
         return next(self._rr) % self.partitions
@@ -432,14 +471,13 @@ class Store:
                 await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
         return res
 
-    @staticmethod
-    async def _apply_tx_ops(conn: asyncpg.Connection, ok: Iterable[Success]) -> None:
+    async def _apply_tx_ops(self, conn: asyncpg.Connection, ok: Iterable[Success]) -> None:
         by_sql: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         for s in ok:
             for op in s.tx_ops:
                 by_sql[op.sql].append(op.args)
         for text, args in by_sql.items():
-            await conn.executemany(text, args)
+            await conn.executemany(text, args, timeout=self.deadlines.user_sql)
 
     async def _insert_children(self, conn: asyncpg.Connection, ok: Sequence[Success], closed: set[int],
                                delta: CounterDelta, res: Recorded) -> None:

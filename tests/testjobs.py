@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import msgspec
@@ -554,3 +554,47 @@ async def ra_work(params: ReactParams, chunk: Item, ctx: Context, sink: Sink[Ite
 @react_async.reduce(consumes=Item, transactional=True)
 async def ra_reduce(params: ReactParams, chunks: AsyncIterator[Item], ctx: Context) -> Sum:
     return await _react_reduce(params, chunks, ctx)
+
+
+# ------------------------------------------------------------ issue 22 row 6: steps a thread runs
+class SyncSleepParams(msgspec.Struct, forbid_unknown_fields=True):
+    chunks: int
+    sleep_s: float = 0.0  # the first attempt of each chunk sleeps this long in its thread
+
+
+syncsleep = Job("test.syncsleep", params=SyncSleepParams, gated=True)
+
+
+@syncsleep.first_step(emits=Item)
+async def ss_plan(params: SyncSleepParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+@syncsleep.step(consumes=Item, transactional=True)
+def ss_sleep(params: SyncSleepParams, chunk: Item, ctx: Context) -> None:  # a plain function: a thread
+    if ctx.attempt == 1:
+        import time
+        time.sleep(params.sleep_s)  # deaf to ctx.cancelled and to any cancellation
+    ctx.tx.execute("INSERT INTO test_ledger (chunk_id, attempt, n, pid) VALUES ($1, $2, $3, $4)",
+                   ctx.chunk_id, ctx.attempt, chunk.n, os.getpid())
+
+
+syncreduce = Job("test.syncreduce", params=SyncSleepParams, gated=True)
+
+
+@syncreduce.first_step(emits=Item)
+async def sr_plan(params: SyncSleepParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+@syncreduce.reduce(consumes=Item)
+def sr_sum(params: SyncSleepParams, chunks: Iterator[Item], ctx: Context) -> Sum:  # a plain function: a thread
+    import time
+    time.sleep(params.sleep_s)
+    total = count = 0
+    for c in chunks:
+        count += 1
+        total += c.n
+    return Sum(count, total)

@@ -193,7 +193,11 @@ def _run_local(cfg: Config, args: argparse.Namespace) -> int:
         _fail(f"invalid CHUNKD_JOBS: {e}", 2)
     try:
         try:
-            return anyio.run(_LOCAL[args.command], cfg, registry, args)
+            code = anyio.run(_LOCAL[args.command], cfg, registry, args)
+            if args.command == "run":
+                from daemon.wiring.node import leave_lingering_step_threads
+                leave_lingering_step_threads()
+            return code
         except BaseExceptionGroup as eg:
             raise _first_leaf(eg) from None
     except SupervisorGaveUp as e:

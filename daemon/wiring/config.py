@@ -20,6 +20,7 @@ from actors.settings import (
     SchedulerSettings,
     StepSettings,
 )
+from storage.deadlines import Deadlines
 
 
 class ConfigError(ValueError):
@@ -207,6 +208,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     export_dir: str
     export_tables: tuple[str, ...]
 
+    def deadlines(self) -> Deadlines:
+        """Database deadlines and the stall/health bounds, from the lease (storage/deadlines.py)."""
+        return Deadlines.from_lease(self.lease_seconds)
+
     def actor_settings(self) -> ActorSettings:
         """What each actor is told (actors/settings.py): the actors never see Config."""
         return ActorSettings(
@@ -259,7 +264,9 @@ VARIABLES: tuple[Var, ...] = (
         "(overrides the job definition's default).", _job_caps),
     Var("CHUNKD_CLAIM_BATCH", "claim_batch", "100", "Chunks claimed per claim statement.", _int(1, 10_000)),
     Var("CHUNKD_LEASE_SECONDS", "lease_seconds", "30",
-        "Lease on a claimed chunk; extended by this daemon's heartbeat, expired leases are rescued.",
+        "Lease on a claimed chunk; extended by this daemon's heartbeat, expired leases are rescued. Also sets the "
+        "database deadlines: each statement max(lease, 10 s); no round trip for max(lease, 5 s) drops every "
+        "connection; 3 x that fails /healthz.",
         _float(1, 86_400)),
     Var("CHUNKD_HEARTBEAT_SECONDS", "heartbeat_seconds", "0",
         "Heartbeat period; 0 means a third of the lease.", _float(0, 3600)),
@@ -274,7 +281,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("CHUNKD_COMPLETER_BATCH", "completer_batch", "500",
         "Finished chunks that trigger a completer flush at once.", _int(1, 100_000)),
     Var("CHUNKD_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds", "25",
-        "On SIGTERM, how long in-flight chunks may finish before they are released.", _float(0, 3600)),
+        "On SIGTERM, how long in-flight chunks may finish before they are released; the daemon exits within this + 15 s.", _float(0, 3600)),
     Var("CHUNKD_NODE_ID", "node_id", "", "This daemon's name in logs and the node table (default host-pid).", _text),
     Var("CHUNKD_JOBS", "jobs", "", "Comma-separated Python modules that define jobs.", _modules),
     Var("CHUNKD_LOG_LEVEL", "log_level", "info", "debug, info, warning or error.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -35,12 +36,15 @@ from daemon.wiring.tokens import check_exposure, load_tokens
 from metrics import (
     CHANNEL_STARVED,
     CHUNKS_RELEASED,
+    DB_ABANDONED,
+    DB_QUIET_SECONDS,
     IN_FLIGHT,
     MAILBOX_DEPTH,
     PARTITIONS_ASSIGNED,
     POOL_IN_USE,
     POOL_SIZE,
 )
+from storage.deadlines import keep_alive
 from storage.errors import TRANSIENT
 from storage.store import Store
 from storage.types import ClaimedChunk
@@ -52,12 +56,21 @@ _LIVENESS_STALE = 15.0  # seconds without a tick before /healthz fails
 # starved (a broken group): it says so and claims from every partition until assigned.
 # Three of the consumer's 6 s session timeouts: a normal rebalance is over by then.
 STARVED_AFTER = 18.0
-_COMPLETER_DRAIN = 10.0  # seconds the completer may take to flush after the executors stop
-_CLEANUP = 5.0           # seconds for each shutdown step that talks to the database
+# Shutdown after the grace period: the completer's drain, handing back what this daemon
+# still holds and closing its connections share SHUTDOWN_BOUND seconds in all, whatever the
+# database or the steps do (a plain-function step still running in its thread is abandoned
+# at the grace's end, its chunk handed back READY). So SIGTERM ends within
+# CHUNKD_SHUTDOWN_GRACE_SECONDS + SHUTDOWN_BOUND; the watchdog exits 1 a few seconds later
+# should anything still hang. Kubernetes manifests give the pod at least that much.
+SHUTDOWN_BOUND = 15.0
+_COMPLETER_DRAIN = 10.0  # at most this much of the bound for the completer's flush
+_CLEANUP = 5.0           # at most this much for each shutdown step that talks to the database
+_WATCHDOG_MARGIN = 5.0
 
 
 async def open_store(cfg: Config, dsn: str, on_query: Callable[[Any], None] | None = None) -> Store:
-    store = await Store.open(dsn, cfg.partitions, min_size=2, max_size=cfg.pool_size, on_query=on_query)
+    store = await Store.open(dsn, cfg.partitions, min_size=2, max_size=cfg.pool_size, on_query=on_query,
+                             deadlines=cfg.deadlines())
     try:
         applied = await store.migrate()
     except BaseException:
@@ -89,14 +102,26 @@ class Node:
         self._phase = "starting"  # what start-up waits for, as /readyz says it
         self._unassigned_since: float | None = None
         self._mailboxes: list[anyio.abc.ObjectSendStream[ClaimedChunk]] = []
+        self._exit_by: float | None = None  # anyio clock: when the post-grace shutdown budget ends
+        self._heartbeat: Heartbeat | None = None
 
     def stop(self) -> None:
         self._stop.set()
 
     # ---------------------------------------------------------------- health
     def liveness_problems(self) -> list[str]:
-        stale = time.monotonic() - self._tick_at
-        return [f"the actor tree has not ticked for {stale:.0f}s"] if stale > _LIVENESS_STALE else []
+        now = time.monotonic()
+        stale = now - self._tick_at
+        problems = [f"the actor tree has not ticked for {stale:.0f}s"] if stale > _LIVENESS_STALE else []
+        engine = self.engine
+        if engine is not None and not self._stop.is_set():
+            # Rule 12: a daemon whose database calls all hang (connections gone silent and
+            # not recovered by dropping them) must not say it is alive, so a supervisor
+            # restarts it. The store's probe keeps an idle daemon's round trips current.
+            quiet, bound = now - engine.store.last_round_trip, engine.store.deadlines.unhealthy
+            if quiet > bound:
+                problems.append(f"no round trip with the database for {quiet:.0f}s (the bound is {bound:.0f}s)")
+        return problems
 
     async def readiness_problems(self) -> list[str]:
         problems = []
@@ -142,6 +167,7 @@ class Node:
         MAILBOX_DEPTH.labels("completer").set(engine.completer_send.statistics().current_buffer_used)
         MAILBOX_DEPTH.labels("step-executor").set(sum(m.statistics().current_buffer_used for m in self._mailboxes))
         IN_FLIGHT.set(sum(engine.inflight.running))
+        DB_QUIET_SECONDS.set(time.monotonic() - engine.store.last_round_trip)
         POOL_SIZE.set(engine.store.pool.get_size())
         POOL_IN_USE.set(engine.store.pool.get_size() - engine.store.pool.get_idle_size())
         return assigned
@@ -200,6 +226,7 @@ class Node:
         heartbeat = Heartbeat(self.dsn, node_id, cfg.lease_seconds, cfg.heartbeat_seconds, engine.inflight.held,
                               lambda: [p for p in range(cfg.partitions) if channel.owns(p)])
         heartbeat.start()
+        self._heartbeat = heartbeat
         log.info("daemon started", node_id=node_id, partitions=cfg.partitions,
                  concurrency=cfg.partition_concurrency, jobs=self.registry.names(),
                  http=f"{cfg.http_addr[0]}:{self.http_port}" if cfg.http_addr else "off")
@@ -255,6 +282,8 @@ class Node:
             background.start_soon(sup.supervise, "maintenance", "maintenance", maintenance.run)
             background.start_soon(sup.supervise, "scheduler", "scheduler", scheduler.run)
             background.start_soon(sup.supervise, "stopper", "stopper", lambda: watch_ended(store, engine.inflight, engine.stops))
+            background.start_soon(self._probe_db, store)
+            background.start_soon(self._abandon_stalled, store)
             async with anyio.create_task_group() as completer_tg:
                 completer = Completer(engine.settings.completer, engine.completer_recv, store, channel,
                                       engine.inflight)
@@ -264,10 +293,13 @@ class Node:
                 # (a database that is away must not hold the shutdown: what is not
                 # written is rescued, as after a crash)
                 engine.completer_send.close()
-                completer_tg.cancel_scope.deadline = anyio.current_time() + _COMPLETER_DRAIN
+                completer_tg.cancel_scope.deadline = anyio.current_time() + self._budget(_COMPLETER_DRAIN)
             # Everything this process still owns, including a claim whose result was lost
-            # to the consumers' cancellation: the node id is unique to this process.
-            with anyio.move_on_after(_CLEANUP):
+            # to the consumers' cancellation or whose step was abandoned in its thread: the
+            # node id is unique to this process. Their late results would be refused anyway
+            # (CHUNK_COMPLETE wants IN_PROGRESS with the claimed attempt), but none comes:
+            # nothing waits for an abandoned thread.
+            with anyio.move_on_after(self._budget(_CLEANUP)):
                 try:
                     released = await store.release_owned(engine.node_id)
                     if released:
@@ -277,20 +309,60 @@ class Node:
                     log.warning("could not release held chunks; their leases expire instead", error=repr(e))
             background.cancel_scope.cancel()
 
-    @staticmethod
-    async def _close(engine: Engine) -> None:
+    async def _probe_db(self, store: Store) -> None:
+        """An idle daemon makes no round trips of its own: one trivial query a heartbeat
+        period after the last, so "no round trip" means "cannot", not "had nothing to do"."""
+        period = self.cfg.heartbeat_seconds
+        while True:
+            await anyio.sleep(period)
+            if time.monotonic() - store.last_round_trip >= period:
+                with anyio.move_on_after(store.deadlines.stall):
+                    await store.alive()  # a success returns a connection: that stamps the round trip
+
+    async def _abandon_stalled(self, store: Store) -> None:
+        """Rule 12: no round trip on the pool, or no heartbeat renewed, for the stall bound (the
+        lease, at least 5 s): the connections are taken for silent (a NAT or firewall that
+        forgot them sends no FIN or RST) and all dropped; the pool dials anew. Whatever this
+        daemon held meanwhile is rescued elsewhere if its lease ran out, and its late
+        results are refused by the attempt fence."""
+        stall = store.deadlines.stall
+        every = min(1.0, stall / 5)
+        dropped_at = float("-inf")
+        while True:
+            asleep = time.monotonic()
+            await anyio.sleep(every)
+            now = time.monotonic()
+            if now - asleep > every + 1.0:
+                continue  # the event loop itself was blocked (a step that never awaits): not the network's fault
+            quiet = now - store.last_round_trip
+            unbeaten = now - self._heartbeat.last_ok if self._heartbeat is not None else 0.0
+            if max(quiet, unbeaten) >= stall and now - dropped_at >= stall:
+                dropped_at = now
+                n = await store.abandon_connections()
+                DB_ABANDONED.inc(n)
+                log.warning("no database round trip or heartbeat within the stall bound: dropped every "
+                            "connection; reconnecting", quiet_seconds=round(quiet, 1),
+                            heartbeat_seconds_ago=round(unbeaten, 1), stall_seconds=stall, connections=n)
+
+    def _budget(self, cap: float) -> float:
+        """Seconds a shutdown step may take: `cap`, or what is left of SHUTDOWN_BOUND after the grace."""
+        if self._exit_by is None:
+            return cap
+        return max(0.0, min(cap, self._exit_by - anyio.current_time()))
+
+    async def _close(self, engine: Engine) -> None:
         """Each step bounded: a database that is away must not hold the exit."""
         store = engine.store
-        with anyio.move_on_after(_CLEANUP):
+        with anyio.move_on_after(self._budget(_CLEANUP)):
             try:
                 await store.unregister_node(engine.node_id)
             except Exception:  # noqa: BLE001 - the leader forgets dead nodes' rows anyway
                 pass
-        with anyio.move_on_after(_CLEANUP):
+        with anyio.move_on_after(self._budget(_CLEANUP)):
             await engine.channel.close()
-        with anyio.move_on_after(_CLEANUP):
+        with anyio.move_on_after(self._budget(_CLEANUP)):
             await engine.reader.close()
-        with anyio.move_on_after(_CLEANUP) as closing:
+        with anyio.move_on_after(self._budget(_CLEANUP)) as closing:
             await store.close()
         if closing.cancelled_caught:
             store.pool.terminate()
@@ -322,7 +394,10 @@ class Node:
                 engine.stopping = True  # stop claiming; workers start nothing new
                 consumers.cancel_scope.cancel()
             log.info("shutting down: waiting for running steps", grace_seconds=cfg.shutdown_grace_seconds)
+            # At the deadline async steps are cancelled and plain-function steps abandoned in
+            # their threads (actors/executor.py _call): the executors return at once.
             executors.cancel_scope.deadline = anyio.current_time() + cfg.shutdown_grace_seconds
+            self._exit_by = executors.cancel_scope.deadline + SHUTDOWN_BOUND
 
     @staticmethod
     async def _workers(engine: Engine, sup: Supervisor, p: int,
@@ -341,7 +416,7 @@ class Node:
                     os._exit(1)
                 log.info("signal received: shutting down", signal=sig.name)
                 self._stop.set()
-                _watchdog(self.cfg.shutdown_grace_seconds + _COMPLETER_DRAIN + 4 * _CLEANUP + 10)
+                _watchdog(self.cfg.shutdown_grace_seconds + SHUTDOWN_BOUND + _WATCHDOG_MARGIN)
 
 
 def _watchdog(seconds: float) -> None:
@@ -353,6 +428,24 @@ def _watchdog(seconds: float) -> None:
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
     timer.start()
+
+
+def leave_lingering_step_threads() -> None:
+    """After run(): plain-function steps abandoned at the grace's end may still be running in
+    their (non-daemon) threads, and the interpreter would wait for them at exit, however
+    long they run. Their chunks are handed back already: leave without them."""
+    deadline = time.monotonic() + 0.5  # idle worker threads are told to stop with the loop
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and not t.daemon:
+            t.join(max(0.0, deadline - time.monotonic()))
+    busy = [t.name for t in threading.enumerate()
+            if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if busy:
+        log.warning("exiting without steps still running in threads; their chunks were handed back",
+                    threads=len(busy))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 async def _prepare(channel: Channel, stop: anyio.Event) -> int | None:
@@ -379,7 +472,8 @@ def make_channel(cfg: Config, dsn: str) -> Channel:
             partitions=cfg.kafka_partitions or cfg.partitions, security_protocol=cfg.kafka_security_protocol.upper(),
             sasl_mechanism=cfg.kafka_sasl_mechanism or None, sasl_username=cfg.kafka_sasl_username or None,
             sasl_password=cfg.kafka_sasl_password or None, ssl_cafile=cfg.kafka_ssl_cafile or None))
-    return PostgresChannel(dsn, cfg.partitions)
+    deadline = cfg.deadlines().statement
+    return PostgresChannel(dsn, cfg.partitions, timeout=deadline, on_connect=lambda c: keep_alive(c, deadline))
 
 
 def _consumer(engine: Engine, p: int, send: anyio.abc.ObjectSendStream[ClaimedChunk]) -> Callable[[], Awaitable[None]]:

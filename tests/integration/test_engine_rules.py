@@ -156,3 +156,12 @@ async def test_user_sql_leaves_no_session_state_on_the_pool(dsn: str, conn: asyn
                                    [testjobs.SESSION_LOCK_KEY, testjobs.SESSION_LOCK_KEY + 1])
         leaked = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'chunkd-leaked'")
         assert (held, leaked) == (0, 0)
+
+
+async def test_a_plain_function_reduction_reads_its_input_through_the_bridge(
+        dsn: str, conn: asyncpg.Connection) -> None:
+    async with running_node(dsn) as node:
+        res = await submit_job(node, "test.syncreduce", chunks=1200)
+        assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 60) == "COMPLETED"
+    report = await conn.fetchval("SELECT report FROM chunkd_instance WHERE id = $1", res.instance_id)
+    assert json.loads(report) == {"count": 1200, "total": 1200 * 1199 // 2}

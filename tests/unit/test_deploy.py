@@ -45,13 +45,15 @@ def test_deploy_files_use_only_declared_variables() -> None:
 
 def test_grace_period_covers_the_app_and_chunkd_in_the_order_they_stop() -> None:
     """A native sidecar is stopped after the app, within the pod's one budget: the budget
-    must hold the app's shutdown plus chunkd's whole one (grace, completer drain, handing
-    back held chunks). Two plain containers stop at once: the longer of the two."""
-    from daemon.wiring.node import _CLEANUP, _COMPLETER_DRAIN
+    must hold the app's shutdown plus chunkd's whole one (issue 22 row 6: the grace, then
+    SHUTDOWN_BOUND for the completer's drain and handing back held chunks, and the watchdog's
+    margin). Two plain containers stop at once: the longer of the two."""
+    from daemon.wiring.node import _WATCHDOG_MARGIN, SHUTDOWN_BOUND
     for path in MANIFESTS:
         spec = deployment(path)["spec"]["template"]["spec"]
         containers = pod_containers(path)
-        chunkd = float(env_of(containers["chunkd"])["CHUNKD_SHUTDOWN_GRACE_SECONDS"]) + _COMPLETER_DRAIN + _CLEANUP
+        grace = float(env_of(containers["chunkd"])["CHUNKD_SHUTDOWN_GRACE_SECONDS"])
+        chunkd = grace + SHUTDOWN_BOUND + _WATCHDOG_MARGIN
         app = float(env_of(containers["app"])["APP_SHUTDOWN_SECONDS"])
         need = app + chunkd if path == NATIVE else max(app, chunkd)
         assert spec["terminationGracePeriodSeconds"] >= need, (path.name, need)
