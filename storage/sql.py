@@ -44,7 +44,8 @@ PING = "SELECT 1"
 DB_NOW = "SELECT statement_timestamp()"
 
 # ---------------------------------------------------------------- nodes, leader
-NODE_REGISTER = "INSERT INTO chunkd_node (name, pid) VALUES ($1, $2) RETURNING id"
+# $3: the schedules this daemon's job modules declare (see migration 0016, SCHEDULE_ORPHAN_SWEEP).
+NODE_REGISTER = "INSERT INTO chunkd_node (name, pid, declared_schedules) VALUES ($1, $2, $3::text[]) RETURNING id"
 # The heartbeat: one UPDATE extends every lease this process holds.
 # Only the chunks this process still tracks: a chunk its actors lost must expire.
 NODE_HEARTBEAT = f"""
@@ -486,12 +487,30 @@ ON CONFLICT (id) DO NOTHING RETURNING id"""
 SCHEDULE_LIST = "SELECT * FROM chunkd_schedule ORDER BY id"
 SCHEDULE_GET = "SELECT * FROM chunkd_schedule WHERE id = $1"
 SCHEDULE_DELETE = "DELETE FROM chunkd_schedule WHERE id = $1 RETURNING id"
+# Over the API: a schedule declared in code (or the built-in one) is not deleted while its
+# declaration lives, since the next daemon start would bring it back; an orphaned one is.
+SCHEDULE_DELETE_UNDECLARED = """
+DELETE FROM chunkd_schedule
+WHERE id = $1 AND (source NOT IN ('code', 'builtin') OR (source = 'code' AND orphaned_at IS NOT NULL))
+RETURNING id"""
+# A schedule declared in code is orphaned while no live daemon (heartbeat within $1 seconds)
+# declares it (migration 0016), and adopted again when one does. Only rows that change.
+SCHEDULE_ORPHAN_SWEEP = """
+WITH live AS (
+    SELECT DISTINCT unnest(declared_schedules) AS id FROM chunkd_node
+    WHERE heartbeat_at > now() - make_interval(secs => $1)
+)
+UPDATE chunkd_schedule s
+   SET orphaned_at = CASE WHEN EXISTS (SELECT 1 FROM live WHERE live.id = s.id) THEN NULL ELSE now() END
+ WHERE s.source = 'code' AND (s.orphaned_at IS NULL) <> EXISTS (SELECT 1 FROM live WHERE live.id = s.id)
+RETURNING s.id, s.orphaned_at IS NOT NULL AS orphaned"""
 SCHEDULE_PAUSE = "UPDATE chunkd_schedule SET paused = $2 WHERE id = $1 RETURNING id"
 SCHEDULE_RESUME_NEXT = "UPDATE chunkd_schedule SET next_fire_at = $2 WHERE id = $1 AND next_fire_at < now()"
 SCHEDULE_DUE = """
-SELECT *, now() AS db_now FROM chunkd_schedule WHERE NOT paused AND next_fire_at <= now()
+SELECT *, now() AS db_now FROM chunkd_schedule WHERE NOT paused AND orphaned_at IS NULL AND next_fire_at <= now()
 ORDER BY next_fire_at LIMIT $1"""
-SCHEDULE_NEXT_DUE_IN = "SELECT extract(epoch FROM min(next_fire_at) - now())::float8 FROM chunkd_schedule WHERE NOT paused"
+SCHEDULE_NEXT_DUE_IN = """
+SELECT extract(epoch FROM min(next_fire_at) - now())::float8 FROM chunkd_schedule WHERE NOT paused AND orphaned_at IS NULL"""
 SCHEDULE_CLAIM_OCCURRENCE = """
 INSERT INTO chunkd_schedule_fire (schedule_id, fire_at, fired_by) VALUES ($1, $2, $3)
 ON CONFLICT DO NOTHING RETURNING fire_at"""

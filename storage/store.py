@@ -143,8 +143,10 @@ class Store:
         return next(self._rr) % self.partitions
 
     # ------------------------------------------------------------ nodes, leader
-    async def register_node(self, name: str, pid: int) -> int:
-        return await self.pool.fetchval(sql.NODE_REGISTER, name, pid)
+    async def register_node(self, name: str, pid: int, declared_schedules: Sequence[str] = ()) -> int:
+        """`declared_schedules`: those this daemon's job modules declare; a declared schedule
+        no live daemon declares is orphaned (storage.schedules.Schedules.sweep_orphans)."""
+        return await self.pool.fetchval(sql.NODE_REGISTER, name, pid, list(declared_schedules))
 
     async def unregister_node(self, node_id: int) -> None:
         await self.pool.execute(sql.NODE_DELETE, node_id)

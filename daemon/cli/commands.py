@@ -397,8 +397,12 @@ def cmd_schedules(client: ApiClient, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
-            print(table([{**r, "when": r["cron"] or f"every {r['every_seconds']:g}s"} for r in rows],
-                        ["id", "job", "when", "timezone", "paused", "next_fire_at", "last_fire_at", "last_instance_id"]))
+            print(table([{**r, "when": r["cron"] or f"every {r['every_seconds']:g}s",
+                          "orphaned": "yes" if r.get("orphaned_at") else "",
+                          # an orphaned schedule never fires: no next time to show
+                          "next_fire_at": None if r.get("orphaned_at") else r["next_fire_at"]} for r in rows],
+                        ["id", "job", "source", "when", "timezone", "paused", "orphaned", "next_fire_at",
+                         "last_fire_at", "last_instance_id"]))
         return 0
     if action == "add":
         body = {"id": args.id, "job": args.job, "parameters": _params(args.params), "cron": args.cron,

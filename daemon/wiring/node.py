@@ -184,7 +184,7 @@ class Node:
             return
         store, channel = connected
         cfg = self.cfg
-        node_id = await store.register_node(cfg.node_id, os.getpid())
+        node_id = await store.register_node(cfg.node_id, os.getpid(), sorted(self.registry.schedules))
         engine = Engine(cfg.actor_settings(), store, channel, self.registry, node_id, self.dsn)
         heartbeat = Heartbeat(self.dsn, node_id, cfg.lease_seconds, cfg.heartbeat_seconds, engine.inflight.held,
                               lambda: [p for p in range(cfg.partitions) if channel.owns(p)])

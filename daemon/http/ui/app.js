@@ -414,9 +414,10 @@ function schedulesPage() {
     body.replaceChildren(...schedules.map((sc) => h("tr", {},
       h("th", { scope: "row" }, sc.id), h("td", {}, sc.job),
       h("td", {}, sc.cron ? `cron ${sc.cron} (${sc.timezone})` : `every ${fmt.dur(sc.every_seconds)}`),
-      h("td", {}, sc.paused ? "—" : fmt.time(sc.next_fire_at)), h("td", {}, fmt.time(sc.last_fire_at)),
+      h("td", {}, sc.paused || sc.orphaned_at ? "—" : fmt.time(sc.next_fire_at)), h("td", {}, fmt.time(sc.last_fire_at)),
       h("td", {}, sc.last_instance_id ? h("a", { href: `#/instances/${sc.last_instance_id}` }, `#${sc.last_instance_id}`) : "—"),
-      h("td", {}, sc.paused ? "paused" : "active"),
+      h("td", { title: sc.orphaned_at ? "Declared in a job module no running daemon declares any more: it does not fire." : "" },
+        sc.orphaned_at ? "orphaned (does not fire)" : sc.paused ? "paused" : "active"),
       h("td", {}, h("button", { type: "button", onclick: () =>
         act(`/api/v1/schedules/${encodeURIComponent(sc.id)}/${sc.paused ? "resume" : "pause"}`, refresh) },
         sc.paused ? `Resume ${sc.id}` : `Pause ${sc.id}`)))));
