@@ -229,6 +229,7 @@ class Maintenance:
         errored = await store.instances_with_errored_chunks(ids)
         decided: list[Decided] = []
         shown: list[Progress] = []
+        final: list[Progress] = []  # instances about to fail: progress and errors as they end
         for inst in active:
             try:
                 job = self.registry.get(inst.job_name, inst.job_version)
@@ -239,12 +240,15 @@ class Maintenance:
             if p.rate_state is not None:
                 self.rates[inst.id] = p.rate_state  # the smoothed rate behind the ETA
             decided.append(Decided(inst, job, p))
-            if p.action not in (Action.COMPLETE, Action.FAIL):
+            if p.action is Action.FAIL:  # its last figures, written now: it leaves the active set
+                final.append(Progress(inst.id, round(p.progress, 4), _rounded(p.rate), None, p.errors))
+            elif p.action is not Action.COMPLETE:
                 row = Progress(inst.id, round(p.progress, 4), _rounded(p.rate), _rounded(p.eta), p.errors)
                 if self._shown.get(inst.id) != row:  # an instance waiting its turn costs no write
                     shown.append(row)
                 if p.eta is not None:
                     etas[job.name] = max(etas.get(job.name, 0.0), p.eta)
+        await store.set_progress(final)
         publish = await self.apply(decided)
         # Progress is for people and dashboards: once per interval is enough, however often
         # gates wake the pass (back-to-back passes rewriting every running instance's row
@@ -297,8 +301,9 @@ class Maintenance:
             msg = (f"step {d.job.steps[last[0]].name!r} failed: {last[1]}" if last
                    else "a chunk failed")
             if await store.finish_instance(d.inst.id, I.FAILED, error=msg, leader=term):
-                log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=I.FAILED.value,
-                         error=msg)
+                log.error("instance state change", job=d.job.name, instance_id=d.inst.id, status=I.FAILED.value,
+                          error=msg, **({"step": d.job.steps[last[0]].name, "chunk_id": last[2], "attempt": last[3]}
+                                        if last else {}))
                 await _handler(d.job.on_error, d.inst.id, msg)
         return publish
 
@@ -335,6 +340,7 @@ class Maintenance:
                 bound.warning("reduction failed", error=msg)
                 REDUCTIONS.labels(job.name, "failed").inc()
                 if await store.finish_instance(inst.id, I.FAILED, error=msg, leader=term):
+                    bound.error("instance state change", status=I.FAILED.value, error=msg)  # no chunk: the reduction
                     await _handler(job.on_error, inst.id, msg)
                 return
             REDUCTIONS.labels(job.name, "completed").inc()

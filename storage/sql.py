@@ -63,7 +63,8 @@ NODE_RELEASE_ORPHANS = f"""
 UPDATE chunkd_chunk
    SET state = CASE WHEN failures + 1 >= max_attempts THEN {int(C.FAILED)} ELSE {int(C.READY)} END,
        failures = failures + 1, lease_owner = NULL, lease_until = NULL,
-       error_message = 'the daemon lost this chunk''s result (an internal error; attempt ' || attempt || ')'
+       error_message = 'the daemon lost this chunk''s result (an internal error; attempt ' || attempt || ')',
+       error_attempt = attempt
 WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1 AND NOT (id = ANY($2::bigint[]))
   AND lease_until < now() + make_interval(secs => $3)
 RETURNING instance_id, step, state, partition"""
@@ -176,7 +177,7 @@ UPDATE chunkd_instance
  WHERE id = $1 AND status = ANY($3::text[])
 RETURNING id"""
 INSTANCE_LAST_ERROR = f"""
-SELECT step, error_message FROM chunkd_chunk
+SELECT step, error_message, id, coalesce(error_attempt, attempt) FROM chunkd_chunk
 WHERE instance_id = $1 AND state IN ({int(C.FAILED)}, {int(C.ERRORED)}) AND error_message IS NOT NULL
 ORDER BY (state = {int(C.FAILED)}) DESC, id LIMIT 1"""
 WARNING_INSERT = """
@@ -267,7 +268,7 @@ CHUNK_MARK_STARTED = "UPDATE chunkd_chunk SET started_attempt = $2 WHERE id = $1
 CHUNK_COMPLETE = f"""
 UPDATE chunkd_chunk k
    SET state = {int(C.COMPLETED)}, data = NULL, lease_owner = NULL, lease_until = NULL,
-       completed_at = now(), error_message = NULL
+       completed_at = now()  -- error_message, error_attempt: the last error, kept visible (0016)
  WHERE k.id = ANY($1::bigint[]) AND k.attempt = ($2::int[])[array_position($1::bigint[], k.id)]
    AND k.state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.IN_PROGRESS})))})
 RETURNING k.id"""
@@ -281,6 +282,7 @@ UPDATE chunkd_chunk k
                     WHEN k.failures + 1 >= k.max_attempts THEN {int(C.FAILED)} ELSE {int(C.ERRORED)} END,
        failures = k.failures + d.failure, error_message = coalesce(d.message, k.error_message),
        error_trace = CASE WHEN d.message IS NULL THEN k.error_trace ELSE d.trace END,
+       error_attempt = CASE WHEN d.message IS NULL THEN k.error_attempt ELSE k.attempt END,  -- 0016
        orphaned = CASE WHEN d.failure > 0 THEN 0 ELSE k.orphaned END,  -- it ran and raised: not a killer
        next_run_at = now() + make_interval(secs => d.delay), lease_owner = NULL, lease_until = NULL
   FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::smallint[], $5::float8[], $6::text[], $7::text[])
@@ -305,7 +307,8 @@ UPDATE chunkd_chunk k
        error_message = CASE WHEN e.blamed
                             THEN 'the worker died or stalled while running this chunk (lease expired, attempt '
                                  || k.attempt || ')'
-                            ELSE k.error_message END
+                            ELSE k.error_message END,
+       error_attempt = CASE WHEN e.blamed THEN k.attempt ELSE k.error_attempt END
   FROM expired e
  WHERE k.id = e.id AND k.state = {int(C.IN_PROGRESS)}
 RETURNING k.instance_id, k.step, k.state, k.partition"""
@@ -391,7 +394,7 @@ WHERE instance_id = $1 AND ($2::smallint IS NULL OR step = $2)
   AND (NOT $4::bool OR error_message IS NOT NULL)"""
 CHUNK_LIST = f"""
 SELECT id, step, state, attempt, failures, max_attempts, lease_until, next_run_at, created_at, claimed_at, completed_at,
-       error_message, error_trace, CASE WHEN $5 THEN data END AS data
+       error_message, error_attempt, error_trace, CASE WHEN $5 THEN data END AS data
 FROM chunkd_chunk {CHUNK_LIST_WHERE}
 ORDER BY id OFFSET $6 LIMIT $7"""
 # Completed chunks of an instance per time bucket of $2 seconds (the dashboard's chart).
@@ -418,7 +421,8 @@ WITH old AS (
 )
 UPDATE chunkd_chunk k
    SET state = CASE WHEN k.step > $2 OR k.step = $3 THEN {int(C.GATE_WAITING)} ELSE {int(C.READY)} END,
-       failures = 0, error_message = NULL, next_run_at = NULL, lease_owner = NULL, lease_until = NULL
+       failures = 0, error_message = NULL, error_attempt = NULL, next_run_at = NULL, lease_owner = NULL,
+       lease_until = NULL
   FROM old WHERE k.id = old.id
 RETURNING k.step, old.was, k.state, k.partition"""
 # Force-stop: like cancel, and the chunks still running are cancelled too, so their

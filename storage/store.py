@@ -235,9 +235,10 @@ class Store:
         if rows:
             await self.pool.execute(sql.INSTANCES_PROGRESS, *map(list, zip(*rows)))
 
-    async def last_error(self, instance_id: int) -> tuple[int, str] | None:
+    async def last_error(self, instance_id: int) -> tuple[int, str, int, int] | None:
+        """(step, message, chunk id, attempt) of the error that failed the instance, if any."""
         row = await self.pool.fetchrow(sql.INSTANCE_LAST_ERROR, instance_id)
-        return (row[0], row[1]) if row else None
+        return (row[0], row[1], row[2], row[3]) if row else None
 
     async def advance_gates(self, to_steps: dict[int, int], leader: LeaderTerm | None = None) -> dict[int, set[int]]:
         """Opens step `to_steps[id]` of each gated instance (those someone else advanced
@@ -352,6 +353,7 @@ class Store:
         chunks, warnings, fenced setbacks, counters. Returns what to publish."""
         res = Recorded(ready_partitions=set(), accepted=set(), setback_states={})
         delta = CounterDelta()
+        refused_of: list[int] = []  # the instance of each refused result
         user_sql = any(s.tx_ops for s in successes)
         async with self.pool.acquire() as conn, reset_after_user_sql(conn, lambda: user_sql), conn.transaction():
             instance_ids = sorted({s.instance_id for s in successes})
@@ -368,6 +370,7 @@ class Store:
                 ok = [s for s in successes if s.chunk_id in accepted]
                 res.accepted = accepted
                 res.refused += len(successes) - len(ok)
+                refused_of.extend(s.instance_id for s in successes if s.chunk_id not in accepted)
                 res.completed = len(ok)
                 await self._apply_tx_ops(conn, ok)
                 await self._insert_children(conn, ok, closed, delta, res)
@@ -383,6 +386,9 @@ class Store:
                     [b.delay for b in setbacks], [storable(b.message) for b in setbacks],
                     [storable(b.trace, MAX_TRACE) for b in setbacks])
                 res.refused += len(setbacks) - len(rows)
+                if len(rows) < len(setbacks):
+                    landed = {r[0] for r in rows}
+                    refused_of.extend(b.instance_id for b in setbacks if b.chunk_id not in landed)
                 for cid, inst, step, state in rows:
                     res.setback_states[cid] = state
                     if state == C.FAILED:
@@ -399,6 +405,9 @@ class Store:
                         res.poll_waiting += 1
             if delta:
                 await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
+            if refused_of:  # rare: why (chunkd_chunks_refused{reason})
+                ended = {r[0] for r in await conn.fetch(sql.INSTANCES_ENDED_AMONG, sorted(set(refused_of)))}
+                res.refused_instance_ended = sum(1 for i in refused_of if i in ended)
         return res
 
     @staticmethod

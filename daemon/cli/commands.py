@@ -379,13 +379,15 @@ def cmd_chunks(client: ApiClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(page, indent=2))
     else:
-        cols = ["id", "step_name", "status", "attempt", "failures", "error_message"] + (["data"] if args.data else [])
+        cols = ["id", "step_name", "status", "attempt", "failures", "error_attempt", "error_message"] + (
+            ["data"] if args.data else [])
         print(table(page["chunks"], cols))
         print(f"{page['count']} of {page['total']}")
         if args.errors:
             for c in page["chunks"]:
                 if c.get("error_trace"):
-                    print(f"\nchunk {c['id']} ({c['step_name']}, attempt {c['attempt']}):\n{c['error_trace'].rstrip()}")
+                    print(f"\nchunk {c['id']} ({c['step_name']}, attempt {c.get('error_attempt') or c['attempt']}):\n"
+                          f"{c['error_trace'].rstrip()}")
     return 0
 
 

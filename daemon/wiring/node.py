@@ -15,7 +15,7 @@ import structlog
 
 from actors.completer import Completer
 from actors.consumer import consume_partition
-from actors.engine import Engine
+from actors.engine import Engine, steps_running
 from actors.executor import execute_partition
 from actors.heartbeat import Heartbeat
 from actors.maintenance import Maintenance
@@ -38,6 +38,7 @@ from metrics import (
     PARTITIONS_ASSIGNED,
     POOL_IN_USE,
     POOL_SIZE,
+    STEPS_RUNNING,
 )
 from storage.errors import TRANSIENT
 from storage.store import Store
@@ -131,6 +132,8 @@ class Node:
         MAILBOX_DEPTH.labels("completer").set(engine.completer_send.statistics().current_buffer_used)
         MAILBOX_DEPTH.labels("step-executor").set(sum(m.statistics().current_buffer_used for m in self._mailboxes))
         IN_FLIGHT.set(sum(engine.inflight.running))
+        for p, n in steps_running(engine.stops.slots).items():
+            STEPS_RUNNING.labels(str(p)).set(n)
         POOL_SIZE.set(engine.store.pool.get_size())
         POOL_IN_USE.set(engine.store.pool.get_size() - engine.store.pool.get_idle_size())
         return assigned
