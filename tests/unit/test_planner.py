@@ -119,3 +119,12 @@ def test_eta_follows_a_slowdown_within_seconds() -> None:
     average_guess = t * (1 - p.progress) / p.progress
     assert p.eta is not None and abs(p.eta - true_left) < 0.25 * true_left, (p.eta, true_left)
     assert abs(average_guess - true_left) > 0.4 * true_left  # what the old ETA would have said
+
+
+def test_a_failing_instance_reports_what_completed_and_its_errors() -> None:  # issue 24 row 3
+    # 29 of 30 work chunks completed, one failed: the failed one is not progress
+    p = plan(FREE, "IN_PROGRESS", 0, [sc(0, 1, 1), sc(1, 30, 29, failed=1, errors=1)], False, 1.0)
+    assert p.action is Action.FAIL
+    assert p.progress == (1 + 29) / 31 and p.errors == 1
+    cancelled = plan(FREE, "IN_PROGRESS", 0, [sc(0, 1, 1), sc(1, 10, 4, cancelled=6)], False, 1.0)
+    assert cancelled.progress == (1 + 4) / 11
