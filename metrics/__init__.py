@@ -13,8 +13,11 @@ _STEP = ("job", "step")
 
 CHUNKS_CLAIMED = Counter("chunkd_chunks_claimed", "Chunks claimed by this daemon.", ["partition"])
 CHUNKS_COMPLETED = Counter("chunkd_chunks_completed", "Chunks completed (committed).", _STEP)
-CHUNKS_ERRORED = Counter("chunkd_chunks_errored", "Step runs that raised and will be retried.", _STEP)
-CHUNKS_FAILED = Counter("chunkd_chunks_failed", "Chunks moved to FAILED.", _STEP)
+CHUNKS_ERRORED = Counter("chunkd_chunks_errored",
+                         "Step runs on this daemon that raised (or could not start) and will be retried.", _STEP)
+CHUNKS_FAILED = Counter("chunkd_chunks_failed",
+                        "Chunks moved to FAILED by their step's outcome on this daemon (those failed because "
+                        "their lease expired once too often are counted by chunkd_leases_rescued).", _STEP)
 CHUNKS_POLL_WAITING = Counter("chunkd_chunks_poll_waiting", "Chunks that asked to run again later.", _STEP)
 # Split by why, so neither reason hides the other: after a cancel or force-stop, the late
 # results of steps still running are refused as expected; a lost lease is worth a look.
@@ -53,7 +56,8 @@ ACTOR_RESTARTS = Counter("chunkd_actor_restarts", "Actor restarts by the supervi
 
 MAINTENANCE_SECONDS = Histogram("chunkd_maintenance_pass_seconds", "Maintenance pass duration.",
                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10))
-LEASES_RESCUED = Counter("chunkd_leases_rescued", "Expired leases rescued by maintenance.")
+LEASES_RESCUED = Counter("chunkd_leases_rescued",
+                         "Expired leases rescued by maintenance (back to READY, or FAILED at max attempts).")
 RETENTION_PURGED = Counter("chunkd_retention_purged", "Rows purged by retention.", ["table"])
 KAFKA_LAG = Gauge("chunkd_kafka_consumer_lag", "Kafka consumer lag per assigned partition (kafka channel only).",
                   ["partition"])
