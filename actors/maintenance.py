@@ -41,6 +41,7 @@ from storage.types import InstanceRow, LeaderTerm, NotLeader, Progress
 log = structlog.get_logger("chunkd.maintenance")
 
 _BATCH = 5000
+_LOGGED_LEASE_FAILURES = 5  # per rescue batch; the rest are counted in one line
 _PROGRESS_EVERY = 1.0  # seconds between progress writes, at least
 _WOKEN_SPACING = 0.1   # seconds between a pass and the next when woken, at least
 
@@ -136,11 +137,12 @@ class Maintenance:
         store = self.store
         publish: set[int] = set()
         while True:
-            n, failed, parts = await store.rescue_expired(_BATCH)
+            n, failed, parts, failed_chunks = await store.rescue_expired(_BATCH)
             publish |= parts
             if n:
                 LEASES_RESCUED.inc(n)
                 log.info("rescued expired leases", chunks=n, failed=failed)
+                self._log_lease_failures(failed_chunks)
             if n < _BATCH:
                 break
         parts, retried = await store.release_due(_BATCH)
@@ -161,6 +163,16 @@ class Maintenance:
             stale = await store.stale_partitions(range(self.settings.partitions), self.settings.republish_after)
             if stale:
                 await self.channel.publish(stale)
+
+    def _log_lease_failures(self, failed: list[tuple[str, int, int, int, int]]) -> None:
+        """Chunks FAILED because their worker died or stalled once too often: a warning each,
+        like the completer's chunk failures, the first few only (a mass expiry is one event)."""
+        for job, inst, step, cid, attempt in failed[:_LOGGED_LEASE_FAILURES]:
+            log.warning("chunk failed", job=job, instance_id=inst, step_index=step, chunk_id=cid, attempt=attempt,
+                        error="the worker died or stalled while running this chunk (lease expired)")
+        if len(failed) > _LOGGED_LEASE_FAILURES:
+            log.warning("chunk failures suppressed", suppressed=len(failed) - _LOGGED_LEASE_FAILURES,
+                        reason="lease expired")
 
     def _shape(self, job: Job) -> JobShape:
         shape = self._shapes.get((job.name, job.version))

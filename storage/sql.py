@@ -311,7 +311,8 @@ UPDATE chunkd_chunk k
        error_attempt = CASE WHEN e.blamed THEN k.attempt ELSE k.error_attempt END
   FROM expired e
  WHERE k.id = e.id AND k.state = {int(C.IN_PROGRESS)}
-RETURNING k.instance_id, k.step, k.state, k.partition"""
+RETURNING k.instance_id, k.step, k.state, k.partition, k.id, k.attempt,
+          (SELECT i.job_name FROM chunkd_instance i WHERE i.id = k.instance_id)"""
 
 # Graceful shutdown: hand back what this node still holds; the attempt is not a failure.
 CHUNK_RELEASE_OWNED = f"""

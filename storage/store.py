@@ -454,23 +454,26 @@ class Store:
             await conn.execute(sql.CHUNK_INSERT, *map(list, zip(*rows)))
 
     # ------------------------------------------------------------ maintenance
-    async def rescue_expired(self, limit: int) -> tuple[int, int, set[int]]:
-        """Expired leases back to READY (or FAILED past max attempts). (rescued, failed, partitions)."""
+    async def rescue_expired(self, limit: int) -> tuple[int, int, set[int], list[tuple[str, int, int, int, int]]]:
+        """Expired leases back to READY (or FAILED past max attempts).
+        (rescued, failed, partitions, the failed ones as (job, instance, step, chunk, attempt))."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(sql.CHUNK_RESCUE_EXPIRED, limit)
             delta = CounterDelta()
             failed = 0
             parts: set[int] = set()
-            for inst, step, state, part in rows:
+            failed_chunks: list[tuple[str, int, int, int, int]] = []
+            for inst, step, state, part, cid, attempt, job in rows:
                 if state == C.FAILED:
                     failed += 1
+                    failed_chunks.append((job, inst, step, cid, attempt))
                     delta.add(inst, step, FAILED)
                     delta.add(inst, step, ERRORS)
                 else:
                     parts.add(part)
             if delta:
                 await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
-        return len(rows), failed, parts
+        return len(rows), failed, parts, failed_chunks
 
     async def release_due(self, limit: int) -> tuple[set[int], Counter[tuple[str, int, int]]]:
         """Retries and poll-waits whose time came, back to READY.
