@@ -177,9 +177,9 @@ async def _flush(c: Completer, batch: list[Outcome], *, bare: bool = False) -> N
     FLUSH_SIZE.observe(len(batch))
     c.inflight.forget([o.result.chunk_id for o in batch])
     if res.refused:
-        CHUNKS_REFUSED.labels("instance_ended").inc(res.refused_instance_ended)
-        CHUNKS_REFUSED.labels("lease_lost").inc(res.refused - res.refused_instance_ended)
-        log.info("results refused by fencing token", count=res.refused, instance_ended=res.refused_instance_ended)
+        CHUNKS_REFUSED.labels("cancelled").inc(res.refused_cancelled)
+        CHUNKS_REFUSED.labels("lease_lost").inc(res.refused - res.refused_cancelled)
+        log.info("results refused by fencing token", count=res.refused, cancelled=res.refused_cancelled)
     _count(batch, res.accepted, res.setback_states)
     if res.setback_states:  # only batches with setbacks: nothing per successful chunk
         c.setback_log.note(batch, res.setback_states)

@@ -19,12 +19,12 @@ CHUNKS_FAILED = Counter("chunkd_chunks_failed",
                         "Chunks moved to FAILED by their step's outcome on this daemon (those failed because "
                         "their lease expired once too often are counted by chunkd_leases_rescued).", _STEP)
 CHUNKS_POLL_WAITING = Counter("chunkd_chunks_poll_waiting", "Chunks that asked to run again later.", _STEP)
-# Split by why, so neither reason hides the other: after a cancel or force-stop, the late
-# results of steps still running are refused as expected; a lost lease is worth a look.
+# Split by why, so neither reason hides the other: after a force-stop, the late results of
+# steps still running are refused as expected; a lost lease is worth a look.
 CHUNKS_REFUSED = Counter("chunkd_chunks_refused",
                          "Step results not recorded because the chunk was no longer this attempt's, by reason: "
-                         "instance_ended (its instance was cancelled, force-stopped or failed while the step ran) "
-                         "or lease_lost (the lease expired or another attempt took the chunk over).", ["reason"])
+                         "cancelled (a force-stop cancelled the chunk while its step ran) or lease_lost (the lease "
+                         "expired, or another attempt took the chunk over).", ["reason"])
 CHUNKS_RELEASED = Counter("chunkd_chunks_released", "Chunks handed back on shutdown without counting a failure.")
 
 STEP_SECONDS = Histogram("chunkd_step_duration_seconds", "Time inside the user's step.", _STEP,

@@ -273,6 +273,13 @@ UPDATE chunkd_chunk k
    AND k.state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.IN_PROGRESS})))})
 RETURNING k.id"""
 
+# Of results refused by the fencing token (a rare path), those whose own attempt was cancelled
+# (a force-stop cancelled the chunk while its step ran) rather than taken over by another.
+CHUNKS_REFUSED_CANCELLED = f"""
+SELECT count(*) FROM chunkd_chunk k JOIN unnest($1::bigint[], $2::int[]) AS r(id, attempt)
+  ON k.id = r.id AND k.attempt = r.attempt
+WHERE k.state = {int(C.CANCELLED)}"""
+
 # Errors, failures and poll-waits in one fenced statement; the target state per row
 # is computed in Python (storage.retry) and checked here against the table, or, with
 # SETBACK_BY_ATTEMPTS, decided here from the row's own failures and max_attempts.

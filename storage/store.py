@@ -353,7 +353,7 @@ class Store:
         chunks, warnings, fenced setbacks, counters. Returns what to publish."""
         res = Recorded(ready_partitions=set(), accepted=set(), setback_states={})
         delta = CounterDelta()
-        refused_of: list[int] = []  # the instance of each refused result
+        refused_of: list[tuple[int, int]] = []  # (chunk, attempt) of each refused result
         user_sql = any(s.tx_ops for s in successes)
         async with self.pool.acquire() as conn, reset_after_user_sql(conn, lambda: user_sql), conn.transaction():
             instance_ids = sorted({s.instance_id for s in successes})
@@ -370,7 +370,7 @@ class Store:
                 ok = [s for s in successes if s.chunk_id in accepted]
                 res.accepted = accepted
                 res.refused += len(successes) - len(ok)
-                refused_of.extend(s.instance_id for s in successes if s.chunk_id not in accepted)
+                refused_of.extend((s.chunk_id, s.attempt) for s in successes if s.chunk_id not in accepted)
                 res.completed = len(ok)
                 await self._apply_tx_ops(conn, ok)
                 await self._insert_children(conn, ok, closed, delta, res)
@@ -388,7 +388,7 @@ class Store:
                 res.refused += len(setbacks) - len(rows)
                 if len(rows) < len(setbacks):
                     landed = {r[0] for r in rows}
-                    refused_of.extend(b.instance_id for b in setbacks if b.chunk_id not in landed)
+                    refused_of.extend((b.chunk_id, b.attempt) for b in setbacks if b.chunk_id not in landed)
                 for cid, inst, step, state in rows:
                     res.setback_states[cid] = state
                     if state == C.FAILED:
@@ -406,8 +406,8 @@ class Store:
             if delta:
                 await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
             if refused_of:  # rare: why (chunkd_chunks_refused{reason})
-                ended = {r[0] for r in await conn.fetch(sql.INSTANCES_ENDED_AMONG, sorted(set(refused_of)))}
-                res.refused_instance_ended = sum(1 for i in refused_of if i in ended)
+                res.refused_cancelled = await conn.fetchval(
+                    sql.CHUNKS_REFUSED_CANCELLED, [c for c, _ in refused_of], [a for _, a in refused_of])
         return res
 
     @staticmethod

@@ -87,10 +87,10 @@ async def test_claimed_and_running_are_told_apart_and_refusals_say_why(
     shown = run_cli("show", str(iid), env=api.cli_env()).stdout
     assert "CLAIMED=" in shown and "IN_PROGRESS=" not in shown, shown
 
-    # a force-stop refuses the running steps' late results: counted as instance_ended, not as a lost lease
+    # a force-stop refuses the running steps' late results: counted as cancelled, not as a lost lease
     c.call("POST", f"/api/v1/instances/{iid}/stop", query={"force": "true"})
     deadline = time.monotonic() + 30
-    while total(m := scrape(api.url), "chunkd_chunks_refused_total", reason="instance_ended") < 1:
+    while total(m := scrape(api.url), "chunkd_chunks_refused_total", reason="cancelled") < 1:
         assert time.monotonic() < deadline, {k: v for k, v in m.items() if "refused" in k[0]}
         await anyio.sleep(0.2)
     assert total(m, "chunkd_chunks_refused_total", reason="lease_lost") == 0
