@@ -252,7 +252,12 @@ class Maintenance:
             if p.rate_state is not None:
                 self.rates[inst.id] = p.rate_state  # the smoothed rate behind the ETA
             decided.append(Decided(inst, job, p))
-            if p.action is Action.FAIL:  # its last figures, written now: it leaves the active set
+            last = self._shown.get(inst.id)
+            if p.action is Action.FAIL or (p.action in (Action.COMPLETE, Action.FINALIZE)
+                                           and p.errors != (last.errors if last else 0)):
+                # Its last figures, written now and not at the next progress tick: it is about to
+                # end, and its error_count must match its steps' (a COMPLETED one's progress
+                # becomes 1 as it completes; only a changed error count costs this write).
                 final.append(Progress(inst.id, round(p.progress, 4), _rounded(p.rate), None, p.errors))
             elif p.action is not Action.COMPLETE:
                 row = Progress(inst.id, round(p.progress, 4), _rounded(p.rate), _rounded(p.eta), p.errors)
@@ -261,6 +266,7 @@ class Maintenance:
                 if p.eta is not None:
                     etas[job.name] = max(etas.get(job.name, 0.0), p.eta)
         await store.set_progress(final)
+        self._shown.update((r.instance_id, r) for r in final)
         publish = await self.apply(decided)
         # Progress is for people and dashboards: once per interval is enough, however often
         # gates wake the pass (back-to-back passes rewriting every running instance's row
