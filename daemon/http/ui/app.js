@@ -445,7 +445,7 @@ function clusterPage() {
   const body = h("tbody");
   const summary = h("p", { class: "muted" });
   const root = h("section", { "aria-labelledby": "page-title" }, h("h1", { id: "page-title" }, "Cluster"), summary,
-    h("table", { id: "nodes" }, h("thead", {}, h("tr", {}, ["Node", "Name", "PID", "Partitions", "In flight", "Last seen", "Started", "Role"]
+    h("table", { id: "nodes" }, h("thead", {}, h("tr", {}, ["Node", "Name", "PID", "Partitions", "Claimed (in flight)", "Last seen", "Started", "Role"]
       .map((t) => h("th", { scope: "col" }, t)))), body));
   async function refresh() {
     const { nodes } = await api("/api/v1/cluster");
