@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import anyio
 import asyncpg
@@ -39,6 +40,7 @@ class Completer:
     def __init__(self, settings: CompleterSettings, recv: anyio.abc.ObjectReceiveStream[Outcome], store: Store,
                  channel: Channel, inflight: InFlight) -> None:
         self.settings, self.recv, self.store, self.channel, self.inflight = settings, recv, store, channel, inflight
+        self.setback_log = SetbackLog()
 
     async def run(self) -> None:
         await complete_forever(self)
@@ -49,10 +51,20 @@ async def complete_forever(c: Completer) -> None:
     recv = c.recv
     cfg = c.settings
     wait = cfg.flush_ms / 1000
+    setback_log = c.setback_log
     while True:
         try:
-            first = await recv.receive()
+            if setback_log.pending:  # a storm's "suppressed" line is due even if nothing else comes
+                first = None
+                with anyio.move_on_after(SetbackLog.WINDOW):
+                    first = await recv.receive()
+                setback_log.summarize_due()
+                if first is None:
+                    continue
+            else:
+                first = await recv.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
+            setback_log.summarize_due(everything=True)
             return
         batch = [first]
         size = _drain(recv, batch, cfg.batch, _size(first))
@@ -165,9 +177,12 @@ async def _flush(c: Completer, batch: list[Outcome], *, bare: bool = False) -> N
     FLUSH_SIZE.observe(len(batch))
     c.inflight.forget([o.result.chunk_id for o in batch])
     if res.refused:
-        CHUNKS_REFUSED.inc(res.refused)
-        log.info("results refused by fencing token", count=res.refused)
+        CHUNKS_REFUSED.labels("cancelled").inc(res.refused_cancelled)
+        CHUNKS_REFUSED.labels("lease_lost").inc(res.refused - res.refused_cancelled)
+        log.info("results refused by fencing token", count=res.refused, cancelled=res.refused_cancelled)
     _count(batch, res.accepted, res.setback_states)
+    if res.setback_states:  # only batches with setbacks: nothing per successful chunk
+        c.setback_log.note(batch, res.setback_states)
     if res.ready_partitions:
         await c.channel.publish(res.ready_partitions)
 
@@ -194,3 +209,58 @@ def _count(batch: list[Outcome], accepted: set[int], setback_states: dict[int, i
         metric = {"completed": CHUNKS_COMPLETED, "ERRORED": CHUNKS_ERRORED, "FAILED": CHUNKS_FAILED,
                   "POLL_WAITING": CHUNKS_POLL_WAITING}[kind]
         metric.labels(job, step).inc(n)
+
+
+class SetbackLog:
+    """Chunk failures (FAILED) and errors that will be retried (ERRORED) at warning, each with
+    job, step, instance, chunk and attempt; at most PER_JOB lines per job per WINDOW seconds, the
+    rest counted and told in one "suppressed" line per job when the window is over, so a storm
+    of failing chunks cannot flood the log. The instance failure itself is logged at error by
+    maintenance."""
+
+    PER_JOB = 5
+    WINDOW = 1.0
+    _LOGGED = {int(C.FAILED): "chunk failed", int(C.ERRORED): "chunk errored; it will be retried"}
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._since: dict[str, float] = {}   # job -> start of its current window
+        self._lines: dict[str, int] = {}     # job -> lines logged in that window
+        self._suppressed: dict[str, int] = {}
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._suppressed)
+
+    def note(self, batch: list[Outcome], setback_states: dict[int, int]) -> None:
+        now = self.clock()
+        for o in batch:
+            r = o.result
+            event = self._LOGGED.get(setback_states.get(r.chunk_id, -1))
+            if event is None or not isinstance(r, Setback):
+                continue
+            job = o.job
+            since = self._since.get(job)
+            if since is None or now - since >= self.WINDOW:
+                self._summarize(job)
+                self._since[job], self._lines[job] = now, 0
+            if self._lines[job] < self.PER_JOB:
+                self._lines[job] += 1
+                log.warning(event, job=job, step=o.step, instance_id=r.instance_id, chunk_id=r.chunk_id,
+                            attempt=r.attempt, error=(r.message or "")[:_MAX_LOGGED_ERROR])
+            else:
+                self._suppressed[job] = self._suppressed.get(job, 0) + 1
+
+    def summarize_due(self, *, everything: bool = False) -> None:
+        now = self.clock()
+        for job in [j for j in self._suppressed if everything or now - self._since[j] >= self.WINDOW]:
+            self._summarize(job)
+
+    def _summarize(self, job: str) -> None:
+        n = self._suppressed.pop(job, 0)
+        if n:
+            log.warning("chunk failures suppressed", job=job, suppressed=n,
+                        limit=f"{self.PER_JOB} lines per {self.WINDOW:g} s per job")
+
+
+_MAX_LOGGED_ERROR = 500  # characters of a step's error in a log line (the chunk keeps it whole)

@@ -137,9 +137,10 @@ class StepSlot:
     budget on the drain benchmark. The executor tells our cancellation from anyone else's
     (shutdown) by `stop_requested` and the task's cancel count (`Task.uncancel`)."""
 
-    __slots__ = ("instance_id", "ctx", "worker", "task", "stop_requested", "_settled")
+    __slots__ = ("instance_id", "ctx", "worker", "task", "stop_requested", "_settled", "partition")
 
-    def __init__(self, worker: asyncio.Task[Any] | None = None) -> None:
+    def __init__(self, worker: asyncio.Task[Any] | None = None, partition: int = 0) -> None:
+        self.partition = partition            # the worker's partition (chunkd_steps_running)
         self.instance_id: int | None = None   # None: no step runs in this worker now
         self.ctx: Any = None
         self.worker = worker                  # the worker's task, taken once
@@ -201,6 +202,15 @@ class Stops:
         """Its new run's chunks may start here at once (the database refuses stale releases anyway)."""
         self.ended.discard(instance_id)
         self.fresh.discard(instance_id)
+
+
+def steps_running(slots: set[StepSlot]) -> dict[int, int]:
+    """Steps running now per partition (workers inside a step), for the gauge: sampled, not
+    counted per chunk."""
+    out: dict[int, int] = {}
+    for slot in slots:
+        out[slot.partition] = out.get(slot.partition, 0) + (slot.instance_id is not None)
+    return out
 
 
 class Engine:

@@ -145,7 +145,7 @@ def step_seconds(job: str, step: str):  # type: ignore[no-untyped-def]
 
 async def execute_partition(engine: Engine, partition: int, inbox: MemoryObjectReceiveStream[ClaimedChunk]) -> None:
     """One executor worker; a partition runs CHUNKD_PARTITION_CONCURRENCY of them."""
-    slot = StepSlot(asyncio.current_task())
+    slot = StepSlot(asyncio.current_task(), partition)
     engine.stops.slots.add(slot)
     try:
         await _work(engine, partition, inbox, slot)

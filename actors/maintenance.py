@@ -42,6 +42,7 @@ from storage.types import Finish, InstanceRow, LeaderTerm, NotLeader, Progress
 log = structlog.get_logger("chunkd.maintenance")
 
 _BATCH = 5000
+_LOGGED_LEASE_FAILURES = 5  # per rescue batch; the rest are counted in one line
 _PROGRESS_EVERY = 1.0  # seconds between progress writes, at least
 _WOKEN_SPACING = 0.1   # seconds between a pass and the next when woken, at least
 
@@ -142,11 +143,12 @@ class Maintenance:
         store = self.store
         publish: set[int] = set()
         while True:
-            n, failed, parts = await store.rescue_expired(_BATCH)
+            n, failed, parts, failed_chunks = await store.rescue_expired(_BATCH)
             publish |= parts
             if n:
                 LEASES_RESCUED.inc(n)
                 log.info("rescued expired leases", chunks=n, failed=failed)
+                self._log_lease_failures(failed_chunks)
             if n < _BATCH:
                 break
         parts, retried = await store.release_due(_BATCH)
@@ -167,6 +169,16 @@ class Maintenance:
             stale = await store.stale_partitions(range(self.settings.partitions), self.settings.republish_after)
             if stale:
                 await self.channel.publish(stale)
+
+    def _log_lease_failures(self, failed: list[tuple[str, int, int, int, int]]) -> None:
+        """Chunks FAILED because their worker died or stalled once too often: a warning each,
+        like the completer's chunk failures, the first few only (a mass expiry is one event)."""
+        for job, inst, step, cid, attempt in failed[:_LOGGED_LEASE_FAILURES]:
+            log.warning("chunk failed", job=job, instance_id=inst, step_index=step, chunk_id=cid, attempt=attempt,
+                        error="the worker died or stalled while running this chunk (lease expired)")
+        if len(failed) > _LOGGED_LEASE_FAILURES:
+            log.warning("chunk failures suppressed", suppressed=len(failed) - _LOGGED_LEASE_FAILURES,
+                        reason="lease expired")
 
     def _shape(self, job: Job) -> JobShape:
         shape = self._shapes.get((job.name, job.version))
@@ -235,6 +247,7 @@ class Maintenance:
         errored = await store.instances_with_errored_chunks(ids)
         decided: list[Decided] = []
         shown: list[Progress] = []
+        final: list[Progress] = []  # instances about to fail: progress and errors as they end
         for inst in active:
             try:
                 job = self.registry.get(inst.job_name, inst.job_version)
@@ -245,12 +258,21 @@ class Maintenance:
             if p.rate_state is not None:
                 self.rates[inst.id] = p.rate_state  # the smoothed rate behind the ETA
             decided.append(Decided(inst, job, p))
-            if p.action not in (Action.COMPLETE, Action.FAIL):
+            last = self._shown.get(inst.id)
+            if p.action is Action.FAIL or (p.action in (Action.COMPLETE, Action.FINALIZE)
+                                           and p.errors != (last.errors if last else 0)):
+                # Its last figures, written now and not at the next progress tick: it is about to
+                # end, and its error_count must match its steps' (a COMPLETED one's progress
+                # becomes 1 as it completes; only a changed error count costs this write).
+                final.append(Progress(inst.id, round(p.progress, 4), _rounded(p.rate), None, p.errors))
+            elif p.action is not Action.COMPLETE:
                 row = Progress(inst.id, round(p.progress, 4), _rounded(p.rate), _rounded(p.eta), p.errors)
                 if self._shown.get(inst.id) != row:  # an instance waiting its turn costs no write
                     shown.append(row)
                 if p.eta is not None:
                     etas[job.name] = max(etas.get(job.name, 0.0), p.eta)
+        await store.set_progress(final)
+        self._shown.update((r.instance_id, r) for r in final)
         publish = await self.apply(decided)
         # Progress is for people and dashboards: once per interval is enough, however often
         # gates wake the pass (back-to-back passes rewriting every running instance's row
@@ -307,16 +329,17 @@ class Maintenance:
             else:
                 await self._refused(d, "COMPLETED")
         for d in by[Action.FAIL]:
+            last = await store.last_error(d.inst.id)
             if d.plan.reason:
                 msg = d.plan.reason
             else:
-                last = await store.last_error(d.inst.id)
                 msg = (f"step {d.job.steps[last[0]].name!r} failed: {last[1]}" if last
                        else "a chunk failed")
             if await store.finish_instance(d.inst.id, I.FAILED, error=msg, leader=term,
                                            decided=_finish(d, 0)):
-                log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=I.FAILED.value,
-                         error=msg)
+                log.error("instance state change", job=d.job.name, instance_id=d.inst.id, status=I.FAILED.value,
+                          error=msg, **({"step": d.job.steps[last[0]].name, "chunk_id": last[2], "attempt": last[3]}
+                                        if last else {}))
                 await _handler(d.job.on_error, d.inst.id, msg)
         return publish
 
@@ -365,6 +388,7 @@ class Maintenance:
                 REDUCTIONS.labels(job.name, "failed").inc()
                 if await store.finish_instance(inst.id, I.FAILED, error=msg, leader=term,
                                                decided=Finish(inst.id, inst.run, 0)):
+                    bound.error("instance state change", status=I.FAILED.value, error=msg)  # no chunk: the reduction
                     await _handler(job.on_error, inst.id, msg)
                 return
             REDUCTIONS.labels(job.name, "completed").inc()

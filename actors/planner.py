@@ -60,7 +60,8 @@ class Plan(msgspec.Struct, frozen=True):
 
 
 def step_work(shape: JobShape, counts: dict[int, StepCounts], finished_through: int) -> list[tuple[float, float]]:
-    """(total, done) work per step in chunk units: a step weighs its chunk count times its
+    """(total, done) work per step in chunk units (done: chunks COMPLETED; failed and
+    cancelled ones are not work done): a step weighs its chunk count times its
     `weight` (a per-chunk cost factor, default 1). A step with no chunks yet is estimated at the
     chunk count of the step before it; a finished empty step weighs nothing."""
     out: list[tuple[float, float]] = []
@@ -69,7 +70,8 @@ def step_work(shape: JobShape, counts: dict[int, StepCounts], finished_through: 
         w = shape.weights[i] if i < len(shape.weights) else 1.0
         c = counts.get(i)
         if c is not None and c.created > 0:
-            out.append((w * c.created, w * (c.created - c.pending)))
+            # done = completed: a failed or cancelled chunk is not progress
+            out.append((w * c.created, w * c.completed))
             prev = float(c.created)
         elif i < finished_through:
             out.append((0.0, 0.0))

@@ -24,6 +24,7 @@ from storage.store import Store
 log = structlog.get_logger("chunkd.scheduler")
 
 RETENTION_SCHEDULE = "chunkd.retention"
+ORPHAN_SWEEP_EVERY = 5.0  # seconds between looks for declared schedules nobody declares any more
 
 
 def row_for(sid: str, job: str, version: int | None, params_json: str, spec: Spec, source: str,
@@ -77,15 +78,30 @@ class Scheduler:
                 log.error("declared schedule is invalid; not registered", schedule=sid, error=str(e))
                 continue
             await self.schedules.upsert(row_for(sid, j.name, version, canonical, spec, source, now))
+        await self.sweep_orphans()
         self.registered = True
+
+    async def sweep_orphans(self) -> None:
+        """Declared schedules that no live daemon declares any more stop firing (orphaned);
+        those a daemon declares again fire again."""
+        for sid, orphaned in await self.schedules.sweep_orphans(self.settings.alive_within):
+            if orphaned:
+                log.warning("schedule orphaned: no running daemon declares it any more; it will not fire "
+                            "(delete it, or declare it again)", schedule=sid)
+            else:
+                log.info("orphaned schedule declared again; it fires again", schedule=sid)
 
     async def _fire_loop(self) -> None:
         limiter = anyio.CapacityLimiter(self.settings.concurrency)
         backoff = Backoff(0.2, 5.0)
         async with anyio.create_task_group() as tg:
             firing: set[str] = set()
+            swept_at = time.monotonic()
             while True:
                 try:
+                    if time.monotonic() - swept_at >= ORPHAN_SWEEP_EVERY:
+                        swept_at = time.monotonic()
+                        await self.sweep_orphans()
                     due = await self.schedules.due(100)
                     backoff.ok()
                 except TRANSIENT as e:

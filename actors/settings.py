@@ -49,6 +49,9 @@ class SchedulerSettings(msgspec.Struct, frozen=True, kw_only=True):
     retention: float
     retention_failed: float
     retention_every: float
+    # A daemon whose heartbeat is older than this no longer counts as declaring its job
+    # modules' schedules (those nobody declares are orphaned and do not fire).
+    alive_within: float = 30.0
 
 
 class ActorSettings(msgspec.Struct, frozen=True, kw_only=True):

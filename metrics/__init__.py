@@ -13,11 +13,18 @@ _STEP = ("job", "step")
 
 CHUNKS_CLAIMED = Counter("chunkd_chunks_claimed", "Chunks claimed by this daemon.", ["partition"])
 CHUNKS_COMPLETED = Counter("chunkd_chunks_completed", "Chunks completed (committed).", _STEP)
-CHUNKS_ERRORED = Counter("chunkd_chunks_errored", "Step runs that raised and will be retried.", _STEP)
-CHUNKS_FAILED = Counter("chunkd_chunks_failed", "Chunks moved to FAILED.", _STEP)
+CHUNKS_ERRORED = Counter("chunkd_chunks_errored",
+                         "Step runs on this daemon that raised (or could not start) and will be retried.", _STEP)
+CHUNKS_FAILED = Counter("chunkd_chunks_failed",
+                        "Chunks moved to FAILED by their step's outcome on this daemon (those failed because "
+                        "their lease expired once too often are counted by chunkd_leases_rescued).", _STEP)
 CHUNKS_POLL_WAITING = Counter("chunkd_chunks_poll_waiting", "Chunks that asked to run again later.", _STEP)
+# Split by why, so neither reason hides the other: after a force-stop, the late results of
+# steps still running are refused as expected; a lost lease is worth a look.
 CHUNKS_REFUSED = Counter("chunkd_chunks_refused",
-                         "Results refused by the fencing token (the lease had passed to another attempt).")
+                         "Step results not recorded because the chunk was no longer this attempt's, by reason: "
+                         "cancelled (a force-stop cancelled the chunk while its step ran) or lease_lost (the lease "
+                         "expired, or another attempt took the chunk over).", ["reason"])
 CHUNKS_RELEASED = Counter("chunkd_chunks_released", "Chunks handed back on shutdown without counting a failure.")
 
 STEP_SECONDS = Histogram("chunkd_step_duration_seconds", "Time inside the user's step.", _STEP,
@@ -44,11 +51,17 @@ INSTANCES = Gauge("chunkd_instances", "Job instances by status (exported by the 
 INSTANCE_ETA = Gauge("chunkd_instance_eta_seconds",
                      "Longest ETA among running instances of a job (exported by the maintenance leader).", ["job"])
 IN_FLIGHT = Gauge("chunkd_chunks_in_flight", "Chunks claimed by this daemon whose result is not committed yet.")
+STEPS_RUNNING = Gauge("chunkd_steps_running",
+                      "Steps running right now in this daemon, per partition: chunks whose step function is "
+                      "executing (at most CHUNKD_PARTITION_CONCURRENCY each). Claimed chunks waiting in the "
+                      "daemon's queue are not counted (chunkd_chunks_in_flight and chunkd_queue_chunks"
+                      "{state=\"IN_PROGRESS\"} count every claimed chunk).", ["partition"])
 ACTOR_RESTARTS = Counter("chunkd_actor_restarts", "Actor restarts by the supervisor.", ["kind"])
 
 MAINTENANCE_SECONDS = Histogram("chunkd_maintenance_pass_seconds", "Maintenance pass duration.",
                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10))
-LEASES_RESCUED = Counter("chunkd_leases_rescued", "Expired leases rescued by maintenance.")
+LEASES_RESCUED = Counter("chunkd_leases_rescued",
+                         "Expired leases rescued by maintenance (back to READY, or FAILED at max attempts).")
 RETENTION_PURGED = Counter("chunkd_retention_purged", "Rows purged by retention.", ["table"])
 KAFKA_LAG = Gauge("chunkd_kafka_consumer_lag", "Kafka consumer lag per assigned partition (kafka channel only).",
                   ["partition"])
@@ -63,8 +76,9 @@ CHANNEL_STARVED = Gauge("chunkd_channel_starved",
 # maintenance leader with its other gauges (like chunkd_instances; others clear them), so
 # they are never summed over daemons and the claim/complete hot path is untouched.
 QUEUE_CHUNKS = Gauge("chunkd_queue_chunks",
-                     "Chunks per partition in state READY, IN_PROGRESS or ERRORED (waiting for a retry); "
-                     "exported by the maintenance leader.", ["partition", "state"])
+                     "Chunks per partition in state READY, IN_PROGRESS (claimed: leased to a daemon, waiting in "
+                     "its queue or running; chunkd_steps_running counts those running) or ERRORED (waiting for a "
+                     "retry); exported by the maintenance leader.", ["partition", "state"])
 QUEUE_OLDEST_READY = Gauge("chunkd_queue_oldest_ready_age_seconds",
                            "Age (since creation) of the oldest READY chunk per partition; 0 when none is READY. "
                            "Exported by the maintenance leader.", ["partition"])

@@ -22,6 +22,8 @@ class ScheduleState(msgspec.Struct, kw_only=True):
     next_fire_at: datetime
     last_fire_at: datetime | None
     last_instance_id: int | None
+    # A schedule declared in code that no live daemon declares any more: it does not fire.
+    orphaned_at: datetime | None = None
 
 
 class ScheduleRow(ScheduleState, kw_only=True):
@@ -65,6 +67,15 @@ class Schedules:
 
     async def delete(self, sid: str) -> bool:
         return await self.pool.fetchval(sql.SCHEDULE_DELETE, sid) is not None
+
+    async def delete_undeclared(self, sid: str) -> bool:
+        """Deletes an API schedule or an orphaned declared one; False for a live declared one."""
+        return await self.pool.fetchval(sql.SCHEDULE_DELETE_UNDECLARED, sid) is not None
+
+    async def sweep_orphans(self, alive_within: float) -> list[tuple[str, bool]]:
+        """Marks declared schedules no live daemon declares as orphaned, and those declared
+        again as adopted; returns the changes as (id, orphaned now)."""
+        return [(r[0], r[1]) for r in await self.pool.fetch(sql.SCHEDULE_ORPHAN_SWEEP, alive_within)]
 
     async def set_paused(self, sid: str, paused: bool, next_fire_at: datetime | None = None) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():

@@ -45,7 +45,8 @@ PING = "SELECT 1"
 DB_NOW = "SELECT statement_timestamp()"
 
 # ---------------------------------------------------------------- nodes, leader
-NODE_REGISTER = "INSERT INTO chunkd_node (name, pid) VALUES ($1, $2) RETURNING id"
+# $3: the schedules this daemon's job modules declare (see migration 0016, SCHEDULE_ORPHAN_SWEEP).
+NODE_REGISTER = "INSERT INTO chunkd_node (name, pid, declared_schedules) VALUES ($1, $2, $3::text[]) RETURNING id"
 # The heartbeat: one UPDATE extends every lease this process holds.
 # Only the chunks this process still tracks: a chunk its actors lost must expire.
 NODE_HEARTBEAT = f"""
@@ -63,7 +64,8 @@ NODE_RELEASE_ORPHANS = f"""
 UPDATE chunkd_chunk
    SET state = CASE WHEN failures + 1 >= max_attempts THEN {int(C.FAILED)} ELSE {int(C.READY)} END,
        failures = failures + 1, lease_owner = NULL, lease_until = NULL,
-       error_message = 'the daemon lost this chunk''s result (an internal error; attempt ' || attempt || ')'
+       error_message = 'the daemon lost this chunk''s result (an internal error; attempt ' || attempt || ')',
+       error_attempt = attempt
 WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1 AND NOT (id = ANY($2::bigint[]))
   AND lease_until < now() + make_interval(secs => $3)
 RETURNING instance_id, step, state, partition"""
@@ -203,7 +205,7 @@ UPDATE chunkd_instance i
    AND ($2 <> '{I.COMPLETED.value}' OR {_all_done_below("i.id", "$7::int", "$8::bool")})
 RETURNING id"""
 INSTANCE_LAST_ERROR = f"""
-SELECT step, error_message FROM chunkd_chunk
+SELECT step, error_message, id, coalesce(error_attempt, attempt) FROM chunkd_chunk
 WHERE instance_id = $1 AND state IN ({int(C.FAILED)}, {int(C.ERRORED)}) AND error_message IS NOT NULL
 ORDER BY (state = {int(C.FAILED)}) DESC, id LIMIT 1"""
 WARNING_INSERT = """
@@ -294,10 +296,17 @@ CHUNK_MARK_STARTED = "UPDATE chunkd_chunk SET started_attempt = $2 WHERE id = $1
 CHUNK_COMPLETE = f"""
 UPDATE chunkd_chunk k
    SET state = {int(C.COMPLETED)}, data = NULL, lease_owner = NULL, lease_until = NULL,
-       completed_at = now(), error_message = NULL
+       completed_at = now()  -- error_message, error_attempt: the last error, kept visible (0016)
  WHERE k.id = ANY($1::bigint[]) AND k.attempt = ($2::int[])[array_position($1::bigint[], k.id)]
    AND k.state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.IN_PROGRESS})))})
 RETURNING k.id"""
+
+# Of results refused by the fencing token (a rare path), those whose own attempt was cancelled
+# (a force-stop cancelled the chunk while its step ran) rather than taken over by another.
+CHUNKS_REFUSED_CANCELLED = f"""
+SELECT count(*) FROM chunkd_chunk k JOIN unnest($1::bigint[], $2::int[]) AS r(id, attempt)
+  ON k.id = r.id AND k.attempt = r.attempt
+WHERE k.state = {int(C.CANCELLED)}"""
 
 # Errors, failures and poll-waits in one fenced statement; the target state per row
 # is computed in Python (storage.retry) and checked here against the table, or, with
@@ -319,6 +328,7 @@ UPDATE chunkd_chunk k
                                          OR d.state = {int(C.CANCELLED)} THEN 0 ELSE d.failure END,
        error_message = coalesce(d.message, k.error_message),
        error_trace = CASE WHEN d.message IS NULL THEN k.error_trace ELSE d.trace END,
+       error_attempt = CASE WHEN d.message IS NULL THEN k.error_attempt ELSE k.attempt END,  -- 0016
        orphaned = CASE WHEN d.failure > 0 THEN 0 ELSE k.orphaned END,  -- it ran and raised: not a killer
        next_run_at = now() + make_interval(secs => d.delay), lease_owner = NULL, lease_until = NULL
   FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::smallint[], $5::float8[], $6::text[], $7::text[])
@@ -352,10 +362,12 @@ UPDATE chunkd_chunk k
        error_message = CASE WHEN e.blamed
                             THEN 'the worker died or stalled while running this chunk (lease expired, attempt '
                                  || k.attempt || ')'
-                            ELSE k.error_message END
+                            ELSE k.error_message END,
+       error_attempt = CASE WHEN e.blamed THEN k.attempt ELSE k.error_attempt END
   FROM expired e
  WHERE k.id = e.id AND k.state = {int(C.IN_PROGRESS)}
-RETURNING k.instance_id, k.step, k.state, k.partition"""
+RETURNING k.instance_id, k.step, k.state, k.partition, k.id, k.attempt,
+          (SELECT i.job_name FROM chunkd_instance i WHERE i.id = k.instance_id)"""
 
 # Graceful shutdown: hand back what this node still holds; the attempt is not a failure.
 CHUNK_RELEASE_OWNED = f"""
@@ -439,7 +451,7 @@ WHERE instance_id = $1 AND ($2::smallint IS NULL OR step = $2)
   AND (NOT $4::bool OR error_message IS NOT NULL)"""
 CHUNK_LIST = f"""
 SELECT id, step, state, attempt, failures, max_attempts, lease_until, next_run_at, created_at, claimed_at, completed_at,
-       error_message, error_trace, CASE WHEN $5 THEN data END AS data
+       error_message, error_attempt, error_trace, CASE WHEN $5 THEN data END AS data
 FROM chunkd_chunk {CHUNK_LIST_WHERE}
 ORDER BY id OFFSET $6 LIMIT $7"""
 # Completed chunks of an instance per time bucket of $2 seconds (the dashboard's chart).
@@ -466,7 +478,8 @@ WITH old AS (
 )
 UPDATE chunkd_chunk k
    SET state = CASE WHEN k.step > $2 OR k.step = $3 THEN {int(C.GATE_WAITING)} ELSE {int(C.READY)} END,
-       failures = 0, error_message = NULL, next_run_at = NULL, lease_owner = NULL, lease_until = NULL
+       failures = 0, error_message = NULL, error_attempt = NULL, next_run_at = NULL, lease_owner = NULL,
+       lease_until = NULL
   FROM old WHERE k.id = old.id
 RETURNING k.step, old.was, k.state, k.partition"""
 # Force-stop: like cancel, and the chunks still running are cancelled too, so their
@@ -536,12 +549,30 @@ ON CONFLICT (id) DO NOTHING RETURNING id"""
 SCHEDULE_LIST = "SELECT * FROM chunkd_schedule ORDER BY id"
 SCHEDULE_GET = "SELECT * FROM chunkd_schedule WHERE id = $1"
 SCHEDULE_DELETE = "DELETE FROM chunkd_schedule WHERE id = $1 RETURNING id"
+# Over the API: a schedule declared in code (or the built-in one) is not deleted while its
+# declaration lives, since the next daemon start would bring it back; an orphaned one is.
+SCHEDULE_DELETE_UNDECLARED = """
+DELETE FROM chunkd_schedule
+WHERE id = $1 AND (source NOT IN ('code', 'builtin') OR (source = 'code' AND orphaned_at IS NOT NULL))
+RETURNING id"""
+# A schedule declared in code is orphaned while no live daemon (heartbeat within $1 seconds)
+# declares it (migration 0016), and adopted again when one does. Only rows that change.
+SCHEDULE_ORPHAN_SWEEP = """
+WITH live AS (
+    SELECT DISTINCT unnest(declared_schedules) AS id FROM chunkd_node
+    WHERE heartbeat_at > now() - make_interval(secs => $1)
+)
+UPDATE chunkd_schedule s
+   SET orphaned_at = CASE WHEN EXISTS (SELECT 1 FROM live WHERE live.id = s.id) THEN NULL ELSE now() END
+ WHERE s.source = 'code' AND (s.orphaned_at IS NULL) <> EXISTS (SELECT 1 FROM live WHERE live.id = s.id)
+RETURNING s.id, s.orphaned_at IS NOT NULL AS orphaned"""
 SCHEDULE_PAUSE = "UPDATE chunkd_schedule SET paused = $2 WHERE id = $1 RETURNING id"
 SCHEDULE_RESUME_NEXT = "UPDATE chunkd_schedule SET next_fire_at = $2 WHERE id = $1 AND next_fire_at < now()"
 SCHEDULE_DUE = """
-SELECT *, now() AS db_now FROM chunkd_schedule WHERE NOT paused AND next_fire_at <= now()
+SELECT *, now() AS db_now FROM chunkd_schedule WHERE NOT paused AND orphaned_at IS NULL AND next_fire_at <= now()
 ORDER BY next_fire_at LIMIT $1"""
-SCHEDULE_NEXT_DUE_IN = "SELECT extract(epoch FROM min(next_fire_at) - now())::float8 FROM chunkd_schedule WHERE NOT paused"
+SCHEDULE_NEXT_DUE_IN = """
+SELECT extract(epoch FROM min(next_fire_at) - now())::float8 FROM chunkd_schedule WHERE NOT paused AND orphaned_at IS NULL"""
 SCHEDULE_CLAIM_OCCURRENCE = """
 INSERT INTO chunkd_schedule_fire (schedule_id, fire_at, fired_by) VALUES ($1, $2, $3)
 ON CONFLICT DO NOTHING RETURNING fire_at"""

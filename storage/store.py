@@ -190,8 +190,10 @@ class Store:
         return next(self._rr) % self.partitions
 
     # ------------------------------------------------------------ nodes, leader
-    async def register_node(self, name: str, pid: int) -> int:
-        return await self.pool.fetchval(sql.NODE_REGISTER, name, pid)
+    async def register_node(self, name: str, pid: int, declared_schedules: Sequence[str] = ()) -> int:
+        """`declared_schedules`: those this daemon's job modules declare; a declared schedule
+        no live daemon declares is orphaned (storage.schedules.Schedules.sweep_orphans)."""
+        return await self.pool.fetchval(sql.NODE_REGISTER, name, pid, list(declared_schedules))
 
     async def unregister_node(self, node_id: int) -> None:
         await self.pool.execute(sql.NODE_DELETE, node_id)
@@ -293,9 +295,10 @@ class Store:
         if rows:
             await self.pool.execute(sql.INSTANCES_PROGRESS, *map(list, zip(*rows)))
 
-    async def last_error(self, instance_id: int) -> tuple[int, str] | None:
+    async def last_error(self, instance_id: int) -> tuple[int, str, int, int] | None:
+        """(step, message, chunk id, attempt) of the error that failed the instance, if any."""
         row = await self.pool.fetchrow(sql.INSTANCE_LAST_ERROR, instance_id)
-        return (row[0], row[1]) if row else None
+        return (row[0], row[1], row[2], row[3]) if row else None
 
     async def advance_gates(self, gates: Sequence[Finish], leader: LeaderTerm | None = None) -> dict[int, set[int]]:
         """Opens step `bound` of each gated instance, if every chunk before it is done and the
@@ -418,6 +421,7 @@ class Store:
         chunks, warnings, fenced setbacks, counters. Returns what to publish."""
         res = Recorded(ready_partitions=set(), accepted=set(), setback_states={})
         delta = CounterDelta()
+        refused_of: list[tuple[int, int]] = []  # (chunk, attempt) of each refused result
         user_sql = any(s.tx_ops for s in successes)
         async with self.pool.acquire() as conn, reset_after_user_sql(conn, lambda: user_sql), conn.transaction():
             instance_ids = sorted({s.instance_id for s in successes} | {b.instance_id for b in setbacks})
@@ -435,6 +439,7 @@ class Store:
                 ok = [s for s in successes if s.chunk_id in accepted]
                 res.accepted = accepted
                 res.refused += len(successes) - len(ok)
+                refused_of.extend((s.chunk_id, s.attempt) for s in successes if s.chunk_id not in accepted)
                 res.completed = len(ok)
                 await self._apply_tx_ops(conn, ok)
                 await self._insert_children(conn, ok, closed, delta, res)
@@ -450,6 +455,9 @@ class Store:
                     [b.delay for b in setbacks], [storable(b.message) for b in setbacks],
                     [storable(b.trace, MAX_TRACE) for b in setbacks])
                 res.refused += len(setbacks) - len(rows)
+                if len(rows) < len(setbacks):
+                    landed = {r[0] for r in rows}
+                    refused_of.extend((b.chunk_id, b.attempt) for b in setbacks if b.chunk_id not in landed)
                 for cid, inst, step, state, part in rows:
                     res.setback_states[cid] = state
                     if state == C.FAILED:
@@ -469,6 +477,9 @@ class Store:
                         res.poll_waiting += 1
             if delta:
                 await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
+            if refused_of:  # rare: why (chunkd_chunks_refused{reason})
+                res.refused_cancelled = await conn.fetchval(
+                    sql.CHUNKS_REFUSED_CANCELLED, [c for c, _ in refused_of], [a for _, a in refused_of])
         return res
 
     async def _apply_tx_ops(self, conn: asyncpg.Connection, ok: Iterable[Success]) -> None:
@@ -514,16 +525,19 @@ class Store:
             await conn.execute(sql.CHUNK_INSERT, *map(list, zip(*rows)))
 
     # ------------------------------------------------------------ maintenance
-    async def rescue_expired(self, limit: int) -> tuple[int, int, set[int]]:
-        """Expired leases back to READY (or FAILED past max attempts). (rescued, failed, partitions)."""
+    async def rescue_expired(self, limit: int) -> tuple[int, int, set[int], list[tuple[str, int, int, int, int]]]:
+        """Expired leases back to READY (or FAILED past max attempts).
+        (rescued, failed, partitions, the failed ones as (job, instance, step, chunk, attempt))."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(sql.CHUNK_RESCUE_EXPIRED, limit)
             delta = CounterDelta()
             failed = 0
             parts: set[int] = set()
-            for inst, step, state, part in rows:
+            failed_chunks: list[tuple[str, int, int, int, int]] = []
+            for inst, step, state, part, cid, attempt, job in rows:
                 if state == C.FAILED:
                     failed += 1
+                    failed_chunks.append((job, inst, step, cid, attempt))
                     delta.add(inst, step, FAILED)
                     delta.add(inst, step, ERRORS)
                 elif state == C.CANCELLED:  # its instance ended meanwhile
@@ -532,7 +546,7 @@ class Store:
                     parts.add(part)
             if delta:
                 await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
-        return len(rows), failed, parts
+        return len(rows), failed, parts, failed_chunks
 
     async def release_due(self, limit: int) -> tuple[set[int], Counter[tuple[str, int, int]]]:
         """Retries and poll-waits whose time came, back to READY.

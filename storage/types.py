@@ -58,6 +58,7 @@ class Setback(msgspec.Struct):
 class Recorded(msgspec.Struct):
     completed: int = 0
     refused: int = 0                 # fenced out: a zombie's late result
+    refused_cancelled: int = 0       # of those, results of an attempt cancelled while it ran (force-stop)
     errored: int = 0
     failed: int = 0
     poll_waiting: int = 0

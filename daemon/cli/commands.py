@@ -392,13 +392,15 @@ def cmd_chunks(client: ApiClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(page, indent=2))
     else:
-        cols = ["id", "step_name", "status", "attempt", "failures", "error_message"] + (["data"] if args.data else [])
+        cols = ["id", "step_name", "status", "attempt", "failures", "error_attempt", "error_message"] + (
+            ["data"] if args.data else [])
         print(table(page["chunks"], cols))
         print(f"{page['count']} of {page['total']}")
         if args.errors:
             for c in page["chunks"]:
                 if c.get("error_trace"):
-                    print(f"\nchunk {c['id']} ({c['step_name']}, attempt {c['attempt']}):\n{c['error_trace'].rstrip()}")
+                    print(f"\nchunk {c['id']} ({c['step_name']}, attempt {c.get('error_attempt') or c['attempt']}):\n"
+                          f"{c['error_trace'].rstrip()}")
     return 0
 
 
@@ -411,9 +413,12 @@ def cmd_schedules(client: ApiClient, args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=2))
         else:
             print(table([{**r, "when": r["cron"] or f"every {r['every_seconds']:g}s", "dialect": r["dialect"] or "-",
-                          "next_fire_times": ", ".join(r["next_fire_times"])} for r in rows],
-                        ["id", "job", "when", "dialect", "timezone", "paused", "next_fire_times", "last_fire_at",
-                         "last_instance_id"]))
+                          "orphaned": "yes" if r.get("orphaned_at") else "",
+                          # an orphaned schedule never fires: no next time to show
+                          "next_fire_times": "" if r.get("orphaned_at") else ", ".join(r["next_fire_times"])}
+                         for r in rows],
+                        ["id", "job", "source", "when", "dialect", "timezone", "paused", "orphaned", "next_fire_times",
+                         "last_fire_at", "last_instance_id"]))
         return 0
     if action == "add":
         body = {"id": args.id, "job": args.job, "parameters": _params(args.params), "cron": args.cron,

@@ -33,15 +33,26 @@ def show_instance(inst: dict[str, Any], as_json: bool) -> None:
     if inst.get("chunks_per_second"):
         eta = inst.get("eta_seconds")
         print(f"rate {inst['chunks_per_second']:.1f} chunks/s" + (f", eta {eta:.0f}s" if eta else ""))
+    if inst.get("cancel_reason"):
+        print(f"cancelled: {inst['cancel_reason']}")
     if inst.get("error_message"):
-        print(f"error ({inst['error_count']}): {inst['error_message']}")
+        print(f"error ({inst['error_count']} step errors): {inst['error_message']}")
     if inst.get("steps"):
-        print(table([{**s, "states": " ".join(f"{k}={v}" for k, v in s["states"].items())} for s in inst["steps"]],
+        print(table([{**s, "states": states(s["states"])} for s in inst["steps"]],
                     ["index", "name", "created", "completed", "failed", "cancelled", "errors", "states"]))
     if inst.get("report") is not None:
         print("report: " + json.dumps(inst["report"]))
     for w in inst.get("warnings") or []:
         print(f"warning: {w}")
+
+
+# Chunk state IN_PROGRESS means claimed (leased to a daemon: queued there or running), not
+# running: shown as CLAIMED so that it is not read as "steps running" (chunkd_steps_running is).
+_SHOWN_STATE = {"IN_PROGRESS": "CLAIMED"}
+
+
+def states(by_state: dict[str, int]) -> str:
+    return " ".join(f"{_SHOWN_STATE.get(k, k)}={v}" for k, v in by_state.items())
 
 
 def _times(inst: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from daemon.http.auth import Scope, allows, scope_of
 from daemon.http.contract import parameters_schema
 from daemon.http.limits import MAX_BODY, MAX_JSON_DEPTH, json_depth
 from daemon.http.ports import Served
-from storage.states import C
+from storage.states import C, I
 from storage.types import StepCounts
 
 log = structlog.get_logger("chunkd.api")
@@ -204,15 +204,19 @@ def _name(names: list[str], i: int) -> str:
 
 
 def instance_out(row: dict[str, Any]) -> m.Instance:
+    # The store keeps a cancel's reason where an error would be; shown apart, since a cancel
+    # is not an error (a CANCELLED instance has no other error message: the cancel writes it).
+    cancelled = row["status"] == I.CANCELLED.value
     return m.Instance(
         id=row["id"], job=row["job_name"], version=row["job_version"], status=row["status"], gated=row["gated"],
         current_step=row["current_step"], parameters=json.loads(row["params"]),
         idempotency_key=row["idempotency_key"], created_at=row["created_at"], started_at=row["started_at"],
         finished_at=row["finished_at"], updated_at=row["updated_at"], progress=row["progress"],
         chunks_per_second=row["chunks_per_second"], eta_seconds=row["eta_seconds"],
-        error_message=row["error_message"], error_count=row["error_count"],
+        error_message=None if cancelled else row["error_message"], error_count=row["error_count"],
         report=json.loads(row["report"]) if row["report"] is not None else None,
-        schedule_id=row.get("schedule_id"), scheduled_for=row.get("scheduled_for"))
+        schedule_id=row.get("schedule_id"), scheduled_for=row.get("scheduled_for"),
+        cancel_reason=row["error_message"] if cancelled else None)
 
 
 def _decode_data(data: bytes | None) -> Any:

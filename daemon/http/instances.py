@@ -133,7 +133,7 @@ class Instances:
                           created_at=r["created_at"], claimed_at=r["claimed_at"], completed_at=r["completed_at"],
                           lease_until=r["lease_until"],
                           next_run_at=r["next_run_at"], error_message=r["error_message"],
-                          error_trace=r["error_trace"],
+                          error_trace=r["error_trace"], error_attempt=r["error_attempt"],
                           data=_decode_data(r["data"]) if with_data else None)
                   for r in rows]
         return ok(m.ChunkList(total, start, len(chunks), chunks))

@@ -91,6 +91,7 @@ class Instance(msgspec.Struct):
     warnings: list[str] | None = None
     schedule_id: str | None = None          # the clustered schedule that fired it, if one did
     scheduled_for: datetime | None = None   # that schedule's occurrence
+    cancel_reason: str | None = None        # why a CANCELLED instance stopped (a cancel is not an error)
 
 
 class InstanceList(msgspec.Struct):
@@ -113,8 +114,9 @@ class Chunk(msgspec.Struct):
     completed_at: datetime | None
     lease_until: datetime | None
     next_run_at: datetime | None
-    error_message: str | None
+    error_message: str | None       # the last error, kept when a later attempt succeeded
     error_trace: str | None = None  # the traceback of the last error (bounded, storage.text.MAX_TRACE)
+    error_attempt: int | None = None  # the attempt that raised the last error
     data: Any = None
 
 

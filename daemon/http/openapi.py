@@ -21,7 +21,8 @@ def _json(tp: type) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     words = {400: "Bad request", 401: "Missing or unknown token", 403: "Token lacks the scope, or a cross-origin request",
-             404: "Not found", 409: "Conflict: an illegal state change, or an idempotency key first used for another request",
+             404: "Not found", 409: "Conflict: an illegal state change, an idempotency key first used for another request, "
+                                       "or a schedule declared in code",
              413: "Body too large",
              415: "A state-changing request without Content-Type: application/json (CSRF guard)",
              421: "Host is not this daemon's (DNS-rebinding guard; see CHUNKD_API_ALLOWED_HOSTS)",
@@ -160,8 +161,9 @@ def document(secured: bool) -> dict[str, Any]:
             "/api/v1/schedules/{sid}": {
                 "get": op("One schedule", {"200": {"description": "The schedule", **_json(m.Schedule)}}, 400, 404,
                           params=[_SID]),
-                "delete": op("Delete a schedule", {"200": {"description": "Deleted", **_json(m.Deleted)}}, 400, 404,
-                             params=[_SID]),
+                "delete": op("Delete a schedule (409 for one declared in a job module or built in, unless "
+                             "orphaned: remove it from the code, or pause it)",
+                             {"200": {"description": "Deleted", **_json(m.Deleted)}}, 400, 404, 409, params=[_SID]),
             },
             "/api/v1/schedules/{sid}/pause": {"post": op(
                 "Pause", {"200": {"description": "The schedule", **_json(m.Schedule)}}, 400, 404, params=[_SID])},

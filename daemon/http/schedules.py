@@ -28,7 +28,19 @@ def schedule_out(r: ScheduleRow) -> m.Schedule:
                       next_fire_times=upcoming(spec_of(r), r.next_fire_at, NEXT_FIRE_TIMES),
                       timezone=r.timezone, missed=r.missed,
                       paused=r.paused, source=r.source, created_at=r.created_at, next_fire_at=r.next_fire_at,
-                      last_fire_at=r.last_fire_at, last_instance_id=r.last_instance_id)
+                      last_fire_at=r.last_fire_at, last_instance_id=r.last_instance_id, orphaned_at=r.orphaned_at)
+
+
+def declared_conflict(row: ScheduleRow) -> ApiError:
+    """Deleting a schedule the code declares would last only until the next daemon start."""
+    if row.source == "builtin":
+        why = (f"schedule {row.id!r} is chunkd's built-in retention schedule; set CHUNKD_RETENTION_EVERY=0 "
+               "to turn it off, or pause it (a pause persists across restarts)")
+    else:
+        why = (f"schedule {row.id!r} is declared in a job module: remove its Schedule(...) from the code "
+               "(it is then marked orphaned and stops firing, and can be deleted), or pause it (a pause "
+               "persists across restarts)")
+    return ApiError(409, "declared_schedule", why, {"source": row.source})
 
 
 class ScheduleRoutes:
@@ -91,7 +103,9 @@ class ScheduleRoutes:
 
     async def delete(self, request: Request) -> Response:
         row = await self.load(request.path_params["sid"])
-        await self.schedules().delete(row.id)
+        if not await self.schedules().delete_undeclared(row.id):
+            raise declared_conflict(await self.load(row.id))
+        log.info("schedule deleted", schedule=row.id)
         return ok(m.Deleted(row.id))
 
     def pause_or_resume(self, paused: bool) -> Handler:

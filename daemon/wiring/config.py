@@ -226,7 +226,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                                             forget_nodes_after=10 * self.lease_seconds),
             scheduler=SchedulerSettings(node_name=self.node_id, partitions=self.partitions, enabled=self.scheduling,
                                         concurrency=self.scheduler_concurrency, retention=self.retention,
-                                        retention_failed=self.retention_failed, retention_every=self.retention_every))
+                                        retention_failed=self.retention_failed, retention_every=self.retention_every,
+                                        alive_within=self.lease_seconds))
 
 
 class Var(msgspec.Struct, frozen=True):

@@ -16,7 +16,7 @@ import structlog
 
 from actors.completer import Completer
 from actors.consumer import consume_partition
-from actors.engine import Engine
+from actors.engine import Engine, steps_running
 from actors.executor import execute_partition
 from actors.heartbeat import Heartbeat
 from actors.maintenance import Maintenance
@@ -43,6 +43,7 @@ from metrics import (
     PARTITIONS_ASSIGNED,
     POOL_IN_USE,
     POOL_SIZE,
+    STEPS_RUNNING,
 )
 from storage.deadlines import keep_alive
 from storage.errors import TRANSIENT
@@ -168,6 +169,8 @@ class Node:
         MAILBOX_DEPTH.labels("step-executor").set(sum(m.statistics().current_buffer_used for m in self._mailboxes))
         IN_FLIGHT.set(sum(engine.inflight.running))
         DB_QUIET_SECONDS.set(time.monotonic() - engine.store.last_round_trip)
+        for p, n in steps_running(engine.stops.slots).items():
+            STEPS_RUNNING.labels(str(p)).set(n)
         POOL_SIZE.set(engine.store.pool.get_size())
         POOL_IN_USE.set(engine.store.pool.get_size() - engine.store.pool.get_idle_size())
         return assigned
@@ -221,7 +224,7 @@ class Node:
             return
         store, channel = connected
         cfg = self.cfg
-        node_id = await store.register_node(cfg.node_id, os.getpid())
+        node_id = await store.register_node(cfg.node_id, os.getpid(), sorted(self.registry.schedules))
         engine = Engine(cfg.actor_settings(), store, channel, self.registry, node_id, self.dsn)
         heartbeat = Heartbeat(self.dsn, node_id, cfg.lease_seconds, cfg.heartbeat_seconds, engine.inflight.held,
                               lambda: [p for p in range(cfg.partitions) if channel.owns(p)])

@@ -46,7 +46,8 @@ async def test_zombie_results_are_refused(dsn: str, conn: asyncpg.Connection, sp
 
     async def refused() -> bool:  # counted where they happen: the zombie's own metrics
         _, text = get(f"http://127.0.0.1:{port}/metrics")
-        return samples(text)[("chunkd_chunks_refused_total", ())] >= len(held)
+        # their instance is alive: refused because the lease passed to another attempt
+        return samples(text).get(("chunkd_chunks_refused_total", (("reason", "lease_lost"),)), 0) >= len(held)
     await wait_for(refused, 20, "every held chunk's late result refused")
     assert zombie.terminate() == 0 and rescuer.terminate() == 0
     ledger_pids = await conn.fetch("SELECT chunk_id, pid FROM test_ledger WHERE chunk_id = ANY($1)", list(held))

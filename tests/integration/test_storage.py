@@ -49,7 +49,7 @@ async def test_zombie_completion_is_refused_by_the_fencing_token(store: Store, c
     assert first.attempt == 1
     # the lease runs out (the worker froze); maintenance rescues and another worker claims
     await conn.execute("UPDATE chunkd_chunk SET lease_until = now() - interval '1 second' WHERE id = $1", first.id)
-    rescued, failed, _ = await store.rescue_expired(100)
+    rescued, failed, _, _ = await store.rescue_expired(100)
     assert (rescued, failed) == (1, 0)
     (second,) = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30)]
     assert second.id == first.id and second.attempt == 2 and not second.suspect
@@ -93,7 +93,7 @@ async def test_lease_expiry_past_max_attempts_fails_a_poison_chunk(store: Store,
         assert len(claimed) == 1
         await store.mark_chunk_started(claimed[0].id, claimed[0].attempt)  # as the executor does once orphaned
         await conn.execute("UPDATE chunkd_chunk SET lease_until = now() - interval '1 second'")
-        _, failed, _ = await store.rescue_expired(100)
+        _, failed, _, _ = await store.rescue_expired(100)
         assert failed == expect_failed
     row = await conn.fetchrow("SELECT state, error_message FROM chunkd_chunk WHERE instance_id = $1", iid)
     assert row["state"] == C.FAILED and "worker died" in row["error_message"]

@@ -129,3 +129,12 @@ def test_cancelled_chunks_in_a_running_instance_fail_it_with_the_reason() -> Non
     assert p.reason is not None and "2 of step 1" in p.reason and "restart" in p.reason
     gated = plan(GATED, "IN_PROGRESS", 1, [sc(0, 1, 1), sc(1, 10, 9, cancelled=1)], False, 1.0)
     assert gated.action is Action.FAIL
+
+
+def test_a_failing_instance_reports_what_completed_and_its_errors() -> None:  # issue 24 row 3
+    # 29 of 30 work chunks completed, one failed: the failed one is not progress
+    p = plan(FREE, "IN_PROGRESS", 0, [sc(0, 1, 1), sc(1, 30, 29, failed=1, errors=1)], False, 1.0)
+    assert p.action is Action.FAIL
+    assert p.progress == (1 + 29) / 31 and p.errors == 1
+    cancelled = plan(FREE, "IN_PROGRESS", 0, [sc(0, 1, 1), sc(1, 10, 4, cancelled=6)], False, 1.0)
+    assert cancelled.progress == (1 + 4) / 11

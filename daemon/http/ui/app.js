@@ -7,6 +7,9 @@ const STATUSES = ["QUEUED", "IN_PROGRESS", "FINALIZE", "COMPLETED", "ERRORED", "
 const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
 const RESTARTABLE = new Set(["FAILED", "CANCELLED"]);
 const CHUNK_STATES = ["COMPLETED", "IN_PROGRESS", "READY", "POLL_WAITING", "ERRORED", "GATE_WAITING", "FAILED", "CANCELLED"];
+// IN_PROGRESS chunks are claimed (leased to a daemon: queued there or running), not all running.
+const STATE_WORD = { IN_PROGRESS: "CLAIMED" };
+const stateWord = (k) => STATE_WORD[k] || k;
 
 const main = document.getElementById("main");
 const toast = document.getElementById("toast");
@@ -85,10 +88,10 @@ function progressBar(fraction, label) {
 function stackedBar(states, label) {
   const total = Object.values(states).reduce((a, b) => a + b, 0);
   const bar = h("div", { class: "bar stacked", role: "img", "aria-label": `${label}: ` +
-    (CHUNK_STATES.filter((k) => states[k]).map((k) => `${states[k]} ${k}`).join(", ") || "no chunks") });
+    (CHUNK_STATES.filter((k) => states[k]).map((k) => `${states[k]} ${stateWord(k)}`).join(", ") || "no chunks") });
   for (const k of CHUNK_STATES) {
     if (!states[k]) continue;
-    const seg = h("span", { class: `seg-${k}`, title: `${k}: ${states[k]}` });
+    const seg = h("span", { class: `seg-${k}`, title: `${stateWord(k)}: ${states[k]}` });
     seg.style.width = `${(100 * states[k]) / total}%`;
     bar.append(seg);
   }
@@ -97,7 +100,7 @@ function stackedBar(states, label) {
 
 function legend() {
   return h("div", { class: "legend", "aria-hidden": "true" },
-    CHUNK_STATES.map((k) => h("span", {}, h("i", { class: `seg-${k}` }), k)));
+    CHUNK_STATES.map((k) => h("span", {}, h("i", { class: `seg-${k}` }), stateWord(k))));
 }
 
 const fmt = {
@@ -280,6 +283,7 @@ function instancePage(id) {
       h("dt", {}, "Fired by"), h("dd", { id: "fired-by" }, inst.schedule_id ?
         [h("a", { href: "#/schedules" }, `schedule ${inst.schedule_id}`), ` (occurrence ${fmt.time(inst.scheduled_for)})`]
         : "a submit (no schedule)"),
+      inst.cancel_reason ? [h("dt", {}, "Cancelled"), h("dd", { id: "cancel-reason" }, inst.cancel_reason)] : null,
       inst.error_message ? [h("dt", {}, "Error"), h("dd", { class: "error" }, inst.error_message)] : null,
       h("dt", {}, "Parameters"), h("dd", {}, h("code", {}, JSON.stringify(inst.parameters))));
     steps.replaceChildren(...(inst.steps || []).map((st) => h("tr", {},
@@ -291,7 +295,7 @@ function instancePage(id) {
     chart.replaceChildren(throughputChart(series));
     errors.replaceChildren(...chunkErrors.chunks.map((c) => h("tr", {},
       h("td", {}, String(c.id)), h("td", {}, c.step_name), h("td", {}, c.status),
-      h("td", {}, `${c.attempt}`), h("td", {}, `${c.failures} of ${c.max_attempts}`),
+      h("td", {}, `${c.error_attempt ?? c.attempt}`), h("td", {}, `${c.failures} of ${c.max_attempts}`),
       h("td", { class: "error" }, c.error_message,
         c.error_trace ? h("details", {}, h("summary", {}, "Traceback"), h("pre", { class: "trace" }, c.error_trace)) : null))));
     if (!chunkErrors.chunks.length) errors.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No errors.")));
@@ -414,9 +418,10 @@ function schedulesPage() {
     body.replaceChildren(...schedules.map((sc) => h("tr", {},
       h("th", { scope: "row" }, sc.id), h("td", {}, sc.job),
       h("td", {}, sc.cron ? `cron ${sc.cron} (${sc.dialect}, ${sc.timezone})` : `every ${fmt.dur(sc.every_seconds)}`),
-      h("td", {}, sc.paused ? "—" : fmt.time(sc.next_fire_at)), h("td", {}, fmt.time(sc.last_fire_at)),
+      h("td", {}, sc.paused || sc.orphaned_at ? "—" : fmt.time(sc.next_fire_at)), h("td", {}, fmt.time(sc.last_fire_at)),
       h("td", {}, sc.last_instance_id ? h("a", { href: `#/instances/${sc.last_instance_id}` }, `#${sc.last_instance_id}`) : "—"),
-      h("td", {}, sc.paused ? "paused" : "active"),
+      h("td", { title: sc.orphaned_at ? "Declared in a job module no running daemon declares any more: it does not fire." : "" },
+        sc.orphaned_at ? "orphaned (does not fire)" : sc.paused ? "paused" : "active"),
       h("td", {}, h("button", { type: "button", onclick: () =>
         act(`/api/v1/schedules/${encodeURIComponent(sc.id)}/${sc.paused ? "resume" : "pause"}`, refresh) },
         sc.paused ? `Resume ${sc.id}` : `Pause ${sc.id}`)))));
@@ -440,7 +445,7 @@ function clusterPage() {
   const body = h("tbody");
   const summary = h("p", { class: "muted" });
   const root = h("section", { "aria-labelledby": "page-title" }, h("h1", { id: "page-title" }, "Cluster"), summary,
-    h("table", { id: "nodes" }, h("thead", {}, h("tr", {}, ["Node", "Name", "PID", "Partitions", "In flight", "Last seen", "Started", "Role"]
+    h("table", { id: "nodes" }, h("thead", {}, h("tr", {}, ["Node", "Name", "PID", "Partitions", "Claimed (in flight)", "Last seen", "Started", "Role"]
       .map((t) => h("th", { scope: "col" }, t)))), body));
   async function refresh() {
     const { nodes } = await api("/api/v1/cluster");
