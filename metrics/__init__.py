@@ -64,6 +64,17 @@ QUEUE_OLDEST_READY = Gauge("chunkd_queue_oldest_ready_age_seconds",
                            "Exported by the maintenance leader.", ["partition"])
 REDUCTIONS = Counter("chunkd_reductions", "Reduction steps finished by this daemon's maintenance, by outcome.",
                      ["job", "outcome"])
+REDUCTION_FAILURES = Counter(
+    "chunkd_reduction_failures",
+    "Failed reduction attempts by job and reason (statement timeout, idle-in-transaction timeout, lock timeout, "
+    "error: the reducer raised; database unavailable: not counted against max_attempts). The reduction runs "
+    "again after a backoff until its step's max_attempts, then the instance FAILS.", ["job", "reason"])
+REDUCTIONS_RETRYING = Gauge("chunkd_reductions_retrying",
+                            "Instances whose reduction failed and waits to run again (exported by the maintenance "
+                            "leader); see reduction_attempts and last_error on the instance.")
+SCHEDULE_FIRE_FAILURES = Counter("chunkd_schedule_fire_failures",
+                                 "Failed attempts to fire a schedule's occurrence, by schedule and reason.",
+                                 ["schedule", "reason"])
 GATES_ADVANCED = Counter("chunkd_gates_advanced", "Gates opened by maintenance (the next step's chunks became READY).",
                          _STEP)
 LEADER_CHANGES = Counter("chunkd_maintenance_leader_changes",

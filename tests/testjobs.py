@@ -460,3 +460,70 @@ async def s_reduce(params: CountParams, chunks: AsyncIterator[Item], ctx: Contex
     ctx.tx.execute("SELECT pg_advisory_lock($1)", SESSION_LOCK_KEY + 1)
     ctx.tx.execute("SET application_name = 'chunkd-leaked'")
     return Sum(count, 0)
+
+
+# ------------------------------------------------------------ issue 22 rows 5 and 7
+class FloodParams(msgspec.Struct, forbid_unknown_fields=True):
+    n: int = 0  # chunks to emit; 0: for ever (an unchecked parameter, say)
+
+
+# An async first step that emits without bound and never awaits: the per-run caps
+# (CHUNKD_MAX_CHUNKS_PER_RUN, CHUNKD_MAX_EMIT_BYTES_PER_RUN) must stop it.
+flood = Job("test.flood", params=FloodParams)
+
+
+@flood.first_step(emits=Item, max_attempts=3)
+async def f_plan(params: FloodParams, ctx: Context, sink: Sink[Item]) -> None:
+    i = 0
+    while not params.n or i < params.n:
+        try:
+            sink.emit(Item(i))
+        except PermanentError:
+            if params.n:
+                raise
+            # swallowed: the step carries on for a while, as a careless one would
+            if i > 3_000_000:
+                return
+        i += 1
+
+
+@flood.step(consumes=Item)
+async def f_work(params: FloodParams, chunk: Item, ctx: Context) -> None:
+    pass
+
+
+class DbaParams(msgspec.Struct, forbid_unknown_fields=True):
+    chunks: int = 1
+    hold_s: float = 0.0        # the reduction holds its transaction this long (awaiting)
+    sleep_tx_s: float = 0.0    # chunk 0's transactional write runs pg_sleep this long
+
+
+# Under a DBA's statement_timeout / idle_in_transaction_session_timeout: a reduction that
+# holds its transaction too long and a transactional step whose write runs too long.
+dba = Job("test.dba", params=DbaParams, gated=True)
+
+
+@dba.first_step(emits=Item)
+async def d_plan(params: DbaParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+@dba.step(consumes=Item, emits=Item, transactional=True, max_attempts=3, backoff_base=0.1, backoff_max=0.5)
+async def d_work(params: DbaParams, chunk: Item, ctx: Context, sink: Sink[Item]) -> None:
+    ctx.tx.execute("INSERT INTO test_dba_effect (instance_id, n) VALUES ($1, $2)", ctx.instance_id, chunk.n)
+    if params.sleep_tx_s and chunk.n == 0:
+        ctx.tx.execute("SELECT pg_sleep($1)", params.sleep_tx_s)
+    sink.emit(chunk)
+
+
+@dba.reduce(consumes=Item, transactional=True)  # max_attempts: 3 by default
+async def d_reduce(params: DbaParams, chunks: AsyncIterator[Item], ctx: Context) -> Sum:
+    count = total = 0
+    async for c in chunks:
+        count += 1
+        total += c.n
+    if params.hold_s:
+        await anyio.sleep(params.hold_s)  # Python work inside the reduction's transaction
+    ctx.tx.execute("INSERT INTO test_dba_reduced (instance_id) VALUES ($1)", ctx.instance_id)
+    return Sum(count, total)

@@ -212,7 +212,8 @@ def instance_out(row: dict[str, Any]) -> m.Instance:
         chunks_per_second=row["chunks_per_second"], eta_seconds=row["eta_seconds"],
         error_message=row["error_message"], error_count=row["error_count"],
         report=json.loads(row["report"]) if row["report"] is not None else None,
-        schedule_id=row.get("schedule_id"), scheduled_for=row.get("scheduled_for"))
+        schedule_id=row.get("schedule_id"), scheduled_for=row.get("scheduled_for"),
+        reduction_attempts=row.get("reduction_attempts") or 0, last_error=row.get("last_error"))
 
 
 def _decode_data(data: bytes | None) -> Any:

@@ -1,0 +1,98 @@
+"""Issue 22 row 5: a database hardened by its DBA (statement_timeout = 2s, lock_timeout = 1s,
+idle_in_transaction_session_timeout = 5s, set with ALTER DATABASE: real server-side
+timeouts). Work that runs into them counts attempts, backs off, says why while it retries,
+and ends FAILED naming the server's reason; chunkd's own statements are not affected."""
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import anyio
+import asyncpg
+import pytest
+
+from storage.states import C
+from tests.conftest import submit_direct, wait_status
+
+pytestmark = pytest.mark.anyio
+
+TABLES = """
+CREATE TABLE test_dba_effect (instance_id bigint, n int);
+CREATE TABLE test_dba_reduced (instance_id bigint);
+"""
+
+
+async def harden(conn: asyncpg.Connection) -> None:
+    """The DBA's settings, for every later connection to this database (the daemon's included)."""
+    db = await conn.fetchval("SELECT current_database()")
+    for setting, value in (("statement_timeout", "2s"), ("lock_timeout", "1s"),
+                           ("idle_in_transaction_session_timeout", "5s")):
+        await conn.execute(f'ALTER DATABASE "{db}" SET {setting} = \'{value}\'')
+    await conn.execute(TABLES)
+
+
+def get_instance(url: str, iid: int) -> dict[str, object]:
+    with urllib.request.urlopen(f"{url}/api/v1/instances/{iid}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+async def test_reduction_killed_by_idle_timeout_fails_after_max_attempts(
+        dsn: str, conn: asyncpg.Connection, api_daemon) -> None:  # type: ignore[no-untyped-def]
+    """The reduction holds its transaction 7 s; the server ends it at 5 s, every try. The
+    instance shows its attempts and the reason while it retries, then FAILS after the
+    step's 3 attempts naming the idle-in-transaction timeout. A 3,000-chunk transactional
+    job beside it completes exactly once under the same limits."""
+    await harden(conn)
+    api = api_daemon(CHUNKD_LOG_LEVEL="info")
+    stuck = await submit_direct(dsn, "test.dba", {"chunks": 5, "hold_s": 7})
+    normal = await submit_direct(dsn, "test.dba", {"chunks": 3000})
+    await wait_status(conn, stuck, {"FINALIZE"}, 60)
+    # while it retries: attempts and the server's reason on the instance, in the API
+    seen: dict[str, object] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        seen = await anyio.to_thread.run_sync(get_instance, api.url, stuck)
+        if seen["status"] == "FINALIZE" and seen["reduction_attempts"] >= 1:
+            break
+        await anyio.sleep(0.2)
+    assert seen["status"] == "FINALIZE", seen
+    assert seen["reduction_attempts"] >= 1
+    assert "idle-in-transaction timeout" in str(seen["last_error"]), seen
+    await wait_status(conn, stuck, {"FAILED"}, 90)
+    row = await conn.fetchrow("SELECT error_message, reduction_attempts FROM chunkd_instance WHERE id = $1", stuck)
+    assert row["reduction_attempts"] == 3
+    assert "idle-in-transaction timeout" in row["error_message"] and "attempt 3 of 3" in row["error_message"]
+    assert await conn.fetchval("SELECT count(*) FROM test_dba_reduced WHERE instance_id = $1", stuck) == 0
+    metrics = await anyio.to_thread.run_sync(lambda: urllib.request.urlopen(f"{api.url}/metrics", timeout=10).read())
+    assert b'chunkd_reduction_failures_total{job="test.dba",reason="idle-in-transaction timeout"} 3.0' in metrics
+
+    # the normal job beside it: every chunk's transactional write exactly once, one reduction
+    assert await wait_status(conn, normal, {"COMPLETED", "FAILED"}, 240) == "COMPLETED"
+    assert await conn.fetchval("SELECT count(*) FROM test_dba_effect WHERE instance_id = $1", normal) == 3000
+    assert await conn.fetchval("SELECT count(DISTINCT n) FROM test_dba_effect WHERE instance_id = $1", normal) == 3000
+    assert await conn.fetchval("SELECT count(*) FROM test_dba_reduced WHERE instance_id = $1", normal) == 1
+    report = json.loads(await conn.fetchval("SELECT report FROM chunkd_instance WHERE id = $1", normal))
+    assert report == {"count": 3000, "total": sum(range(3000))}
+    assert api.daemon.terminate() == 0
+
+
+async def test_transactional_step_over_statement_timeout_fails_with_reason(
+        dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
+    """Chunk 0's transactional write runs 3 s, past the 2 s statement_timeout: each attempt
+    counts as a failure (found at once, not retried blindly as a database outage), and the
+    chunk, then the instance, end FAILED naming the statement timeout; its batch-mates
+    commit exactly once."""
+    await harden(conn)
+    d = spawn_daemon(CHUNKD_LOG_LEVEL="info")
+    iid = await submit_direct(dsn, "test.dba", {"chunks": 20, "sleep_tx_s": 3})
+    assert await wait_status(conn, iid, {"FAILED", "COMPLETED"}, 100) == "FAILED"
+    chunk = await conn.fetchrow("SELECT failures, error_message FROM chunkd_chunk WHERE instance_id = $1 "
+                                f"AND step = 1 AND state = {int(C.FAILED)}", iid)
+    assert chunk is not None and chunk["failures"] == 3
+    assert "writes failed: statement timeout" in chunk["error_message"]
+    msg = await conn.fetchval("SELECT error_message FROM chunkd_instance WHERE id = $1", iid)
+    assert "statement timeout" in msg
+    rows = [r[0] for r in await conn.fetch("SELECT n FROM test_dba_effect WHERE instance_id = $1", iid)]
+    assert sorted(rows) == list(range(1, 20))  # chunk 0's write never committed; the others once
+    assert d.terminate() == 0
