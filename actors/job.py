@@ -98,8 +98,8 @@ class Sink(Generic[T]):
         if not isinstance(item, self._type):
             raise TypeError(f"this step emits {self._type.__name__}, got {type(item).__name__}")
         if len(self.encoded) >= self.max_chunks:
-            self._over(f"this step run emitted more than {self.max_chunks:,} chunks, the limit of one run "
-                       "(CHUNKD_MAX_CHUNKS_PER_RUN); emit fewer, larger chunks or split the work over more runs")
+            self._over("this step run emitted more than {:,} chunks, the limit of one run (CHUNKD_MAX_CHUNKS_PER_RUN); "
+                       "emit fewer, larger chunks or split the work over more runs", self.max_chunks)
         data = encode(item)
         n = len(data)
         if n > self.max_bytes:
@@ -108,15 +108,15 @@ class Sink(Generic[T]):
             raise ChunkTooLarge(self.too_large)
         self.total += n
         if self.total > self.max_total:
-            self._over(f"this step run emitted more than {self.max_total:,} bytes of chunks, the limit of one run "
-                       "(CHUNKD_MAX_EMIT_BYTES_PER_RUN); split the work over more runs")
+            self._over("this step run emitted more than {:,} bytes of chunks, the limit of one run "
+                       "(CHUNKD_MAX_EMIT_BYTES_PER_RUN); split the work over more runs", self.max_total)
         self.encoded.append(data)
 
-    def _over(self, message: str) -> NoReturn:
+    def _over(self, message: str, limit: int) -> NoReturn:
         if self.too_large is None:
-            self.too_large = message
-        self.encoded.clear()  # the run fails: give its memory back at once
-        self.total = self.max_total + 1  # stays over: every later emit raises again
+            self.too_large = message.format(limit)
+            self.encoded.clear()  # the run fails: give its memory back at once
+            self.max_chunks = 0   # every later emit raises at the first compare, cheaply
         raise EmitLimitExceeded(self.too_large)
 
     def __len__(self) -> int:

@@ -325,7 +325,6 @@ class Maintenance:
         """Runs the reduction in one transaction that commits only if, at its end, the
         instance is still in FINALIZE and this node still holds the term it started with;
         otherwise everything rolls back, the reduction's own ctx.tx writes included."""
-        store = self.store
         step = job.steps[-1]
         assert step.kind is StepKind.REDUCE
         term = self.term
