@@ -131,7 +131,8 @@ class Scheduler:
     def _fire_failed(self, row: ScheduleRow, e: Exception) -> None:
         failed = self._failed.get(row.id)
         attempts = (failed[1] if failed is not None and failed[0] == row.next_fire_at else 0) + 1
-        delay = backoff_seconds(attempts, 1.0, 60.0)
+        # after the last allowed attempt, the next pass gives the occurrence up at once
+        delay = 0.0 if attempts >= MAX_FIRE_ATTEMPTS else backoff_seconds(attempts, 1.0, 60.0)
         self._failed[row.id] = (row.next_fire_at, attempts, time.monotonic() + delay)
         reason = limit_reason(e) or ("database unavailable" if is_transient(e) else "error")
         SCHEDULE_FIRE_FAILURES.labels(row.id, reason).inc()

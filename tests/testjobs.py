@@ -496,11 +496,18 @@ class DbaParams(msgspec.Struct, forbid_unknown_fields=True):
     chunks: int = 1
     hold_s: float = 0.0        # the reduction holds its transaction this long (awaiting)
     sleep_tx_s: float = 0.0    # chunk 0's transactional write runs pg_sleep this long
+    slow_check: bool = False   # params_check sleeps 3 s per row of test_dba_slowcheck
 
 
 # Under a DBA's statement_timeout / idle_in_transaction_session_timeout: a reduction that
 # holds its transaction too long and a transactional step whose write runs too long.
 dba = Job("test.dba", params=DbaParams, gated=True)
+
+
+@dba.params_check
+async def d_check(params: DbaParams, db: object) -> None:
+    if params.slow_check:
+        await db.fetchval("SELECT count(*) FROM (SELECT pg_sleep(3) FROM test_dba_slowcheck) s")  # type: ignore[attr-defined]
 
 
 @dba.first_step(emits=Item)

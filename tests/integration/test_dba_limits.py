@@ -20,6 +20,7 @@ pytestmark = pytest.mark.anyio
 TABLES = """
 CREATE TABLE test_dba_effect (instance_id bigint, n int);
 CREATE TABLE test_dba_reduced (instance_id bigint);
+CREATE TABLE test_dba_slowcheck (x int);
 """
 
 
@@ -53,11 +54,11 @@ async def test_reduction_killed_by_idle_timeout_fails_after_max_attempts(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         seen = await anyio.to_thread.run_sync(get_instance, api.url, stuck)
-        if seen["status"] == "FINALIZE" and seen["reduction_attempts"] >= 1:
+        if seen["status"] == "FINALIZE" and seen.get("reduction_attempts", 0) >= 1:
             break
         await anyio.sleep(0.2)
     assert seen["status"] == "FINALIZE", seen
-    assert seen["reduction_attempts"] >= 1
+    assert seen.get("reduction_attempts", 0) >= 1, seen
     assert "idle-in-transaction timeout" in str(seen["last_error"]), seen
     await wait_status(conn, stuck, {"FAILED"}, 90)
     row = await conn.fetchrow("SELECT error_message, reduction_attempts FROM chunkd_instance WHERE id = $1", stuck)
@@ -96,3 +97,34 @@ async def test_transactional_step_over_statement_timeout_fails_with_reason(
     rows = [r[0] for r in await conn.fetch("SELECT n FROM test_dba_effect WHERE instance_id = $1", iid)]
     assert sorted(rows) == list(range(1, 20))  # chunk 0's write never committed; the others once
     assert d.terminate() == 0
+
+
+async def test_schedule_firing_past_statement_timeout_is_counted_and_skipped(
+        conn: asyncpg.Connection, api_daemon) -> None:  # type: ignore[no-untyped-def]
+    """A schedule whose job's params_check runs past the statement timeout at firing time:
+    each failed attempt is counted (chunkd_schedule_fire_failures, reason named) and backed
+    off, and after 5 the occurrence is skipped with an error, never retried for ever."""
+    await harden(conn)
+    api = api_daemon(CHUNKD_LOG_LEVEL="info")
+    body = json.dumps({"id": "slow", "job": "test.dba", "parameters": {"slow_check": True},
+                       "every_seconds": 1}).encode()
+    req = urllib.request.Request(f"{api.url}/api/v1/schedules", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    await anyio.to_thread.run_sync(lambda: urllib.request.urlopen(req, timeout=10).read())
+    await conn.execute("INSERT INTO test_dba_slowcheck VALUES (1)")  # from now on its check takes 3 s
+
+    def skipped() -> bool:
+        return "schedule occurrence skipped: it failed to fire too many times" in api.daemon.log_path.read_text()
+    deadline = time.monotonic() + 90
+    while not skipped():
+        assert time.monotonic() < deadline, "the failing occurrence was never given up"
+        await anyio.sleep(0.5)
+    metrics = await anyio.to_thread.run_sync(lambda: urllib.request.urlopen(f"{api.url}/metrics", timeout=10).read())
+    line = [m for m in metrics.decode().splitlines()
+            if m.startswith('chunkd_schedule_fire_failures_total{reason="statement timeout",schedule="slow"}')]
+    assert line and float(line[0].split()[-1]) >= 5, line
+    fired = await conn.fetchval("SELECT count(*) FROM chunkd_instance WHERE job_name = 'test.dba'")
+    log = api.daemon.log_path.read_text()
+    assert log.count('"event": "firing a schedule failed; retrying after a backoff"') <= 20  # backed off
+    assert api.daemon.terminate() == 0
+    assert fired <= 2  # at most the occurrences before the table slowed the check
