@@ -35,6 +35,8 @@ def show_instance(inst: dict[str, Any], as_json: bool) -> None:
         print(f"rate {inst['chunks_per_second']:.1f} chunks/s" + (f", eta {eta:.0f}s" if eta else ""))
     if inst.get("error_message"):
         print(f"error ({inst['error_count']}): {inst['error_message']}")
+    elif inst.get("reduction_attempts"):
+        print(f"reduction retrying after {inst['reduction_attempts']} failed attempt(s): {inst.get('last_error')}")
     if inst.get("steps"):
         print(table([{**s, "states": " ".join(f"{k}={v}" for k, v in s["states"].items())} for s in inst["steps"]],
                     ["index", "name", "created", "completed", "failed", "cancelled", "errors", "states"]))
