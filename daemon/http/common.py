@@ -21,7 +21,7 @@ from daemon.http.auth import Scope, allows, scope_of
 from daemon.http.contract import parameters_schema
 from daemon.http.limits import MAX_BODY, MAX_JSON_DEPTH, json_depth
 from daemon.http.ports import Served
-from storage.states import C
+from storage.states import C, I
 from storage.types import StepCounts
 
 log = structlog.get_logger("chunkd.api")
@@ -283,4 +283,9 @@ class Api:
                                     c.errors, by_state.get(c.step, {}))
                      for c in d.counters]
         out.warnings = d.warnings
+        if row["status"] == I.ERRORED.value and out.last_error is None:
+            # chunks failing and retrying: the latest error says why (their attempts are on /chunks)
+            last = await self.engine().store.last_error(iid)
+            if last is not None:
+                out.last_error = f"step {_name(names, last[0])!r}: {last[1]}"
         return out

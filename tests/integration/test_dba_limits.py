@@ -79,15 +79,25 @@ async def test_reduction_killed_by_idle_timeout_fails_after_max_attempts(
 
 
 async def test_transactional_step_over_statement_timeout_fails_with_reason(
-        dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
+        dsn: str, conn: asyncpg.Connection, api_daemon) -> None:  # type: ignore[no-untyped-def]
     """Chunk 0's transactional write runs 3 s, past the 2 s statement_timeout: each attempt
-    counts as a failure (found at once, not retried blindly as a database outage), and the
-    chunk, then the instance, end FAILED naming the statement timeout; its batch-mates
-    commit exactly once."""
+    counts as a failure (found at once, not retried blindly as a database outage), the
+    instance says so while it retries, and the chunk, then the instance, end FAILED naming
+    the statement timeout; its batch-mates commit exactly once."""
     await harden(conn)
-    d = spawn_daemon(CHUNKD_LOG_LEVEL="info")
+    api = api_daemon(CHUNKD_LOG_LEVEL="info")
+    d = api.daemon
     iid = await submit_direct(dsn, "test.dba", {"chunks": 20, "sleep_tx_s": 3})
-    assert await wait_status(conn, iid, {"FAILED", "COMPLETED"}, 100) == "FAILED"
+    retrying: list[str] = []
+    deadline = time.monotonic() + 100
+    while (status := await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", iid)) != "FAILED":
+        assert time.monotonic() < deadline and status != "COMPLETED", status
+        if status == "ERRORED":
+            seen = await anyio.to_thread.run_sync(get_instance, api.url, iid)
+            if seen["status"] == "ERRORED" and seen.get("last_error"):
+                retrying.append(str(seen["last_error"]))
+        await anyio.sleep(0.1)
+    assert retrying and "statement timeout" in retrying[-1], retrying
     chunk = await conn.fetchrow("SELECT failures, error_message FROM chunkd_chunk WHERE instance_id = $1 "
                                 f"AND step = 1 AND state = {int(C.FAILED)}", iid)
     assert chunk is not None and chunk["failures"] == 3
