@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.request
 
+import anyio
 import asyncpg
 import pytest
 
@@ -81,8 +82,8 @@ async def test_unbounded_emitter_fails_naming_the_limit(dsn: str, conn: asyncpg.
             status = await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", iid)
             if status in ("FAILED", "COMPLETED"):
                 break
-            time.sleep(0.2)
-        time.sleep(1.0)  # and it still answers afterwards
+            await anyio.sleep(0.2)
+        await anyio.sleep(1.0)  # and it still answers afterwards
     finally:
         watch.stop.set()
         watch.join(5)
