@@ -497,6 +497,7 @@ class DbaParams(msgspec.Struct, forbid_unknown_fields=True):
     hold_s: float = 0.0        # the reduction holds its transaction this long (awaiting)
     sleep_tx_s: float = 0.0    # chunk 0's transactional write runs pg_sleep this long
     slow_check: bool = False   # params_check sleeps 3 s per row of test_dba_slowcheck
+    lock_tx: bool = False      # chunk 0's transactional write locks test_dba_locked
 
 
 # Under a DBA's statement_timeout / idle_in_transaction_session_timeout: a reduction that
@@ -521,6 +522,8 @@ async def d_work(params: DbaParams, chunk: Item, ctx: Context, sink: Sink[Item])
     ctx.tx.execute("INSERT INTO test_dba_effect (instance_id, n) VALUES ($1, $2)", ctx.instance_id, chunk.n)
     if params.sleep_tx_s and chunk.n == 0:
         ctx.tx.execute("SELECT pg_sleep($1)", params.sleep_tx_s)
+    if params.lock_tx and chunk.n == 0:
+        ctx.tx.execute("LOCK TABLE test_dba_locked IN ROW EXCLUSIVE MODE")
     sink.emit(chunk)
 
 

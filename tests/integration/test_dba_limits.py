@@ -21,6 +21,7 @@ TABLES = """
 CREATE TABLE test_dba_effect (instance_id bigint, n int);
 CREATE TABLE test_dba_reduced (instance_id bigint);
 CREATE TABLE test_dba_slowcheck (x int);
+CREATE TABLE test_dba_locked (x int);
 """
 
 
@@ -138,3 +139,27 @@ async def test_schedule_firing_past_statement_timeout_is_counted_and_skipped(
     assert log.count('"event": "firing a schedule failed; retrying after a backoff"') <= 20  # backed off
     assert api.daemon.terminate() == 0
     assert fired <= 2  # at most the occurrences before the table slowed the check
+
+
+async def test_transactional_step_over_lock_timeout_fails_with_reason(
+        dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
+    """Chunk 0's transactional write waits for a lock another session holds, past the 1 s
+    lock_timeout: its attempts count, and it ends FAILED naming the lock timeout, while the
+    rest of the job's writes commit once."""
+    await harden(conn)
+    async with conn.transaction():
+        await conn.execute("LOCK TABLE test_dba_locked IN ACCESS EXCLUSIVE MODE")  # held throughout
+        other = await asyncpg.connect(dsn)
+        try:
+            d = spawn_daemon()
+            iid = await submit_direct(dsn, "test.dba", {"chunks": 10, "lock_tx": True})
+            assert await wait_status(other, iid, {"FAILED", "COMPLETED"}, 100) == "FAILED"
+            chunk = await other.fetchrow("SELECT failures, error_message FROM chunkd_chunk WHERE instance_id = $1 "
+                                         f"AND step = 1 AND state = {int(C.FAILED)}", iid)
+            rows = sorted(r[0] for r in await other.fetch("SELECT n FROM test_dba_effect WHERE instance_id = $1", iid))
+        finally:
+            await other.close()
+    assert chunk is not None and chunk["failures"] == 3
+    assert "writes failed: lock timeout: LockNotAvailableError" in chunk["error_message"], chunk["error_message"]
+    assert rows == list(range(1, 10))
+    assert d.terminate() == 0
