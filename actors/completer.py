@@ -24,7 +24,7 @@ from metrics import (
     FLUSH_SECONDS,
     FLUSH_SIZE,
 )
-from storage.errors import BAD_INPUT, Backoff, is_transient
+from storage.errors import BAD_INPUT, Backoff, is_transient, limit_reason
 from storage.states import SETBACK_BY_ATTEMPTS, C
 from storage.store import Store
 from storage.types import Setback, Success
@@ -133,8 +133,9 @@ async def flush(c: Completer, batch: list[Outcome]) -> None:
         what = "the chunk's error could not be stored"
     log.warning("a chunk's result could not be written; recording a bare failure instead", job=o.job,
                 step=o.step, chunk_id=r.chunk_id, error=repr(cause))
+    reason = limit_reason(cause)
     bare = Setback(r.chunk_id, r.attempt, r.instance_id, r.step, SETBACK_BY_ATTEMPTS, True, 1.0,
-                   f"{what}: {type(cause).__name__}: {cause}")
+                   f"{what}: {reason + ': ' if reason else ''}{type(cause).__name__}: {cause}")
     try:
         await _flush(c, [Outcome(bare, o.job, o.step, o.partition, o.claimed_at)], bare=True)
     except _Unstorable as e:
@@ -159,6 +160,11 @@ async def _flush(c: Completer, batch: list[Outcome], *, bare: bool = False) -> N
             c.inflight.forget([o.result.chunk_id for o in batch])
             raise
         except Exception as e:
+            if not bare and limit_reason(e) is not None and any(s.tx_ops for s in successes):  # type: ignore[attr-defined]
+                # A DBA's statement or lock timeout: only the steps' own SQL runs under the
+                # database's limits here (storage.store.OWN_LIMITS), so it is a step's work
+                # that is too slow: find it and count its attempt, do not retry it blindly.
+                raise _Unstorable(e) from e
             if is_transient(e):
                 # Safe to retry: the fencing token refuses anything that already committed.
                 failures += 1

@@ -79,7 +79,12 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int, slot: S
     step_name = step.name
     ctx = Context(job.name, chunk.instance_id, chunk.id, step.name, chunk.attempt, log,
                   step.transactional, engine.reader)
-    sink: Sink[Any] | None = Sink(step.emits, engine.settings.steps.max_chunk_bytes) if step.emits is not None else None
+    if step.emits is not None:
+        limits = engine.settings.steps
+        sink: Sink[Any] | None = Sink(step.emits, limits.max_chunk_bytes, limits.max_chunks_per_run,
+                                      limits.max_emit_bytes_per_run)
+    else:
+        sink = None
     if chunk.orphaned:
         # A worker already died holding it: record that this attempt really starts, so that
         # if this process dies now the blame falls on it and not on chunks still waiting.
@@ -127,7 +132,7 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int, slot: S
         step_seconds(job_name, step_name).observe(time.perf_counter() - started)
     if slot.stop_requested:
         return setback(C.CANCELLED, "the instance ended while this step ran; the step was cancelled", failure=False)
-    if sink is not None and sink.too_large:  # the step swallowed ChunkTooLarge: still a failure
+    if sink is not None and sink.too_large:  # the step swallowed ChunkTooLarge or EmitLimitExceeded: still a failure
         return setback(C.FAILED, sink.too_large, failure=True)
     nxt = chunk.step + 1
     return Outcome(Success(

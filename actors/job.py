@@ -63,30 +63,61 @@ class ChunkTooLarge(PermanentError):
     """An emitted chunk's encoded data is over CHUNKD_MAX_CHUNK_BYTES: the step fails at once."""
 
 
+class EmitLimitExceeded(PermanentError):
+    """One step run emitted more chunks than CHUNKD_MAX_CHUNKS_PER_RUN, or more bytes than
+    CHUNKD_MAX_EMIT_BYTES_PER_RUN: the step fails at once (its children are held in memory
+    until the run ends, so an unbounded emitter would take the daemon down)."""
+
+
 DEFAULT_MAX_CHUNK_BYTES = 64 << 20
+DEFAULT_MAX_CHUNKS_PER_RUN = 1_000_000
+DEFAULT_MAX_EMIT_BYTES_PER_RUN = 256 << 20
 
 
 class Sink(Generic[T]):
     """Where a step emits its output chunks; each is encoded once, here, and checked
-    against the size limit before it can reach the database."""
+    against the size limits before it can reach the database. A run's children stay in
+    memory until it ends (they commit with its completion, exactly once), so one run may
+    emit at most `max_chunks` chunks and `max_total` bytes: past either, emit raises
+    EmitLimitExceeded, and keeps raising, however often the step catches it. The checks are
+    integer compares: emit is on the hot path of every step that fans out."""
 
-    __slots__ = ("_type", "encoded", "max_bytes", "too_large")
+    __slots__ = ("_type", "encoded", "max_bytes", "max_chunks", "max_total", "total", "too_large")
 
-    def __init__(self, tp: type, max_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> None:
+    def __init__(self, tp: type, max_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+                 max_chunks: int = DEFAULT_MAX_CHUNKS_PER_RUN, max_total: int = DEFAULT_MAX_EMIT_BYTES_PER_RUN) -> None:
         self._type = tp
         self.encoded: list[bytes] = []
         self.max_bytes = max_bytes
+        self.max_chunks = max_chunks
+        self.max_total = max_total
+        self.total = 0  # encoded bytes emitted so far by this run
         self.too_large: str | None = None  # set even if the step swallows the exception
 
     def emit(self, item: T) -> None:
         if not isinstance(item, self._type):
             raise TypeError(f"this step emits {self._type.__name__}, got {type(item).__name__}")
+        if len(self.encoded) >= self.max_chunks:
+            self._over("this step run emitted more than {:,} chunks, the limit of one run (CHUNKD_MAX_CHUNKS_PER_RUN); "
+                       "emit fewer, larger chunks or split the work over more runs", self.max_chunks)
         data = encode(item)
-        if len(data) > self.max_bytes:
-            self.too_large = (f"an emitted {self._type.__name__} chunk is {len(data):,} bytes, over the limit of "
+        n = len(data)
+        if n > self.max_bytes:
+            self.too_large = (f"an emitted {self._type.__name__} chunk is {n:,} bytes, over the limit of "
                               f"{self.max_bytes:,} bytes (CHUNKD_MAX_CHUNK_BYTES); emit smaller chunks")
             raise ChunkTooLarge(self.too_large)
+        self.total += n
+        if self.total > self.max_total:
+            self._over("this step run emitted more than {:,} bytes of chunks, the limit of one run "
+                       "(CHUNKD_MAX_EMIT_BYTES_PER_RUN); split the work over more runs", self.max_total)
         self.encoded.append(data)
+
+    def _over(self, message: str, limit: int) -> NoReturn:
+        if self.too_large is None:
+            self.too_large = message.format(limit)
+            self.encoded.clear()  # the run fails: give its memory back at once
+            self.max_chunks = 0   # every later emit raises at the first compare, cheaply
+        raise EmitLimitExceeded(self.too_large)
 
     def __len__(self) -> int:
         return len(self.encoded)
@@ -250,10 +281,14 @@ class Job:
                                     weight, backoff_base, backoff_max)
 
     def reduce(self, *, consumes: type, name: str | None = None, transactional: bool = False,
-               weight: float = 1.0) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """`fn(params, chunks, ctx) -> report`: sees every chunk of the previous step, streamed."""
-        return lambda fn: self._add(fn, StepKind.REDUCE, consumes, None, name, 1, transactional,
-                                    weight, 1.0, 1.0)
+               weight: float = 1.0, max_attempts: int = 3, backoff_base: float = 1.0,
+               backoff_max: float = 60.0) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """`fn(params, chunks, ctx) -> report`: sees every chunk of the previous step, streamed.
+        A failed run (the reducer raised, or the database ended its transaction: a statement
+        or idle-in-transaction timeout) runs again after a backoff, and the instance FAILS
+        after `max_attempts` of them."""
+        return lambda fn: self._add(fn, StepKind.REDUCE, consumes, None, name, max_attempts, transactional,
+                                    weight, backoff_base, backoff_max)
 
     def params_check(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """`async fn(params, db)`: checks that need the database (does the table exist?), run at

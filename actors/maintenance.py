@@ -30,10 +30,13 @@ from metrics import (
     MAINTENANCE_SECONDS,
     QUEUE_CHUNKS,
     QUEUE_OLDEST_READY,
+    REDUCTION_FAILURES,
     REDUCTIONS,
+    REDUCTIONS_RETRYING,
 )
 from storage.codec import decode, to_json
-from storage.errors import TRANSIENT, Backoff
+from storage.errors import IDLE_TIMEOUT, TRANSIENT, Backoff, closed_connection, is_transient, limit_reason
+from storage.retry import backoff_seconds
 from storage.reader import Reader
 from storage.states import I
 from storage.store import Store, reset_after_user_sql
@@ -67,6 +70,7 @@ class Maintenance:
         self.reader, self.node_id = reader, node_id
         self.leader = False
         self.reducing: set[int] = set()
+        self._retry_at: dict[int, float] = {}  # instance -> when its failed reduction may run again
         self.term: LeaderTerm | None = None  # the fencing token of every leader write
         self.rates: dict[int, RateState] = {}  # per instance, for the smoothed ETA (leader-local)
         self._shown: dict[int, Progress] = {}  # per instance, the progress last written
@@ -199,6 +203,7 @@ class Maintenance:
         if not self.leader:
             QUEUE_CHUNKS.clear()
             QUEUE_OLDEST_READY.clear()
+            REDUCTIONS_RETRYING.set(0)
             return
         for status in I:
             INSTANCES.labels(status.value).set(0)
@@ -238,10 +243,15 @@ class Maintenance:
             await self.export_gauges(etas)
         if not active:
             self._shown.clear()
+            self._retry_at.clear()
+            REDUCTIONS_RETRYING.set(0)
             return set()
         ids = [i.id for i in active]
         live = set(ids)
         self.rates = {i: r for i, r in self.rates.items() if i in live}  # finished ones go
+        if self._retry_at:
+            self._retry_at = {i: t for i, t in self._retry_at.items() if i in live}
+        REDUCTIONS_RETRYING.set(len(self._retry_at))
         self._shown = {i: r for i, r in self._shown.items() if i in live}
         counts = await store.step_counts(ids)
         errored = await store.instances_with_errored_chunks(ids)
@@ -355,15 +365,18 @@ class Maintenance:
                       job=d.job.name, instance_id=d.inst.id, run=d.inst.run, to=what)
 
     def _start_reduction(self, inst: InstanceRow, job: Job) -> None:
-        if inst.id not in self.reducing:
-            self.reducing.add(inst.id)
-            self._tg.start_soon(self._reduce, inst, job)
+        if inst.id in self.reducing:
+            return
+        not_before = self._retry_at.get(inst.id)
+        if not_before is not None and time.monotonic() < not_before:
+            return  # its last attempt failed: backing off
+        self.reducing.add(inst.id)
+        self._tg.start_soon(self._reduce, inst, job)
 
     async def _reduce(self, inst: InstanceRow, job: Job) -> None:
         """Runs the reduction in one transaction that commits only if, at its end, the
         instance is still in FINALIZE and this node still holds the term it started with;
         otherwise everything rolls back, the reduction's own ctx.tx writes included."""
-        store = self.store
         step = job.steps[-1]
         assert step.kind is StepKind.REDUCE
         term = self.term
@@ -371,6 +384,7 @@ class Maintenance:
         try:
             if term is None:
                 return
+            started = time.monotonic()
             try:
                 report = await self._reduce_in_tx(inst, job, term)
             except _Superseded:
@@ -379,25 +393,59 @@ class Maintenance:
             except NotLeader as e:
                 bound.warning("reduction rolled back: this node's maintenance term ended", error=str(e))
                 return
-            except TRANSIENT as e:
-                bound.warning("reduction interrupted by a database error; will run again", error=repr(e))
+            except Exception as e:  # noqa: BLE001 - the reducer failed, its data is bad, or the database ended it
+                await self._reduction_failed(inst, job, term, e, time.monotonic() - started, bound)
                 return
-            except Exception as e:  # noqa: BLE001 - the user's reducer failed (or its data is bad)
-                msg = f"reduction step {step.name!r} failed: {type(e).__name__}: {e}"
-                bound.warning("reduction failed", error=msg)
-                REDUCTIONS.labels(job.name, "failed").inc()
-                if await store.finish_instance(inst.id, I.FAILED, error=msg, leader=term,
-                                               decided=Finish(inst.id, inst.run, 0)):
-                    bound.error("instance state change", status=I.FAILED.value, error=msg)  # no chunk: the reduction
-                    await _handler(job.on_error, inst.id, msg)
-                return
+            self._retry_at.pop(inst.id, None)
             REDUCTIONS.labels(job.name, "completed").inc()
             bound.info("instance state change", status=I.COMPLETED.value)
             await _handler(job.on_complete, inst.id, report)
-        except (NotLeader, *TRANSIENT) as e:  # recording the failure itself failed: the next pass retries
+        except (NotLeader, *TRANSIENT) as e:  # recording the failure itself failed: a later pass retries
+            self._retry_at[inst.id] = time.monotonic() + 1.0
             bound.warning("could not record the reduction's failure; will run again", error=repr(e))
         finally:
             self.reducing.discard(inst.id)
+
+    async def _reduction_failed(self, inst: InstanceRow, job: Job, term: LeaderTerm, e: Exception,
+                                held: float, bound: Any) -> None:
+        """A failed attempt is counted and shown on the instance (reduction_attempts,
+        last_error) and in chunkd_reduction_failures; the next one waits a backoff; at the
+        step's max_attempts (at once for a report over its limit) the instance FAILS naming
+        the reason. The database going away (connection lost, server restarting, an
+        operator's cancel) is shown but not counted: it is not the work's failure."""
+        step = job.steps[-1]
+        reason = limit_reason(e)
+        idle = self.store.user_limits.idle_seconds if self.store.user_limits is not None else 0.0
+        if reason is None and idle > 0 and held >= idle and closed_connection(e):
+            # the server ended a transaction the reduction held open past the database's
+            # idle_in_transaction_session_timeout (asyncpg reports only the closed connection)
+            reason = IDLE_TIMEOUT
+        counted = reason is not None or not is_transient(e)
+        detail = f"{type(e).__name__}: {e}"
+        if reason == IDLE_TIMEOUT and closed_connection(e):
+            detail = (f"the database closed the connection after the reduction held its transaction "
+                      f"{held:.1f} s (idle_in_transaction_session_timeout is "
+                      f"{self.store.user_limits.idle_in_transaction if self.store.user_limits else '?'}); {detail}")
+        msg = f"reduction step {step.name!r} failed: {reason + ': ' if reason else ''}{detail}"
+        REDUCTION_FAILURES.labels(job.name, reason or ("error" if counted else "database unavailable")).inc()
+        attempts = await self.store.reduction_failed(inst.id, inst.run, msg, counted=counted, leader=term)
+        if attempts is None:
+            self._retry_at.pop(inst.id, None)
+            return  # it left FINALIZE meanwhile (cancelled, finished elsewhere)
+        if counted and (attempts >= step.max_attempts or isinstance(e, ReportTooLarge)):
+            final = f"{msg} (attempt {attempts} of {step.max_attempts})"
+            bound.warning("reduction failed", error=final, attempts=attempts)
+            REDUCTIONS.labels(job.name, "failed").inc()
+            self._retry_at.pop(inst.id, None)
+            if await self.store.finish_instance(inst.id, I.FAILED, error=final, leader=term,
+                                                decided=Finish(inst.id, inst.run, 0)):
+                bound.error("instance state change", status=I.FAILED.value, error=final)  # no chunk: the reduction
+                await _handler(job.on_error, inst.id, final)
+            return
+        delay = backoff_seconds(max(1, attempts), step.backoff_base, step.backoff_max) if counted else 1.0
+        self._retry_at[inst.id] = time.monotonic() + delay
+        bound.warning("reduction failed; will run again", error=msg, attempts=attempts,
+                      max_attempts=step.max_attempts, counted=counted, retry_in=delay)
 
     async def _reduce_in_tx(self, inst: InstanceRow, job: Job, term: LeaderTerm) -> Any:
         store = self.store
@@ -406,6 +454,7 @@ class Maintenance:
         ctx = Context(job.name, inst.id, None, step.name, 1, log, step.transactional, self.reader)
         async with store.pool.acquire() as conn, reset_after_user_sql(conn, lambda: bool(ctx.tx.ops)), \
                 conn.transaction():
+            await store.apply_user_limits(conn)  # the reducer's transaction: the database's limits
             raw = store.reduction_input(conn, inst.id, step.index)
             items = _decoded(raw, step.consumes)  # type: ignore[arg-type]
             if step.is_async:

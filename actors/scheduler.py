@@ -16,7 +16,9 @@ from actors.registry import Registry, UnknownJobError
 from actors.scheduling import ScheduleError, Spec, next_after, plan_fire, validate
 from actors.settings import SchedulerSettings
 from channels.base import Channel
-from storage.errors import TRANSIENT, Backoff
+from metrics import SCHEDULE_FIRE_FAILURES
+from storage.errors import TRANSIENT, Backoff, is_transient, limit_reason
+from storage.retry import backoff_seconds
 from storage.reader import Reader
 from storage.schedules import ScheduleRow, Schedules
 from storage.store import Store
@@ -25,6 +27,9 @@ log = structlog.get_logger("chunkd.scheduler")
 
 RETENTION_SCHEDULE = "chunkd.retention"
 ORPHAN_SWEEP_EVERY = 5.0  # seconds between looks for declared schedules nobody declares any more
+# Failed attempts at firing one occurrence (a params_check past a DBA's statement timeout,
+# the database away) before it is skipped, logged as an error: never retried for ever.
+MAX_FIRE_ATTEMPTS = 5
 
 
 def row_for(sid: str, job: str, version: int | None, params_json: str, spec: Spec, source: str,
@@ -47,6 +52,8 @@ class Scheduler:
         self.settings, self.store, self.channel, self.registry, self.reader = settings, store, channel, registry, reader
         self.schedules = Schedules(store.pool)
         self.registered = False
+        # schedule id -> (the occurrence that failed, failed attempts, monotonic time of the next)
+        self._failed: dict[str, tuple[datetime, int, float]] = {}
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -110,6 +117,9 @@ class Scheduler:
                     await anyio.sleep(delay)
                     continue
                 for row, now in due:
+                    failed = self._failed.get(row.id)
+                    if failed is not None and failed[0] == row.next_fire_at and time.monotonic() < failed[2]:
+                        continue  # backing off after a failed attempt at this occurrence
                     if row.id not in firing:
                         firing.add(row.id)
                         tg.start_soon(self._fire_one, row, now, limiter, firing)
@@ -123,15 +133,32 @@ class Scheduler:
                         firing: set[str]) -> None:
         try:
             async with limiter:
-                await self._fire(row, now)
-        except TRANSIENT as e:
-            log.warning("firing a schedule failed; another pass retries it", schedule=row.id, error=repr(e))
+                failed = self._failed.get(row.id)
+                attempts = failed[1] if failed is not None and failed[0] == row.next_fire_at else 0
+                await self._fire(row, now, give_up=attempts >= MAX_FIRE_ATTEMPTS)
+            self._failed.pop(row.id, None)
         except RuntimeError as e:
             log.info("schedule changed while firing; skipped this pass", schedule=row.id, error=str(e))
+        except Exception as e:  # noqa: BLE001 - the database or the job's params_check: count, back off
+            self._fire_failed(row, e)
         finally:
             firing.discard(row.id)
 
-    async def _fire(self, row: ScheduleRow, now: datetime) -> None:
+    def _fire_failed(self, row: ScheduleRow, e: Exception) -> None:
+        failed = self._failed.get(row.id)
+        attempts = (failed[1] if failed is not None and failed[0] == row.next_fire_at else 0) + 1
+        # after the last allowed attempt, the next pass gives the occurrence up at once
+        delay = 0.0 if attempts >= MAX_FIRE_ATTEMPTS else backoff_seconds(attempts, 1.0, 60.0)
+        self._failed[row.id] = (row.next_fire_at, attempts, time.monotonic() + delay)
+        reason = limit_reason(e) or ("database unavailable" if is_transient(e) else "error")
+        SCHEDULE_FIRE_FAILURES.labels(row.id, reason).inc()
+        log.warning("firing a schedule failed; retrying after a backoff", schedule=row.id,
+                    occurrence=row.next_fire_at.isoformat(), reason=reason, error=repr(e), attempts=attempts,
+                    max_attempts=MAX_FIRE_ATTEMPTS, retry_in=delay)
+
+    async def _fire(self, row: ScheduleRow, now: datetime, give_up: bool = False) -> None:
+        """Fires the row's due occurrence; with `give_up` (it failed MAX_FIRE_ATTEMPTS times)
+        skips it instead, with an error in the log."""
         try:
             job = self.registry.get(row.job_name, row.job_version)
         except UnknownJobError as e:
@@ -140,6 +167,10 @@ class Scheduler:
             return
         spec = spec_of(row)
         fire, nxt = plan_fire(spec, row.next_fire_at, now)
+        if fire and give_up:
+            log.error("schedule occurrence skipped: it failed to fire too many times", schedule=row.id,
+                      occurrence=row.next_fire_at.isoformat(), attempts=MAX_FIRE_ATTEMPTS)
+            fire = False
         if fire:
             try:  # the same checks as a submit, the job's params_check included
                 await checked(self.registry, job.name, row.params, job.version, self.reader, self.store.dsn)

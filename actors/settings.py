@@ -20,6 +20,8 @@ class StepSettings(msgspec.Struct, frozen=True, kw_only=True):
     """The executors: how steps run."""
     job_concurrency: dict[str, int] = {}   # per-job cap on steps at once on this daemon
     max_chunk_bytes: int = 64 << 20        # an emitted chunk over this fails its step
+    max_chunks_per_run: int = 1_000_000    # one run emitting more fails its step (memory bound)
+    max_emit_bytes_per_run: int = 256 << 20
 
 
 class CompleterSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,6 +13,7 @@ between releases; `chunkd.testing` runs a job in memory for unit tests.
 from actors.job import (
                         ChunkTooLarge,
                         Context,
+                        EmitLimitExceeded,
                         Job,
                         JobDefinitionError,
                         LocalTask,
@@ -22,5 +23,5 @@ from actors.job import (
                         Sink,
 )
 
-__all__ = ["ChunkTooLarge", "Context", "Job", "JobDefinitionError", "LocalTask", "ParameterError", "PermanentError",
+__all__ = ["ChunkTooLarge", "Context", "EmitLimitExceeded", "Job", "JobDefinitionError", "LocalTask", "ParameterError", "PermanentError",
            "Schedule", "Sink"]

@@ -89,6 +89,17 @@ INVARIANT_REFUSALS = Counter(
     "Moves of an instance (gate, FINALIZE, COMPLETED) that maintenance decided and SQL refused because not every "
     "chunk of the earlier steps was COMPLETED (rule 10). Should stay 0: anything else is a bug worth reporting.",
     ["job"])
+REDUCTION_FAILURES = Counter(
+    "chunkd_reduction_failures",
+    "Failed reduction attempts by job and reason (statement timeout, idle-in-transaction timeout, lock timeout, "
+    "error: the reducer raised; database unavailable: not counted against max_attempts). The reduction runs "
+    "again after a backoff until its step's max_attempts, then the instance FAILS.", ["job", "reason"])
+REDUCTIONS_RETRYING = Gauge("chunkd_reductions_retrying",
+                            "Instances whose reduction failed and waits to run again (exported by the maintenance "
+                            "leader); see reduction_attempts and last_error on the instance.")
+SCHEDULE_FIRE_FAILURES = Counter("chunkd_schedule_fire_failures",
+                                 "Failed attempts to fire a schedule's occurrence, by schedule and reason.",
+                                 ["schedule", "reason"])
 GATES_ADVANCED = Counter("chunkd_gates_advanced", "Gates opened by maintenance (the next step's chunks became READY).",
                          _STEP)
 LEADER_CHANGES = Counter("chunkd_maintenance_leader_changes",

@@ -32,6 +32,40 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 BAD_INPUT: tuple[type[BaseException], ...] = (ClientDataError,)
 
 
+# A database's own limits (a DBA's statement_timeout, lock_timeout,
+# idle_in_transaction_session_timeout) hit by *work*: user SQL or a long reduction. Retrying
+# the same work hits them again, so the work counts an attempt instead of retrying for ever.
+STATEMENT_TIMEOUT = "statement timeout"
+LOCK_TIMEOUT = "lock timeout"
+IDLE_TIMEOUT = "idle-in-transaction timeout"
+
+
+def limit_reason(exc: BaseException) -> str | None:
+    """The server's reason when `exc` is one of its limits, readable: "statement timeout"
+    (SQLSTATE 57014 from statement_timeout, not an operator's pg_cancel_backend), "lock
+    timeout" (55P03), "idle-in-transaction timeout" (25P03, when the server's message got
+    through: usually it closes the connection first, see `closed_connection`)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return next((r for e in exc.exceptions if (r := limit_reason(e)) is not None), None)
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return STATEMENT_TIMEOUT if "statement timeout" in str(exc) else None
+    if isinstance(exc, asyncpg.LockNotAvailableError):
+        return LOCK_TIMEOUT
+    if isinstance(exc, asyncpg.IdleInTransactionSessionTimeoutError):
+        return IDLE_TIMEOUT
+    cause = exc.__cause__ or exc.__context__
+    return limit_reason(cause) if cause is not None and cause is not exc else None
+
+
+def closed_connection(exc: BaseException) -> bool:
+    """The connection went away under us (how a killed idle transaction usually shows:
+    asyncpg drops the server's last message and reports the connection closed)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(closed_connection(e) for e in exc.exceptions)
+    return isinstance(exc, (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError)) and \
+        not isinstance(exc, BAD_INPUT) and "closed" in str(exc)
+
+
 def is_transient(exc: BaseException) -> bool:
     """A database outage rather than a bug, also when it arrives inside an ExceptionGroup."""
     if isinstance(exc, BaseExceptionGroup):

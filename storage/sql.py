@@ -103,6 +103,18 @@ RETURNING term"""
 LEADER_HELD = "SELECT EXISTS (SELECT 1 FROM chunkd_leader WHERE role = 'maintenance' AND lease_until > now())"
 LEADER_RESIGN = "DELETE FROM chunkd_leader WHERE role = 'maintenance' AND node_id = $1"
 
+# ---------------------------------------------------------------- session limits
+# The database's own limits for this role and database (a DBA's ALTER DATABASE/ROLE SET,
+# postgresql.conf, the DSN's options), read once on a connection without chunkd's own.
+SESSION_LIMITS = """
+SELECT current_setting('statement_timeout'), current_setting('lock_timeout'),
+       current_setting('idle_in_transaction_session_timeout'),
+       extract(epoch FROM current_setting('idle_in_transaction_session_timeout')::interval)::float8"""
+# For the rest of the current transaction (SET LOCAL): $1-$3 as SESSION_LIMITS returned them.
+SESSION_LIMITS_SET = """
+SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),
+       set_config('idle_in_transaction_session_timeout', $3, true)"""
+
 # ---------------------------------------------------------------- instances
 # Creating instances (storage.store.insert_instances): ids first, so each inserted row is
 # known by its position, keyed or not; then every row in one statement.
@@ -204,6 +216,15 @@ UPDATE chunkd_instance i
  WHERE id = $1 AND status = ANY($3::text[]) AND ($6::int IS NULL OR run = $6)
    AND ($2 <> '{I.COMPLETED.value}' OR {_all_done_below("i.id", "$7::int", "$8::bool")})
 RETURNING id"""
+# A failed reduction attempt (migration 0017): counted and shown on the instance while it
+# retries; only while the instance is still in FINALIZE. $3: count it (a failure of the
+# work), or only show it (the database went away).
+INSTANCE_REDUCTION_FAILED = f"""
+UPDATE chunkd_instance
+   SET reduction_attempts = reduction_attempts + CASE WHEN $3 THEN 1 ELSE 0 END, last_error = $2,
+       updated_at = now()
+ WHERE id = $1 AND status = '{I.FINALIZE.value}' AND run = $4
+RETURNING reduction_attempts"""
 INSTANCE_LAST_ERROR = f"""
 SELECT step, error_message, id, coalesce(error_attempt, attempt) FROM chunkd_chunk
 WHERE instance_id = $1 AND state IN ({int(C.FAILED)}, {int(C.ERRORED)}) AND error_message IS NOT NULL
@@ -465,7 +486,8 @@ CHUNK_LIST_COUNT = f"SELECT count(*) FROM chunkd_chunk {CHUNK_LIST_WHERE}"
 INSTANCE_RESTART = f"""
 UPDATE chunkd_instance
    SET status = '{I.IN_PROGRESS.value}', finished_at = NULL, error_message = NULL, eta_seconds = NULL,
-       updated_at = now(), run = run + 1
+       updated_at = now(), run = run + 1,
+       reduction_attempts = 0, last_error = NULL  -- 0017: a restart retries afresh
  WHERE id = $1 AND status IN ({_in(sorted(s.value for s in RESTARTABLE if s.value in instance_allowed_from(I.IN_PROGRESS)))})
    AND NOT purging  -- retention has begun deleting it (storage/retention.py)
 RETURNING current_step, gated"""

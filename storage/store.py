@@ -8,7 +8,7 @@ import weakref
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import asyncpg
@@ -39,6 +39,23 @@ from storage.types import (
 _COPY_THRESHOLD = 2000
 # Warnings kept per chunk run (each cut to storage.text.MAX_MESSAGE characters).
 MAX_WARNINGS = 100
+
+# chunkd's own statements run under limits of their own, set on every engine connection at
+# connect, whatever the database's defaults: a DBA's `statement_timeout = 2s` would cancel a
+# large COPY of children or a migration, `lock_timeout = 1s` a cancel queued behind a
+# completion. Ours are bounded by design; these only end what is truly stuck (a statement
+# past 5 minutes, a transaction of ours left idle a minute by a paused daemon). User SQL
+# (ctx.tx in transactional steps and reductions, whose transactions also hold the user's
+# Python work) runs under the database's own limits: see Store.user_limits.
+OWN_LIMITS = {"statement_timeout": "5min", "lock_timeout": "0", "idle_in_transaction_session_timeout": "1min"}
+
+
+class SessionLimits(NamedTuple):
+    """The database's limits for chunkd's role, as `SHOW` spells them, and the idle one in seconds."""
+    statement_timeout: str
+    lock_timeout: str
+    idle_in_transaction: str
+    idle_seconds: float
 
 
 async def insert_instances(conn: asyncpg.Connection, items: Sequence[NewInstance],
@@ -104,7 +121,10 @@ async def _reset_session(conn: asyncpg.Connection) -> None:
         with anyio.CancelScope(shield=True), anyio.fail_after(5):
             await conn.execute(conn.get_reset_query())
     except Exception:  # noqa: BLE001 - a connection we cannot reset must not be reused
-        with contextlib.suppress(asyncpg.InterfaceError):  # dropped already (Store.abandon_connections)
+        # Already gone (dropped by Store.abandon_connections, or the server closed it: an
+        # idle-in-transaction timeout, say) is fine; raising here would hide the error that
+        # ended the user's transaction.
+        with contextlib.suppress(Exception):
             conn.terminate()
 
 
@@ -117,7 +137,7 @@ def _fence_args(decided: Finish | None) -> tuple[int | None, int, bool]:
 
 class Store:
     def __init__(self, pool: asyncpg.Pool, partitions: int, dsn: str = "",
-                 deadlines: Deadlines = DEFAULT) -> None:
+                 deadlines: Deadlines = DEFAULT, user_limits: SessionLimits | None = None) -> None:
         self.pool = pool
         self.partitions = partitions
         self.dsn = dsn
@@ -127,6 +147,9 @@ class Store:
         # release of a live connection): "progress with the database" for the health checks
         self.last_round_trip = time.monotonic()
         self._conns: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
+        # The database's own limits, re-applied (SET LOCAL) around user SQL on this pool;
+        # None: the pool runs under the database's limits throughout (no own limits set).
+        self.user_limits = user_limits
 
     @classmethod
     async def open(cls, dsn: str, partitions: int, *, min_size: int = 2, max_size: int = 10,
@@ -149,10 +172,16 @@ class Store:
                 store.last_round_trip = time.monotonic()
             await _keep_session(conn)
 
+        probe = await asyncpg.connect(dsn, timeout=deadlines.statement, command_timeout=deadlines.statement,
+                                      server_settings={"application_name": "chunkd"})
+        try:
+            row = await probe.fetchrow(sql.SESSION_LIMITS)
+        finally:
+            await probe.close()
         pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init, reset=reset,
                                          command_timeout=deadlines.statement, timeout=deadlines.statement,
-                                         server_settings={"application_name": "chunkd"})
-        store = cls(pool, partitions, dsn, deadlines)
+                                         server_settings={"application_name": "chunkd", **OWN_LIMITS})
+        store = cls(pool, partitions, dsn, deadlines, SessionLimits(row[0], row[1], row[2], row[3] or 0.0))
         for c in early:
             store._conns.add(c)
         return store
@@ -167,6 +196,16 @@ class Store:
         for c in conns:
             c.terminate()
         return len(conns)
+
+    async def apply_user_limits(self, conn: asyncpg.Connection) -> None:
+        """In the caller's transaction, before user SQL: the database's own limits until it ends."""
+        if self.user_limits is not None:
+            await conn.execute(sql.SESSION_LIMITS_SET, *self.user_limits[:3])
+
+    async def apply_own_limits(self, conn: asyncpg.Connection) -> None:
+        """In the caller's transaction, after user SQL: chunkd's limits again for its own statements."""
+        if self.user_limits is not None:
+            await conn.execute(sql.SESSION_LIMITS_SET, *OWN_LIMITS.values())
 
     async def close(self) -> None:
         await self.pool.close()
@@ -441,7 +480,12 @@ class Store:
                 res.refused += len(successes) - len(ok)
                 refused_of.extend((s.chunk_id, s.attempt) for s in successes if s.chunk_id not in accepted)
                 res.completed = len(ok)
-                await self._apply_tx_ops(conn, ok)
+                if user_sql and ok:
+                    # the steps' own SQL under the database's limits (a DBA's statement or lock
+                    # timeout fails that step's attempt: see the completer), ours after it
+                    await self.apply_user_limits(conn)
+                    await self._apply_tx_ops(conn, ok)
+                    await self.apply_own_limits(conn)
                 await self._insert_children(conn, ok, closed, delta, res)
                 warn = [(s.instance_id, s.chunk_id, storable(w)) for s in ok for w in s.warnings[:MAX_WARNINGS]]
                 if warn:
@@ -587,6 +631,7 @@ class Store:
         False when the instance is no longer in FINALIZE (cancelled, or finished by another
         leader); NotLeader when this leader's term is over. In both cases the caller must
         roll back, taking the reduction's own ctx.tx writes with it."""
+        await self.apply_own_limits(conn)  # the reduction ran under the database's limits
         ok = await conn.fetchval(sql.INSTANCE_FINISH, instance_id, I.COMPLETED.value,
                                  [I.FINALIZE.value], storable_json(report_json), None, *_fence_args(decided))
         if ok is None:
@@ -597,6 +642,15 @@ class Store:
         await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
         await self.fence_leader(conn, leader)
         return True
+
+    async def reduction_failed(self, instance_id: int, run: int, error: str, *, counted: bool,
+                               leader: LeaderTerm | None) -> int | None:
+        """Records a failed reduction attempt on the instance (counted, or only shown when the
+        database went away); returns the attempts so far, None if it left FINALIZE or this run."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            n = await conn.fetchval(sql.INSTANCE_REDUCTION_FAILED, instance_id, storable(error), counted, run)
+            await self.fence_leader(conn, leader)
+        return n
 
     async def any_ready(self) -> bool:
         return bool(await self.pool.fetchval(sql.CHUNK_ANY_READY))

@@ -598,3 +598,80 @@ def sr_sum(params: SyncSleepParams, chunks: Iterator[Item], ctx: Context) -> Sum
         count += 1
         total += c.n
     return Sum(count, total)
+
+
+# ------------------------------------------------------------ issue 22 rows 5 and 7
+class FloodParams(msgspec.Struct, forbid_unknown_fields=True):
+    n: int = 0  # chunks to emit; 0: for ever (an unchecked parameter, say)
+
+
+# An async first step that emits without bound and never awaits: the per-run caps
+# (CHUNKD_MAX_CHUNKS_PER_RUN, CHUNKD_MAX_EMIT_BYTES_PER_RUN) must stop it.
+flood = Job("test.flood", params=FloodParams)
+
+
+@flood.first_step(emits=Item, max_attempts=3)
+async def f_plan(params: FloodParams, ctx: Context, sink: Sink[Item]) -> None:
+    i = 0
+    while not params.n or i < params.n:
+        try:
+            sink.emit(Item(i))
+        except PermanentError:
+            if params.n:
+                raise
+            # swallowed: the step carries on for a while, as a careless one would
+            if i > 3_000_000:
+                return
+        i += 1
+
+
+@flood.step(consumes=Item)
+async def f_work(params: FloodParams, chunk: Item, ctx: Context) -> None:
+    pass
+
+
+class DbaParams(msgspec.Struct, forbid_unknown_fields=True):
+    chunks: int = 1
+    hold_s: float = 0.0        # the reduction holds its transaction this long (awaiting)
+    sleep_tx_s: float = 0.0    # chunk 0's transactional write runs pg_sleep this long
+    slow_check: bool = False   # params_check sleeps 3 s per row of test_dba_slowcheck
+    lock_tx: bool = False      # chunk 0's transactional write locks test_dba_locked
+
+
+# Under a DBA's statement_timeout / idle_in_transaction_session_timeout: a reduction that
+# holds its transaction too long and a transactional step whose write runs too long.
+dba = Job("test.dba", params=DbaParams, gated=True)
+
+
+@dba.params_check
+async def d_check(params: DbaParams, db: object) -> None:
+    if params.slow_check:
+        await db.fetchval("SELECT count(*) FROM (SELECT pg_sleep(3) FROM test_dba_slowcheck) s")  # type: ignore[attr-defined]
+
+
+@dba.first_step(emits=Item)
+async def d_plan(params: DbaParams, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.chunks):
+        sink.emit(Item(i))
+
+
+@dba.step(consumes=Item, emits=Item, transactional=True, max_attempts=3, backoff_base=0.1, backoff_max=0.5)
+async def d_work(params: DbaParams, chunk: Item, ctx: Context, sink: Sink[Item]) -> None:
+    ctx.tx.execute("INSERT INTO test_dba_effect (instance_id, n) VALUES ($1, $2)", ctx.instance_id, chunk.n)
+    if params.sleep_tx_s and chunk.n == 0:
+        ctx.tx.execute("SELECT pg_sleep($1)", params.sleep_tx_s)
+    if params.lock_tx and chunk.n == 0:
+        ctx.tx.execute("LOCK TABLE test_dba_locked IN ROW EXCLUSIVE MODE")
+    sink.emit(chunk)
+
+
+@dba.reduce(consumes=Item, transactional=True)  # max_attempts: 3 by default
+async def d_reduce(params: DbaParams, chunks: AsyncIterator[Item], ctx: Context) -> Sum:
+    count = total = 0
+    async for c in chunks:
+        count += 1
+        total += c.n
+    if params.hold_s:
+        await anyio.sleep(params.hold_s)  # Python work inside the reduction's transaction
+    ctx.tx.execute("INSERT INTO test_dba_reduced (instance_id) VALUES ($1)", ctx.instance_id)
+    return Sum(count, total)

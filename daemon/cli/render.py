@@ -37,6 +37,8 @@ def show_instance(inst: dict[str, Any], as_json: bool) -> None:
         print(f"cancelled: {inst['cancel_reason']}")
     if inst.get("error_message"):
         print(f"error ({inst['error_count']} step errors): {inst['error_message']}")
+    elif inst.get("reduction_attempts"):
+        print(f"reduction retrying after {inst['reduction_attempts']} failed attempt(s): {inst.get('last_error')}")
     if inst.get("steps"):
         print(table([{**s, "states": states(s["states"])} for s in inst["steps"]],
                     ["index", "name", "created", "completed", "failed", "cancelled", "errors", "states"]))

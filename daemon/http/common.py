@@ -216,7 +216,8 @@ def instance_out(row: dict[str, Any]) -> m.Instance:
         error_message=None if cancelled else row["error_message"], error_count=row["error_count"],
         report=json.loads(row["report"]) if row["report"] is not None else None,
         schedule_id=row.get("schedule_id"), scheduled_for=row.get("scheduled_for"),
-        cancel_reason=row["error_message"] if cancelled else None)
+        cancel_reason=row["error_message"] if cancelled else None,
+        reduction_attempts=row.get("reduction_attempts") or 0, last_error=row.get("last_error"))
 
 
 def _decode_data(data: bytes | None) -> Any:
@@ -298,4 +299,9 @@ class Api:
                                     c.errors, by_state.get(c.step, {}))
                      for c in d.counters]
         out.warnings = d.warnings
+        if row["status"] == I.ERRORED.value and out.last_error is None:
+            # chunks failing and retrying: the latest error says why (their attempts are on /chunks)
+            last = await self.engine().store.last_error(iid)
+            if last is not None:
+                out.last_error = f"step {_name(names, last[0])!r}: {last[1]}"
         return out

@@ -92,6 +92,10 @@ class Instance(msgspec.Struct):
     schedule_id: str | None = None          # the clustered schedule that fired it, if one did
     scheduled_for: datetime | None = None   # that schedule's occurrence
     cancel_reason: str | None = None        # why a CANCELLED instance stopped (a cancel is not an error)
+    # While the reduction fails and runs again: its failed attempts (the instance FAILS at the
+    # step's max_attempts) and why the last one failed ("statement timeout", ...).
+    reduction_attempts: int = 0
+    last_error: str | None = None
 
 
 class InstanceList(msgspec.Struct):

@@ -204,6 +204,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     api_token: str
     api_allowed_hosts: tuple[str, ...]
     max_chunk_bytes: int
+    max_chunks_per_run: int
+    max_emit_bytes_per_run: int
     max_report_bytes: int
     export_dir: str
     export_tables: tuple[str, ...]
@@ -218,7 +220,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             claim=ClaimSettings(partitions=self.partitions, partition_concurrency=self.partition_concurrency,
                                 claim_batch=self.claim_batch, lease_seconds=self.lease_seconds,
                                 poll_interval=self.poll_interval),
-            steps=StepSettings(job_concurrency=self.job_concurrency, max_chunk_bytes=self.max_chunk_bytes),
+            steps=StepSettings(job_concurrency=self.job_concurrency, max_chunk_bytes=self.max_chunk_bytes,
+                               max_chunks_per_run=self.max_chunks_per_run,
+                               max_emit_bytes_per_run=self.max_emit_bytes_per_run),
             completer=CompleterSettings(batch=self.completer_batch, flush_ms=self.completer_flush_ms),
             maintenance=MaintenanceSettings(partitions=self.partitions, interval=self.maintenance_interval,
                                             republish_after=self.republish_after,
@@ -322,6 +326,12 @@ VARIABLES: tuple[Var, ...] = (
     Var("CHUNKD_MAX_CHUNK_BYTES", "max_chunk_bytes", "64MiB",
         "Largest encoded chunk a step may emit; a larger one fails its step at once, naming this limit.",
         _bytes(1024, 512 << 20)),
+    Var("CHUNKD_MAX_CHUNKS_PER_RUN", "max_chunks_per_run", "1000000",
+        "Most chunks one step run may emit (its children are held in memory until it ends); one more fails "
+        "the step at once, naming this limit.", _int(1, 100_000_000)),
+    Var("CHUNKD_MAX_EMIT_BYTES_PER_RUN", "max_emit_bytes_per_run", "256MiB",
+        "Most bytes of encoded chunks one step run may emit, at least CHUNKD_MAX_CHUNK_BYTES; more fails the "
+        "step at once, naming this limit.", _bytes(1024, 16 << 30)),
     Var("CHUNKD_MAX_REPORT_BYTES", "max_report_bytes", "16MiB",
         "Largest reduction report (JSON); a larger one fails the instance, naming this limit.",
         _bytes(1024, 256 << 20)),
@@ -375,6 +385,9 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError("CHUNKD_CLAIM_BATCH", env.get("CHUNKD_CLAIM_BATCH", ""),
                           f"CHUNKD_PARTITIONS x (CHUNKD_PARTITION_CONCURRENCY + CHUNKD_CLAIM_BATCH) = {held:,} "
                           f"chunks held in memory; at most {MAX_HELD_CHUNKS:,} per daemon")
+    if values["max_emit_bytes_per_run"] < values["max_chunk_bytes"]:
+        raise ConfigError("CHUNKD_MAX_EMIT_BYTES_PER_RUN", env.get("CHUNKD_MAX_EMIT_BYTES_PER_RUN", ""),
+                          "must be at least CHUNKD_MAX_CHUNK_BYTES (one chunk of the largest size must fit)")
     if not values["export_dir"]:
         values["export_dir"] = os.path.join(values["home"], "exports")
     return Config(**values)

@@ -43,3 +43,14 @@ def test_every_variable_is_prefixed_and_unique() -> None:
     names = [v.name for v in VARIABLES]
     assert len(names) == len(set(names))
     assert all(n.startswith("CHUNKD_") for n in names)
+
+
+def test_emit_caps_parse_and_must_fit_one_chunk() -> None:
+    cfg = load({})
+    assert cfg.max_chunks_per_run == 1_000_000 and cfg.max_emit_bytes_per_run == 256 << 20
+    steps = load({"CHUNKD_MAX_CHUNKS_PER_RUN": "5000", "CHUNKD_MAX_EMIT_BYTES_PER_RUN": "1GiB"}).actor_settings().steps
+    assert steps.max_chunks_per_run == 5000 and steps.max_emit_bytes_per_run == 1 << 30
+    with pytest.raises(ConfigError, match="CHUNKD_MAX_EMIT_BYTES_PER_RUN.*at least CHUNKD_MAX_CHUNK_BYTES"):
+        load({"CHUNKD_MAX_EMIT_BYTES_PER_RUN": "1MiB"})
+    with pytest.raises(ConfigError, match="CHUNKD_MAX_CHUNKS_PER_RUN"):
+        load({"CHUNKD_MAX_CHUNKS_PER_RUN": "0"})

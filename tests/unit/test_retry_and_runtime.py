@@ -115,3 +115,28 @@ def test_outages_restart_with_backoff_without_exhausting_the_supervisor() -> Non
     refused = asyncpg.ObjectNotInPrerequisiteStateError("database is not currently accepting connections")
     assert is_transient(refused) and is_transient(ExceptionGroup("g", [refused, ConnectionResetError()]))
     assert not is_transient(ExceptionGroup("g", [refused, ValueError("bug")])) and not is_transient(KeyError())
+
+
+def test_limit_reason_names_the_servers_limits() -> None:
+    """Issue 22 row 5: a DBA's limits hit by work are named; an operator's cancel and a lost
+    connection are not limits (they stay transient, never counted)."""
+    import asyncpg
+
+    from storage.errors import closed_connection, is_transient, limit_reason
+    timeout = asyncpg.QueryCanceledError("canceling statement due to statement timeout")
+    assert limit_reason(timeout) == "statement timeout" and is_transient(timeout)
+    assert limit_reason(asyncpg.QueryCanceledError("canceling statement due to user request")) is None
+    assert limit_reason(asyncpg.LockNotAvailableError("canceling statement due to lock timeout")) == "lock timeout"
+    idle = asyncpg.IdleInTransactionSessionTimeoutError("terminating connection due to idle-in-transaction timeout")
+    assert limit_reason(idle) == "idle-in-transaction timeout"
+    assert limit_reason(ExceptionGroup("g", [ValueError("x"), timeout])) == "statement timeout"
+    try:  # a rollback failing on top of the timeout still names it
+        try:
+            raise timeout
+        except asyncpg.QueryCanceledError:
+            raise asyncpg.InterfaceError("cannot call Transaction.__aexit__(): the underlying connection is closed")
+    except asyncpg.InterfaceError as e:
+        assert limit_reason(e) == "statement timeout" and closed_connection(e)
+    assert limit_reason(asyncpg.ConnectionDoesNotExistError("connection was closed")) is None
+    assert closed_connection(asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"))
+    assert not closed_connection(ValueError("closed"))

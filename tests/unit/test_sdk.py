@@ -74,6 +74,28 @@ def test_sink_checks_type() -> None:
     assert len(sink) == 1
 
 
+def test_sink_caps_one_run_and_keeps_refusing() -> None:
+    """Issue 22 row 7: a run's children are held until it ends, so one run may emit at most
+    max_chunks chunks and max_total bytes; past either, emit raises and keeps raising (a step
+    that swallows it still fails: too_large), and what was held is given back."""
+    from chunkd import EmitLimitExceeded, PermanentError
+    sink: Sink[A] = Sink(A, max_chunks=3)
+    for i in range(3):
+        sink.emit(A(i))
+    with pytest.raises(EmitLimitExceeded, match=r"more than 3 chunks.*CHUNKD_MAX_CHUNKS_PER_RUN"):
+        sink.emit(A(3))
+    assert len(sink) == 0 and sink.too_large and "CHUNKD_MAX_CHUNKS_PER_RUN" in sink.too_large
+    with pytest.raises(EmitLimitExceeded):
+        sink.emit(A(4))
+    assert issubclass(EmitLimitExceeded, PermanentError)
+    by_bytes: Sink[A] = Sink(A, max_chunks=10**6, max_total=20)
+    with pytest.raises(EmitLimitExceeded, match=r"more than 20 bytes.*CHUNKD_MAX_EMIT_BYTES_PER_RUN"):
+        for i in range(100):
+            by_bytes.emit(A(i))
+    with pytest.raises(EmitLimitExceeded, match="CHUNKD_MAX_EMIT_BYTES_PER_RUN"):
+        by_bytes.emit(A(0))
+
+
 def test_registry_versions_and_unknown() -> None:
     reg = load_registry([])
     assert reg.get("chunkd.synthetic").version == 1

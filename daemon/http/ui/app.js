@@ -285,6 +285,8 @@ function instancePage(id) {
         : "a submit (no schedule)"),
       inst.cancel_reason ? [h("dt", {}, "Cancelled"), h("dd", { id: "cancel-reason" }, inst.cancel_reason)] : null,
       inst.error_message ? [h("dt", {}, "Error"), h("dd", { class: "error" }, inst.error_message)] : null,
+      !inst.error_message && inst.reduction_attempts ? [h("dt", {}, "Reduction retrying"),
+        h("dd", { class: "error" }, `${inst.reduction_attempts} failed attempt(s): ${inst.last_error || ""}`)] : null,
       h("dt", {}, "Parameters"), h("dd", {}, h("code", {}, JSON.stringify(inst.parameters))));
     steps.replaceChildren(...(inst.steps || []).map((st) => h("tr", {},
       h("th", { scope: "row" }, `${st.index}. ${st.name}`),
