@@ -21,11 +21,11 @@ from pathlib import Path
 import anyio
 import asyncpg
 
+from benchmarks import figures as q
+from benchmarks.daemons import free_port, wait_ready
+from benchmarks.databases import fresh_database
+from benchmarks.seed import seed_backlog
 from daemon.jobs.synthetic import SyntheticParams, Work
-from storage import bench as q
-
-from .harness import fresh_database
-from .jobs_workload import _free_port, _wait_ready
 
 
 def _post(url: str, body: dict) -> dict:  # type: ignore[type-arg]
@@ -40,9 +40,9 @@ async def main(a: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     from storage.migrate import migrate
     conn = await asyncpg.connect(dsn)
     await migrate(conn)
-    big = await q.seed_backlog(conn, "chunkd.synthetic", 1, SyntheticParams(chunks=a.backlog, fanout=0), 1,
-                               [Work(i) for i in range(a.backlog)], 4, 5)
-    port = _free_port()
+    big = await seed_backlog(conn, "chunkd.synthetic", 1, SyntheticParams(chunks=a.backlog, fanout=0), 1,
+                             [Work(i) for i in range(a.backlog)], 4, 5)
+    port = free_port()
     env = {**os.environ, "CHUNKD_DATABASE_URL": dsn, "CHUNKD_HTTP_ADDR": f"127.0.0.1:{port}",
            "CHUNKD_PARTITIONS": "4", "CHUNKD_PARTITION_CONCURRENCY": "16", "CHUNKD_CLAIM_BATCH": "500",
            "CHUNKD_COMPLETER_BATCH": "1000", "CHUNKD_LOG_LEVEL": "warning", "CHUNKD_MAINTENANCE_INTERVAL": "0.2",
@@ -50,14 +50,14 @@ async def main(a: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     proc = subprocess.Popen([str(Path(sys.executable).with_name("chunkd")), "run"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, [proc])
+        wait_ready(url, [proc])
         await anyio.sleep(1.0)  # the drain is under way
         latencies, big_rates = [], []
         for _ in range(a.tries):
             done0, t0 = await q.progress(conn, big, 1), time.monotonic()
             iid = _post(url + "/api/v1/instances", {"job": "chunkd.synthetic",
                                                     "parameters": {"chunks": a.small, "fanout": 0}})["id"]
-            while await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", iid) != "COMPLETED":
+            while await q.status(conn, iid) != "COMPLETED":
                 if time.monotonic() - t0 > a.give_up:
                     break
                 await anyio.sleep(0.01)

@@ -1,4 +1,4 @@
-"""chunkd's throughput harness, run by `chunkd bench` (daemon/cli/bench.py parses its options).
+"""chunkd's throughput harness, run by `chunkd bench` (benchmarks/cli.py parses its options).
 
 Workloads (chunks of `chunkd.synthetic`'s no-op `work` step, fanout 0):
   drain  N chunks already READY (seeded with COPY); time the daemon(s) to process them.
@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
@@ -32,59 +31,13 @@ from daemon.jobs.synthetic import SyntheticParams, Work
 from daemon.wiring import config as config_mod
 from daemon.wiring.embedded import resolve_dsn
 from daemon.wiring.node import Node, open_store
-from storage import bench as q
+from benchmarks import figures as q
+from benchmarks import jobs_workload
+from benchmarks.databases import existing_database, fresh_database
+from benchmarks.options import BENCH_DB, Options
+from benchmarks.seed import seed_backlog
 
-BENCH_DB = "chunkd_bench"
 STEP = 1  # chunkd.synthetic's `work` step
-
-
-class Options(msgspec.Struct, kw_only=True):
-    workload: str = "drain"
-    chunks: int = 100_000
-    daemons: int = 1
-    partitions: int = 4
-    concurrency: int = 16
-    batch: int = 500
-    completer_batch: int = 1000
-    work_ms: float = 0.0
-    timeout: float = 600.0
-    plot: str | None = None
-    as_json: bool = False
-    compare: bool = False
-    peer_jobs: dict[str, int] = {}
-    database: str | None = None
-    jobs: int = 1000
-    chunks_per_job: int = 10
-    clients: int = 16
-    rate: float | None = None
-
-
-
-def _with_db(dsn: str, db: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + db, parts.query, parts.fragment))
-
-
-async def existing_database(admin_dsn: str, name: str) -> str:
-    """`name` on the server of `admin_dsn`, created if missing, never dropped; returns its DSN."""
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        if not await admin.fetchval("SELECT true FROM pg_database WHERE datname = $1", name):
-            await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return _with_db(admin_dsn, name)
-
-
-async def fresh_database(admin_dsn: str, name: str) -> str:
-    """Drop and create `name` on the server of `admin_dsn`; returns its DSN."""
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return _with_db(admin_dsn, name)
 
 
 def _postgres_cpu() -> float:
@@ -102,17 +55,6 @@ def _postgres_cpu() -> float:
 def _self_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-def sustained_rate(timeline: list[tuple[float, int]], total: int) -> float | None:
-    """Chunks/s between 10% and 90% done: warm-up and tail excluded."""
-    lo = next((t for t, n in timeline if n >= 0.1 * total), None)
-    hi = next((t for t, n in timeline if n >= 0.9 * total), None)
-    if lo is None or hi is None or hi <= lo:
-        return None
-    n_lo = next(n for t, n in timeline if t == lo)
-    n_hi = next(n for t, n in timeline if t == hi)
-    return (n_hi - n_lo) / (hi - lo)
 
 
 # One function on purpose: set-up, timed run and accounting share the measurement's clocks and
@@ -137,11 +79,10 @@ async def run(opts: Options) -> dict[str, Any]:
     params = SyntheticParams(chunks=opts.chunks, fanout=0, work_ms=opts.work_ms)
     iid: int | None = None
     if opts.workload == "drain":
-        iid = await q.seed_backlog(conn, "chunkd.synthetic", 1, params, STEP, [Work(i) for i in range(opts.chunks)],
-                                   opts.partitions, 5)
+        iid = await seed_backlog(conn, "chunkd.synthetic", 1, params, STEP, [Work(i) for i in range(opts.chunks)],
+                                 opts.partitions, 5)
     facts = await q.server_facts(conn)
     if opts.workload == "jobs":
-        from . import jobs_workload
         try:
             return await jobs_workload.run(opts, dsn, conn, facts)
         finally:
@@ -177,7 +118,7 @@ async def run(opts: Options) -> dict[str, Any]:
         while True:
             done = await q.progress(conn, iid, STEP)
             timeline.append((time.monotonic() - t0, done))
-            status = await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", iid)
+            status = await q.status(conn, iid)
             if done >= opts.chunks and (opts.workload == "drain" or status in ("COMPLETED", "FAILED")):
                 break
             if time.monotonic() > deadline:
@@ -210,7 +151,7 @@ async def run(opts: Options) -> dict[str, Any]:
     report = {
         "workload": opts.workload, "channel": cfg.channel, "daemons": opts.daemons,
         "chunks": opts.chunks, "completed": completed, "seconds": round(elapsed, 3),
-        "chunks_per_second": round(sustained_rate(timeline, opts.chunks) or (completed / elapsed), 1),
+        "chunks_per_second": round(q.sustained_rate(timeline, opts.chunks) or (completed / elapsed), 1),
         "chunks_per_second_overall": round(completed / elapsed, 1) if elapsed else None,
         "latency_ms": latency,
         "statements_per_chunk": round(statements[0] / completed, 4) if completed and node is not None else None,

@@ -18,15 +18,17 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import anyio
+import asyncpg
 import msgspec
 import psutil
 
-from storage import bench_jobs as q
+from benchmarks import figures as q
+from benchmarks.daemons import free_port, wait_ready
+from benchmarks.options import Options
 
 STEP = 1  # chunkd.synthetic's `work` step
 
@@ -80,38 +82,6 @@ class HttpConn:
             self.reader = None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _is_ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not _is_ready(url):
-        if any(p.poll() is not None for p in procs):
-            raise RuntimeError("a chunkd daemon exited during start-up (see its output above)")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} never became ready")
-        time.sleep(0.05)
-
-
-def _pcts(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None}
-    s = sorted(values)
-    pick = lambda p: round(s[min(len(s) - 1, int(p * len(s)))] * 1000, 2)  # noqa: E731
-    return {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99)}
-
-
 class Submitter:
     def __init__(self, ports: list[int], body: bytes) -> None:
         self.ports, self.body = ports, body
@@ -159,9 +129,9 @@ class Submitter:
 
 # One function on purpose, like harness.run: daemons, clients and accounting share the
 # measurement's clocks; split, the figures would be taken at different moments.
-async def run(opts: Any, dsn: str, conn: Any, facts: dict[str, Any]) -> dict[str, Any]:
-    """`opts` is benchmarks.harness.Options; `dsn` the benchmark's database (migrated by the daemons)."""
-    ports = [_free_port() for _ in range(opts.daemons)]
+async def run(opts: Options, dsn: str, conn: asyncpg.Connection, facts: dict[str, Any]) -> dict[str, Any]:
+    """`dsn` is the benchmark's database (migrated by the daemons)."""
+    ports = [free_port() for _ in range(opts.daemons)]
     env_base = {**os.environ, "CHUNKD_DATABASE_URL": dsn,
                 "CHUNKD_PARTITIONS": str(opts.partitions), "CHUNKD_PARTITION_CONCURRENCY": str(opts.concurrency),
                 "CHUNKD_CLAIM_BATCH": str(opts.batch), "CHUNKD_COMPLETER_BATCH": str(opts.completer_batch),
@@ -172,7 +142,7 @@ async def run(opts: Any, dsn: str, conn: Any, facts: dict[str, Any]) -> dict[str
              for p in ports]
     try:
         for p in ports:
-            await anyio.to_thread.run_sync(_wait_ready, f"http://127.0.0.1:{p}", procs)
+            await anyio.to_thread.run_sync(wait_ready, f"http://127.0.0.1:{p}", procs)
         body = msgspec.json.encode({"job": "chunkd.synthetic",
                                     "parameters": {"chunks": opts.chunks_per_job, "fanout": 0,
                                                    "work_ms": opts.work_ms}})
@@ -204,9 +174,9 @@ async def run(opts: Any, dsn: str, conn: Any, facts: dict[str, Any]) -> dict[str
         submitted_at = time.monotonic() - t0
         deadline = t0 + opts.timeout
         while True:
-            done = await q.progress(conn, sub.ids, STEP)
+            done = await q.jobs_progress(conn, sub.ids, STEP)
             timeline.append((time.monotonic() - t0, done))
-            ended, completed = await q.finished(conn, sub.ids)
+            ended, completed = await q.jobs_finished(conn, sub.ids)
             if ended >= len(sub.ids) or time.monotonic() > deadline:
                 break
             await anyio.sleep(0.05)
@@ -229,7 +199,6 @@ async def run(opts: Any, dsn: str, conn: Any, facts: dict[str, Any]) -> dict[str
     # Completion rate over the span from the first submit to the last COMPLETED (the poll
     # loop's own 50 ms granularity does not count).
     span = (last_finish - wall0) if last_finish else elapsed
-    from .harness import sustained_rate
     done_chunks = timeline[-1][1] if timeline else 0
     return {
         "workload": "jobs", "channel": os.environ.get("CHUNKD_CHANNEL", "postgres"), "daemons": opts.daemons,
@@ -240,9 +209,9 @@ async def run(opts: Any, dsn: str, conn: Any, facts: dict[str, Any]) -> dict[str
         "seconds": round(elapsed, 3), "submit_seconds": round(submitted_at, 3),
         "instances_per_second": round(completed / span, 1) if span > 0 else None,
         "submits_per_second": round(len(sub.ids) / submitted_at, 1) if submitted_at > 0 else None,
-        "chunks_per_second": round(sustained_rate(timeline, total_chunks) or (done_chunks / elapsed), 1),
+        "chunks_per_second": round(q.sustained_rate(timeline, total_chunks) or (done_chunks / elapsed), 1),
         "chunks_per_second_overall": round(done_chunks / span, 1) if span > 0 else None,
-        "submit_round_trip_ms": _pcts(sub.round_trips),
+        "submit_round_trip_ms": q.sample_percentiles_ms(sub.round_trips),
         "instance_latency_ms": inst_lat,
         "chunk_latency_ms": chunks["created_to_completed_ms"],
         "latency_ms": chunks["claim_to_complete_ms"],
@@ -264,25 +233,3 @@ def _cpu(procs: list[subprocess.Popen[bytes]]) -> float:
         except psutil.NoSuchProcess:
             pass
     return total
-
-
-def report_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
-    fmt = lambda d: f"{d['p50']} / {d['p95']} / {d['p99']}"  # noqa: E731
-    return [
-        ("workload", f"jobs: {report['jobs']} x {report['chunks_per_job']} chunks"
-                     + (f", open loop at {report['rate']}/s" if report["rate"] else f", {report['clients']} clients")),
-        ("instances completed", f"{report['instances_completed']:,} / {report['jobs']:,}"),
-        ("chunks completed", f"{report['completed']:,} / {report['chunks']:,}"),
-        ("seconds", report["seconds"]),
-        ("instances/s", report["instances_per_second"]),
-        ("submits/s", report["submits_per_second"]),
-        ("chunks/s sustained", report["chunks_per_second"]),
-        ("submit round trip p50 / p95 / p99 ms", fmt(report["submit_round_trip_ms"])),
-        ("submit -> COMPLETED p50 / p95 / p99 ms", fmt(report["instance_latency_ms"])),
-        ("chunk created -> completed p50 / p95 / p99 ms", fmt(report["chunk_latency_ms"])),
-        ("chunk claim -> complete p50 / p95 / p99 ms", fmt(report["latency_ms"])),
-        ("HTTP connections / 429s / errors",
-         f"{report['http']['connections_opened']} / {report['http']['refused_429']} / {report['http']['errors']}"),
-        ("daemon CPU s per 1000 chunks", report["cpu_seconds_per_1000_chunks"]["daemon"]),
-        ("synchronous_commit", report["settings"]["synchronous_commit"]),
-    ]

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import anyio
 
-from .harness import fresh_database
-from .jobs_workload import _free_port, _wait_ready
+from benchmarks.daemons import free_port, wait_ready
+from benchmarks.databases import fresh_database
 
 _WARM_UP = 50
 
@@ -45,12 +45,12 @@ def _summary(ms: list[float]) -> dict[str, float]:
 async def main(a: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     admin = os.environ.get("CHUNKD_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     dsn = await fresh_database(admin, a.database)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CHUNKD_DATABASE_URL": dsn, "CHUNKD_HTTP_ADDR": f"127.0.0.1:{port}",
            "CHUNKD_LOG_LEVEL": "warning", "CHUNKD_API_TOKENS": ""}
     proc = subprocess.Popen([str(Path(sys.executable).with_name("chunkd")), "run"], env=env)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}", [proc])
+        wait_ready(f"http://127.0.0.1:{port}", [proc])
         c = http.client.HTTPConnection("127.0.0.1", port)
         c.request("POST", "/api/v1/instances", body=json.dumps({"job": "chunkd.synthetic", "parameters": {"chunks": 50}}),
                   headers={"Content-Type": "application/json"})

@@ -1,7 +1,8 @@
-"""Every SQL statement chunkd runs, in one place, grouped by topic (the headers below):
-the engine's statements first, then those of schedules, retention, the catalog checks, the
-benchmark harness and the demo dataset, each named after the module that runs it. (The
-one exception is channels/postgres.py's pg_notify: channels never import storage.)
+"""Every SQL statement the chunkd runtime runs, in one place, grouped by topic (the headers
+below): the engine's statements first, then those of schedules, retention and the catalog
+checks, each named after the module that runs it. (The one exception is channels/postgres.py's
+pg_notify: channels never import storage.) What is not runtime keeps its own: benchmarks/sql.py
+holds the benchmarks' statements, daemon/cli/demo_data.py the demo dataset's.
 
 Every state in a statement comes from `storage.states`: guards from the table of legal
 moves, names and numbers from the enums, so no statement spells a state by hand.
@@ -641,76 +642,3 @@ CATALOG_COLUMNS = """
 SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
 WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum"""
 CATALOG_CURRENT_SCHEMA = "SELECT current_schema()"
-
-
-# ------------------------------------------------------------ The benchmark harness: a seeded backlog and the figures it reads (storage/bench.py)
-BENCH_ANALYZE = "ANALYZE chunkd_chunk"
-BENCH_INSTANCE = f"""
-INSERT INTO chunkd_instance (job_name, job_version, params, gated, status, started_at)
-VALUES ($1, $2, $3::jsonb, false, '{I.IN_PROGRESS.value}', now()) RETURNING id"""
-BENCH_LATENCY = f"""
-SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
-           ORDER BY extract(epoch FROM completed_at - claimed_at)::float8)
-FROM chunkd_chunk WHERE instance_id = $1 AND step = $2 AND state = {int(C.COMPLETED)}"""
-BENCH_COMPLETED = "SELECT completed, failed FROM chunkd_step_counter WHERE instance_id = $1 AND step = $2"
-BENCH_TABLE_BYTES = "SELECT pg_total_relation_size('chunkd_chunk')"
-BENCH_XACTS = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
-BENCH_WAL_POSITION = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
-BENCH_SYNC = "SHOW synchronous_commit"
-BENCH_SERVER = "SHOW server_version"
-
-
-# ------------------------------------------------------------ The demo's dataset (storage/demo_data.py)
-DEMO_CREATE = """
-DROP TABLE IF EXISTS demo_resource;
-CREATE TABLE demo_resource (
-    id            bigint PRIMARY KEY,
-    resource_type text NOT NULL,
-    updated_at    timestamptz NOT NULL,
-    resource      jsonb NOT NULL
-)"""
-# One Patient per five resources; the rest are Observations referring to a patient.
-DEMO_FILL = """
-INSERT INTO demo_resource (id, resource_type, updated_at, resource)
-SELECT g,
-       CASE WHEN g % 5 = 0 THEN 'Patient' ELSE 'Observation' END,
-       timestamptz '2026-01-01' + g * interval '1 second',
-       CASE WHEN g % 5 = 0 THEN jsonb_build_object(
-              'resourceType', 'Patient', 'id', 'p' || g,
-              'name', jsonb_build_array(jsonb_build_object('family', 'Family' || (g % 997), 'given', jsonb_build_array('Given' || (g % 313)))),
-              'gender', CASE WHEN g % 2 = 0 THEN 'female' ELSE 'male' END,
-              'birthDate', to_char(date '1940-01-01' + (g % 25000), 'YYYY-MM-DD'))
-            ELSE jsonb_build_object(
-              'resourceType', 'Observation', 'id', 'o' || g, 'status', 'final',
-              'code', jsonb_build_object('coding', jsonb_build_array(jsonb_build_object(
-                  'system', 'http://loinc.org', 'code', (ARRAY['8867-4', '8480-6', '29463-7', '2339-0'])[1 + g % 4]))),
-              'subject', jsonb_build_object('reference', 'Patient/p' || (g - g % 5 + 5)),
-              'valueQuantity', jsonb_build_object('value', 40 + (g % 120), 'unit', 'units'))
-       END
-FROM generate_series(1, $1::int) g"""
-
-
-# ------------------------------------------------------------ The benchmark's jobs workload: figures for its own instances (storage/bench_jobs.py)
-BENCH_JOBS_PROGRESS = """
-SELECT coalesce(sum(completed + failed), 0)::bigint FROM chunkd_step_counter
-WHERE instance_id = ANY($1::bigint[]) AND step = $2"""
-BENCH_JOBS_FINISHED = f"""
-SELECT count(*) FILTER (WHERE status IN ({_TERMINAL})),
-       count(*) FILTER (WHERE status = '{I.COMPLETED.value}')
-FROM chunkd_instance WHERE id = ANY($1::bigint[])"""
-# Submit -> COMPLETED from the client's own start time of each submit (the scheduled one under
-# --rate), so time spent queued in the client counts; same machine, same clock.
-BENCH_JOBS_INSTANCE_LATENCY = f"""
-SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
-           ORDER BY extract(epoch FROM i.finished_at)::float8 - s.t),
-       max(extract(epoch FROM i.finished_at)::float8)
-FROM unnest($1::bigint[], $2::float8[]) AS s(id, t) JOIN chunkd_instance i ON i.id = s.id
-WHERE i.status = '{I.COMPLETED.value}'"""
-# A chunk's life: created (its parent step completed) -> completed, and claim -> complete.
-BENCH_JOBS_CHUNK_LATENCY = f"""
-SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
-           ORDER BY extract(epoch FROM completed_at - created_at)::float8),
-       percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
-           ORDER BY extract(epoch FROM completed_at - claimed_at)::float8),
-       count(*)
-FROM chunkd_chunk WHERE instance_id = ANY($1::bigint[]) AND step = $2 AND state = {int(C.COMPLETED)}"""

@@ -26,7 +26,7 @@ from daemon.cli.render import TERMINAL, progress_bar, table
 from daemon.wiring.config import Config
 from daemon.wiring.logs import configure, output_logger
 from daemon.wiring.node import Node
-from storage.demo_data import seed_demo_resources
+from daemon.cli.demo_data import TABLE, seed_demo_resources
 
 PIPED_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 
@@ -57,9 +57,9 @@ async def run_demo(cfg: Config, registry: Registry, dsn: str, rows: int) -> int:
         say(f"chunkd demo: database {'CHUNKD_DATABASE_URL' if cfg.database_url else 'embedded Postgres in ' + str(Path(cfg.home).resolve() / 'pgdata')}")
         t0 = time.monotonic()
         await seed_demo_resources(engine.store.pool, rows)
-        say(f"created {rows:,} FHIR-like resources (Patient, Observation) as JSONB in table demo_resource "
+        say(f"created {rows:,} FHIR-like resources (Patient, Observation) as JSONB in table {TABLE} "
             f"({time.monotonic() - t0:.1f}s)")
-        params = {"table": "demo_resource", "output": "demo", "type_column": "resource_type",
+        params = {"table": TABLE, "output": "demo", "type_column": "resource_type",
                   "column": "resource", "chunk_size": 1000}
         started = time.monotonic()
         res = await submit(engine.store, engine.channel, registry, "chunkd.bulk-export", json.dumps(params),
@@ -104,7 +104,7 @@ def _demo_config(cfg: Config) -> Config:
     # the demo exports its own table: on the allow-list whatever CHUNKD_EXPORT_TABLES says
     return msgspec.structs.replace(cfg, http_addr=("127.0.0.1", 0) if cfg.http_addr else None,
                                    maintenance_interval=min(cfg.maintenance_interval, 0.2),
-                                   export_tables=(*cfg.export_tables, "public.demo_resource"))
+                                   export_tables=(*cfg.export_tables, f"public.{TABLE}"))
 
 
 def _completed_chunks() -> float:

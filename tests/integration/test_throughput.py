@@ -39,7 +39,7 @@ import anyio  # noqa: E402
 import asyncpg  # noqa: E402
 import pytest  # noqa: E402
 
-from storage.bench import seed_backlog  # noqa: E402
+from benchmarks.seed import seed_backlog  # noqa: E402
 from storage.states import C
 from storage.store import Store  # noqa: E402
 from storage.types import Success  # noqa: E402

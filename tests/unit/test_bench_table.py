@@ -1,4 +1,4 @@
-from daemon.cli.bench import report_table
+from benchmarks.cli import report_table
 
 
 def test_bench_report_is_a_table_with_the_plot_path() -> None:

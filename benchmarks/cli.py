@@ -1,5 +1,7 @@
-"""`chunkd bench`: parses the harness's options and renders its report (the harness in
-benchmarks/ is a library: it runs workloads and returns figures)."""
+"""`chunkd bench` (`python -m benchmarks`): parses the harness's options and renders its
+report. The daemon's CLI does not import this: `chunkd bench` hands its arguments to
+`python -m benchmarks` (daemon/cli/commands.py), so benchmarks/ stands on the daemon and
+never the other way round."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +12,9 @@ from typing import Any
 
 import anyio
 
-from benchmarks.harness import BENCH_DB, Options, run
 from benchmarks.harness import __doc__ as HARNESS_DOC
-from benchmarks.jobs_workload import report_rows
+from benchmarks.harness import run
+from benchmarks.options import BENCH_DB, Options
 from daemon.cli.render import table
 from daemon.wiring import config as config_mod
 from daemon.wiring.logs import configure
@@ -43,6 +45,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--procrastinate-jobs", type=int, default=10_000,
                    help="jobs for procrastinate in --compare (it drains ~400-900/s here)")
     return p
+
+
+def report_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
+    fmt = lambda d: f"{d['p50']} / {d['p95']} / {d['p99']}"  # noqa: E731
+    return [
+        ("workload", f"jobs: {report['jobs']} x {report['chunks_per_job']} chunks"
+                     + (f", open loop at {report['rate']}/s" if report["rate"] else f", {report['clients']} clients")),
+        ("instances completed", f"{report['instances_completed']:,} / {report['jobs']:,}"),
+        ("chunks completed", f"{report['completed']:,} / {report['chunks']:,}"),
+        ("seconds", report["seconds"]),
+        ("instances/s", report["instances_per_second"]),
+        ("submits/s", report["submits_per_second"]),
+        ("chunks/s sustained", report["chunks_per_second"]),
+        ("submit round trip p50 / p95 / p99 ms", fmt(report["submit_round_trip_ms"])),
+        ("submit -> COMPLETED p50 / p95 / p99 ms", fmt(report["instance_latency_ms"])),
+        ("chunk created -> completed p50 / p95 / p99 ms", fmt(report["chunk_latency_ms"])),
+        ("chunk claim -> complete p50 / p95 / p99 ms", fmt(report["latency_ms"])),
+        ("HTTP connections / 429s / errors",
+         f"{report['http']['connections_opened']} / {report['http']['refused_429']} / {report['http']['errors']}"),
+        ("daemon CPU s per 1000 chunks", report["cpu_seconds_per_1000_chunks"]["daemon"]),
+        ("synchronous_commit", report["settings"]["synchronous_commit"]),
+    ]
 
 
 def report_table(report: dict[str, Any], plot_path: str | None) -> str:
