@@ -42,7 +42,6 @@ class WorkNotice(msgspec.Struct, array_like=True):
 
 
 _enc = msgspec.msgpack.Encoder()
-_dec = msgspec.msgpack.Decoder(WorkNotice)
 
 
 class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True):

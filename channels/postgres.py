@@ -11,7 +11,6 @@ import structlog
 from channels.base import AllPartitions, LocalSignals, PartitionSignal
 
 CHANNEL = "chunkd_work"
-_LISTEN = f"LISTEN {CHANNEL}"
 _NOTIFY = "SELECT pg_notify($1, $2)"
 
 log = structlog.get_logger("chunkd.channel.postgres")

@@ -249,10 +249,6 @@ DEFAULT_STRIDE = 8  # priority 0
 QUANTUM = 256
 
 
-def priority_stride(priority: int) -> int:
-    return 64 >> (priority + 3)
-
-
 def rank_offset(ordinal: int, stride: int = DEFAULT_STRIDE) -> int:
     return ordinal // QUANTUM * QUANTUM * stride
 
@@ -449,9 +445,6 @@ WITH done AS (
     WHERE instance_id = $1 AND step = $2 AND state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.GATE_WAITING})))})
     RETURNING 1
 ) SELECT count(*) FROM done"""
-
-# Generic guarded move, used by tools and by the tests that enumerate the table.
-CHUNK_MOVE = "UPDATE chunkd_chunk SET state = $2 WHERE id = $1 AND state = ANY($3::smallint[]) RETURNING id"
 
 INSTANCE_COUNT_BY_STATUS = "SELECT status, count(*) FROM chunkd_instance GROUP BY status"
 

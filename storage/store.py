@@ -659,9 +659,6 @@ class Store:
         """Which of these instances have ended (cancelled, failed, completed)."""
         return {r[0] for r in await self.pool.fetch(sql.INSTANCES_ENDED_AMONG, list(instance_ids))}
 
-    async def move_chunk(self, chunk_id: int, to: C, allowed_from: list[int]) -> bool:
-        return await self.pool.fetchval(sql.CHUNK_MOVE, chunk_id, int(to), allowed_from) is not None
-
     async def queue_depth(self) -> dict[tuple[int, str], int]:
         """(partition, state name) -> chunks, for READY, IN_PROGRESS and ERRORED."""
         return {(r["partition"], C(r["state"]).name): r["n"] for r in await self.pool.fetch(sql.QUEUE_DEPTH)}

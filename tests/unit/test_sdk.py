@@ -118,7 +118,22 @@ def test_daemon_sdk_is_a_deprecated_alias_of_chunkd() -> None:
 
     import chunkd
     sys.modules.pop("daemon.sdk", None)
-    with pytest.warns(DeprecationWarning, match="import from chunkd"):
+    with pytest.warns(DeprecationWarning, match=r"removed in chunkd 0\.2\.0: import from chunkd"):
         sdk = importlib.import_module("daemon.sdk")
     assert sdk.Job is chunkd.Job and sdk.__all__ == chunkd.__all__
     assert not hasattr(sdk, "StepDef")  # nothing internal through the alias
+
+
+def test_daemon_sdk_is_gone_by_the_release_it_names() -> None:
+    """The alias names the release that removes it; reaching that version with the alias still
+    here fails (then remove daemon/sdk.py and these two tests)."""
+    import re
+    import tomllib
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    found = re.search(r'^REMOVED_IN = "(\d+)\.(\d+)\.(\d+)"$', (root / "daemon" / "sdk.py").read_text(), re.M)
+    assert found, "daemon/sdk.py names no release that removes it"
+    removed_in = tuple(int(n) for n in found.groups())
+    assert tuple(int(n) for n in version.split(".")[:3]) < removed_in, \
+        f"chunkd {version} still ships daemon.sdk, which promised to be gone in {'.'.join(map(str, removed_in))}"

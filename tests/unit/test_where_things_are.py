@@ -26,3 +26,19 @@ def test_every_named_function_exists() -> None:
             assert hasattr(obj, part), f"README names {place}, which does not exist"
             obj = getattr(obj, part)
         assert callable(obj), place
+
+
+def test_every_cited_rule_is_in_the_readme() -> None:
+    """Comments cite the correctness rules as "rule N": each N is in README's numbered list."""
+    section = README.split("## Correctness rules", 1)[1].split("\n## ", 1)[0]
+    listed = {int(n) for n in re.findall(r"^(\d+)\. ", section, flags=re.M)}
+    assert listed == set(range(1, len(listed) + 1)) and len(listed) >= 14
+    root = Path(__file__).resolve().parents[2]
+    cited: dict[int, str] = {}
+    for folder in ("chunkd", "daemon", "actors", "storage", "channels", "metrics", "benchmarks", "tests"):
+        for path in (root / folder).rglob("*.py"):
+            for n in re.findall(r"\b[Rr]ules? (\d+)\b", path.read_text()):
+                cited.setdefault(int(n), str(path.relative_to(root)))
+    assert cited, "no citation found: the pattern is wrong"
+    missing = {n: where for n, where in cited.items() if n not in listed}
+    assert not missing, f"cited but not in README's correctness rules: {missing}"
