@@ -100,11 +100,3 @@ def chunk_allowed_from(to: ChunkState, among: frozenset[ChunkState] | None = Non
 
 def instance_allowed_from(to: InstanceState) -> list[str]:
     return sorted(a.value for (a, b) in INSTANCE_MOVES if b == to)
-
-
-def chunk_move_is_legal(a: ChunkState, b: ChunkState) -> bool:
-    return (a, b) in CHUNK_MOVES
-
-
-def instance_move_is_legal(a: InstanceState, b: InstanceState) -> bool:
-    return (a, b) in INSTANCE_MOVES
