@@ -260,6 +260,7 @@ class Run:
             n.start()
         for n in self.nodes:
             await self.wait_ready(n, 60)
+        self.t0 = time.monotonic()
         self.note(f"cluster: {p.daemons} daemons, {p.partitions} partitions x {p.concurrency} steps, "
                   f"claim batch {p.claim_batch}; {len(p.events)} events over {self.settings.run_seconds:.0f}s")
 
@@ -600,6 +601,14 @@ class Run:
             if bad:
                 self.find("completed-chunks", f"COMPLETED with chunks {bad} (and {states.get(C.COMPLETED, 0)} COMPLETED)",
                           iid)
+            # every torture job's work step (step 1) emits one Val (step 2) per run it completes:
+            # a COMPLETED work chunk without its Val is a step run recorded COMPLETED that did not finish
+            work, vals = await c.fetchrow(f"""SELECT count(*) FILTER (WHERE step = 1 AND state = {C.COMPLETED:d}),
+                                                     count(*) FILTER (WHERE step = 2) FROM chunkd_chunk
+                                               WHERE instance_id = $1""", iid)
+            if work != vals:
+                self.find("work-output", f"{work} work chunks COMPLETED but {vals} outputs: {work - vals} step runs "
+                                         "recorded COMPLETED without finishing (they returned on ctx.cancelled?)", iid)
             if ".tx." in r["job_name"]:
                 distinct = await c.fetchval("SELECT count(DISTINCT n) FROM torture_effect WHERE instance_id = $1 "
                                             "AND n >= 0 AND n < $2", iid, params["chunks"])
@@ -616,7 +625,6 @@ class Run:
 
     async def go(self) -> None:
         await self.setup()
-        self.t0 = time.monotonic()
         await self.execute()
         await self.quiesce()
         await self.check()

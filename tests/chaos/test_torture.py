@@ -1,0 +1,30 @@
+"""The torture test's short run (issue 22, row 8): a few fixed seeds of tests/chaos/torture.py.
+
+Each seed draws a cluster of 2-3 daemons and ~15 s of operator actions and faults, then
+quiesces and checks the invariants (see the module's docstring). The seeds that found bugs
+are kept here as regression cases, with what they found; the long run is
+
+    .venv/bin/python -m tests.chaos.torture --seeds 1-50 --minutes 30
+"""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.chaos.torture import Settings, replay_command, run_seed
+
+pytestmark = [pytest.mark.chaos]
+
+SEEDS = {
+    1: "row 1: force-stop, restart the moment it reads CANCELLED -> COMPLETED with 680 chunks CANCELLED, never run",
+}
+
+
+@pytest.mark.parametrize("seed", sorted(SEEDS))
+def test_torture_seed(seed: int, pg_server: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings()
+    res = asyncio.run(run_seed(seed, settings, admin_dsn=pg_server, workroot=tmp_path))
+    assert res.ok, (f"seed {seed} broke {len(res.findings)} invariants:\n  " + "\n  ".join(map(str, res.findings)) +
+                    "\nactions:\n  " + "\n  ".join(res.actions) + f"\nlogs: {res.workdir}\nreplay: "
+                    + replay_command(seed, settings))
