@@ -52,6 +52,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -70,6 +71,8 @@ class Settings:
     quiesce_seconds: float = 180.0  # then: until every instance is COMPLETED, at most this
     stuck_seconds: float = 45.0    # a non-terminal instance without progress this long is a finding
     max_instances: int = 8         # submits beyond this many live instances are skipped
+    network: bool = True           # daemons reach Postgres through a Proxy: partitions and silenced connections
+    silence_server_seconds: float = 10.0  # Postgres notices a silenced connection this late (0: never)
 
 
 @dataclass
@@ -145,7 +148,101 @@ def draw_plan(seed: int, run_seconds: float) -> Plan:
                    hold=rng.uniform(LEASE_SECONDS + 1, LEASE_SECONDS + 4) if kind == "sigstop" else rng.uniform(0, 2))
         plan.events.append(ev)
         t += rng.uniform(0.2, 3.0)
+    # network faults from a stream of their own, so that they leave the rest of a seed's plan as it was
+    net = random.Random(f"net-{seed}")
+    for _ in range(net.choice((0, 1, 1, 2))):
+        kind = net.choice(("partition", "silence"))
+        plan.events.append(Event(at=net.uniform(1.0, max(1.5, run_seconds - 1)), kind=kind, pick=net.random(),
+                                 via_cli=False, force=False, hold=net.uniform(LEASE_SECONDS + 1, 15)))
+    plan.events.sort(key=lambda e: e.at)
     return plan
+
+
+# ------------------------------------------------------------------ the network between a daemon and Postgres
+class Proxy:
+    """A TCP proxy between one daemon and Postgres that can go quiet the way networks do:
+    no FIN, no RST, the bytes just stop. `partition(s)`: nothing flows on any connection,
+    old or new, for s seconds, then everything flows again (TCP retransmits what waited).
+    `silence()`: the connections open now never carry another byte (a NAT or firewall that
+    forgot them, a failover behind a virtual IP), while new connections work. Postgres's side
+    of a silenced connection is closed `server_notices` seconds later (as the server's TCP
+    keepalive would, after hours by default): until then its transaction holds its locks.
+    With `server_notices=0` it is never closed."""
+
+    def __init__(self, host: str, port: int, server_notices: float) -> None:
+        self.host, self.port_up, self.server_notices = host, port, server_notices
+        self.port = 0
+        self.server: asyncio.base_events.Server | None = None
+        self.blackout_until = 0.0
+        self.conns: set[_Conn] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection(self.host, self.port_up)
+        except OSError:
+            writer.close()
+            return
+        conn = _Conn(writer, up_w)
+        self.conns.add(conn)
+        try:
+            await asyncio.gather(self._pump(reader, up_w, conn), self._pump(up_r, writer, conn))
+        except (OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the run is over, or one side closed
+        finally:
+            self.conns.discard(conn)
+            conn.close()
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, conn: "_Conn") -> None:
+        while True:
+            data = await src.read(65536)
+            while conn.dead or time.monotonic() < self.blackout_until:
+                await asyncio.sleep(0.05)  # held, never dropped: the peer sees silence
+            if not data:
+                conn.close()
+                return
+            dst.write(data)
+            await dst.drain()
+
+    def partition(self, seconds: float) -> None:
+        self.blackout_until = time.monotonic() + seconds
+
+    def heal(self) -> None:
+        self.blackout_until = 0.0  # silenced connections stay silent: the daemon must drop them
+
+    def silence(self) -> int:
+        for c in self.conns:
+            c.dead = True
+            if self.server_notices:
+                asyncio.get_running_loop().call_later(self.server_notices, c.close_server_side)
+        return len(self.conns)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for c in list(self.conns):
+            c.close()
+
+
+class _Conn:
+    def __init__(self, a: asyncio.StreamWriter, b: asyncio.StreamWriter) -> None:
+        self.a, self.b, self.dead = a, b, False
+
+    def close(self) -> None:
+        for w in (self.a, self.b):
+            try:
+                w.close()
+            except RuntimeError:  # the loop is closing
+                pass
+
+    def close_server_side(self) -> None:
+        try:
+            self.b.close()  # Postgres sees the connection end and rolls its transaction back
+        except RuntimeError:
+            pass
 
 
 # ------------------------------------------------------------------ daemons
@@ -221,6 +318,7 @@ class Run:
         self.database = f"chunkd_torture_{seed}_{uuid.uuid4().hex[:8]}"
         self.dsn = _with_db(admin_dsn, self.database)
         self.nodes: list[Node] = []
+        self.proxies: list[Proxy] = []
         self.findings: list[Finding] = []
         self.actions: list[str] = []
         self.keys: dict[str, tuple[dict[str, Any], int]] = {}  # idempotency key -> (body, instance id)
@@ -255,7 +353,18 @@ class Run:
                "CHUNKD_LEASE_SECONDS": str(LEASE_SECONDS), "CHUNKD_HEARTBEAT_SECONDS": "0.5",
                "CHUNKD_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS), "CHUNKD_PARTITIONS": str(p.partitions),
                "CHUNKD_PARTITION_CONCURRENCY": str(p.concurrency), "CHUNKD_CLAIM_BATCH": str(p.claim_batch)}
-        self.nodes = [Node(i, self.dsn, self.workdir, env) for i in range(p.daemons)]
+        self.nodes = []
+        for i in range(p.daemons):
+            dsn = self.dsn
+            if self.settings.network:
+                parts = urlsplit(self.dsn)
+                proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432, self.settings.silence_server_seconds)
+                await proxy.start()
+                self.proxies.append(proxy)
+                user = parts.netloc.rpartition("@")[0]
+                netloc = f"{user}@127.0.0.1:{proxy.port}" if user else f"127.0.0.1:{proxy.port}"
+                dsn = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+            self.nodes.append(Node(i, dsn, self.workdir, env))
         for n in self.nodes:
             n.start()
         for n in self.nodes:
@@ -269,6 +378,8 @@ class Run:
             t.cancel()
         for n in self.nodes:
             n.cleanup()
+        for proxy in self.proxies:
+            proxy.close()
         if self.conn is not None:
             await self.conn.close()
         if not keep:
@@ -503,6 +614,20 @@ class Run:
         self.note(f"daemon {n.index} exited after SIGTERM in {time.monotonic() - started:.1f}s; respawn")
         await self.respawn(n, 0)
 
+    async def do_partition(self, ev: Event) -> None:
+        if not self.proxies:
+            return
+        i = int(ev.pick * len(self.proxies))
+        self.proxies[i].partition(ev.hold)
+        self.note(f"partition: daemon {i} cut off from Postgres for {ev.hold:.1f}s (no FIN, no RST)")
+
+    async def do_silence(self, ev: Event) -> None:
+        if not self.proxies:
+            return
+        i = int(ev.pick * len(self.proxies))
+        k = self.proxies[i].silence()
+        self.note(f"silence: daemon {i}'s {k} open connections to Postgres never carry a byte again")
+
     async def do_pg_terminate(self, ev: Event) -> None:
         assert self.conn is not None
         killed = await self.conn.fetchval(
@@ -515,6 +640,8 @@ class Run:
         assert self.conn is not None
         for t in list(self.tasks):  # pending SIGCONTs and respawns: do them now
             t.cancel()
+        for proxy in self.proxies:
+            proxy.heal()
         for n in self.nodes:
             if n.stopped:
                 n.signal(signal.SIGCONT)
@@ -622,6 +749,13 @@ class Run:
             status, _ = await asyncio.to_thread(http, "GET", n.url + "/healthz", None, 5.0)
             if status != 200:
                 self.find("daemon-dead", f"daemon {n.index} answers /healthz with {status} at the end")
+            # alive is not enough: a daemon whose connections went silent may answer /healthz for ever
+            age = await c.fetchval("SELECT extract(epoch FROM now() - heartbeat_at) FROM chunkd_node WHERE pid = $1 "
+                                   "ORDER BY id DESC LIMIT 1", n.proc.pid)
+            if age is None or age > 10 * LEASE_SECONDS:
+                when = "has no heartbeat row (the cluster removed it as dead)" if age is None else \
+                    f"last renewed its heartbeat {float(age):.0f}s ago"
+                self.find("daemon-hung", f"daemon {n.index} (pid {n.proc.pid}, /healthz {status}) {when}")
 
     async def go(self) -> None:
         await self.setup()
@@ -631,8 +765,11 @@ class Run:
 
 
 def replay_command(seed: int, settings: Settings) -> str:
-    return (f".venv/bin/python -m tests.chaos.torture --seeds {seed} --run-seconds {settings.run_seconds:g} "
-            f"--keep")
+    extra = "" if settings.network else " --no-network"
+    if settings.silence_server_seconds != Settings.silence_server_seconds:
+        extra += f" --silence-server-seconds {settings.silence_server_seconds:g}"
+    return (f".venv/bin/python -m tests.chaos.torture --seeds {seed} --run-seconds {settings.run_seconds:g}"
+            f"{extra} --keep -v")
 
 
 async def run_seed(seed: int, settings: Settings, admin_dsn: str = LOCAL_DSN, keep: bool = False,
@@ -677,11 +814,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-seconds", type=float, default=Settings.run_seconds)
     ap.add_argument("--quiesce-seconds", type=float, default=Settings.quiesce_seconds)
     ap.add_argument("--stuck-seconds", type=float, default=Settings.stuck_seconds)
+    ap.add_argument("--no-network", action="store_true", help="daemons connect to Postgres directly: no partitions "
+                                                               "or silenced connections")
+    ap.add_argument("--silence-server-seconds", type=float, default=Settings.silence_server_seconds,
+                    help="when Postgres notices a silenced connection (0: never, as with default server keepalives)")
     ap.add_argument("--keep", action="store_true", help="keep the database and logs even when the seed passes")
     ap.add_argument("--verbose", "-v", action="store_true", help="print every action as it happens")
     ap.add_argument("--stop-on-failure", action="store_true")
     a = ap.parse_args(argv)
-    settings = Settings(run_seconds=a.run_seconds, quiesce_seconds=a.quiesce_seconds, stuck_seconds=a.stuck_seconds)
+    settings = Settings(run_seconds=a.run_seconds, quiesce_seconds=a.quiesce_seconds, stuck_seconds=a.stuck_seconds,
+                        network=not a.no_network, silence_server_seconds=a.silence_server_seconds)
     seeds = parse_seeds(a.seeds)
     until = time.monotonic() + a.minutes * 60
     failed: list[int] = []
