@@ -24,7 +24,7 @@ SEEDS = {
 @pytest.mark.parametrize("seed", sorted(SEEDS))
 def test_torture_seed(seed: int, pg_server: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings = Settings()
-    res = asyncio.run(run_seed(seed, settings, admin_dsn=pg_server, workroot=tmp_path))
+    res = asyncio.run(run_seed(seed, settings, admin_dsn=pg_server, workroot=tmp_path, keep_failed=False))
     assert res.ok, (f"seed {seed} broke {len(res.findings)} invariants:\n  " + "\n  ".join(map(str, res.findings)) +
                     "\nactions:\n  " + "\n  ".join(res.actions) + f"\nlogs: {res.workdir}\nreplay: "
                     + replay_command(seed, settings))

@@ -92,7 +92,6 @@ class Result:
     seconds: float
     findings: list[Finding]
     actions: list[str]
-    instances: int
     workdir: Path
     database: str
 
@@ -323,6 +322,7 @@ class Run:
         self.actions: list[str] = []
         self.keys: dict[str, tuple[dict[str, Any], int]] = {}  # idempotency key -> (body, instance id)
         self.schedules: list[str] = []
+        self.cancel_failures: set[tuple[int, int]] = set()
         self.t0 = time.monotonic()
         self.tasks: set[asyncio.Task[None]] = set()
         self.conn: asyncpg.Connection | None = None
@@ -413,9 +413,25 @@ class Run:
                 await asyncio.sleep(delay)
             self.watch_daemons()
             try:
+                await self.watch_cancel_failures()
                 await getattr(self, "do_" + ev.kind)(ev)
             except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as e:
                 self.note(f"{ev.kind}: could not ({e!r})")
+
+    async def watch_cancel_failures(self) -> None:
+        """A step that raises because it saw ctx.cancelled was cancelled, not broken: its chunk
+        must end CANCELLED, never ERRORED (retried) or FAILED (failing the instance)."""
+        assert self.conn is not None
+        rows = await self.conn.fetch(f"""
+            SELECT instance_id, state, count(*) AS k, max(attempt) AS attempt FROM chunkd_chunk
+             WHERE state IN ({C.ERRORED:d}, {C.FAILED:d}) AND error_message LIKE '%ctx.cancelled seen%'
+             GROUP BY 1, 2""")
+        for r in rows:
+            key = (r["instance_id"], r["state"])
+            if key not in self.cancel_failures:
+                self.cancel_failures.add(key)
+                self.find("cancel-is-not-failure", f"{r['k']} chunks {C(r['state']).name} (up to attempt {r['attempt']}) "
+                                                   "for raising on ctx.cancelled", r["instance_id"])
 
     def watch_daemons(self) -> None:
         for n in self.nodes:
@@ -670,6 +686,7 @@ class Run:
         deadline = time.monotonic() + self.settings.quiesce_seconds
         while True:
             self.watch_daemons()
+            await self.watch_cancel_failures()
             rows = await self.conn.fetch(f"""
                 SELECT i.id, i.status, i.error_message,
                        (SELECT count(*) FROM chunkd_chunk c WHERE c.instance_id = i.id AND c.state = {C.COMPLETED:d}) AS done
@@ -773,7 +790,8 @@ def replay_command(seed: int, settings: Settings) -> str:
 
 
 async def run_seed(seed: int, settings: Settings, admin_dsn: str = LOCAL_DSN, keep: bool = False,
-                   echo: bool = False, workroot: Path | None = None) -> Result:
+                   echo: bool = False, workroot: Path | None = None, keep_failed: bool = True) -> Result:
+    """One seed. The database and logs are dropped, unless `keep`, or the seed failed and `keep_failed`."""
     workdir = Path(tempfile.mkdtemp(prefix=f"torture-{seed}-", dir=workroot))
     lines: list[str] = []
 
@@ -786,13 +804,12 @@ async def run_seed(seed: int, settings: Settings, admin_dsn: str = LOCAL_DSN, ke
     try:
         await run.go()
     finally:
-        keep_it = keep or bool(run.findings)
+        keep_it = keep or (keep_failed and bool(run.findings))
         (workdir / "actions.log").write_text("\n".join(lines) + "\n")
         await run.teardown(keep_it)
-        if not keep_it:
+        if not (keep_it or run.findings):
             shutil.rmtree(workdir, ignore_errors=True)
-    assert run.conn is not None or True
-    return Result(seed, time.monotonic() - started, run.findings, run.actions, 0, workdir, run.database)
+    return Result(seed, time.monotonic() - started, run.findings, run.actions, workdir, run.database)
 
 
 def parse_seeds(text: str) -> list[int]:
