@@ -850,7 +850,11 @@ def main(argv: list[str] | None = None) -> int:
     while True:
         seed = seeds[i % len(seeds)]
         print(f"seed {seed}: running", flush=True)
-        res = asyncio.run(run_seed(seed, settings, keep=a.keep, echo=a.verbose))
+        try:
+            res = asyncio.run(run_seed(seed, settings, keep=a.keep, echo=a.verbose))
+        except KeyboardInterrupt:
+            print(f"seed {seed}: interrupted; {runs} runs done; failed seeds: {sorted(set(failed)) or 'none'}")
+            return 130
         runs += 1
         if res.ok:
             print(f"seed {seed}: ok in {res.seconds:.0f}s", flush=True)
