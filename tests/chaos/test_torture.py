@@ -16,8 +16,15 @@ from tests.chaos.torture import Settings, replay_command, run_seed
 
 pytestmark = [pytest.mark.chaos]
 
+# seed -> what it found on main as of 5b4b119 (issue 22); each found it on every replay tried
 SEEDS = {
-    1: "row 1: force-stop, restart the moment it reads CANCELLED -> COMPLETED with 680 chunks CANCELLED, never run",
+    1: "row 1: force-stop, restart as soon as it reads CANCELLED -> COMPLETED with 680-1318 chunks CANCELLED, never "
+       "run, and a report short of them",
+    23: "rows 1 and 2: cancel (graceful) then restart at once on a plain-function step that returns on "
+        "ctx.cancelled: 4-8 work chunks COMPLETED without output, plus row 1's CANCELLED chunks",
+    5: "row 4: a daemon's connections silenced for ever: it never becomes ready again (/readyz 503, /healthz 200)",
+    4: "passed on main: submits, pg_terminate_backend, a SIGKILL, a partition, a stop-restart, a force-stop",
+    12: "passed on main: restarts, a cancel, a partition, two force-stops",
 }
 
 

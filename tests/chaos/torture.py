@@ -677,7 +677,7 @@ class Run:
             if not await self.wait_ready(n, 30):
                 ready, _ = await asyncio.to_thread(http, "GET", n.url + "/readyz", None, 5.0)
                 health, _ = await asyncio.to_thread(http, "GET", n.url + "/healthz", None, 5.0)
-                self.find("daemon-dead", f"daemon {n.index} not ready within 30s of the quiesce (/readyz {ready}, "
+                self.find("daemon-not-ready", f"daemon {n.index} not ready within 30s of the quiesce (/readyz {ready}, "
                                          f"/healthz {health}; 0 = no answer)")
         for sid in self.schedules:
             await asyncio.to_thread(http, "DELETE", self.nodes[0].url + f"/api/v1/schedules/{sid}", None, 5.0)
