@@ -62,6 +62,7 @@ from tests.torture_jobs import JOBS, TABLES, expected_report
 
 LEASE_SECONDS = 2.0
 GRACE_SECONDS = 5.0
+STOP_GRACE_SECONDS = 2.0  # "shortly after" a cancel returned, on a loaded machine
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
 
@@ -323,6 +324,8 @@ class Run:
         self.keys: dict[str, tuple[dict[str, Any], int]] = {}  # idempotency key -> (body, instance id)
         self.schedules: list[str] = []
         self.cancel_failures: set[tuple[int, int]] = set()
+        self.stopped_at: dict[int, Any] = {}   # instance -> when a cancel/force-stop returned, until a restart
+        self.claimed_late: set[int] = set()
         self.t0 = time.monotonic()
         self.tasks: set[asyncio.Task[None]] = set()
         self.conn: asyncpg.Connection | None = None
@@ -414,6 +417,7 @@ class Run:
             self.watch_daemons()
             try:
                 await self.watch_cancel_failures()
+                await self.claimed_after_stop()
                 await getattr(self, "do_" + ev.kind)(ev)
             except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as e:
                 self.note(f"{ev.kind}: could not ({e!r})")
@@ -514,6 +518,7 @@ class Run:
         if iid is None:
             return
         status, _ = await self.call(ev, "POST", f"/api/v1/instances/{iid}/cancel", None, ["cancel", str(iid)])
+        await self.stopped_now(iid, status)
         self.note(f"cancel {'cli' if ev.via_cli else 'api'} instance {iid} -> {status}")
 
     async def do_force_stop(self, ev: Event) -> None:
@@ -522,12 +527,41 @@ class Run:
             return
         status, _ = await self.call(ev, "POST", f"/api/v1/instances/{iid}/stop?force=true", None,
                                     ["stop", str(iid), "--force"])
+        await self.stopped_now(iid, status)
         self.note(f"force-stop {'cli' if ev.via_cli else 'api'} instance {iid} -> {status}")
+
+    async def stopped_now(self, iid: int, status: int) -> None:
+        """Remember when a cancel or force-stop returned (the database's clock)."""
+        assert self.conn is not None
+        if status == 200 and iid not in self.stopped_at:
+            self.stopped_at[iid] = await self.conn.fetchval("SELECT clock_timestamp()")
+
+    async def claimed_after_stop(self) -> None:
+        """Cancel means stop (rules 7 and 11, issue 22 row 3): from shortly after a cancel or
+        force-stop returned, no chunk of the instance is claimed again until a restart."""
+        assert self.conn is not None
+        for iid, at in list(self.stopped_at.items()):
+            r = await self.conn.fetchrow(
+                f"SELECT count(*) AS k, max(attempt) AS attempt, extract(epoch FROM max(claimed_at) - $2) AS late, "
+                f"array_agg(DISTINCT state) AS states FROM chunkd_chunk WHERE instance_id = $1 "
+                f"AND claimed_at > $2 + make_interval(secs => {STOP_GRACE_SECONDS})", iid, at)
+            if r["k"] and iid not in self.claimed_late:
+                self.claimed_late.add(iid)
+                self.find("claimed-after-stop", f"{r['k']} chunks claimed more than {STOP_GRACE_SECONDS:g}s after its "
+                                                f"cancel/force-stop returned and before any restart (up to "
+                                                f"{float(r['late']):.1f}s after, attempt up to {r['attempt']}, now "
+                                                f"{[C(x).name for x in r['states']]})", iid)
+
+    async def before_restart(self, iid: int) -> None:
+        if iid in self.stopped_at:
+            await self.claimed_after_stop()
+            del self.stopped_at[iid]
 
     async def do_restart(self, ev: Event) -> None:
         iid = await self.target(ev, ("CANCELLED", "FAILED"))
         if iid is None:
             return
+        await self.before_restart(iid)
         status, _ = await self.call(ev, "POST", f"/api/v1/instances/{iid}/restart", None, ["restart", str(iid)])
         self.note(f"restart {'cli' if ev.via_cli else 'api'} instance {iid} -> {status}")
 
@@ -547,6 +581,7 @@ class Run:
             if seen in TERMINAL:
                 break
             await asyncio.sleep(0.01)
+        self.stopped_at.pop(iid, None)  # restarted at once: nothing to watch
         rs, _ = (await asyncio.to_thread(http, "POST", (self.api_node(ev) or self.nodes[0]).url +
                                          f"/api/v1/instances/{iid}/restart", None, 5.0)
                  if seen in ("CANCELLED", "FAILED") else (None, None))
@@ -690,6 +725,7 @@ class Run:
         while True:
             self.watch_daemons()
             await self.watch_cancel_failures()
+            await self.claimed_after_stop()
             rows = await self.conn.fetch(f"""
                 SELECT i.id, i.status, i.error_message,
                        (SELECT count(*) FROM chunkd_chunk c WHERE c.instance_id = i.id AND c.state = {C.COMPLETED:d}) AS done
@@ -707,6 +743,7 @@ class Run:
                         self.find("never-completes", f"still {r['status']} after 5 restarts in the quiesce: "
                                                      f"{r['error_message']}", iid)
                         return
+                    await self.before_restart(iid)
                     status, _ = await asyncio.to_thread(http, "POST", self.nodes[restarts[iid] % len(self.nodes)].url +
                                                         f"/api/v1/instances/{iid}/restart", None, 5.0)
                     self.note(f"quiesce: restart instance {iid} ({r['status']}: {r['error_message']}) -> {status}")
