@@ -19,11 +19,11 @@ pytestmark = [pytest.mark.chaos]
 # seed -> (seconds of events, what it found on main as of 5b4b119, issue 22)
 SEEDS = {
     1: (15, "row 1: force-stop, restart as soon as it reads CANCELLED -> COMPLETED with 680-1318 chunks CANCELLED, "
-            "never run, and a report short of them (found on 3 of 3 runs)"),
+            "never run, and a report short of them (found on 5 of 5 runs)"),
     23: (15, "rows 1 and 2: cancel (graceful) then restart at once, on a plain-function step that returns on "
-             "ctx.cancelled: 2-8 work chunks COMPLETED without output, plus row 1's CANCELLED chunks (5 of 5 runs)"),
+             "ctx.cancelled: 2-8 work chunks COMPLETED without output, plus row 1's CANCELLED chunks (7 of 7 runs)"),
     5: (15, "row 4: a daemon's connections silenced for ever: it never becomes ready again (/readyz 503, /healthz "
-            "200) (2 of 2 runs)"),
+            "200) (4 of 4 runs)"),
     4: (10, "passed on main: submits, pg_terminate_backend, a partition, a SIGKILL"),
     12: (10, "passed on main: a cancel, a partition, restarts"),
 }
