@@ -117,7 +117,7 @@ class Event:
     via_cli: bool       # operator actions: the CLI instead of the API
     force: bool         # stop_restart: force-stop (else cancel)
     submit: dict[str, Any] = field(default_factory=dict)
-    hold: float = 0.0   # sigstop: how long; sigkill: respawn delay
+    hold: float = 0.0   # sigstop, partition: how long; sigkill: the respawn delay
 
 
 @dataclass
@@ -454,7 +454,7 @@ class Run:
         return await self.conn.fetch("SELECT id, status, params FROM chunkd_instance ORDER BY id")
 
     async def target(self, ev: Event, statuses: tuple[str, ...]) -> int | None:
-        """An instance in one of `statuses`, running ones first: actions must land on work in flight."""
+        """An instance in one of `statuses` (the active ones, for a stop: actions must land on work in flight)."""
         rows = [r for r in await self.instances() if r["status"] in statuses]
         if not rows:
             return None
