@@ -719,7 +719,8 @@ class Run:
         # a DELETE the API did not answer (a daemon just respawned): no more firings either way
         await self.conn.execute("DELETE FROM chunkd_schedule WHERE id LIKE 'torture-%'")
         self.note("quiesce: all daemons up, schedules deleted; restarting what is CANCELLED/FAILED")
-        restarts: dict[int, int] = {}
+        restarts: dict[int, int] = {}  # accepted restarts per instance
+        tries: dict[int, int] = {}
         progress: dict[int, tuple[Any, float]] = {}
         deadline = time.monotonic() + self.settings.quiesce_seconds
         while True:
@@ -738,15 +739,18 @@ class Run:
             for r in pending:
                 iid = r["id"]
                 if r["status"] in ("CANCELLED", "FAILED"):
-                    restarts[iid] = restarts.get(iid, 0) + 1
-                    if restarts[iid] > 5:
+                    if restarts.get(iid, 0) >= 5:
                         self.find("never-completes", f"still {r['status']} after 5 restarts in the quiesce: "
                                                      f"{r['error_message']}", iid)
                         return
                     await self.before_restart(iid)
-                    status, _ = await asyncio.to_thread(http, "POST", self.nodes[restarts[iid] % len(self.nodes)].url +
-                                                        f"/api/v1/instances/{iid}/restart", None, 5.0)
-                    self.note(f"quiesce: restart instance {iid} ({r['status']}: {r['error_message']}) -> {status}")
+                    tries[iid] = tries.get(iid, 0) + 1
+                    status, out = await asyncio.to_thread(http, "POST", self.nodes[tries[iid] % len(self.nodes)].url +
+                                                          f"/api/v1/instances/{iid}/restart", None, 5.0)
+                    if status == 200:  # a refused restart (still stopping, say) is tried again until the deadline
+                        restarts[iid] = restarts.get(iid, 0) + 1
+                    self.note(f"quiesce: restart instance {iid} ({r['status']}: {r['error_message']}) -> {status}"
+                              + ("" if status == 200 else f" {out}"))
                     progress.pop(iid, None)
                     continue
                 sig = (r["status"], r["done"])
