@@ -41,5 +41,5 @@ async def watch_ended(store: Store, inflight: InFlight, stops: Stops) -> None:
             # restarted since it ended drops out, so its new run's chunks start again.
             stops.ended = ended | stops.fresh
         else:
-            stops.ended = set()
+            stops.ended, stops.fresh = set(), set()
         await anyio.sleep(POLL_SECONDS)
