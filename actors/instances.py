@@ -43,6 +43,12 @@ def validate(registry: Registry, job_name: str, params_json: str | bytes, versio
         job = registry.get(job_name, version)
     except LookupError as e:
         raise UnknownJob(str(e.args[0] if e.args else e)) from None
+    return job, canonical_params(job, params_json)
+
+
+def canonical_params(job: Job, params_json: str | bytes) -> str:
+    """The job's parameters decoded (BadParameters naming the path) and encoded back with
+    their defaults: what an instance stores."""
     try:
         params = job.decode_params(params_json)
     except DataError as e:
@@ -50,7 +56,19 @@ def validate(registry: Registry, job_name: str, params_json: str | bytes, versio
     canonical = to_json(params)
     if "\\u0000" in canonical:
         raise BadParameters(f"job {job.name!r}: parameters must not contain NUL characters", None)
-    return job, canonical
+    return canonical
+
+
+async def params_check(job: Job, canonical: str, db: Any) -> None:
+    """The job's own params_check, if it has one, over `db` (ctx.db's reader): a refusal is
+    BadParameters naming its path. The daemon's checker (`checked`) and a job author's test
+    share it."""
+    if job.check is None:
+        return
+    try:
+        await job.check(job.decode_params(canonical), db)
+    except ParameterError as e:
+        raise BadParameters(f"job {job.name!r}: {e}", e.path) from None
 
 
 class IdempotencyConflict(SubmitError):
@@ -136,9 +154,7 @@ async def checked(registry: Registry, job_name: str, params_json: str | bytes, v
         own = reader is None
         reader = reader or Reader(dsn, max_size=1)
         try:
-            await job.check(job.decode_params(canonical), reader)
-        except ParameterError as e:
-            raise BadParameters(f"job {job.name!r}: {e}", e.path) from None
+            await params_check(job, canonical, reader)
         finally:
             if own:
                 await reader.close()
