@@ -33,6 +33,21 @@ def shape_of(job: Job) -> JobShape:
                     fail_on_chunk_failure=job.fail_instance_on_chunk_failure)
 
 
+def progress_row(instance_id: int, p: Plan, last: Progress | None) -> tuple[bool, Progress | None]:
+    """The progress row a pass writes for an instance, if any, and whether it is written now
+    (True) or at the next progress tick (False). An instance about to end gets its last
+    figures now, so that its error_count matches its steps' (a COMPLETED one's progress
+    becomes 1 as it completes; only a changed error count costs this write); one waiting its
+    turn, whose figures did not change, costs no write."""
+    if p.action is Action.FAIL or (p.action in (Action.COMPLETE, Action.FINALIZE)
+                                   and p.errors != (last.errors if last else 0)):
+        return True, Progress(instance_id, round(p.progress, 4), _rounded(p.rate), None, p.errors)
+    if p.action is Action.COMPLETE:
+        return False, None
+    row = Progress(instance_id, round(p.progress, 4), _rounded(p.rate), _rounded(p.eta), p.errors)
+    return False, (row if last != row else None)
+
+
 class InstanceAdvancer:
     def __init__(self, store: Store, registry: Registry, reducer: Reducer, interval: float) -> None:
         """`interval`: the pass interval; progress is written at most once per it (and per
@@ -79,19 +94,13 @@ class InstanceAdvancer:
             if p.rate_state is not None:
                 self.rates[inst.id] = p.rate_state  # the smoothed rate behind the ETA
             decided.append(Decided(inst, job, p))
-            last = self._shown.get(inst.id)
-            if p.action is Action.FAIL or (p.action in (Action.COMPLETE, Action.FINALIZE)
-                                           and p.errors != (last.errors if last else 0)):
-                # Its last figures, written now and not at the next progress tick: it is about to
-                # end, and its error_count must match its steps' (a COMPLETED one's progress
-                # becomes 1 as it completes; only a changed error count costs this write).
-                final.append(Progress(inst.id, round(p.progress, 4), _rounded(p.rate), None, p.errors))
-            elif p.action is not Action.COMPLETE:
-                row = Progress(inst.id, round(p.progress, 4), _rounded(p.rate), _rounded(p.eta), p.errors)
-                if self._shown.get(inst.id) != row:  # an instance waiting its turn costs no write
-                    shown.append(row)
-                if p.eta is not None:
-                    etas[job.name] = max(etas.get(job.name, 0.0), p.eta)
+            now_final, row = progress_row(inst.id, p, self._shown.get(inst.id))
+            if now_final and row is not None:
+                final.append(row)
+            elif row is not None:
+                shown.append(row)
+            if not now_final and p.action is not Action.COMPLETE and p.eta is not None:
+                etas[job.name] = max(etas.get(job.name, 0.0), p.eta)
         await store.set_progress(final)
         self._shown.update((r.instance_id, r) for r in final)
         publish = await self.apply(decided, ctx)

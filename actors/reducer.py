@@ -26,6 +26,16 @@ from storage.types import Finish, InstanceRow, LeaderTerm, NotLeader
 log = structlog.get_logger("chunkd.maintenance")
 
 
+def retry_in(attempts: int, counted: bool, max_attempts: int, base: float, cap: float,
+             too_large: bool) -> float | None:
+    """After a failed reduction attempt: seconds until the next, or None when the instance
+    FAILS now (a counted failure at max_attempts, or a report over its limit, which no retry
+    makes smaller). An uncounted one (the database away) waits a second and is not counted."""
+    if counted and (attempts >= max_attempts or too_large):
+        return None
+    return backoff_seconds(max(1, attempts), base, cap) if counted else 1.0
+
+
 class Reducer:
     """Starts reductions in the background (the leader's task group) and keeps, per
     instance, when a failed one may run again."""
@@ -110,7 +120,9 @@ class Reducer:
         if attempts is None:
             self._retry_at.pop(inst.id, None)
             return  # it left FINALIZE meanwhile (cancelled, finished elsewhere)
-        if counted and (attempts >= step.max_attempts or isinstance(e, ReportTooLarge)):
+        delay = retry_in(attempts, counted, step.max_attempts, step.backoff_base, step.backoff_max,
+                         isinstance(e, ReportTooLarge))
+        if delay is None:
             final = f"{msg} (attempt {attempts} of {step.max_attempts})"
             bound.warning("reduction failed", error=final, attempts=attempts)
             REDUCTIONS.labels(job.name, "failed").inc()
@@ -120,7 +132,6 @@ class Reducer:
                 bound.error("instance state change", status=I.FAILED.value, error=final)  # no chunk: the reduction
                 await _handler(job.on_error, inst.id, final)
             return
-        delay = backoff_seconds(max(1, attempts), step.backoff_base, step.backoff_max) if counted else 1.0
         self._retry_at[inst.id] = time.monotonic() + delay
         bound.warning("reduction failed; will run again", error=msg, attempts=attempts,
                       max_attempts=step.max_attempts, counted=counted, retry_in=delay)

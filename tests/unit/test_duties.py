@@ -111,3 +111,26 @@ def test_the_scheduler_names_no_builtin_job() -> None:
     import actors.scheduler
     src = inspect.getsource(actors.scheduler)
     assert "retention" not in src and "keep_seconds" not in src
+
+
+def test_reduction_retry_waits_a_backoff_then_fails_at_max_attempts() -> None:
+    from actors.reducer import retry_in
+    assert retry_in(1, True, 3, 0.5, 10, False) == 0.5 and retry_in(2, True, 3, 0.5, 10, False) == 1.0
+    assert retry_in(3, True, 3, 0.5, 10, False) is None            # max_attempts: the instance FAILS
+    assert retry_in(1, True, 3, 0.5, 10, True) is None             # a report over its limit: at once
+    assert retry_in(7, False, 3, 0.5, 10, False) == 1.0            # the database away: not counted
+
+
+def test_progress_is_written_now_only_for_an_instance_about_to_end() -> None:
+    from actors.advancer import progress_row
+    from actors.planner import Action, Plan
+    from storage.types import Progress
+    running = Plan(Action.NONE, progress=0.5, rate=12.345, eta=3.0, errors=1)
+    now, row = progress_row(9, running, None)
+    assert not now and row == Progress(9, 0.5, 12.35, 3.0, 1)
+    assert progress_row(9, running, row) == (False, None)          # unchanged: no write
+    failing = Plan(Action.FAIL, progress=0.5, errors=2)
+    assert progress_row(9, failing, row) == (True, Progress(9, 0.5, None, None, 2))
+    done = Plan(Action.COMPLETE, progress=1.0, errors=1)
+    assert progress_row(9, done, row) == (False, None)             # its error count is already shown
+    assert progress_row(9, done, None)[0]                          # it is not: written as it ends
