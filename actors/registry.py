@@ -18,6 +18,7 @@ class Registry:
         self.app_dir = os.getcwd()
         self._jobs: dict[tuple[str, int], Job] = {}
         self.schedules: dict[str, Schedule] = {}
+        self.builtin_schedules: set[str] = set()  # declared by chunkd's own job modules
         self.local_tasks: dict[str, LocalTask] = {}
 
     def register(self, job: Job) -> None:
@@ -28,7 +29,7 @@ class Registry:
             raise JobDefinitionError(f"job {job.name!r} version {job.version} is defined twice")
         self._jobs[key] = job
 
-    def load_module(self, module_name: str) -> list[Job]:
+    def load_module(self, module_name: str, builtin: bool = False) -> list[Job]:
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
@@ -42,6 +43,8 @@ class Registry:
         for item in extras:
             if isinstance(item, Schedule):
                 self.schedules[item.name] = item
+                if builtin:
+                    self.builtin_schedules.add(item.name)
             else:
                 self.local_tasks[item.name] = item
         return found
@@ -93,6 +96,8 @@ def build_registry(modules: Iterable[str], app_dir: str | None = None, builtin: 
             raise JobDefinitionError(f"--app-dir {app_dir!r} is not a folder")
         if reg.app_dir not in sys.path:
             sys.path.insert(0, reg.app_dir)
-    for name in (*builtin, *modules):
+    for name in builtin:
+        reg.load_module(name, builtin=True)
+    for name in modules:
         reg.load_module(name)
     return reg

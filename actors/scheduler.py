@@ -25,7 +25,6 @@ from storage.store import Store
 
 log = structlog.get_logger("chunkd.scheduler")
 
-RETENTION_SCHEDULE = "chunkd.retention"
 ORPHAN_SWEEP_EVERY = 5.0  # seconds between looks for declared schedules nobody declares any more
 # Failed attempts at firing one occurrence (a params_check past a DBA's statement timeout,
 # the database away) before it is skipped, logged as an error: never retried for ever.
@@ -65,17 +64,16 @@ class Scheduler:
                 tg.start_soon(self._fire_loop)
 
     async def register(self) -> None:
-        """Schedules declared in job modules, and the built-in retention schedule."""
+        """The schedules declared in job modules, chunkd's own (source "builtin") and the
+        user's ("code"); a built-in one this daemon no longer declares is deleted."""
         now = await self.schedules.now()
-        cfg = self.settings
-        declared = [(s.name, s.job, s.version, json.dumps(s.params), s.cron, s.every, s.timezone, s.missed, "code",
-                     s.dialect) for s in self.registry.schedules.values()]
-        if cfg.retention_every:
-            declared.append((RETENTION_SCHEDULE, "chunkd.retention", None,
-                             json.dumps({"keep_seconds": cfg.retention, "keep_failed_seconds": cfg.retention_failed}),
-                             None, max(1.0, cfg.retention_every), "UTC", "skip", "builtin", None))
-        else:
-            await self.schedules.delete(RETENTION_SCHEDULE)
+        reg = self.registry
+        declared = [(s.name, s.job, s.version, json.dumps(s.params), s.cron, s.every, s.timezone, s.missed,
+                     "builtin" if s.name in reg.builtin_schedules else "code", s.dialect)
+                    for s in reg.schedules.values()]
+        for row in await self.schedules.list():
+            if row.source == "builtin" and row.id not in reg.schedules:
+                await self.schedules.delete(row.id)
         for sid, job, version, params, cron, every, tz, missed, source, said in declared:
             try:
                 spec = validate(cron, every, tz, missed, said)

@@ -43,14 +43,12 @@ class MaintenanceSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SchedulerSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """The scheduler: clustered schedules and the built-in retention schedule."""
+    """The scheduler: clustered schedules (the job modules' declared ones, chunkd's own
+    included) and this daemon's local tasks."""
     node_name: str
     partitions: int
     enabled: bool
     concurrency: int
-    retention: float
-    retention_failed: float
-    retention_every: float
     # A daemon whose heartbeat is older than this no longer counts as declaring its job
     # modules' schedules (those nobody declares are orphaned and do not fire).
     alive_within: float = 30.0

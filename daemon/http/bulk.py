@@ -15,20 +15,15 @@ the second answers with the same instance (200) if it asks for the same thing, e
 """
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from actors.instances import BadParameters, UnknownJob, checked, idempotency_differences
+from actors.instances import Result, Submission, submit_many
 from daemon.http import models as m
 from daemon.http.auth import Scope
-from daemon.http.common import Api, ApiError, _body, _decode, _json, ok
-from daemon.http.limits import MAX_IDEMPOTENCY_KEY, MAX_JSON_DEPTH, MAX_NAME, json_depth
-from storage.types import NewInstance
+from daemon.http.common import Api, ApiError, _body, _decode, _json, ok, refusal
 
 MAX_BATCH = 1000
 
@@ -54,98 +49,46 @@ class BatchResult(msgspec.Struct):
 SCHEMA_TYPES = (BatchRequest, BatchResult)
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.item = (status, m.ErrorDetail(code, message, details))
+class _Items(msgspec.Struct, forbid_unknown_fields=True):
+    """The body as read: each item is decoded on its own (`_item`), so that one item's value
+    out of range refuses that item, not the batch."""
+    items: list[msgspec.Raw]
 
 
-def _text(value: str | None, name: str, limit: int) -> None:
-    if value is not None and "\x00" in value:
-        raise _Refused(400, "bad_request", f"{name} must not contain NUL characters", {"parameter": name})
-    if value is not None and len(value) > limit:
-        raise _Refused(422, "too_long", f"{name} is {len(value)} characters; the limit is {limit}",
-                       {"path": f"$.{name}", "limit": limit})
+def _item(i: int, raw: msgspec.Raw) -> m.SubmitRequest | ApiError:
+    """An item as the single submit decodes its body: a 422 naming the path is the item's
+    answer; a malformed item (a 400) is the whole request's, as when the batch was one Struct."""
+    try:
+        return _decode(bytes(raw), m.SubmitRequest)  # type: ignore[no-any-return]
+    except ApiError as err:
+        if err.status == 400:
+            err.message = err.message.replace("- at `$", f"- at `$.items[{i}]")
+            raise
+        return err
 
 
-async def submit_batch(api: Api, items: list[m.SubmitRequest]) -> BatchResult:
+def _answer(i: int, res: Result) -> BatchItem:
+    if res.submitted is not None:
+        return BatchItem(i, 201 if res.submitted.created else 200, id=res.submitted.instance_id)
+    err = refusal(res.error)  # type: ignore[arg-type]
+    return BatchItem(i, err.status, error=m.ErrorDetail(err.code, err.message, err.details))
+
+
+async def submit_batch(api: Api, raw_items: list[msgspec.Raw]) -> BatchResult:
+    """One result per item, in order: the submit service (actors.instances.submit_many)
+    answers those that decode; each refusal is the single submit's error."""
     e = api.engine()
-    registry = api.node.registry
-    results: list[BatchItem | None] = [None] * len(items)
-    accepted: list[tuple[int, NewInstance, Any]] = []  # (index, new instance, job)
-    first_with_key: dict[str, int] = {}
-    same_key_as: dict[int, int] = {}  # index -> index of the first item with its key
-    dup_canonical: dict[int, str] = {}  # index -> its canonical parameters (checked like the rest)
-    for i, req in enumerate(items):
-        try:
-            if req.version is not None and not 1 <= req.version <= 2**31 - 1:
-                raise _Refused(400, "bad_request", "version must be a positive integer")
-            if not -3 <= req.priority <= 3:  # as the single submit answers
-                raise _Refused(422, "out_of_range", f"priority must be between -3 and 3, got {req.priority}",
-                               {"path": "$.priority"})
-            _text(req.job, "job", MAX_NAME)
-            _text(req.idempotency_key, "idempotency_key", MAX_IDEMPOTENCY_KEY)
-            if json_depth(req.parameters) > MAX_JSON_DEPTH:
-                raise _Refused(422, "invalid_parameters", f"parameters are nested more than {MAX_JSON_DEPTH} "
-                               "levels deep", {"path": "$.parameters", "limit": MAX_JSON_DEPTH})
-            try:  # the single submit's checks, params_check included (actors.instances.checked)
-                job, canonical = await checked(registry, req.job, _json.encode(req.parameters), req.version,
-                                               e.reader, e.store.dsn)
-            except UnknownJob as err:
-                raise _Refused(404, "unknown_job", str(err)) from None
-            except BadParameters as err:
-                raise _Refused(422, "invalid_parameters", str(err), {"path": err.path} if err.path else None) from None
-        except _Refused as r:
-            results[i] = BatchItem(i, r.item[0], error=r.item[1])
-            continue
-        key = req.idempotency_key
-        request = json.dumps({"version": req.version})
-        if key is not None and key in first_with_key:
-            same_key_as[i] = first_with_key[key]
-            dup_canonical[i] = canonical
-            continue
-        if key is not None:
-            first_with_key[key] = i
-        accepted.append((i, NewInstance(job.name, job.version, canonical, job.gated, key, request,
-                                        job.steps[0].max_attempts, req.priority), (req, canonical)))
-    created, partitions = await e.store.create_instances([a[1] for a in accepted])
-    for (i, new, (req, canonical)), res in zip(accepted, created):
-        if not res.created:  # the key existed before this batch: the single submit's conflict rule
-            row = await e.store.get_instance(res.instance_id)
-            diffs = idempotency_differences(row, req.job, req.version, canonical) if row is not None else []
-            if diffs:
-                results[i] = BatchItem(i, 409, error=m.ErrorDetail(
-                    "idempotency_conflict", f"idempotency key {new.idempotency_key!r} was first used for instance "
-                    f"{res.instance_id} with a different request: {'; '.join(diffs)}", {"differences": diffs}))
-                continue
-        results[i] = BatchItem(i, 201 if res.created else 200, id=res.instance_id)
-    by_index = {a[0]: a for a in accepted}
-    for i, first in same_key_as.items():
-        results[i] = _same_key(i, first, items[i], results[first], by_index[first][2], dup_canonical[i])
-    if partitions:
-        await e.channel.publish(sorted(partitions))  # after the commit
-    done = [r for r in results if r is not None]
+    decoded = [_item(i, raw) for i, raw in enumerate(raw_items)]
+    ok_items = [(i, d) for i, d in enumerate(decoded) if isinstance(d, m.SubmitRequest)]
+    results = await submit_many(e.store, e.channel, api.node.registry, [
+        Submission(d.job, _json.encode(d.parameters), d.version, d.idempotency_key, d.priority) for _, d in ok_items],
+        e.reader)
+    done: list[BatchItem] = [BatchItem(i, d.status, error=m.ErrorDetail(d.code, d.message, d.details))
+                             for i, d in enumerate(decoded) if isinstance(d, ApiError)]
+    done += [_answer(i, res) for (i, _), res in zip(ok_items, results)]
+    done.sort(key=lambda r: r.index)
     return BatchResult(done, created=sum(r.status == 201 for r in done), existing=sum(r.status == 200 for r in done),
                        refused=sum(r.status >= 400 for r in done))
-
-
-def _same_key(i: int, first: int, req: m.SubmitRequest, base: BatchItem | None, first_req: tuple[Any, str],
-              canonical: str) -> BatchItem:
-    """An item whose idempotency key an earlier item of the batch used: the same instance if
-    it asks for the same thing (200), else 409."""
-    assert base is not None
-    freq, fcanon = first_req
-    diffs = ([f"job: first {freq.job!r}, now {req.job!r}"] if freq.job != req.job else []) + \
-            ([f"version: first {freq.version or 'latest'}, now {req.version or 'latest'}"]
-             if freq.version != req.version else []) + \
-            ([f"parameters differ from item {first}"] if freq.job == req.job and fcanon != canonical else [])
-    if diffs or base.id is None:
-        return BatchItem(i, 409, error=m.ErrorDetail(
-            "idempotency_conflict", f"idempotency key {req.idempotency_key!r} was used by item {first} "
-            f"of this batch with a different request: {'; '.join(diffs)}" if diffs else
-            f"idempotency key {req.idempotency_key!r}: item {first} of this batch was refused",
-            {"differences": diffs}))
-    return BatchItem(i, 200, id=base.id)
 
 
 class BulkRoutes:
@@ -157,7 +100,7 @@ class BulkRoutes:
 
     async def create(self, request: Request) -> Response:
         self.api.engine()  # 503 while the daemon starts, before reading the body
-        req = _decode(await _body(request), BatchRequest)
+        req = _decode(await _body(request), _Items)
         if not 1 <= len(req.items) <= MAX_BATCH:
             raise ApiError(400, "bad_request", f"items must hold 1 to {MAX_BATCH} submissions, not {len(req.items)}")
         return ok(await submit_batch(self.api, req.items))

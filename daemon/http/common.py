@@ -3,6 +3,7 @@ the bearer-token check, and the instance view."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from actors.engine import Engine
+from actors.instances import BadParameters, BadRequest, IdempotencyConflict, SubmitError, UnknownJob
 from actors.job import Job
 from actors.registry import UnknownJobError
 from daemon.http import models as m
@@ -117,7 +119,7 @@ def _decode(raw: bytes, tp: type) -> Any:
     try:
         req = msgspec.json.decode(raw, type=tp)
     except msgspec.ValidationError as e:
-        raise ApiError(400, "bad_request", f"invalid request body: {e}") from None
+        raise _out_of_bounds(raw, tp, e) or ApiError(400, "bad_request", f"invalid request body: {e}") from None
     except msgspec.DecodeError as e:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {e}") from None
     except RecursionError:
@@ -128,6 +130,44 @@ def _decode(raw: bytes, tp: type) -> Any:
         raise ApiError(422, "invalid_parameters", f"parameters are nested more than {MAX_JSON_DEPTH} levels deep",
                        {"path": "$.parameters", "limit": MAX_JSON_DEPTH})
     return req
+
+
+_OUT_OF_BOUNDS = re.compile(r"^Expected `(int|str)` (?:of length )?[<>]=? ?-?\d+ - at `\$\.(\w+)`$")
+
+
+def _out_of_bounds(raw: bytes, tp: type, e: msgspec.ValidationError) -> ApiError | None:
+    """A well-formed value outside the range or length its request Struct declares (msgspec
+    constraints, e.g. SubmitRequest.priority): a 422 naming it and its bounds, as for bad
+    parameters. Anything else msgspec refuses stays a 400."""
+    match = _OUT_OF_BOUNDS.match(str(e))
+    if match is None:
+        return None
+    kind, name = match.groups()
+    field = next((f for f in msgspec.inspect.type_info(tp).fields if f.name == name), None)  # type: ignore[attr-defined]
+    ftype = field.type if field is not None else None
+    if isinstance(ftype, msgspec.inspect.UnionType):
+        ftype = next((t for t in ftype.types if not isinstance(t, msgspec.inspect.NoneType)), None)
+    value = msgspec.json.decode(raw).get(name)
+    if kind == "str" and isinstance(ftype, msgspec.inspect.StrType) and ftype.max_length is not None:
+        return ApiError(422, "too_long", f"{name} is {len(value)} characters; the limit is {ftype.max_length}",
+                        {"path": f"$.{name}", "limit": ftype.max_length})
+    if kind == "int" and isinstance(ftype, msgspec.inspect.IntType):
+        return ApiError(422, "out_of_range", f"{name} must be between {ftype.ge} and {ftype.le}, got {value}",
+                        {"path": f"$.{name}"})
+    return None
+
+
+def refusal(err: SubmitError) -> ApiError:
+    """A refused submission as the API answers it, for the single and the bulk submit alike."""
+    if isinstance(err, UnknownJob):
+        return ApiError(404, "unknown_job", str(err))
+    if isinstance(err, BadParameters):
+        return ApiError(422, "invalid_parameters", str(err), {"path": err.path} if err.path else None)
+    if isinstance(err, IdempotencyConflict):
+        return ApiError(409, "idempotency_conflict", str(err), {"differences": err.differences})
+    if isinstance(err, BadRequest):
+        return ApiError(400, "bad_request", str(err), {"parameter": err.parameter})
+    return ApiError(400, "bad_request", str(err))
 
 
 def _bounded(value: str | None, name: str, limit: int) -> str | None:

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from actors import control
-from actors.instances import BadParameters, IdempotencyConflict, UnknownJob, submit
+from actors.instances import SubmitError, submit
 from actors.registry import UnknownJobError
 from daemon.http import models as m
 from daemon.http.auth import Scope
@@ -18,7 +18,6 @@ from daemon.http.common import (
     Api,
     ApiError,
     _body,
-    _bounded,
     _decode,
     _decode_data,
     _flag,
@@ -31,8 +30,8 @@ from daemon.http.common import (
     _time,
     instance_out,
     ok,
+    refusal,
 )
-from daemon.http.limits import MAX_IDEMPOTENCY_KEY, MAX_NAME
 from daemon.http.throughput import bucket_seconds
 from storage.states import RESTARTABLE, C, I
 
@@ -70,26 +69,14 @@ class Instances:
             self.submitting -= 1
 
     async def _create(self, request: Request) -> Response:
-        req = _decode(await _body(request), m.SubmitRequest)
-        if req.version is not None and not 1 <= req.version <= 2**31 - 1:
-            raise ApiError(400, "bad_request", "version must be a positive integer")
-        _bounded(req.job, "job", MAX_NAME)
-        _bounded(req.idempotency_key, "idempotency_key", MAX_IDEMPOTENCY_KEY)
-        if not -3 <= req.priority <= 3:  # well-formed, out of range: a 422 naming it, as for parameters
-            raise ApiError(422, "out_of_range", f"priority must be between -3 and 3, got {req.priority}",
-                           {"path": "$.priority"})
+        req = _decode(await _body(request), m.SubmitRequest)  # ranges and lengths: its msgspec constraints
         e = self.api.engine()
         try:
             res = await submit(e.store, e.channel, self.api.node.registry, req.job, _json.encode(req.parameters),
                                version=req.version, idempotency_key=req.idempotency_key, reader=e.reader,
                                priority=req.priority)
-        except UnknownJob as err:
-            raise ApiError(404, "unknown_job", str(err)) from None
-        except BadParameters as err:
-            raise ApiError(422, "invalid_parameters", str(err),
-                           {"path": err.path} if err.path else None) from None
-        except IdempotencyConflict as err:
-            raise ApiError(409, "idempotency_conflict", str(err), {"differences": err.differences}) from None
+        except SubmitError as err:
+            raise refusal(err) from None
         if res.created:
             log.info("instance submitted", job=res.job, instance_id=res.instance_id)
         return ok(await self.api.detailed(res.instance_id), 201 if res.created else 200)

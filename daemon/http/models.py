@@ -3,10 +3,12 @@ the OpenAPI schemas, so the document matches what is served)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
+from actors.instances import Priority, Version
+from daemon.http.limits import MAX_IDEMPOTENCY_KEY, MAX_NAME
 from storage.schedules import ScheduleState
 
 
@@ -21,13 +23,16 @@ class ErrorBody(msgspec.Struct):
 
 
 class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True):
-    job: str
+    """Its ranges and lengths are msgspec constraints: a value outside them is refused by
+    the decoding itself (common._decode: a 422 naming the path), for a single submit and
+    for each item of a bulk one alike."""
+    job: Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
     parameters: dict[str, Any] = {}
-    version: int | None = None
-    idempotency_key: str | None = None
+    version: Version | None = None
+    idempotency_key: Annotated[str, msgspec.Meta(max_length=MAX_IDEMPOTENCY_KEY)] | None = None
     # -3..3: each level doubles the instance's share of the claims against the instances it
     # shares partitions with (fair share, migrations 0012/0013)
-    priority: int = 0
+    priority: Priority = 0
 
 
 class StepInfo(msgspec.Struct):
@@ -135,7 +140,7 @@ class ScheduleIn(msgspec.Struct, forbid_unknown_fields=True):
     id: str
     job: str
     parameters: dict[str, Any] = {}
-    version: int | None = None
+    version: Version | None = None
     cron: str | None = None
     every_seconds: float | None = None
     timezone: str = "UTC"

@@ -8,13 +8,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from actors.instances import BadParameters, UnknownJob, checked
+from actors.instances import SubmitError, checked
 from actors.scheduler import row_for, spec_of
 from actors.scheduling import ScheduleError, next_after, upcoming
 from actors.scheduling import validate as validate_spec
 from daemon.http import models as m
 from daemon.http.auth import Scope
-from daemon.http.common import Api, ApiError, Handler, _body, _bounded, _decode, _json, _no_nul, ok
+from daemon.http.common import Api, ApiError, Handler, _body, _bounded, _decode, _json, _no_nul, ok, refusal
 from daemon.http.limits import MAX_NAME
 from storage.schedules import ScheduleRow, Schedules
 
@@ -77,8 +77,6 @@ class ScheduleRoutes:
             _bounded(getattr(req, name), name, MAX_NAME)
         if not req.id:
             raise ApiError(422, "invalid_schedule", f"id must be 1 to {MAX_NAME} characters", {"path": "$.id"})
-        if req.version is not None and not 1 <= req.version <= 2**31 - 1:
-            raise ApiError(400, "bad_request", "version must be a positive integer")
         try:
             spec = validate_spec(req.cron, req.every_seconds, req.timezone, req.missed, req.dialect)
         except ScheduleError as err:
@@ -87,10 +85,8 @@ class ScheduleRoutes:
         try:  # the same checks as a submit (params_check included): refused now, not when it fires
             job, canonical = await checked(self.api.node.registry, req.job, _json.encode(req.parameters),
                                            req.version, e.reader, e.store.dsn)
-        except UnknownJob as err:
-            raise ApiError(404, "unknown_job", str(err)) from None
-        except BadParameters as err:
-            raise ApiError(422, "invalid_parameters", str(err), {"path": err.path} if err.path else None) from None
+        except SubmitError as err:
+            raise refusal(err) from None
         now = await self.schedules().now()
         row = row_for(req.id, job.name, req.version, canonical, spec, "api", now)
         if not await self.schedules().create(row):

@@ -1,21 +1,27 @@
 """`chunkd.retention`: purges finished instances (and their chunks) past the retention
-window, in small batches. A built-in clustered schedule runs it (see actors/scheduler.py)."""
+window, in small batches. It declares its own clustered schedule, as a user's job module
+does; the daemon's settings (CHUNKD_RETENTION*) shape it (`configured`)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
 import msgspec
 
-from chunkd import Context, Job, Sink
+from chunkd import Context, Job, Schedule, Sink
 from metrics import RETENTION_PURGED
 from storage.retention import expired_instances, purge, purge_fires
 
 PAGE = 200  # instances per chunk
 
 
+KEEP = 7 * 86400          # CHUNKD_RETENTION's default
+KEEP_FAILED = 30 * 86400  # CHUNKD_RETENTION_FAILED's default
+EVERY = 300.0             # CHUNKD_RETENTION_EVERY's default
+
+
 class RetentionParams(msgspec.Struct, forbid_unknown_fields=True):
-    keep_seconds: float = 7 * 86400
-    keep_failed_seconds: float = 30 * 86400
+    keep_seconds: float = KEEP
+    keep_failed_seconds: float = KEEP_FAILED
 
     def __post_init__(self) -> None:
         if self.keep_seconds < 60 or self.keep_failed_seconds < 60:
@@ -66,3 +72,15 @@ async def total(p: RetentionParams, results: AsyncIterator[Purged], ctx: Context
         chunks += r.chunks
         instances += r.instances
     return RetentionReport(chunks, instances)
+
+
+schedule = Schedule(name="chunkd.retention", job="chunkd.retention", every=EVERY,
+                    params={"keep_seconds": KEEP, "keep_failed_seconds": KEEP_FAILED})
+
+
+def configured(keep: float, keep_failed: float, every: float) -> Schedule | None:
+    """The schedule with the daemon's settings; None (no schedule) when `every` is 0."""
+    if not every:
+        return None
+    return msgspec.structs.replace(schedule, every=max(1.0, every),
+                                   params={"keep_seconds": keep, "keep_failed_seconds": keep_failed})

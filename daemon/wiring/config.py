@@ -229,8 +229,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                                             max_report_bytes=self.max_report_bytes, scheduling=self.scheduling,
                                             forget_nodes_after=10 * self.lease_seconds),
             scheduler=SchedulerSettings(node_name=self.node_id, partitions=self.partitions, enabled=self.scheduling,
-                                        concurrency=self.scheduler_concurrency, retention=self.retention,
-                                        retention_failed=self.retention_failed, retention_every=self.retention_every,
+                                        concurrency=self.scheduler_concurrency,
                                         alive_within=self.lease_seconds))
 
 

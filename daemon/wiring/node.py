@@ -28,7 +28,7 @@ from channels.base import Channel
 from channels.postgres import PostgresChannel
 from daemon.http.ports import HttpSettings
 from daemon.http.server import bind, build_app, serve
-from daemon.jobs import sandbox
+from daemon.jobs import configure_builtins, sandbox
 from daemon.wiring.config import Config
 from daemon.wiring.leaders import LeaderWatch
 from daemon.wiring.startup import until_reachable
@@ -91,6 +91,7 @@ class Node:
         self.http = HttpSettings(addr=cfg.http_addr, allowed_hosts=cfg.api_allowed_hosts, max_submits=cfg.api_max_submits)
         self.on_query = on_query
         self.registry = registry
+        configure_builtins(registry, cfg.retention, cfg.retention_failed, cfg.retention_every)
         self.dsn = dsn
         self._stop = anyio.Event()
         self.engine: Engine | None = None

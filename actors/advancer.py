@@ -1,0 +1,202 @@
+"""The InstanceAdvancer duty: reads every active instance's counters, asks the planner
+(actors/planner.py) what each needs next, and applies the decisions: start, mark and clear
+ERRORED, FINALIZE (and hand the reduction to the Reducer), open gates, complete, fail. Every
+write is fenced by the leader term and by the instance's run; rule 10's checks in SQL refuse
+a move whose earlier chunks are not all COMPLETED, and such a refusal is counted."""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import structlog
+
+from actors.duties import PassContext
+from actors.job import Job
+from actors.planner import Action, JobShape, Plan, RateState, plan
+from actors.reducer import Reducer, _handler
+from actors.registry import Registry, UnknownJobError
+from metrics import GATES_ADVANCED, INVARIANT_REFUSALS
+from storage.states import I
+from storage.store import Store
+from storage.types import Finish, InstanceRow, Progress
+
+log = structlog.get_logger("chunkd.maintenance")
+
+_PROGRESS_EVERY = 1.0  # seconds between progress writes, at least
+
+
+def shape_of(job: Job) -> JobShape:
+    return JobShape(gated=job.gated, work_steps=job.work_steps, has_reduction=job.has_reduction,
+                    weights=tuple(s.weight for s in job.steps),
+                    fail_on_chunk_failure=job.fail_instance_on_chunk_failure)
+
+
+def progress_row(instance_id: int, p: Plan, last: Progress | None) -> tuple[bool, Progress | None]:
+    """The progress row a pass writes for an instance, if any, and whether it is written now
+    (True) or at the next progress tick (False). An instance about to end gets its last
+    figures now, so that its error_count matches its steps' (a COMPLETED one's progress
+    becomes 1 as it completes; only a changed error count costs this write); one waiting its
+    turn, whose figures did not change, costs no write."""
+    if p.action is Action.FAIL or (p.action in (Action.COMPLETE, Action.FINALIZE)
+                                   and p.errors != (last.errors if last else 0)):
+        return True, Progress(instance_id, round(p.progress, 4), _rounded(p.rate), None, p.errors)
+    if p.action is Action.COMPLETE:
+        return False, None
+    row = Progress(instance_id, round(p.progress, 4), _rounded(p.rate), _rounded(p.eta), p.errors)
+    return False, (row if last != row else None)
+
+
+class InstanceAdvancer:
+    def __init__(self, store: Store, registry: Registry, reducer: Reducer, interval: float) -> None:
+        """`interval`: the pass interval; progress is written at most once per it (and per
+        second)."""
+        self.store, self.registry, self.reducer, self.interval = store, registry, reducer, interval
+        self.rates: dict[int, RateState] = {}  # per instance, for the smoothed ETA (leader-local)
+        self._shown: dict[int, Progress] = {}  # per instance, the progress last written
+        self._progress_at = 0.0
+        self._shapes: dict[tuple[str, int], JobShape] = {}
+
+    def _shape(self, job: Job) -> JobShape:
+        shape = self._shapes.get((job.name, job.version))
+        if shape is None:
+            shape = self._shapes[(job.name, job.version)] = shape_of(job)
+        return shape
+
+    async def run(self, ctx: PassContext) -> set[int]:
+        store = self.store
+        active = await store.active_instances()
+        ctx.active = len(active)
+        etas = ctx.etas
+        if not active:
+            self._shown.clear()
+            self.reducer.forget(set())
+            return set()
+        now = time.monotonic()
+        ids = [i.id for i in active]
+        live = set(ids)
+        self.rates = {i: r for i, r in self.rates.items() if i in live}  # finished ones go
+        self.reducer.forget(live)
+        self._shown = {i: r for i, r in self._shown.items() if i in live}
+        counts = await store.step_counts(ids)
+        errored = await store.instances_with_errored_chunks(ids)
+        decided: list[Decided] = []
+        shown: list[Progress] = []
+        final: list[Progress] = []  # instances about to fail: progress and errors as they end
+        for inst in active:
+            try:
+                job = self.registry.get(inst.job_name, inst.job_version)
+            except UnknownJobError:
+                continue  # another daemon may have it; never fail what we cannot read
+            p = plan(self._shape(job), inst.status, inst.current_step, counts.get(inst.id, []),
+                     inst.id in errored, inst.elapsed, now=time.monotonic(), prev=self.rates.get(inst.id))
+            if p.rate_state is not None:
+                self.rates[inst.id] = p.rate_state  # the smoothed rate behind the ETA
+            decided.append(Decided(inst, job, p))
+            now_final, row = progress_row(inst.id, p, self._shown.get(inst.id))
+            if now_final and row is not None:
+                final.append(row)
+            elif row is not None:
+                shown.append(row)
+            if not now_final and p.action is not Action.COMPLETE and p.eta is not None:
+                etas[job.name] = max(etas.get(job.name, 0.0), p.eta)
+        await store.set_progress(final)
+        self._shown.update((r.instance_id, r) for r in final)
+        publish = await self.apply(decided, ctx)
+        # Progress is for people and dashboards: once per interval is enough, however often
+        # gates wake the pass (back-to-back passes rewriting every running instance's row
+        # took a third of the many-small-jobs throughput).
+        if now >= self._progress_at:
+            self._progress_at = now + max(self.interval, _PROGRESS_EVERY)
+            await store.set_progress(shown)
+            self._shown.update((r.instance_id, r) for r in shown)
+        return publish
+
+    async def apply(self, decided: Sequence[Decided], ctx: PassContext) -> set[int]:
+        """Applies a pass's decisions, one statement per kind of decision for all instances
+        (a pass over thousands of small jobs costs a few round trips, not thousands). Every
+        write here is fenced by the leader term (rule 6): a leader paused past its lease
+        finds it refused (NotLeader) instead of applying a decision made on old reads."""
+        store = self.store
+        term = ctx.term
+        by: dict[Action, list[Decided]] = defaultdict(list)
+        for d in decided:
+            by[d.plan.action].append(d)
+        await store.set_instances_status({d.inst.id: d.inst.run for d in by[Action.START]}, I.IN_PROGRESS, term)
+        for action, to in ((Action.MARK_ERRORED, I.ERRORED), (Action.CLEAR_ERRORED, I.IN_PROGRESS)):
+            moved = await store.set_instances_status({d.inst.id: d.inst.run for d in by[action]}, to, term)
+            for d in by[action]:
+                if d.inst.id in moved:
+                    log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=to.value)
+        moved = await store.finalize([_finish(d, d.job.work_steps) for d in by[Action.FINALIZE]], term)
+        for d in by[Action.FINALIZE]:
+            if d.inst.id in moved:
+                log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=I.FINALIZE.value)
+                self.reducer.start(d.inst, d.job, term, ctx.spawn)
+            else:
+                await self._refused(d, "FINALIZE")
+        for d in by[Action.REDUCE]:
+            self.reducer.start(d.inst, d.job, term, ctx.spawn)  # e.g. a previous leader died mid-reduction
+        publish: set[int] = set()
+        opened = await store.advance_gates([_finish(d, d.plan.to_step) for d in by[Action.ADVANCE]], term)
+        for d in by[Action.ADVANCE]:
+            if d.inst.id in opened:
+                step = d.job.steps[d.plan.to_step].name
+                log.info("gate advanced", job=d.job.name, instance_id=d.inst.id, step=step)
+                GATES_ADVANCED.labels(d.job.name, step).inc()
+                publish |= opened[d.inst.id]
+            else:
+                await self._refused(d, f"the gate of step {d.plan.to_step}")
+        if opened:
+            ctx.wake()  # the next step may already be finished (it was empty)
+        for d in by[Action.COMPLETE]:
+            if await store.finish_instance(d.inst.id, I.COMPLETED, leader=term, decided=_finish(d, _ALL_STEPS)):
+                log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=I.COMPLETED.value)
+                await _handler(d.job.on_complete, d.inst.id, None)
+            else:
+                await self._refused(d, "COMPLETED")
+        for d in by[Action.FAIL]:
+            last = await store.last_error(d.inst.id)
+            if d.plan.reason:
+                msg = d.plan.reason
+            else:
+                msg = (f"step {d.job.steps[last[0]].name!r} failed: {last[1]}" if last
+                       else "a chunk failed")
+            if await store.finish_instance(d.inst.id, I.FAILED, error=msg, leader=term,
+                                           decided=_finish(d, 0)):
+                log.error("instance state change", job=d.job.name, instance_id=d.inst.id, status=I.FAILED.value,
+                          error=msg, **({"step": d.job.steps[last[0]].name, "chunk_id": last[2], "attempt": last[3]}
+                                        if last else {}))
+                await _handler(d.job.on_error, d.inst.id, msg)
+        return publish
+
+    async def _refused(self, d: Decided, what: str) -> None:
+        """A move the pass decided was refused in SQL. Usually benign (the instance was
+        stopped, restarted or moved on meanwhile: the next pass decides afresh); if the
+        instance is still in the run and status decided on, rule 10's check refused it: some
+        chunk the counters were read as done is not, which must never pass silently."""
+        now = await self.store.get_instance(d.inst.id)
+        if now is not None and now["run"] == d.inst.run and now["status"] == d.inst.status:
+            INVARIANT_REFUSALS.labels(d.job.name).inc()
+            log.error("refused to move an instance on: not every chunk of its earlier steps is COMPLETED",
+                      job=d.job.name, instance_id=d.inst.id, run=d.inst.run, to=what)
+
+
+class Decided(NamedTuple):
+    inst: InstanceRow
+    job: Job
+    plan: Plan
+
+
+_ALL_STEPS = 32767  # smallint's top: every step
+
+
+def _finish(d: Decided, bound: int) -> Finish:
+    return Finish(d.inst.id, d.inst.run, bound, not d.job.fail_instance_on_chunk_failure)
+
+
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+

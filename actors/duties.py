@@ -1,0 +1,213 @@
+"""The maintenance leader's small duties (River's internal/maintenance: JobRescuer,
+JobCleaner, ...). Each does one thing per pass and returns the partitions whose consumers
+should look again; the leader loop (actors/maintenance.py) holds the lease and the term,
+runs them in order and publishes what they return. Each is built from only what it uses,
+so a test can run one alone against a real database."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from actors.registry import Registry, UnknownJobError
+from metrics import (
+    CHUNKS_RETRIED,
+    INSTANCE_ETA,
+    INSTANCES,
+    LEASES_RESCUED,
+    QUEUE_CHUNKS,
+    QUEUE_OLDEST_READY,
+    REDUCTIONS_RETRYING,
+)
+from storage.states import I
+from storage.store import Store
+from storage.types import LeaderTerm
+
+log = structlog.get_logger("chunkd.maintenance")
+
+BATCH = 5000
+_LOGGED_LEASE_FAILURES = 5  # per rescue batch; the rest are counted in one line
+
+
+class PassContext:
+    """What one pass gives its duties: the term that fences every leader write, a way to
+    ask for the next pass soon, a way to start background work (a reduction), and what
+    earlier duties of the pass found for later ones (the InstanceAdvancer's active count
+    and ETAs, for the GaugeExporter)."""
+
+    def __init__(self, term: LeaderTerm | None, wake: Callable[[], None] = lambda: None,
+                 spawn: Callable[..., Any] | None = None) -> None:
+        self.term = term
+        self.wake = wake
+        self.spawn = spawn
+        self.active = 0
+        self.etas: dict[str, float] = {}
+
+
+class Duty(Protocol):
+    async def run(self, ctx: PassContext) -> set[int]:
+        """One pass of this duty; the partitions to publish."""
+        ...
+
+
+class Every:
+    """Due at most once per `seconds` (monotonic): for the duties that need not run each pass."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._next = 0.0
+
+    def due(self, now: float) -> bool:
+        if now < self._next:
+            return False
+        self._next = now + self.seconds
+        return True
+
+
+def step_name(registry: Registry, job_name: str, version: int, step: int) -> str:
+    try:
+        return registry.get(job_name, version).steps[step].name
+    except (UnknownJobError, IndexError):
+        return str(step)
+
+
+def lease_failure_lines(failed: list[tuple[str, int, int, int, int]],
+                        shown: int = _LOGGED_LEASE_FAILURES) -> tuple[list[dict[str, Any]], int]:
+    """The chunk failures of a rescue worth a warning each (the first few: a mass expiry is
+    one event), and how many more are only counted."""
+    lines = [dict(job=job, instance_id=inst, step_index=step, chunk_id=cid, attempt=attempt,
+                  error="the worker died or stalled while running this chunk (lease expired)")
+             for job, inst, step, cid, attempt in failed[:shown]]
+    return lines, max(0, len(failed) - shown)
+
+
+class LeaseRescuer:
+    """Chunks whose lease expired (their worker died or stalled) go back to READY, or FAIL at
+    their max attempts; in batches until none is left."""
+
+    def __init__(self, store: Store, batch: int = BATCH) -> None:
+        self.store, self.batch = store, batch
+
+    async def run(self, ctx: PassContext) -> set[int]:
+        publish: set[int] = set()
+        while True:
+            n, failed, parts, failed_chunks = await self.store.rescue_expired(self.batch)
+            publish |= parts
+            if n:
+                LEASES_RESCUED.inc(n)
+                log.info("rescued expired leases", chunks=n, failed=failed)
+                lines, suppressed = lease_failure_lines(failed_chunks)
+                for line in lines:
+                    log.warning("chunk failed", **line)
+                if suppressed:
+                    log.warning("chunk failures suppressed", suppressed=suppressed, reason="lease expired")
+            if n < self.batch:
+                return publish
+
+
+class RetryReleaser:
+    """ERRORED chunks whose backoff ended become READY."""
+
+    def __init__(self, store: Store, registry: Registry, batch: int = BATCH) -> None:
+        self.store, self.registry, self.batch = store, registry, batch
+
+    async def run(self, ctx: PassContext) -> set[int]:
+        parts, retried = await self.store.release_due(self.batch)
+        for (job_name, version, step), n in retried.items():
+            CHUNKS_RETRIED.labels(job_name, step_name(self.registry, job_name, version, step)).inc(n)
+        return parts
+
+
+class Rehomer:
+    """READY chunks in partitions no daemon serves move to served ones."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def run(self, ctx: PassContext) -> set[int]:
+        return await self.store.rehome()
+
+
+class NodeReaper:
+    """Deletes the node rows of dead daemons (SIGKILLed, host gone), checked every tenth of
+    the age: a dead node's row goes within 110% of it."""
+
+    def __init__(self, store: Store, forget_after: float) -> None:
+        self.store, self.forget_after = store, forget_after
+        self.every = Every(forget_after / 10)
+
+    async def run(self, ctx: PassContext) -> set[int]:
+        if self.every.due(time.monotonic()):
+            if forgotten := await self.store.forget_dead_nodes(self.forget_after):
+                log.info("forgot dead nodes", nodes=forgotten)
+        return set()
+
+
+class Republisher:
+    """Partitions whose oldest READY chunk waited longer than `after` (a lost hint): their
+    consumers look again. Not every pass: it reads the head of each READY queue."""
+
+    def __init__(self, store: Store, partitions: int, after: float) -> None:
+        self.store, self.partitions, self.after = store, partitions, after
+        self.every = Every(after)
+
+    async def run(self, ctx: PassContext) -> set[int]:
+        if not self.every.due(time.monotonic()):
+            return set()
+        return set(await self.store.stale_partitions(range(self.partitions), self.after))
+
+
+class GaugeExporter:
+    """Cluster-wide figures, exported by the leader only (others clear them): instances by
+    status every 5 s while instances run (every pass when none does), queue depth and the
+    oldest READY age at most once a second, and the ETAs the InstanceAdvancer found."""
+
+    def __init__(self, store: Store, partitions: int) -> None:
+        self.store, self.partitions = store, partitions
+        self._at = 0.0
+        self.queue_every = Every(1.0)  # idle clusters call us every pass
+
+    async def run(self, ctx: PassContext) -> set[int]:
+        now = time.monotonic()
+        if now - self._at >= 5 or not ctx.active:
+            self._at = now
+            await self.export()
+        for job_name, eta in ctx.etas.items():
+            INSTANCE_ETA.labels(job_name).set(eta)
+        return set()
+
+    async def export(self) -> None:
+        INSTANCES.clear()
+        INSTANCE_ETA.clear()
+        for status in I:
+            INSTANCES.labels(status.value).set(0)
+        for status, n in (await self.store.instances_by_status()).items():
+            INSTANCES.labels(status).set(n)
+        if self.queue_every.due(time.monotonic()):
+            await self.export_queue()
+
+    async def export_queue(self) -> None:
+        """Every configured partition gets a series, 0 included, so an alert on a partition
+        does not depend on the series appearing."""
+        depth = await self.store.queue_depth()
+        ages = await self.store.oldest_ready_age(range(self.partitions))
+        QUEUE_CHUNKS.clear()
+        QUEUE_OLDEST_READY.clear()
+        for p in range(self.partitions):
+            for state in ("READY", "IN_PROGRESS", "ERRORED"):
+                QUEUE_CHUNKS.labels(str(p), state).set(0)
+        for (p, state), n in depth.items():
+            QUEUE_CHUNKS.labels(str(p), state).set(n)
+        for p, age in ages.items():
+            QUEUE_OLDEST_READY.labels(str(p)).set(age)
+
+    @staticmethod
+    def clear() -> None:
+        """This daemon is not (or no longer) the leader: its figures would be stale."""
+        INSTANCES.clear()
+        INSTANCE_ETA.clear()
+        QUEUE_CHUNKS.clear()
+        QUEUE_OLDEST_READY.clear()
+        REDUCTIONS_RETRYING.set(0)
