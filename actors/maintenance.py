@@ -39,7 +39,7 @@ from storage.errors import IDLE_TIMEOUT, TRANSIENT, Backoff, closed_connection, 
 from storage.retry import backoff_seconds
 from storage.reader import Reader
 from storage.states import I
-from storage.store import Store, reset_after_user_sql
+from storage.protocol import EngineStore
 from storage.types import Finish, InstanceRow, LeaderTerm, NotLeader, Progress
 
 log = structlog.get_logger("chunkd.maintenance")
@@ -62,7 +62,7 @@ def leader_lease(interval: float) -> float:
 
 
 class Maintenance:
-    def __init__(self, settings: MaintenanceSettings, store: Store, channel: Channel, registry: Registry,
+    def __init__(self, settings: MaintenanceSettings, store: EngineStore, channel: Channel, registry: Registry,
                  reader: Reader, node_id: int) -> None:
         """Only what it uses: its settings, the store, the channel it publishes on, the
         registry (reductions, handlers), ctx.db's reader for reductions, and this node's id."""
@@ -452,11 +452,8 @@ class Maintenance:
         step = job.steps[-1]
         params = job.decode_params(inst.params)
         ctx = Context(job.name, inst.id, None, step.name, 1, log, step.transactional, self.reader)
-        async with store.pool.acquire() as conn, reset_after_user_sql(conn, lambda: bool(ctx.tx.ops)), \
-                conn.transaction():
-            await store.apply_user_limits(conn)  # the reducer's transaction: the database's limits
-            raw = store.reduction_input(conn, inst.id, step.index)
-            items = _decoded(raw, step.consumes)  # type: ignore[arg-type]
+        async with store.reduction(inst.id, step.index, lambda: bool(ctx.tx.ops)) as tx:
+            items = _decoded(tx.input(), step.consumes)  # type: ignore[arg-type]
             if step.is_async:
                 report = await step.fn(params, items, ctx)
             else:
@@ -475,10 +472,10 @@ class Maintenance:
             if len(report_json) > limit:
                 raise ReportTooLarge(f"the report is {len(report_json):,} bytes of JSON, over the limit of "
                                      f"{limit:,} bytes (CHUNKD_MAX_REPORT_BYTES)")
-            for op in ctx.tx.ops:  # user SQL: its own, longer deadline (storage/deadlines.py)
-                await conn.execute(op.sql, *op.args, timeout=store.deadlines.user_sql)
+            for op in ctx.tx.ops:
+                await tx.execute(op)
             decided = Finish(inst.id, inst.run, step.index, not job.fail_instance_on_chunk_failure)
-            if not await store.complete_reduction(conn, inst.id, step.index, report_json, term, decided):
+            if not await tx.complete(report_json, term, decided):
                 raise _Superseded()  # leaving the block rolls the transaction back
         return report
 
