@@ -281,7 +281,8 @@ class _Driver:
         run = self.run_
         row = await self.store.get_instance(iid)
         assert row is not None
-        run.status, run.error, run.report = row["status"], row["error_message"], row["report"]
+        run.status, run.error = row["status"], row["error_message"]
+        run.report = None if row["report"] is None else json.loads(row["report"])  # as the API shows it
         for _, step, op in self.store.applied_tx:
             run.tx.setdefault(self.job.steps[step].name, []).append(op)
         if self.job.has_reduction and self.reductions:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -173,10 +172,7 @@ class MemoryStore:
         inst = self.instances.get(instance_id)
         if inst is None:
             return None
-        row = dict(inst.row)
-        if row["report"] is not None:
-            row["report"] = json.loads(row["report"])  # jsonb comes back decoded
-        return row
+        return dict(inst.row)  # the report as JSON text, as asyncpg returns jsonb
 
     async def mark_started(self, instance_ids: Sequence[int]) -> None:
         for i in instance_ids:
