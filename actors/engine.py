@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import msgspec
+from anyio.streams.memory import MemoryObjectSendStream
 
 from actors.job import Job
 from actors.registry import Registry, UnknownJobError
@@ -229,11 +230,11 @@ class Engine:
         self.inflight = InFlight(settings.claim.partitions, settings.claim.partition_concurrency)
         self.slots = JobSlots(settings.steps.job_concurrency)
         self.stopping = False
-        self.starved = False  # Kafka gave this daemon no partition for long: claim from all (daemon/wiring/node.py)
+        self.starved = False  # Kafka gave this daemon no partition for long: claim from all (actors/pipeline.py)
         self._runtimes: dict[int, LoadedInstance | Exception] = {}
         self._started: set[int] = set()
-        self.completer_send, self.completer_recv = anyio.create_memory_object_stream[Outcome](
-            max_buffer_size=max(1000, settings.completer.batch * 4))
+        # the completer's mailbox, made (and sized) by actors.pipeline.Pipeline
+        self.completer_send: MemoryObjectSendStream[Outcome]
         self.reader = Reader(dsn, deadlines=store.deadlines)  # ctx.db and submit-time checks
         self.stops = Stops()
 
