@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from typing import Any, Protocol
 
 from storage.states import I
@@ -16,6 +17,7 @@ from storage.types import (
     ClaimedChunk,
     Created,
     Finish,
+    InstanceDetail,
     InstanceRow,
     LeaderTerm,
     NewInstance,
@@ -37,6 +39,22 @@ class ReductionTx(Protocol):
     async def execute(self, op: TxOp) -> None: ...
 
     async def complete(self, report_json: str, leader: LeaderTerm | None, decided: Finish) -> bool: ...
+
+
+class InstanceReads(Protocol):
+    """What the API reads (the Postgres store keeps it; daemon/http sees nothing else of it)."""
+
+    async def db_now(self) -> Any: ...
+    async def get_instance(self, instance_id: int) -> dict[str, Any] | None: ...
+    async def instance_detail(self, instance_id: int, warnings: int = 100) -> InstanceDetail | None: ...
+    async def last_error(self, instance_id: int) -> tuple[int, str, int, int] | None: ...
+    async def step_counts(self, instance_ids: Sequence[int]) -> dict[int, list[StepCounts]]: ...
+    async def list_instances(self, job: str | None, statuses: list[str], after: Any, before: Any,
+                             start: int, count: int) -> tuple[int, list[dict[str, Any]]]: ...
+    async def list_chunks(self, instance_id: int, step: int | None, states: list[int], with_data: bool,
+                          start: int, count: int, errors_only: bool = False) -> tuple[int, list[dict[str, Any]]]: ...
+    async def throughput(self, instance_id: int, bucket_seconds: float) -> list[tuple[datetime, int]]: ...
+    async def nodes(self, seen_within: float) -> list[dict[str, Any]]: ...
 
 
 class EngineStore(Protocol):

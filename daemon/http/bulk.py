@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from actors.instances import BadParameters, UnknownJob, checked, idempotency_differences
+from actors.instances import BadParameters, UnknownJob, idempotency_differences
 from daemon.http import models as m
 from daemon.http.auth import Scope
 from daemon.http.common import Api, ApiError, _body, _decode, _json, ok
@@ -69,8 +69,7 @@ def _text(value: str | None, name: str, limit: int) -> None:
 
 
 async def submit_batch(api: Api, items: list[m.SubmitRequest]) -> BatchResult:
-    e = api.engine()
-    registry = api.node.registry
+    ops = api.ops()
     results: list[BatchItem | None] = [None] * len(items)
     accepted: list[tuple[int, NewInstance, Any]] = []  # (index, new instance, job)
     first_with_key: dict[str, int] = {}
@@ -89,8 +88,7 @@ async def submit_batch(api: Api, items: list[m.SubmitRequest]) -> BatchResult:
                 raise _Refused(422, "invalid_parameters", f"parameters are nested more than {MAX_JSON_DEPTH} "
                                "levels deep", {"path": "$.parameters", "limit": MAX_JSON_DEPTH})
             try:  # the single submit's checks, params_check included (actors.instances.checked)
-                job, canonical = await checked(registry, req.job, _json.encode(req.parameters), req.version,
-                                               e.reader, e.store.dsn)
+                job, canonical = await ops.checked(req.job, _json.encode(req.parameters), req.version)
             except UnknownJob as err:
                 raise _Refused(404, "unknown_job", str(err)) from None
             except BadParameters as err:
@@ -108,10 +106,10 @@ async def submit_batch(api: Api, items: list[m.SubmitRequest]) -> BatchResult:
             first_with_key[key] = i
         accepted.append((i, NewInstance(job.name, job.version, canonical, job.gated, key, request,
                                         job.steps[0].max_attempts, req.priority), (req, canonical)))
-    created, partitions = await e.store.create_instances([a[1] for a in accepted])
+    created, partitions = await ops.create_instances([a[1] for a in accepted])
     for (i, new, (req, canonical)), res in zip(accepted, created):
         if not res.created:  # the key existed before this batch: the single submit's conflict rule
-            row = await e.store.get_instance(res.instance_id)
+            row = await ops.reads.get_instance(res.instance_id)
             diffs = idempotency_differences(row, req.job, req.version, canonical) if row is not None else []
             if diffs:
                 results[i] = BatchItem(i, 409, error=m.ErrorDetail(
@@ -123,7 +121,7 @@ async def submit_batch(api: Api, items: list[m.SubmitRequest]) -> BatchResult:
     for i, first in same_key_as.items():
         results[i] = _same_key(i, first, items[i], results[first], by_index[first][2], dup_canonical[i])
     if partitions:
-        await e.channel.publish(sorted(partitions))  # after the commit
+        await ops.publish(partitions)  # after the commit
     done = [r for r in results if r is not None]
     return BatchResult(done, created=sum(r.status == 201 for r in done), existing=sum(r.status == 200 for r in done),
                        refused=sum(r.status >= 400 for r in done))
@@ -156,7 +154,7 @@ class BulkRoutes:
         return [Route("/api/v1/instances:batch", self.api.guarded(Scope.MANAGE, self.create), methods=["POST"])]
 
     async def create(self, request: Request) -> Response:
-        self.api.engine()  # 503 while the daemon starts, before reading the body
+        self.api.ops()  # 503 while the daemon starts, before reading the body
         req = _decode(await _body(request), BatchRequest)
         if not 1 <= len(req.items) <= MAX_BATCH:
             raise ApiError(400, "bad_request", f"items must hold 1 to {MAX_BATCH} submissions, not {len(req.items)}")

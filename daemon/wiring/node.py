@@ -17,6 +17,7 @@ import structlog
 from actors.engine import Engine, steps_running
 from actors.heartbeat import Heartbeat
 from actors.maintenance import Maintenance
+from actors.operations import Operations
 from actors.pipeline import STARVED_AFTER, Pipeline
 from actors.registry import Registry
 from actors.scheduler import Scheduler
@@ -44,6 +45,7 @@ from metrics import (
 )
 from storage.deadlines import keep_alive
 from storage.errors import TRANSIENT
+from storage.schedules import Schedules
 from storage.store import Store
 
 log = structlog.get_logger("chunkd.node")
@@ -87,6 +89,7 @@ class Node:
         self._stop = anyio.Event()
         self.engine: Engine | None = None
         self.pipeline: Pipeline | None = None
+        self.ops: Operations | None = None  # the HTTP room's port (daemon/http/ports.py)
         self.leaders: LeaderWatch | None = None  # is anything advancing (/readyz)
         self.ready = anyio.Event()
 
@@ -252,7 +255,8 @@ class Node:
                 except TRANSIENT as e:
                     log.warning("registering schedules failed; the scheduler retries", error=repr(e))
             self.leaders = LeaderWatch(store, self.cfg.scheduling, self.cfg.maintenance_interval)
-            self.engine = engine  # the API serves from here on
+            self.engine = engine
+            self.ops = Operations(engine, Schedules(store.pool))  # the API serves from here on
             self._set_gauges(engine)  # at once, not at the next tick
             maintenance = Maintenance(engine.settings.maintenance, store, channel, self.registry, engine.reader,
                                       engine.node_id)
