@@ -16,7 +16,7 @@ from actors.settings import ActorSettings
 from channels.base import Channel
 from storage.codec import DataError
 from storage.reader import Reader
-from storage.store import Store
+from storage.protocol import EngineStore
 from storage.types import ClaimedChunk, Setback, Success
 
 
@@ -220,7 +220,7 @@ class Engine:
     the completer's mailbox, the stops and the shutdown flags. The other actors (completer,
     stopper, maintenance, scheduler) are given only their own handles by daemon/wiring/node.py."""
 
-    def __init__(self, settings: ActorSettings, store: Store, channel: Channel, registry: Registry, node_id: int,
+    def __init__(self, settings: ActorSettings, store: EngineStore, channel: Channel, registry: Registry, node_id: int,
                  dsn: str) -> None:
         self.settings = settings
         self.store = store

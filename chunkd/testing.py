@@ -163,9 +163,9 @@ class _Driver:
         channel = MemoryChannel(1)
         registry = Registry()
         registry.register(self._observed(job))
-        self.engine = Engine(cfg, self.store, channel, registry, _NODE, "")  # type: ignore[arg-type]
+        self.engine = Engine(cfg, self.store, channel, registry, _NODE, "")
         self.engine.reader = db  # ctx.db
-        self.completer = Completer(cfg.completer, None, self.store, channel, self.engine.inflight)  # type: ignore[arg-type]
+        self.completer = Completer(cfg.completer, None, self.store, channel, self.engine.inflight)  # type: ignore[arg-type] - flushed directly, no mailbox
         self.maintenance = Maintenance(cfg.maintenance, self.store, channel, registry, db, _NODE)
         self.run_ = JobRun(job.name)
         self.index_of: dict[int, int] = {}      # chunk id -> its position among its step's input

@@ -61,6 +61,7 @@ class EngineStore(Protocol):
     partitions: int
     dsn: str
     user_limits: Any   # storage.store.SessionLimits | None: the database's own limits, if any
+    deadlines: Any     # storage.deadlines.Deadlines
 
     # -- instances
     async def create_instances(self, items: Sequence[NewInstance]) -> tuple[list[Created], set[int]]: ...
