@@ -100,6 +100,7 @@ class MemoryStore:
         self.warnings: list[tuple[int, int, int, str]] = []   # (instance, step, chunk, message)
         self.applied_tx: list[tuple[int, int, TxOp]] = []     # (instance, step, op): committed ctx.tx writes
         self.leader: LeaderTerm | None = None
+        self._lease_until = 0.0
         self._ids = itertools.count(1)
         self._chunk_ids = itertools.count(1)
         self._rank = itertools.count()
@@ -316,13 +317,22 @@ class MemoryStore:
 
     # ------------------------------------------------------------ maintenance
     async def acquire_leadership(self, node_id: int, ttl: float) -> int | None:
-        if self.leader is None or self.leader.node_id != node_id:
-            self.leader = LeaderTerm(node_id, (self.leader.term if self.leader else 0) + 1)
+        """As LEADER_ACQUIRE: the holder renews; another node takes over (next term) only
+        once the lease ran out; after a resignation the next leader starts at term 1."""
+        now = self.clock()
+        held = self.leader
+        if held is None:
+            self.leader = LeaderTerm(node_id, 1)
+        elif held.node_id != node_id:
+            if self._lease_until >= now:
+                return None
+            self.leader = LeaderTerm(node_id, held.term + 1)
+        self._lease_until = now + ttl
         return self.leader.term
 
     async def resign_leadership(self, node_id: int) -> None:
         if self.leader is not None and self.leader.node_id == node_id:
-            self.leader = LeaderTerm(-1, self.leader.term)
+            self.leader = None
 
     async def forget_dead_nodes(self, older_than: float) -> int:
         return 0

@@ -14,7 +14,7 @@ import pytest
 from storage.memory import MemoryStore
 from storage.states import SETBACK_BY_ATTEMPTS, C, I
 from storage.store import Store
-from storage.types import ClaimedChunk, Finish, Setback, StepCounts, Success, TxOp
+from storage.types import ClaimedChunk, Finish, LeaderTerm, NotLeader, Setback, StepCounts, Success, TxOp
 
 pytestmark = pytest.mark.anyio
 ALL = 32767
@@ -284,3 +284,23 @@ async def test_committed_tx_ops_and_warnings_ride_with_the_completion(h: Harness
     else:
         assert await h.store.pool.fetchval("SELECT count(*) FROM ledger") == 1
         assert await h.store.warnings(iid) == ["w"]
+
+
+async def test_a_deposed_leaders_writes_are_refused(h: Harness) -> None:
+    other = await h.store.register_node("other", 2) if h.kind == "postgres" else 2
+    term = await h.store.acquire_leadership(h.node, 30)
+    assert term is not None
+    iid = await _instance(h)
+    await h.store.mark_started([iid])
+    assert await h.store.acquire_leadership(other, 30) is None      # the lease is held
+    assert await h.store.acquire_leadership(h.node, 30) == term       # renewed: the same term
+    await h.store.resign_leadership(h.node)
+    newer = await h.store.acquire_leadership(other, 30)
+    assert newer is not None
+    stale = LeaderTerm(h.node, term)
+    with pytest.raises(NotLeader):
+        await h.store.set_instances_status({iid: 1}, I.ERRORED, stale)
+    with pytest.raises(NotLeader):
+        await h.store.finish_instance(iid, I.FAILED, error="late", leader=stale, decided=Finish(iid, 1, 0))
+    assert (await h.instance(iid))["status"] == I.IN_PROGRESS.value
+    assert await h.store.set_instances_status({iid: 1}, I.ERRORED, LeaderTerm(other, newer)) == {iid}
