@@ -19,7 +19,7 @@ from actors.reducer import Reducer, _handler
 from actors.registry import Registry, UnknownJobError
 from metrics import GATES_ADVANCED, INVARIANT_REFUSALS
 from storage.states import I
-from storage.store import Store
+from storage.protocol import EngineStore
 from storage.types import Finish, InstanceRow, Progress
 
 log = structlog.get_logger("chunkd.maintenance")
@@ -49,7 +49,7 @@ def progress_row(instance_id: int, p: Plan, last: Progress | None) -> tuple[bool
 
 
 class InstanceAdvancer:
-    def __init__(self, store: Store, registry: Registry, reducer: Reducer, interval: float) -> None:
+    def __init__(self, store: EngineStore, registry: Registry, reducer: Reducer, interval: float) -> None:
         """`interval`: the pass interval; progress is written at most once per it (and per
         second)."""
         self.store, self.registry, self.reducer, self.interval = store, registry, reducer, interval

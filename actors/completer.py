@@ -26,7 +26,7 @@ from metrics import (
 )
 from storage.errors import BAD_INPUT, Backoff, is_transient, limit_reason
 from storage.states import SETBACK_BY_ATTEMPTS, C
-from storage.store import Store
+from storage.protocol import EngineStore
 from storage.types import Setback, Success
 
 log = structlog.get_logger("chunkd.completer")
@@ -37,7 +37,7 @@ class Completer:
     records outcomes, the channel it publishes READY partitions on, and the in-flight table
     it releases."""
 
-    def __init__(self, settings: CompleterSettings, recv: anyio.abc.ObjectReceiveStream[Outcome], store: Store,
+    def __init__(self, settings: CompleterSettings, recv: anyio.abc.ObjectReceiveStream[Outcome], store: EngineStore,
                  channel: Channel, inflight: InFlight) -> None:
         self.settings, self.recv, self.store, self.channel, self.inflight = settings, recv, store, channel, inflight
         self.setback_log = SetbackLog()

@@ -102,7 +102,7 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
             now = time.monotonic()
             for c in chunks:
                 c.claimed_at = now
-                out.send_nowait(c)  # the mailbox holds slots + batch: never blocks
+                out.send_nowait(c)  # never blocks: the mailbox holds slots + batch (PipelineSettings.mailbox_size)
             if len(chunks) == cfg.claim_batch:
                 continue  # probably more waiting
         await signal.wait(cfg.poll_interval)

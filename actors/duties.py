@@ -22,7 +22,7 @@ from metrics import (
     REDUCTIONS_RETRYING,
 )
 from storage.states import I
-from storage.store import Store
+from storage.protocol import EngineStore
 from storage.types import LeaderTerm
 
 log = structlog.get_logger("chunkd.maintenance")
@@ -87,7 +87,7 @@ class LeaseRescuer:
     """Chunks whose lease expired (their worker died or stalled) go back to READY, or FAIL at
     their max attempts; in batches until none is left."""
 
-    def __init__(self, store: Store, batch: int = BATCH) -> None:
+    def __init__(self, store: EngineStore, batch: int = BATCH) -> None:
         self.store, self.batch = store, batch
 
     async def run(self, ctx: PassContext) -> set[int]:
@@ -110,7 +110,7 @@ class LeaseRescuer:
 class RetryReleaser:
     """ERRORED chunks whose backoff ended become READY."""
 
-    def __init__(self, store: Store, registry: Registry, batch: int = BATCH) -> None:
+    def __init__(self, store: EngineStore, registry: Registry, batch: int = BATCH) -> None:
         self.store, self.registry, self.batch = store, registry, batch
 
     async def run(self, ctx: PassContext) -> set[int]:
@@ -123,7 +123,7 @@ class RetryReleaser:
 class Rehomer:
     """READY chunks in partitions no daemon serves move to served ones."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: EngineStore) -> None:
         self.store = store
 
     async def run(self, ctx: PassContext) -> set[int]:
@@ -134,7 +134,7 @@ class NodeReaper:
     """Deletes the node rows of dead daemons (SIGKILLed, host gone), checked every tenth of
     the age: a dead node's row goes within 110% of it."""
 
-    def __init__(self, store: Store, forget_after: float) -> None:
+    def __init__(self, store: EngineStore, forget_after: float) -> None:
         self.store, self.forget_after = store, forget_after
         self.every = Every(forget_after / 10)
 
@@ -149,7 +149,7 @@ class Republisher:
     """Partitions whose oldest READY chunk waited longer than `after` (a lost hint): their
     consumers look again. Not every pass: it reads the head of each READY queue."""
 
-    def __init__(self, store: Store, partitions: int, after: float) -> None:
+    def __init__(self, store: EngineStore, partitions: int, after: float) -> None:
         self.store, self.partitions, self.after = store, partitions, after
         self.every = Every(after)
 
@@ -164,7 +164,7 @@ class GaugeExporter:
     status every 5 s while instances run (every pass when none does), queue depth and the
     oldest READY age at most once a second, and the ETAs the InstanceAdvancer found."""
 
-    def __init__(self, store: Store, partitions: int) -> None:
+    def __init__(self, store: EngineStore, partitions: int) -> None:
         self.store, self.partitions = store, partitions
         self._at = 0.0
         self.queue_every = Every(1.0)  # idle clusters call us every pass

@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import msgspec
+from anyio.streams.memory import MemoryObjectSendStream
 
 from actors.job import Job
 from actors.registry import Registry, UnknownJobError
@@ -15,7 +16,7 @@ from actors.settings import ActorSettings
 from channels.base import Channel
 from storage.codec import DataError
 from storage.reader import Reader
-from storage.store import Store
+from storage.protocol import EngineStore
 from storage.types import ClaimedChunk, Setback, Success
 
 
@@ -219,7 +220,7 @@ class Engine:
     the completer's mailbox, the stops and the shutdown flags. The other actors (completer,
     stopper, maintenance, scheduler) are given only their own handles by daemon/wiring/node.py."""
 
-    def __init__(self, settings: ActorSettings, store: Store, channel: Channel, registry: Registry, node_id: int,
+    def __init__(self, settings: ActorSettings, store: EngineStore, channel: Channel, registry: Registry, node_id: int,
                  dsn: str) -> None:
         self.settings = settings
         self.store = store
@@ -229,11 +230,11 @@ class Engine:
         self.inflight = InFlight(settings.claim.partitions, settings.claim.partition_concurrency)
         self.slots = JobSlots(settings.steps.job_concurrency)
         self.stopping = False
-        self.starved = False  # Kafka gave this daemon no partition for long: claim from all (daemon/wiring/node.py)
+        self.starved = False  # Kafka gave this daemon no partition for long: claim from all (actors/pipeline.py)
         self._runtimes: dict[int, LoadedInstance | Exception] = {}
         self._started: set[int] = set()
-        self.completer_send, self.completer_recv = anyio.create_memory_object_stream[Outcome](
-            max_buffer_size=max(1000, settings.completer.batch * 4))
+        # the completer's mailbox, made (and sized) by actors.pipeline.Pipeline
+        self.completer_send: MemoryObjectSendStream[Outcome]
         self.reader = Reader(dsn, deadlines=store.deadlines)  # ctx.db and submit-time checks
         self.stops = Stops()
 

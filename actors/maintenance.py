@@ -30,7 +30,7 @@ from channels.base import Channel
 from metrics import IS_LEADER, LEADER_CHANGES, MAINTENANCE_SECONDS
 from storage.errors import TRANSIENT, Backoff
 from storage.reader import Reader
-from storage.store import Store
+from storage.protocol import EngineStore
 from storage.types import LeaderTerm, NotLeader
 
 __all__ = ["Maintenance", "ReportTooLarge", "leader_lease", "shape_of"]
@@ -45,10 +45,9 @@ def leader_lease(interval: float) -> float:
     return max(5.0, 5 * interval)
 
 
-def duties(settings: MaintenanceSettings, store: Store, registry: Registry, reader: Reader) -> list[Duty]:
+def duties(settings: MaintenanceSettings, store: EngineStore, registry: Registry, reducer: Reducer) -> list[Duty]:
     """A pass, in order: chunks first (so the instances' counters include them), then the
     instances, then the figures and the housekeeping."""
-    reducer = Reducer(store, reader, settings.max_report_bytes)
     return [LeaseRescuer(store), RetryReleaser(store, registry), Rehomer(store),
             InstanceAdvancer(store, registry, reducer, settings.interval),
             GaugeExporter(store, settings.partitions), NodeReaper(store, settings.forget_nodes_after),
@@ -56,12 +55,15 @@ def duties(settings: MaintenanceSettings, store: Store, registry: Registry, read
 
 
 class Maintenance:
-    def __init__(self, settings: MaintenanceSettings, store: Store, channel: Channel, registry: Registry,
+    def __init__(self, settings: MaintenanceSettings, store: EngineStore, channel: Channel, registry: Registry,
                  reader: Reader, node_id: int, pass_duties: Sequence[Duty] | None = None) -> None:
         """Only what it uses: its settings, the store, the channel it publishes on, the
         registry (reductions, handlers), ctx.db's reader for reductions, and this node's id."""
         self.settings, self.store, self.channel, self.node_id = settings, store, channel, node_id
-        self.duties = list(pass_duties) if pass_duties is not None else duties(settings, store, registry, reader)
+        # the reductions it starts (chunkd.testing waits for them and skips their backoff)
+        self.reducer = Reducer(store, reader, settings.max_report_bytes)
+        self.duties = (list(pass_duties) if pass_duties is not None
+                       else duties(settings, store, registry, self.reducer))
         self.leader = False
         self.term: LeaderTerm | None = None  # the fencing token of every leader write
         self.wake = anyio.Event()

@@ -20,7 +20,7 @@ from storage.errors import IDLE_TIMEOUT, TRANSIENT, closed_connection, is_transi
 from storage.reader import Reader
 from storage.retry import backoff_seconds
 from storage.states import I
-from storage.store import Store, reset_after_user_sql
+from storage.protocol import EngineStore
 from storage.types import Finish, InstanceRow, LeaderTerm, NotLeader
 
 log = structlog.get_logger("chunkd.maintenance")
@@ -40,7 +40,7 @@ class Reducer:
     """Starts reductions in the background (the leader's task group) and keeps, per
     instance, when a failed one may run again."""
 
-    def __init__(self, store: Store, reader: Reader, max_report_bytes: int) -> None:
+    def __init__(self, store: EngineStore, reader: Reader, max_report_bytes: int) -> None:
         self.store, self.reader, self.max_report_bytes = store, reader, max_report_bytes
         self.reducing: set[int] = set()
         self._retry_at: dict[int, float] = {}  # instance -> when its failed reduction may run again
@@ -141,11 +141,8 @@ class Reducer:
         step = job.steps[-1]
         params = job.decode_params(inst.params)
         ctx = Context(job.name, inst.id, None, step.name, 1, log, step.transactional, self.reader)
-        async with store.pool.acquire() as conn, reset_after_user_sql(conn, lambda: bool(ctx.tx.ops)), \
-                conn.transaction():
-            await store.apply_user_limits(conn)  # the reducer's transaction: the database's limits
-            raw = store.reduction_input(conn, inst.id, step.index)
-            items = _decoded(raw, step.consumes)  # type: ignore[arg-type]
+        async with store.reduction(inst.id, step.index, lambda: bool(ctx.tx.ops)) as tx:
+            items = _decoded(tx.input(), step.consumes)  # type: ignore[arg-type]
             if step.is_async:
                 report = await step.fn(params, items, ctx)
             else:
@@ -164,10 +161,10 @@ class Reducer:
             if len(report_json) > limit:
                 raise ReportTooLarge(f"the report is {len(report_json):,} bytes of JSON, over the limit of "
                                      f"{limit:,} bytes (CHUNKD_MAX_REPORT_BYTES)")
-            for op in ctx.tx.ops:  # user SQL: its own, longer deadline (storage/deadlines.py)
-                await conn.execute(op.sql, *op.args, timeout=store.deadlines.user_sql)
+            for op in ctx.tx.ops:
+                await tx.execute(op)
             decided = Finish(inst.id, inst.run, step.index, not job.fail_instance_on_chunk_failure)
-            if not await store.complete_reduction(conn, inst.id, step.index, report_json, term, decided):
+            if not await tx.complete(report_json, term, decided):
                 raise _Superseded()  # leaving the block rolls the transaction back
         return report
 

@@ -1,4 +1,4 @@
-"""Run a job in memory, in a unit test: no Postgres, no daemon.
+"""Run a job in memory, in a unit test: no Postgres, no daemon, the daemon's own engine.
 
     from chunkd.testing import run_job
 
@@ -7,33 +7,59 @@
         assert run.report == {"files": 3}
         assert len(run.emitted["plan"]) == 3
 
-`run_job` runs the first step, feeds every chunk it emits through the middle steps and
-the reduction, step by step, as a gated instance would. Each chunk is encoded and decoded
-with the codecs the daemon uses, so a chunk type that does not survive the trip fails here;
-parameters are decoded (defaults, validation) as a submit decodes them; a report is
-encoded to JSON and read back as the API would show it. Retries follow each step's
-`max_attempts` without waiting out the backoff. What the engine does that this does not:
-persistence, leases, concurrency, backoff delays, completion/error handlers.
+`run_job` submits one instance to an in-memory store (storage/memory.py, held to the same
+conformance suite as the Postgres store) and drives the daemon's own pieces over it, as
+rivertest drives River's executor: each claimed chunk runs through the executor
+(actors/executor.run_chunk: plain-function steps in a worker thread, size limits, retries
+decided as in the daemon), its outcome is recorded by the completer's flush
+(actors/completer.flush), and the maintenance leader (actors/maintenance.Maintenance: the
+planner, gates, reduction with its sync bridge, completion/error handlers) moves the
+instance on. What it does not model: several daemons, leases that expire, concurrency
+(chunks run one at a time), backoff delays (a virtual clock jumps to the next retry), SQL
+(ctx.tx statements are collected, not run).
 """
 from __future__ import annotations
 
-import inspect
+import asyncio
+import copy
+import functools
 import json
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
+import anyio
 import msgspec
-import structlog
 
+from actors.completer import Completer, flush
+from actors.engine import Engine, StepSlot
+from actors.executor import run_chunk
 from actors.instances import error_path
-from actors.job import ChunkTooLarge, Context, Job, ParameterError, PermanentError, RetryLater, Sink, StepDef, StepKind
+from actors.job import Job, ParameterError, StepDef, StepKind
+from actors.maintenance import Maintenance, leader_lease
+from actors.registry import Registry
+from actors.settings import (
+    ActorSettings,
+    ClaimSettings,
+    CompleterSettings,
+    MaintenanceSettings,
+    SchedulerSettings,
+    StepSettings,
+)
+from channels.memory import MemoryChannel
 from storage.codec import DataError, decode, params_from_json, to_json
-from storage.types import TxOp
+from storage.memory import MemoryStore
+from storage.states import INSTANCE_TERMINAL, C, I
+from storage.types import ClaimedChunk, Setback, Success, TxOp
 
 __all__ = ["Call", "JobFailed", "JobRun", "run_job"]
 
 # ctx.retry_later() re-runs a chunk without counting an attempt; past this many it is a bug.
 MAX_POLLS = 1000
+# Maintenance passes in a row that change nothing before run_job gives up (a job that can
+# never finish, e.g. an instance whose chunks wait for something that never comes).
+MAX_IDLE_PASSES = 200
+_NODE = 1
+_BATCH = 100
 
 
 class Call(msgspec.Struct, frozen=True):
@@ -71,6 +97,28 @@ class JobFailed(AssertionError):
 Inject = Callable[[Call], BaseException | None]
 
 
+class _Clock:
+    """The store's `now()`: real time never passes; it jumps to the next retry when idle."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def settings(max_chunk_bytes: int = 64 << 20, max_report_bytes: int = 16 << 20) -> ActorSettings:
+    """The actors' settings run_job uses: one partition, one chunk at a time."""
+    return ActorSettings(
+        claim=ClaimSettings(partitions=1, partition_concurrency=1, claim_batch=_BATCH, lease_seconds=3600.0,
+                            poll_interval=1.0),
+        steps=StepSettings(max_chunk_bytes=max_chunk_bytes),
+        completer=CompleterSettings(batch=_BATCH, flush_ms=0.0),
+        maintenance=MaintenanceSettings(partitions=1, interval=1.0, republish_after=3600.0,
+                                        max_report_bytes=max_report_bytes, scheduling=True),
+        scheduler=SchedulerSettings(node_name="chunkd.testing", partitions=1, enabled=False, concurrency=1))
+
+
 async def run_job(job: Job, params: Any = None, *, inject: Inject | None = None, db: Any = None,
                   check: bool = True, max_chunk_bytes: int = 64 << 20) -> JobRun:
     """Run `job` with `params` (its params Struct, a dict, or JSON text) in memory.
@@ -80,26 +128,11 @@ async def run_job(job: Job, params: Any = None, *, inject: Inject | None = None,
     to see a retry. `db` is what `ctx.db` (and a `params_check`, which runs only when `db`
     is given) receive. With `check` (the default) a FAILED run raises JobFailed."""
     job.validate()
-    run = JobRun(job.name)
     parsed = _params(job, params)
     if job.check is not None and db is not None:
         await job.check(parsed, db)
-    inputs: list[bytes] = [b""]
-    for step in job.steps:
-        if step.kind is StepKind.REDUCE:
-            run.report = await _reduce(job, step, parsed, inputs, run, db)
-            break
-        outputs: list[bytes] = []
-        for index, data in enumerate(inputs):
-            produced = await _run_chunk(job, step, parsed, index, data, run, inject, db, max_chunk_bytes)
-            if produced is not None:
-                outputs.extend(produced)
-            elif job.fail_instance_on_chunk_failure:  # fail-fast, as the engine: the instance FAILED
-                run.status, run.error = "FAILED", run.failed_chunks[-1]
-                break
-        if run.status == "FAILED":
-            break
-        inputs = outputs
+    driver = _Driver(job, inject, db, max_chunk_bytes)
+    run = await driver.run(to_json(parsed))
     if check and run.status == "FAILED":
         raise JobFailed(f"job {job.name!r} FAILED: {run.error}")
     return run
@@ -118,54 +151,147 @@ def _params(job: Job, params: Any) -> Any:
         raise ParameterError(f"job {job.name!r}: {e}", error_path(e)) from None
 
 
-async def _run_chunk(job: Job, step: StepDef, params: Any, index: int, data: bytes, run: JobRun,
-                     inject: Inject | None, db: Any, max_chunk_bytes: int) -> list[bytes] | None:
-    """Run one chunk to success (its children) or to FAILED (None), retrying as the engine does."""
-    item = None
-    if step.kind is not StepKind.FIRST:
+class _Driver:
+    """One instance through the real executor, completer and maintenance, one chunk at a time."""
+
+    def __init__(self, job: Job, inject: Inject | None, db: Any, max_chunk_bytes: int) -> None:
+        self.job, self.inject = job, inject
+        self.clock = _Clock()
+        self.store = MemoryStore(1, self.clock)
+        cfg = settings(max_chunk_bytes)
+        channel = MemoryChannel(1)
+        registry = Registry()
+        registry.register(self._observed(job))
+        self.engine = Engine(cfg, self.store, channel, registry, _NODE, "")
+        self.engine.reader = db  # ctx.db
+        self.completer = Completer(cfg.completer, None, self.store, channel, self.engine.inflight)  # type: ignore[arg-type] - flushed directly, no mailbox
+        self.maintenance = Maintenance(cfg.maintenance, self.store, channel, registry, db, _NODE)
+        self.run_ = JobRun(job.name)
+        self.index_of: dict[int, int] = {}      # chunk id -> its position among its step's input
+        self._seen: dict[int, int] = {}         # step -> chunks of it claimed so far
+        self.polls: dict[int, int] = {}
+        self.reductions = 0
+
+    def _observed(self, job: Job) -> Job:
+        """The job as the registry serves it here: each step first asks `inject` (the real
+        executor runs the wrapper exactly as it would run the step: a plain function in a
+        thread, a coroutine on the loop)."""
+        seen = copy.copy(job)
+        seen.steps = [msgspec.structs.replace(s, fn=self._wrap(s)) for s in job.steps]
+        return seen
+
+    def _wrap(self, step: StepDef) -> Callable[..., Any]:
+        fn = step.fn
+        if step.kind is StepKind.REDUCE:
+            def before(args: tuple[Any, ...]) -> None:
+                self.reductions += 1
+        else:
+            def before(args: tuple[Any, ...]) -> None:
+                if self.inject is None:
+                    return
+                ctx = args[1] if step.kind is StepKind.FIRST else args[2]
+                chunk = None if step.kind is StepKind.FIRST else args[1]
+                exc = self.inject(Call(step.name, self.index_of.get(ctx.chunk_id, 0), chunk, ctx.attempt))
+                if exc is not None:
+                    raise exc
+        if step.is_async:
+            @functools.wraps(fn)
+            async def run_async(*args: Any) -> Any:
+                before(args)
+                return await fn(*args)
+            return run_async
+
+        @functools.wraps(fn)
+        def run_sync(*args: Any) -> Any:
+            before(args)
+            return fn(*args)
+        return run_sync
+
+    async def run(self, params_json: str) -> JobRun:
+        first = self.job.steps[0]
+        iid, _, _ = await self.store.create_instance(self.job.name, self.job.version, params_json, self.job.gated,
+                                                     None, b"", first.max_attempts)
+        slot = StepSlot(asyncio.current_task(), 0)
+        idle = 0
+        async with anyio.create_task_group() as tg:
+            self.maintenance._tg = tg   # where the leader runs its reductions
+            while True:
+                claimed = await self.store.claim(0, _BATCH, _NODE, 3600.0)
+                if claimed:
+                    idle = 0
+                    self.engine.inflight.claimed(0, claimed)
+                    await self.engine.note_started({c.instance_id for c in claimed})
+                    for chunk in claimed:
+                        await self._one(chunk, slot, iid)
+                    continue
+                self.maintenance.reducer._retry_at.clear()  # a failed reduction runs again without its backoff
+                await self.maintenance._round(leader_lease(1.0))
+                while self.maintenance.reducer.reducing:
+                    await anyio.sleep(0.001)  # a plain-function reducer runs in a thread
+                if self.store.instances[iid].row["status"] in {s.value for s in INSTANCE_TERMINAL}:
+                    break
+                if not any(c.state == C.READY for c in self.store.chunks.values()):
+                    due = self.store.next_due()
+                    if due is not None and due > self.clock.now:
+                        self.clock.now = due
+                        continue
+                    idle += 1
+                    if idle > MAX_IDLE_PASSES:
+                        raise RuntimeError(f"job {self.job.name!r}: the instance is stuck in "
+                                           f"{self.store.instances[iid].row['status']} (chunkd.testing)")
+        return await self._result(iid)
+
+    async def _one(self, chunk: ClaimedChunk, slot: StepSlot, iid: int) -> None:
+        step = self.job.steps[chunk.step]
+        if chunk.id not in self.index_of:
+            self.index_of[chunk.id] = self._seen.get(chunk.step, 0)
+            self._seen[chunk.step] = self.index_of[chunk.id] + 1
+        index = self.index_of[chunk.id]
+        outcome = await run_chunk(self.engine, chunk, 0, slot)
+        await flush(self.completer, [outcome])
         try:
-            item = decode(data, step.consumes)  # type: ignore[arg-type]
-        except DataError as e:
-            return _failed(run, step, index, None, 1, str(e))
-    attempt, polls = 1, 0
-    while True:
-        call = Call(step.name, index, item, attempt)
-        ctx = Context(job.name, 1, index, step.name, attempt, structlog.get_logger("chunkd.testing"),
-                      step.transactional, db)
-        sink: Sink[Any] | None = Sink(step.emits, max_chunk_bytes) if step.emits is not None else None
-        try:
-            injected = inject(call) if inject is not None else None
-            if injected is not None:
-                raise injected
-            args = (params, ctx, sink) if step.kind is StepKind.FIRST else (
-                (params, item, ctx, sink) if sink is not None else (params, item, ctx))
-            result = step.fn(*args)
-            if inspect.isawaitable(result):
-                await result
-            if sink is not None and sink.too_large:
-                raise ChunkTooLarge(sink.too_large)
-        except RetryLater:
-            polls += 1
-            run.calls.append(msgspec.structs.replace(call, outcome="retry later"))
-            if polls > MAX_POLLS:
-                return _failed(run, step, index, item, attempt, f"retried later {MAX_POLLS} times")
-            continue
-        except PermanentError as e:
-            return _failed(run, step, index, item, attempt, f"permanent error: {type(e).__name__}: {e}")
-        except Exception as e:  # noqa: BLE001 - a step's failure is a retry or a FAILED chunk, as in the engine
-            message = f"{type(e).__name__}: {e}"
-            if attempt >= step.max_attempts:
-                return _failed(run, step, index, item, attempt, message)
-            run.calls.append(msgspec.structs.replace(call, outcome=f"error: {message}"))
-            attempt += 1
-            continue
-        run.calls.append(msgspec.structs.replace(call, outcome="ok"))
-        run.warnings.extend((step.name, w) for w in ctx.warnings)
-        run.tx.setdefault(step.name, []).extend(ctx.tx.ops)
-        children = sink.encoded if sink is not None else []
-        if sink is not None:
-            run.emitted.setdefault(step.name, []).extend(_shown(c, step.emits) for c in children)  # type: ignore[arg-type]
-        return children
+            item = None if step.kind is StepKind.FIRST else decode(chunk.data, step.consumes)  # type: ignore[arg-type]
+        except DataError:
+            item = None
+        stored = self.store.chunks[chunk.id]
+        r = outcome.result
+        run = self.run_
+        if type(r) is Success and stored.state == C.COMPLETED:
+            run.calls.append(Call(step.name, index, item, chunk.attempt, "ok"))
+            if step.emits is not None:
+                run.emitted.setdefault(step.name, []).extend(_shown(d, step.emits) for d in r.children)
+            run.warnings.extend((step.name, w) for w in r.warnings)
+            return
+        message = (r.message if isinstance(r, Setback) else None) or stored.error_message or ""
+        if stored.state == C.POLL_WAITING:
+            run.calls.append(Call(step.name, index, item, chunk.attempt, "retry later"))
+            self.polls[chunk.id] = self.polls.get(chunk.id, 0) + 1
+            if self.polls[chunk.id] > MAX_POLLS:
+                error = f"step {step.name!r} chunk {index}: retried later {MAX_POLLS} times"
+                run.failed_chunks.append(error)
+                await self.store.finish_instance(iid, I.FAILED, error=error)
+        elif stored.state == C.FAILED:
+            run.calls.append(Call(step.name, index, item, chunk.attempt, f"failed: {message}"))
+            run.failed_chunks.append(f"step {step.name!r} chunk {index}: {message}")
+        else:
+            run.calls.append(Call(step.name, index, item, chunk.attempt, f"error: {message}"))
+
+    async def _result(self, iid: int) -> JobRun:
+        run = self.run_
+        row = await self.store.get_instance(iid)
+        assert row is not None
+        run.status, run.error = row["status"], row["error_message"]
+        run.report = None if row["report"] is None else json.loads(row["report"])  # as the API shows it
+        for _, step, op in self.store.applied_tx:
+            run.tx.setdefault(self.job.steps[step].name, []).append(op)
+        if self.job.has_reduction and self.reductions:
+            name = self.job.steps[-1].name
+            for n in range(1, self.reductions + 1):
+                last = n == self.reductions
+                outcome = ("ok" if run.status == I.COMPLETED.value else f"failed: {run.error}") if last else \
+                    f"error: {row['last_error']}"
+                run.calls.append(Call(name, 0, None, n, outcome))
+        return run
 
 
 def _shown(data: bytes, tp: type) -> Any:
@@ -175,32 +301,3 @@ def _shown(data: bytes, tp: type) -> Any:
         return decode(data, tp)
     except DataError:
         return data
-
-
-def _failed(run: JobRun, step: StepDef, index: int, item: Any, attempt: int, message: str) -> None:
-    run.calls.append(Call(step.name, index, item, attempt, f"failed: {message}"))
-    run.failed_chunks.append(f"step {step.name!r} chunk {index}: {message}")
-
-
-async def _reduce(job: Job, step: StepDef, params: Any, inputs: list[bytes], run: JobRun, db: Any) -> Any:
-    items = [decode(d, step.consumes) for d in inputs]  # type: ignore[arg-type]
-    ctx = Context(job.name, 1, None, step.name, 1, structlog.get_logger("chunkd.testing"), step.transactional, db)
-    try:
-        if step.is_async:
-            report = await step.fn(params, _aiter(items), ctx)
-        else:
-            report = step.fn(params, iter(items), ctx)
-        report_json = to_json(report)
-    except Exception as e:  # noqa: BLE001 - the reduction's failure fails the instance, as in the engine
-        _failed(run, step, 0, None, 1, f"{type(e).__name__}: {e}")
-        run.status, run.error = "FAILED", run.failed_chunks[-1]
-        return None
-    run.calls.append(Call(step.name, 0, None, 1, "ok"))
-    run.warnings.extend((step.name, w) for w in ctx.warnings)
-    run.tx.setdefault(step.name, []).extend(ctx.tx.ops)
-    return json.loads(report_json)
-
-
-async def _aiter(items: Iterable[Any]) -> AsyncIterator[Any]:
-    for item in items:
-        yield item

@@ -33,6 +33,7 @@ from storage.types import (
     Setback,
     StepCounts,
     Success,
+    TxOp,
 )
 
 # Above this many child rows, COPY beats an unnest INSERT.
@@ -643,6 +644,15 @@ class Store:
         await self.fence_leader(conn, leader)
         return True
 
+    @contextlib.asynccontextmanager
+    async def reduction(self, instance_id: int, step: int, user_sql: Callable[[], bool]) -> AsyncIterator[PgReduction]:
+        """One reduction's transaction (storage.protocol.ReductionTx), under the database's own
+        limits while the reducer runs; `user_sql()` says whether its ctx.tx ran (the
+        connection is then reset before it goes back to the pool)."""
+        async with self.pool.acquire() as conn, reset_after_user_sql(conn, user_sql), conn.transaction():
+            await self.apply_user_limits(conn)
+            yield PgReduction(self, conn, instance_id, step)
+
     async def reduction_failed(self, instance_id: int, run: int, error: str, *, counted: bool,
                                leader: LeaderTerm | None) -> int | None:
         """Records a failed reduction attempt on the instance (counted, or only shown when the
@@ -667,3 +677,21 @@ class Store:
         """partition -> seconds since the head of its READY queue was created (0 if empty)."""
         rows = await self.pool.fetch(sql.QUEUE_OLDEST_READY, list(partitions))
         return {r["partition"]: r["age"] for r in rows}
+
+
+class PgReduction:
+    """storage.protocol.ReductionTx over one Postgres transaction."""
+
+    def __init__(self, store: Store, conn: asyncpg.Connection, instance_id: int, step: int) -> None:
+        self.store, self.conn, self.instance_id, self.step = store, conn, instance_id, step
+
+    def input(self) -> AsyncIterator[bytes]:
+        return self.store.reduction_input(self.conn, self.instance_id, self.step)
+
+    async def execute(self, op: TxOp) -> None:
+        # user SQL: its own, longer deadline (storage/deadlines.py)
+        await self.conn.execute(op.sql, *op.args, timeout=self.store.deadlines.user_sql)
+
+    async def complete(self, report_json: str, leader: LeaderTerm | None, decided: Finish) -> bool:
+        return await self.store.complete_reduction(self.conn, self.instance_id, self.step, report_json, leader,
+                                                   decided)

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from actors.instances import Result, Submission, submit_many
+from actors.instances import Result, Submission
 from daemon.http import models as m
 from daemon.http.auth import Scope
 from daemon.http.common import Api, ApiError, _body, _decode, _json, ok, refusal
@@ -77,12 +77,10 @@ def _answer(i: int, res: Result) -> BatchItem:
 async def submit_batch(api: Api, raw_items: list[msgspec.Raw]) -> BatchResult:
     """One result per item, in order: the submit service (actors.instances.submit_many)
     answers those that decode; each refusal is the single submit's error."""
-    e = api.engine()
     decoded = [_item(i, raw) for i, raw in enumerate(raw_items)]
     ok_items = [(i, d) for i, d in enumerate(decoded) if isinstance(d, m.SubmitRequest)]
-    results = await submit_many(e.store, e.channel, api.node.registry, [
-        Submission(d.job, _json.encode(d.parameters), d.version, d.idempotency_key, d.priority) for _, d in ok_items],
-        e.reader)
+    results = await api.ops().submit_many([
+        Submission(d.job, _json.encode(d.parameters), d.version, d.idempotency_key, d.priority) for _, d in ok_items])
     done: list[BatchItem] = [BatchItem(i, d.status, error=m.ErrorDetail(d.code, d.message, d.details))
                              for i, d in enumerate(decoded) if isinstance(d, ApiError)]
     done += [_answer(i, res) for (i, _), res in zip(ok_items, results)]
@@ -99,7 +97,7 @@ class BulkRoutes:
         return [Route("/api/v1/instances:batch", self.api.guarded(Scope.MANAGE, self.create), methods=["POST"])]
 
     async def create(self, request: Request) -> Response:
-        self.api.engine()  # 503 while the daemon starts, before reading the body
+        self.api.ops()  # 503 while the daemon starts, before reading the body
         req = _decode(await _body(request), _Items)
         if not 1 <= len(req.items) <= MAX_BATCH:
             raise ApiError(400, "bad_request", f"items must hold 1 to {MAX_BATCH} submissions, not {len(req.items)}")

@@ -30,7 +30,7 @@ class ClusterRoutes:
         return ok(m.JobList([job_info(j, j.version == latest[j.name]) for j in jobs]))
 
     async def cluster(self, request: Request) -> Response:
-        rows = await self.api.engine().store.nodes(NODE_SEEN_WITHIN)
+        rows = await self.api.ops().reads.nodes(NODE_SEEN_WITHIN)
         return ok(m.Cluster([m.Node(**r) for r in rows]))
 
     async def whoami(self, request: Request) -> Response:

@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from actors.engine import Engine
 from actors.instances import BadParameters, BadRequest, IdempotencyConflict, SubmitError, UnknownJob
+from actors.operations import Operations
 from actors.job import Job
 from actors.registry import UnknownJobError
 from daemon.http import models as m
@@ -313,20 +313,21 @@ class Api:
             return await fn(request)
         return handler
 
-    def engine(self) -> Engine:
-        if self.node.engine is None:
+    def ops(self) -> Operations:
+        """The daemon's operations (reads, submit, stop/restart), or 503 while it starts."""
+        if self.node.ops is None:
             raise ApiError(503, "unavailable", "the daemon is starting", headers={"Retry-After": "1"})
-        return self.node.engine
+        return self.node.ops
 
     async def load(self, iid: int) -> dict[str, Any]:
-        row = await self.engine().store.get_instance(iid)
+        row = await self.ops().reads.get_instance(iid)
         if row is None:
             raise ApiError(404, "not_found", f"no instance {iid}")
         return row
 
     async def detailed(self, iid: int) -> m.Instance:
         """The full view of one instance (one query), or 404."""
-        d = await self.engine().store.instance_detail(iid)
+        d = await self.ops().reads.instance_detail(iid)
         if d is None:
             raise ApiError(404, "not_found", f"no instance {iid}")
         row = d.row
@@ -341,7 +342,7 @@ class Api:
         out.warnings = d.warnings
         if row["status"] == I.ERRORED.value and out.last_error is None:
             # chunks failing and retrying: the latest error says why (their attempts are on /chunks)
-            last = await self.engine().store.last_error(iid)
+            last = await self.ops().reads.last_error(iid)
             if last is not None:
                 out.last_error = f"step {_name(names, last[0])!r}: {last[1]}"
         return out

@@ -8,8 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from actors import control
-from actors.instances import SubmitError, submit
+from actors.instances import SubmitError
 from actors.registry import UnknownJobError
 from daemon.http import models as m
 from daemon.http.auth import Scope
@@ -70,11 +69,10 @@ class Instances:
 
     async def _create(self, request: Request) -> Response:
         req = _decode(await _body(request), m.SubmitRequest)  # ranges and lengths: its msgspec constraints
-        e = self.api.engine()
+        ops = self.api.ops()
         try:
-            res = await submit(e.store, e.channel, self.api.node.registry, req.job, _json.encode(req.parameters),
-                               version=req.version, idempotency_key=req.idempotency_key, reader=e.reader,
-                               priority=req.priority)
+            res = await ops.submit(req.job, _json.encode(req.parameters), version=req.version,
+                                   idempotency_key=req.idempotency_key, priority=req.priority)
         except SubmitError as err:
             raise refusal(err) from None
         if res.created:
@@ -90,7 +88,7 @@ class Instances:
                            {"parameter": "status"})
         start = _int(request, "start", 0, 0, 10_000_000)
         count = _int(request, "count", 50, 1, MAX_PAGE)
-        total, rows = await self.api.engine().store.list_instances(
+        total, rows = await self.api.ops().reads.list_instances(
             _no_nul(request.query_params.get("job"), "job"), statuses, _time(request, "created_after"),
             _time(request, "created_before"), start, count)
         return ok(m.InstanceList(total, start, len(rows), [instance_out(r) for r in rows]))
@@ -113,7 +111,7 @@ class Instances:
         with_data = _flag(request, "data")
         start = _int(request, "start", 0, 0, 100_000_000)
         count = _int(request, "count", 100, 1, MAX_PAGE)
-        total, rows = await self.api.engine().store.list_chunks(iid, step_i, states, with_data, start, count,
+        total, rows = await self.api.ops().reads.list_chunks(iid, step_i, states, with_data, start, count,
                                                                 errors_only=_flag(request, "errors"))
         chunks = [m.Chunk(id=r["id"], step=r["step"], step_name=_name(names, r["step"]), status=C(r["state"]).name,
                           attempt=r["attempt"], failures=r["failures"], max_attempts=r["max_attempts"],
@@ -127,7 +125,7 @@ class Instances:
 
     async def throughput(self, request: Request) -> Response:
         row = await self.api.load(_instance_id(request))
-        store = self.api.engine().store
+        store = self.api.ops().reads
         began = row["started_at"] or row["created_at"]
         until = row["finished_at"] or await store.db_now()  # the database's clock, like the rows
         bucket = bucket_seconds((until - began).total_seconds())
@@ -152,7 +150,7 @@ class Instances:
     async def _stop(self, request: Request, *, force: bool) -> Response:
         iid = _instance_id(request)
         row = await self.api.load(iid)
-        if not await control.stop(self.api.engine(), iid, force=force):
+        if not await self.api.ops().stop(iid, force=force):
             raise self.conflict(await self.api.load(iid), "stop" if force else "cancel")
         log.info("instance state change", job=row["job_name"], instance_id=iid, status="CANCELLED",
                  **({"forced": True} if force else {}))
@@ -164,7 +162,7 @@ class Instances:
         if row["status"] not in {s.value for s in RESTARTABLE}:
             raise self.conflict(row, "restart")
         try:
-            restarted = await control.restart(self.api.engine(), self.api.node.registry, row)
+            restarted = await self.api.ops().restart(row)
         except UnknownJobError as err:
             raise ApiError(409, "unknown_job", f"cannot restart: {err}") from None
         if not restarted:

@@ -6,7 +6,7 @@ from typing import Protocol
 
 import msgspec
 
-from actors.engine import Engine
+from actors.operations import Operations
 from actors.registry import Registry
 
 
@@ -18,7 +18,7 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 class Served(Protocol):
     registry: Registry
-    engine: Engine | None    # None while the daemon starts: probes answer before the engine exists
+    ops: Operations | None   # None while the daemon starts: probes answer before the engine exists
     http: HttpSettings
 
     def liveness_problems(self) -> list[str]: ...

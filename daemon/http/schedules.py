@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from actors.instances import SubmitError, checked
+from actors.instances import SubmitError
 from actors.scheduler import row_for, spec_of
 from actors.scheduling import ScheduleError, next_after, upcoming
 from actors.scheduling import validate as validate_spec
@@ -59,7 +59,7 @@ class ScheduleRoutes:
         ]
 
     def schedules(self) -> Schedules:
-        return Schedules(self.api.engine().store.pool)
+        return self.api.ops().schedules
 
     async def load(self, sid: str) -> ScheduleRow:
         _no_nul(sid, "id")
@@ -81,10 +81,8 @@ class ScheduleRoutes:
             spec = validate_spec(req.cron, req.every_seconds, req.timezone, req.missed, req.dialect)
         except ScheduleError as err:
             raise ApiError(422, "invalid_schedule", str(err), {"path": err.path}) from None
-        e = self.api.engine()
         try:  # the same checks as a submit (params_check included): refused now, not when it fires
-            job, canonical = await checked(self.api.node.registry, req.job, _json.encode(req.parameters),
-                                           req.version, e.reader, e.store.dsn)
+            job, canonical = await self.api.ops().checked(req.job, _json.encode(req.parameters), req.version)
         except SubmitError as err:
             raise refusal(err) from None
         now = await self.schedules().now()

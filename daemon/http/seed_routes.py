@@ -33,7 +33,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from actors import control
 from actors.registry import UnknownJobError
 from daemon.http.auth import Scope
 from daemon.http.common import _MAX_ID, Api, ApiError, Handler, _int, check_query, ok
@@ -270,7 +269,7 @@ class SeedRoutes:
             return []
 
     async def counts_of(self, ids: list[int]) -> dict[int, list[StepCounts]]:
-        return await self.api.engine().store.step_counts(ids) if ids else {}
+        return await self.api.ops().reads.step_counts(ids) if ids else {}
 
     def execution_id(self, request: Request) -> int:
         raw = request.path_params["execution_id"]
@@ -279,7 +278,7 @@ class SeedRoutes:
         return int(raw)
 
     async def load(self, iid: int, what: str = "job execution") -> dict[str, Any]:
-        row = await self.api.engine().store.get_instance(iid)
+        row = await self.api.ops().reads.get_instance(iid)
         if row is None:
             raise ApiError(404, "not_found", f"no {what} {iid}")
         return row
@@ -309,10 +308,10 @@ class SeedRoutes:
             except ValueError:
                 raise ApiError(400, "bad_request", f"executionUUID {wanted!r} is not a UUID",
                                {"parameter": "executionUUID"}) from None
-            row = await self.api.engine().store.get_instance(iid) if 1 <= iid <= _MAX_ID else None
+            row = await self.api.ops().reads.get_instance(iid) if 1 <= iid <= _MAX_ID else None
             rows = [row] if row is not None and row["job_name"] == job else []
         else:
-            _, rows = await self.api.engine().store.list_instances(job, [], None, None, start, count)
+            _, rows = await self.api.ops().reads.list_instances(job, [], None, None, start, count)
         counts = await self.counts_of([r["id"] for r in rows])
         return ok(SmileJobInstances([
             SmileJobInstance(r["job_name"], [smile_execution(r, mid, self.names_of(r), counts.get(r["id"], []))])
@@ -326,7 +325,7 @@ class SeedRoutes:
         if force not in ("true", "false"):
             raise ApiError(400, "bad_request", "query parameter 'force' must be true or false", {"parameter": "force"})
         row = await self.load(iid)
-        if not await control.stop(self.api.engine(), iid, force=force == "true"):
+        if not await self.api.ops().stop(iid, force=force == "true"):
             raise ApiError(409, "illegal_state", f"cannot stop job execution {iid}: it is {row['status']}",
                            {"status": row["status"]})
         # Smile's example is the force form; the unforced one is Spring Batch's graceful stop
@@ -343,7 +342,7 @@ class SeedRoutes:
             raise ApiError(409, "illegal_state", f"cannot restart job execution {iid}: it is {row['status']} "
                            "(only FAILED or CANCELLED ones restart)", {"status": row["status"]})
         try:
-            restarted = await control.restart(self.api.engine(), self.api.node.registry, row)
+            restarted = await self.api.ops().restart(row)
         except UnknownJobError as err:
             raise ApiError(409, "unknown_job", f"cannot restart: {err}") from None
         if not restarted:
@@ -358,7 +357,7 @@ class SeedRoutes:
         page = _int(request, "pageStart", 0, 0, 1_000_000)
         size = _int(request, "batchSize", 200, 1, 500)
         statuses = _status_filter(request.query_params.get("jobStatus"), "jobStatus")
-        _, rows = await self.api.engine().store.list_instances(None, statuses, None, None, page * size, size)
+        _, rows = await self.api.ops().reads.list_instances(None, statuses, None, None, page * size, size)
         counts = await self.counts_of([r["id"] for r in rows])
         return ok([hapi_instance(r, self.names_of(r), counts.get(r["id"], [])) for r in rows])
 
@@ -370,7 +369,7 @@ class SeedRoutes:
         iid = _instance_id(raw)
         row = await self.load(iid, "instance")
         operation = f"Cancel job instance {iid}"
-        if await control.stop(self.api.engine(), iid, force=False):
+        if await self.api.ops().stop(iid, force=False):
             return ok(HapiOperationResult(operation, True, f"Job instance <{iid}> successfully cancelled."))
         return ok(HapiOperationResult(operation, False,
                                       f"Job instance <{iid}> is {row['status']}: nothing to cancel."))

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from actors.pipeline import PipelineSettings
 from actors.settings import (
     ActorSettings,
     ClaimSettings,
@@ -231,6 +232,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             scheduler=SchedulerSettings(node_name=self.node_id, partitions=self.partitions, enabled=self.scheduling,
                                         concurrency=self.scheduler_concurrency,
                                         alive_within=self.lease_seconds))
+
+    def pipeline_settings(self, completer_drain_seconds: float) -> PipelineSettings:
+        """The pipeline's (actors/pipeline.py): worker counts, mailbox sizes, shutdown grace."""
+        return PipelineSettings(partitions=self.partitions, partition_concurrency=self.partition_concurrency,
+                                claim_batch=self.claim_batch, completer_batch=self.completer_batch,
+                                shutdown_grace_seconds=self.shutdown_grace_seconds,
+                                completer_drain_seconds=completer_drain_seconds)
 
 
 class Var(msgspec.Struct, frozen=True):

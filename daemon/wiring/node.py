@@ -14,12 +14,11 @@ import anyio
 import msgspec
 import structlog
 
-from actors.completer import Completer
-from actors.consumer import consume_partition
 from actors.engine import Engine, steps_running
-from actors.executor import execute_partition
 from actors.heartbeat import Heartbeat
 from actors.maintenance import Maintenance
+from actors.operations import Operations
+from actors.pipeline import STARVED_AFTER, Pipeline
 from actors.registry import Registry
 from actors.scheduler import Scheduler
 from actors.stopper import watch_ended
@@ -34,7 +33,6 @@ from daemon.wiring.leaders import LeaderWatch
 from daemon.wiring.startup import until_reachable
 from daemon.wiring.tokens import check_exposure, load_tokens
 from metrics import (
-    CHANNEL_STARVED,
     CHUNKS_RELEASED,
     DB_ABANDONED,
     DB_QUIET_SECONDS,
@@ -47,16 +45,12 @@ from metrics import (
 )
 from storage.deadlines import keep_alive
 from storage.errors import TRANSIENT
+from storage.schedules import Schedules
 from storage.store import Store
-from storage.types import ClaimedChunk
 
 log = structlog.get_logger("chunkd.node")
 
 _LIVENESS_STALE = 15.0  # seconds without a tick before /healthz fails
-# Kafka: a daemon with no partition assigned for this long while READY chunks wait is
-# starved (a broken group): it says so and claims from every partition until assigned.
-# Three of the consumer's 6 s session timeouts: a normal rebalance is over by then.
-STARVED_AFTER = 18.0
 # Shutdown after the grace period: the completer's drain, handing back what this daemon
 # still holds and closing its connections share SHUTDOWN_BOUND seconds in all, whatever the
 # database or the steps do (a plain-function step still running in its thread is abandoned
@@ -95,6 +89,8 @@ class Node:
         self.dsn = dsn
         self._stop = anyio.Event()
         self.engine: Engine | None = None
+        self.pipeline: Pipeline | None = None
+        self.ops: Operations | None = None  # the HTTP room's port (daemon/http/ports.py)
         self.leaders: LeaderWatch | None = None  # is anything advancing (/readyz)
         self.ready = anyio.Event()
 
@@ -102,9 +98,6 @@ class Node:
         self._tick_at = time.monotonic()
         self._migrated = False
         self._phase = "starting"  # what start-up waits for, as /readyz says it
-        self._unassigned_since: float | None = None
-        self._mailboxes: list[anyio.abc.ObjectSendStream[ClaimedChunk]] = []
-        self._exit_by: float | None = None  # anyio clock: when the post-grace shutdown budget ends
         self._heartbeat: Heartbeat | None = None
 
     def stop(self) -> None:
@@ -141,7 +134,7 @@ class Node:
             problems.append(f"{engine.channel.name} channel not connected")
         if self.leaders is not None and (leaderless := self.leaders.problem()):
             problems.append(leaderless)
-        if engine.starved:
+        if self.pipeline is not None and self.pipeline.starved:
             problems.append(f"no {engine.channel.name} partition assigned for over {STARVED_AFTER:.0f}s while "
                             "READY chunks wait; claiming from every partition until one is")
         return problems
@@ -159,15 +152,18 @@ class Node:
     async def _gauges(self, engine: Engine) -> None:
         assigned = self._set_gauges(engine)
         with anyio.move_on_after(2):  # the liveness tick must not wait on the database
-            await self._check_starved(engine, assigned)
+            if self.pipeline is not None:
+                await self.pipeline.check_starved(assigned)
             if self.leaders is not None:
                 await self.leaders.check()
 
     def _set_gauges(self, engine: Engine) -> int:
         assigned = sum(1 for p in range(self.cfg.partitions) if engine.channel.owns(p))
         PARTITIONS_ASSIGNED.set(assigned)
-        MAILBOX_DEPTH.labels("completer").set(engine.completer_send.statistics().current_buffer_used)
-        MAILBOX_DEPTH.labels("step-executor").set(sum(m.statistics().current_buffer_used for m in self._mailboxes))
+        if self.pipeline is not None:
+            completer, executors = self.pipeline.mailbox_depths()
+            MAILBOX_DEPTH.labels("completer").set(completer)
+            MAILBOX_DEPTH.labels("step-executor").set(executors)
         IN_FLIGHT.set(sum(engine.inflight.running))
         DB_QUIET_SECONDS.set(time.monotonic() - engine.store.last_round_trip)
         for p, n in steps_running(engine.stops.slots).items():
@@ -175,26 +171,6 @@ class Node:
         POOL_SIZE.set(engine.store.pool.get_size())
         POOL_IN_USE.set(engine.store.pool.get_size() - engine.store.pool.get_idle_size())
         return assigned
-
-    async def _check_starved(self, engine: Engine, assigned: int) -> None:
-        if assigned or engine.channel.name != "kafka":
-            self._unassigned_since = None
-            if engine.starved:
-                log.info("partitions assigned again; claiming only those")
-            engine.starved = False
-        else:
-            now = time.monotonic()
-            self._unassigned_since = self._unassigned_since or now
-            if now - self._unassigned_since >= STARVED_AFTER and not engine.starved:
-                try:
-                    waiting = await engine.store.any_ready()
-                except TRANSIENT:
-                    waiting = False
-                if waiting:
-                    engine.starved = True
-                    log.warning("no kafka partition assigned while READY chunks wait; claiming from every "
-                                "partition until the group assigns some", unassigned_seconds=round(now - self._unassigned_since))
-        CHANNEL_STARVED.set(1 if engine.starved else 0)
 
     async def run(self, *, handle_signals: bool = True) -> None:
         cfg = self.cfg
@@ -227,6 +203,7 @@ class Node:
         cfg = self.cfg
         node_id = await store.register_node(cfg.node_id, os.getpid(), sorted(self.registry.schedules))
         engine = Engine(cfg.actor_settings(), store, channel, self.registry, node_id, self.dsn)
+        self.pipeline = Pipeline(cfg.pipeline_settings(_COMPLETER_DRAIN), engine, sup)
         heartbeat = Heartbeat(self.dsn, node_id, cfg.lease_seconds, cfg.heartbeat_seconds, engine.inflight.held,
                               lambda: [p for p in range(cfg.partitions) if channel.owns(p)])
         heartbeat.start()
@@ -279,7 +256,8 @@ class Node:
                 except TRANSIENT as e:
                     log.warning("registering schedules failed; the scheduler retries", error=repr(e))
             self.leaders = LeaderWatch(store, self.cfg.scheduling, self.cfg.maintenance_interval)
-            self.engine = engine  # the API serves from here on
+            self.engine = engine
+            self.ops = Operations(engine, Schedules(store.pool))  # the API serves from here on
             self._set_gauges(engine)  # at once, not at the next tick
             maintenance = Maintenance(engine.settings.maintenance, store, channel, self.registry, engine.reader,
                                       engine.node_id)
@@ -288,16 +266,8 @@ class Node:
             background.start_soon(sup.supervise, "stopper", "stopper", lambda: watch_ended(store, engine.inflight, engine.stops))
             background.start_soon(self._probe_db, store)
             background.start_soon(self._abandon_stalled, store)
-            async with anyio.create_task_group() as completer_tg:
-                completer = Completer(engine.settings.completer, engine.completer_recv, store, channel,
-                                      engine.inflight)
-                completer_tg.start_soon(sup.supervise, "completer", "completer", completer.run)
-                await self._work(engine, sup)
-                # executors are done: let the completer drain and exit, within a bound
-                # (a database that is away must not hold the shutdown: what is not
-                # written is rescued, as after a crash)
-                engine.completer_send.close()
-                completer_tg.cancel_scope.deadline = anyio.current_time() + self._budget(_COMPLETER_DRAIN)
+            assert self.pipeline is not None  # made with the engine (_run)
+            await self.pipeline.run(self._stop, self.ready, self._budget)
             # Everything this process still owns, including a claim whose result was lost
             # to the consumers' cancellation or whose step was abandoned in its thread: the
             # node id is unique to this process. Their late results would be refused anyway
@@ -350,9 +320,10 @@ class Node:
 
     def _budget(self, cap: float) -> float:
         """Seconds a shutdown step may take: `cap`, or what is left of SHUTDOWN_BOUND after the grace."""
-        if self._exit_by is None:
+        ends = self.pipeline.grace_ends_at if self.pipeline is not None else None
+        if ends is None:
             return cap
-        return max(0.0, min(cap, self._exit_by - anyio.current_time()))
+        return max(0.0, min(cap, ends + SHUTDOWN_BOUND - anyio.current_time()))
 
     async def _close(self, engine: Engine) -> None:
         """Each step bounded: a database that is away must not hold the exit."""
@@ -380,37 +351,6 @@ class Node:
             s = first.pop() if first else bind(self.cfg.http_addr[0], self.http_port or 0)
             await serve(app, s)
         return run
-
-    async def _work(self, engine: Engine, sup: Supervisor) -> None:
-        """Consumers and executors until stop; then the grace period for running steps."""
-        cfg = self.cfg
-        cap = cfg.partition_concurrency + cfg.claim_batch
-        async with anyio.create_task_group() as executors:
-            async with anyio.create_task_group() as consumers:
-                for p in range(cfg.partitions):
-                    send, recv = anyio.create_memory_object_stream[ClaimedChunk](max_buffer_size=cap)
-                    self._mailboxes.append(send)
-                    executors.start_soon(self._workers, engine, sup, p, recv)
-                    consumers.start_soon(sup.supervise, f"consumer-{p}", "partition-consumer",
-                                         _consumer(engine, p, send))
-                self.ready.set()
-                await self._stop.wait()
-                engine.stopping = True  # stop claiming; workers start nothing new
-                consumers.cancel_scope.cancel()
-            log.info("shutting down: waiting for running steps", grace_seconds=cfg.shutdown_grace_seconds)
-            # At the deadline async steps are cancelled and plain-function steps abandoned in
-            # their threads (actors/executor.py _call): the executors return at once.
-            executors.cancel_scope.deadline = anyio.current_time() + cfg.shutdown_grace_seconds
-            self._exit_by = executors.cancel_scope.deadline + SHUTDOWN_BOUND
-
-    @staticmethod
-    async def _workers(engine: Engine, sup: Supervisor, p: int,
-                       recv: anyio.abc.ObjectReceiveStream[ClaimedChunk]) -> None:
-        async with recv, anyio.create_task_group() as tg:
-            for w in range(engine.settings.claim.partition_concurrency):
-                tg.start_soon(sup.supervise, f"executor-{p}-{w}", "step-executor",
-                              _executor(engine, p, recv))
-            # workers exit when the consumer's send side closes and the mailbox drains
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -478,17 +418,3 @@ def make_channel(cfg: Config, dsn: str) -> Channel:
             sasl_password=cfg.kafka_sasl_password or None, ssl_cafile=cfg.kafka_ssl_cafile or None))
     deadline = cfg.deadlines().statement
     return PostgresChannel(dsn, cfg.partitions, timeout=deadline, on_connect=lambda c: keep_alive(c, deadline))
-
-
-def _consumer(engine: Engine, p: int, send: anyio.abc.ObjectSendStream[ClaimedChunk]) -> Callable[[], Awaitable[None]]:
-    async def run() -> None:
-        try:
-            await consume_partition(engine, p, send)  # type: ignore[arg-type]
-        finally:
-            if engine.stopping:
-                send.close()
-    return run
-
-
-def _executor(engine: Engine, p: int, recv: anyio.abc.ObjectReceiveStream[ClaimedChunk]) -> Callable[[], Awaitable[None]]:
-    return lambda: execute_partition(engine, p, recv)  # type: ignore[arg-type]

@@ -134,3 +134,21 @@ async def test_a_chunk_that_does_not_round_trip_fails_here() -> None:
 
     with pytest.raises(JobFailed, match="does not decode as Lossy"):
         await run_job(lossy, {})
+
+
+async def test_plain_function_steps_and_reducers_run_off_the_loop_as_in_the_daemon() -> None:
+    # issue 25 row 1: run_job drives the daemon's executor and maintenance, so a blocking
+    # plain-function step runs in a worker thread here too (tests/integration/test_testing_parity.py
+    # compares the whole outcome with a real daemon's)
+    from tests.samejobs import same
+    run = await run_job(same, {"n": 3, "fail_once_at": 2, "sleep_ms": 1})
+    assert run.report == {"sum": 30, "chunks": 3, "steps_on_loop": 0, "reducer_on_loop": False}
+    assert run.attempts("work", 2) == 2 and run.calls[-1].step == "total"
+
+
+async def test_an_oversize_chunk_fails_with_the_executors_message() -> None:
+    from tests.samejobs import same
+    run = await run_job(same, {"n": 1, "big": True, "sleep_ms": 0}, max_chunk_bytes=1 << 20, check=False)
+    assert run.status == "FAILED"
+    assert run.error == ("step 'plan' failed: permanent error: ChunkTooLarge: an emitted Item chunk is 2,097,160 "
+                         "bytes, over the limit of 1,048,576 bytes (CHUNKD_MAX_CHUNK_BYTES); emit smaller chunks")

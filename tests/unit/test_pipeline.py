@@ -1,0 +1,86 @@
+"""The pipeline (actors/pipeline.py) without Postgres: its consumers, executors and completer
+over the in-memory store and channel, with mailboxes of its own sizing."""
+from __future__ import annotations
+
+import time
+
+import anyio
+import msgspec
+import pytest
+
+from actors.engine import Engine
+from actors.job import Context, Job, Sink
+from actors.pipeline import Pipeline, PipelineSettings
+from actors.registry import Registry
+from actors.supervisor import Supervisor
+from channels.memory import MemoryChannel
+from chunkd.testing import settings
+from storage.memory import MemoryStore
+from storage.states import C
+
+pytestmark = pytest.mark.anyio
+
+
+class P(msgspec.Struct):
+    n: int = 50
+
+
+class Item(msgspec.Struct, array_like=True):
+    i: int
+
+
+fan = Job("test.fan", params=P)
+
+
+@fan.first_step(emits=Item)
+async def spread(params: P, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.n):
+        sink.emit(Item(i))
+
+
+@fan.step(consumes=Item)
+def touch(params: P, chunk: Item, ctx: Context) -> None:  # a plain function: runs in a worker thread
+    time.sleep(0.001)
+
+
+def _pipeline(partitions: int, concurrency: int, batch: int) -> tuple[Pipeline, MemoryStore]:
+    store = MemoryStore(partitions)
+    registry = Registry()
+    registry.register(fan)
+    cfg = msgspec.structs.replace(settings(), claim=msgspec.structs.replace(
+        settings().claim, partitions=partitions, partition_concurrency=concurrency, claim_batch=batch,
+        poll_interval=0.05))
+    engine = Engine(cfg, store, MemoryChannel(partitions), registry, 1, "")  # type: ignore[arg-type]
+    ps = PipelineSettings(partitions=partitions, partition_concurrency=concurrency, claim_batch=batch,
+                          completer_batch=10, shutdown_grace_seconds=5.0)
+    return Pipeline(ps, engine, Supervisor()), store
+
+
+def test_the_mailbox_holds_what_a_consumer_may_send_without_waiting() -> None:
+    ps = PipelineSettings(partitions=2, partition_concurrency=4, claim_batch=100, completer_batch=500,
+                          shutdown_grace_seconds=1.0)
+    assert ps.mailbox_size == 104 and ps.completer_mailbox_size == 2000
+
+
+async def test_the_pipeline_runs_every_chunk_and_stops_cleanly() -> None:
+    pipeline, store = _pipeline(partitions=2, concurrency=2, batch=3)  # small: the send_nowait bound is tight
+    await store.create_instance("test.fan", 1, '{"n": 50}', False, None, b"", 3)
+    stop, ready = anyio.Event(), anyio.Event()
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pipeline.run, stop, ready, lambda cap: cap)
+            await ready.wait()
+            while sum(c.state == C.COMPLETED for c in store.chunks.values()) < 51:
+                await anyio.sleep(0.01)
+            stop.set()
+    assert pipeline.stopping and pipeline.grace_ends_at is not None
+    assert (await store.step_counts([1]))[1][1].completed == 50
+    assert pipeline.mailbox_depths() == (0, 0)
+    assert sum(pipeline.engine.inflight.running) == 0
+
+
+async def test_starvation_is_only_a_kafka_matter() -> None:
+    pipeline, _ = _pipeline(partitions=1, concurrency=1, batch=1)
+    pipeline.engine.starved = True
+    await pipeline.check_starved(assigned=0)   # the memory channel owns every partition
+    assert not pipeline.starved
