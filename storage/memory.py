@@ -100,9 +100,11 @@ class MemoryStore:
         self.warnings: list[tuple[int, int, int, str]] = []   # (instance, step, chunk, message)
         self.applied_tx: list[tuple[int, int, TxOp]] = []     # (instance, step, op): committed ctx.tx writes
         self.leader: LeaderTerm | None = None
+        self.nodes: dict[int, float] = {}  # node id -> its last heartbeat, on `clock`
         self._lease_until = 0.0
         self._ids = itertools.count(1)
         self._chunk_ids = itertools.count(1)
+        self._node_ids = itertools.count(1)
         self._rank = itertools.count()
         self._rr = itertools.count()
 
@@ -334,8 +336,17 @@ class MemoryStore:
         if self.leader is not None and self.leader.node_id == node_id:
             self.leader = None
 
+    async def register_node(self, name: str, pid: int, declared_schedules: Sequence[str] = ()) -> int:
+        node_id = next(self._node_ids)  # never reused, as the serial id
+        self.nodes[node_id] = self.clock()
+        return node_id
+
     async def forget_dead_nodes(self, older_than: float) -> int:
-        return 0
+        """As NODE_PURGE_STALE: the rows whose heartbeat is older than `older_than` seconds go."""
+        dead = [n for n, beat in self.nodes.items() if beat < self.clock() - older_than]
+        for n in dead:
+            del self.nodes[n]
+        return len(dead)
 
     async def rescue_expired(self, limit: int) -> tuple[int, int, set[int], list[tuple[str, int, int, int, int]]]:
         now = self.clock()
