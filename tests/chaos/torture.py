@@ -624,7 +624,10 @@ class Run:
     async def respawn(self, n: Node, after: float) -> None:
         await asyncio.sleep(after)
         n.start()
-        if not await self.wait_ready(n, 60):
+        gen = n.gen
+        # A later fault may take this generation down while it starts (SIGTERM, SIGKILL): then
+        # its readiness no longer matters, and that fault's own check (and respawn) follows.
+        if not await self.wait_ready(n, 60) and not (n.expect_exit or n.gen != gen):
             self.find("daemon-dead", f"daemon {n.index} respawned but not ready within 60s")
 
     async def do_sigstop(self, ev: Event) -> None:
