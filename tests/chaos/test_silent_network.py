@@ -42,7 +42,11 @@ async def test_silent_connections_are_dropped_and_a_daemon_that_cannot_reconnect
         await wait_status(conn, iid, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=120)
         print(f"completed {time.monotonic() - started:.1f}s after the silence")
         await check_exactly_once(conn, iid, n)
-        assert "dropped every connection" in d.log_path.read_text()
+        # Either way out of it is the fix: the stall watch dropped every connection, or each
+        # statement's deadline ended its silent connection first (asyncpg then drops it and the
+        # pool dials anew) — which one wins is a race under load (seen in CI).
+        text = d.log_path.read_text()
+        assert "dropped every connection" in text or "TimeoutError" in text
         assert get(url + "/healthz")[0] == 200
 
         # 2. Now nothing gets through at all (new connections are accepted, then silent too):
