@@ -16,8 +16,18 @@ $(VENV): requirements.lock requirements-dev.lock pyproject.toml
 demo: $(VENV)
 	$(BIN)/chunkd demo
 
+# Two pytest processes side by side on the two cores: the chaos tests (several daemons each,
+# timed faults) one after another in one, the rest of the suite in the other. Not pytest-xdist's
+# --dist loadgroup: with pytest 9 its xdist_group marks are silently ignored (xdist 3.8 sets
+# item._nodeid, which pytest 9 no longer reads), so chaos tests ran two at a time and, in CI,
+# exhausted Postgres's connections. The chaos summary prints last.
 test: $(VENV) $(LINT_VENV) promtool chromium faketime
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
+	@mkdir -p .chunkd; \
+	$(BIN)/python -m pytest -q tests/chaos > .chunkd/chaos-tests.log 2>&1 & chaos=$$!; \
+	$(BIN)/python -m pytest -q tests --ignore=tests/chaos; rest=$$?; \
+	wait $$chaos; chaos_rc=$$?; \
+	echo "---- tests/chaos (one at a time, beside the rest) ----"; cat .chunkd/chaos-tests.log; \
+	[ $$rest -eq 0 ] && [ $$chaos_rc -eq 0 ]
 
 $(LINT_VENV): requirements-lint.lock
 	$(PYTHON) -m venv $(LINT_VENV)
