@@ -13,7 +13,7 @@ import msgspec
 import structlog
 
 from actors.completer import Completer
-from actors.consumer import consume_partition
+from actors.consumer import CLAIM_SHIELD_SECONDS, consume_partition
 from actors.engine import Engine, Outcome
 from actors.executor import execute_partition
 from actors.supervisor import Supervisor
@@ -99,6 +99,8 @@ class Pipeline:
                 ready.set()
                 await stop.wait()
                 e.stopping = True  # stop claiming; workers start nothing new
+                for claim in e.claims:  # a claim in flight is answered (what it took is handed back), within a bound
+                    claim.deadline = anyio.current_time() + CLAIM_SHIELD_SECONDS
                 consumers.cancel_scope.cancel()
             log.info("shutting down: waiting for running steps", grace_seconds=cfg.shutdown_grace_seconds)
             # At the deadline async steps are cancelled and plain-function steps abandoned in
