@@ -136,6 +136,16 @@ def _fence_args(decided: Finish | None) -> tuple[int | None, int, bool]:
     return decided.run, decided.bound, decided.tolerate_failed
 
 
+def latest_attempts(successes: Iterable[Success]) -> dict[int, int]:
+    """Per chunk, the highest attempt among the results: attempts only grow (every claim adds
+    one), so a lower attempt of the same chunk is stale whatever the row holds."""
+    out: dict[int, int] = {}
+    for s in successes:
+        if s.attempt > out.get(s.chunk_id, -1):
+            out[s.chunk_id] = s.attempt
+    return out
+
+
 class Store:
     def __init__(self, pool: asyncpg.Pool, partitions: int, dsn: str = "",
                  deadlines: Deadlines = DEFAULT, user_limits: SessionLimits | None = None) -> None:
@@ -474,12 +484,18 @@ class Store:
                     if r[1] in {s.value for s in INSTANCE_TERMINAL}:
                         closed.add(r[0])
             if successes:
-                accepted = {r[0] for r in await conn.fetch(
-                    sql.CHUNK_COMPLETE, [s.chunk_id for s in successes], [s.attempt for s in successes])}
-                ok = [s for s in successes if s.chunk_id in accepted]
+                fence = latest_attempts(successes)
+                ids = sorted(fence)  # CHUNK_COMPLETE's binary search needs them so
+                accepted = {r[0] for r in await conn.fetch(sql.CHUNK_COMPLETE, ids, [fence[i] for i in ids])}
+                ok: list[Success] = []
+                for s in successes:
+                    if s.chunk_id in accepted and fence.get(s.chunk_id) == s.attempt:
+                        del fence[s.chunk_id]  # a second result of the same attempt counts once
+                        ok.append(s)
+                    else:
+                        refused_of.append((s.chunk_id, s.attempt))
                 res.accepted = accepted
                 res.refused += len(successes) - len(ok)
-                refused_of.extend((s.chunk_id, s.attempt) for s in successes if s.chunk_id not in accepted)
                 res.completed = len(ok)
                 if user_sql and ok:
                     # the steps' own SQL under the database's limits (a DBA's statement or lock
