@@ -317,13 +317,30 @@ CHUNK_MARK_STARTED = "UPDATE chunkd_chunk SET started_attempt = $2 WHERE id = $1
 # lookup per id, and the fencing token found by width_bucket: a binary search, so $1 must be
 # sorted ascending without duplicates (Store.record_outcomes sends it so). array_position's
 # linear walk made this O(batch^2) comparisons again, ~10% of the backend's CPU in a drain.
-CHUNK_COMPLETE = f"""
+_COMPLETE = f"""
 UPDATE chunkd_chunk k
    SET state = {int(C.COMPLETED)}, data = NULL, lease_owner = NULL, lease_until = NULL,
        completed_at = now()  -- error_message, error_attempt: the last error, kept visible (0016)
  WHERE k.id = ANY($1::bigint[]) AND k.attempt = ($2::int[])[width_bucket(k.id, $1::bigint[])]
-   AND k.state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.IN_PROGRESS})))})
-RETURNING k.id"""
+   AND k.state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.IN_PROGRESS})))})"""
+CHUNK_COMPLETE = f"{_COMPLETE}\nRETURNING k.id"
+# The common batch (results with nothing but their success: no children, writes, warnings,
+# setbacks) in one statement, so one round trip and no BEGIN/COMMIT: the instances held FOR
+# KEY SHARE first (the one-time filter runs before the update, as INSTANCE_STATUS_FOR_SHARE
+# did), then the fenced completions, and the COMPLETED counters from exactly the rows that
+# changed, in the same transaction (rule 10), in (instance, step) order like COUNTERS_ADD.
+CHUNK_COMPLETE_COUNTED = f"""
+WITH held AS (
+    SELECT id FROM chunkd_instance WHERE id = ANY($3::bigint[]) ORDER BY id FOR KEY SHARE
+), done AS ({_COMPLETE}
+   AND (SELECT count(*) FROM held) >= 0
+RETURNING k.id, k.instance_id, k.step
+), counted AS (
+    INSERT INTO chunkd_step_counter AS c (instance_id, step, completed)
+    SELECT instance_id, step, count(*) FROM done GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (instance_id, step) DO UPDATE SET completed = c.completed + EXCLUDED.completed
+)
+SELECT id FROM done"""
 
 # Of results refused by the fencing token (a rare path), those whose own attempt was cancelled
 # (a force-stop cancelled the chunk while its step ran) rather than taken over by another.
