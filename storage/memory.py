@@ -97,6 +97,7 @@ class MemoryStore:
         self.instances: dict[int, MemInstance] = {}
         self.chunks: dict[int, MemChunk] = {}
         self.counters: dict[tuple[int, int], list[int]] = {}  # (instance, step) -> created..errors
+        self.changed: set[int] = set()  # instances whose counters changed since the last take (0018)
         self.warnings: list[tuple[int, int, int, str]] = []   # (instance, step, chunk, message)
         self.applied_tx: list[tuple[int, int, TxOp]] = []     # (instance, step, op): committed ctx.tx writes
         self.leader: LeaderTerm | None = None
@@ -112,6 +113,7 @@ class MemoryStore:
     def _count(self, instance_id: int, step: int, field: int, n: int = 1) -> None:
         if n:
             self.counters.setdefault((instance_id, step), [0, 0, 0, 0, 0])[field] += n
+            self.changed.add(instance_id)
 
     def _insert(self, instance_id: int, step: int, state: int, max_attempts: int, data: bytes) -> int:
         c = MemChunk(next(self._chunk_ids), instance_id, step, state, next(self._rr) % self.partitions,
@@ -201,6 +203,7 @@ class MemoryStore:
         r = inst.row
         r.update(status=I.IN_PROGRESS.value, error_message=None, eta_seconds=None, run=r["run"] + 1,
                  reduction_attempts=0, last_error=None)
+        self.changed.add(instance_id)
         inst.finished_at = None
         bound = r["current_step"] if r["gated"] else _ALL_STEPS
         red = -1 if reduction_step is None else reduction_step
@@ -425,6 +428,14 @@ class MemoryStore:
                             r["run"])
                 for i in sorted(self.instances.values(), key=lambda i: i.row["id"])
                 if (r := i.row)["status"] not in _TERMINAL]
+
+    async def active_instances_among(self, instance_ids: Sequence[int]) -> list[InstanceRow]:
+        wanted = set(instance_ids)
+        return [i for i in await self.active_instances() if i.id in wanted]
+
+    async def take_changed_instances(self) -> set[int]:
+        taken, self.changed = self.changed, set()
+        return taken
 
     async def step_counts(self, instance_ids: Sequence[int]) -> dict[int, list[StepCounts]]:
         wanted = set(instance_ids)

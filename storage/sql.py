@@ -161,6 +161,24 @@ SELECT id, job_name, job_version, params::text AS params, gated, status, current
        extract(epoch FROM (now() - coalesce(started_at, created_at)))::float8 AS elapsed, run
 FROM chunkd_instance WHERE status IN ({_ACTIVE})
 ORDER BY id"""
+# The same, for some instances only: those a pass looks at (actors/advancer.py).
+INSTANCE_ACTIVE_AMONG = f"""
+SELECT id, job_name, job_version, params::text AS params, gated, status, current_step,
+       extract(epoch FROM (now() - coalesce(started_at, created_at)))::float8 AS elapsed, run
+FROM chunkd_instance WHERE id = ANY($1::bigint[]) AND status IN ({_ACTIVE})
+ORDER BY id"""
+# The instances whose counters changed since the last take (migration 0018). SKIP LOCKED:
+# a marker a writer holds (its change not committed yet) stays for the next pass, and the
+# take never waits on a completion (nor it on us in a cycle).
+INSTANCES_TAKE_DIRTY = """
+DELETE FROM chunkd_instance_dirty
+WHERE instance_id IN (SELECT instance_id FROM chunkd_instance_dirty FOR UPDATE SKIP LOCKED)
+RETURNING instance_id"""
+# A change no counter shows (a restart of an instance whose reduction failed): the next
+# pass looks at the instance all the same.
+INSTANCE_MARK_DIRTY = """
+INSERT INTO chunkd_instance_dirty AS d (instance_id) VALUES ($1)
+ON CONFLICT (instance_id) DO UPDATE SET instance_id = d.instance_id"""
 INSTANCE_COUNTERS = """
 SELECT instance_id, step, created, completed, failed, cancelled, errors
 FROM chunkd_step_counter WHERE instance_id = ANY($1::bigint[]) ORDER BY instance_id, step"""

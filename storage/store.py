@@ -299,6 +299,17 @@ class Store:
     async def active_instances(self) -> list[InstanceRow]:
         return [InstanceRow(**dict(r)) for r in await self.pool.fetch(sql.INSTANCE_ACTIVE_LIST)]
 
+    async def active_instances_among(self, instance_ids: Sequence[int]) -> list[InstanceRow]:
+        """Those of `instance_ids` not ended yet, by id."""
+        if not instance_ids:
+            return []
+        return [InstanceRow(**dict(r)) for r in await self.pool.fetch(sql.INSTANCE_ACTIVE_AMONG, list(instance_ids))]
+
+    async def take_changed_instances(self) -> set[int]:
+        """The instances whose step counters changed (or that were restarted) since the last
+        take, each given once: the caller keeps them until it has acted on them."""
+        return {r[0] for r in await self.pool.fetch(sql.INSTANCES_TAKE_DIRTY)}
+
     async def step_counts(self, instance_ids: Sequence[int]) -> dict[int, list[StepCounts]]:
         out: dict[int, list[StepCounts]] = defaultdict(list)
         for r in await self.pool.fetch(sql.INSTANCE_COUNTERS, list(instance_ids)):
@@ -402,6 +413,7 @@ class Store:
             row = await conn.fetchrow(sql.INSTANCE_RESTART, instance_id)
             if row is None:
                 return None
+            await conn.execute(sql.INSTANCE_MARK_DIRTY, instance_id)
             current, gated = row
             rows = await conn.fetch(sql.CHUNK_RESTART, instance_id, current if gated else 32767,
                                     -1 if reduction_step is None else reduction_step)
