@@ -222,8 +222,9 @@ class InstanceAdvancer:
                 await self._refused(d, f"the gate of step {d.plan.to_step}")
         if opened:
             ctx.wake()  # the next step may already be finished (it was empty)
+        completed = await store.complete_instances([_finish(d, _ALL_STEPS) for d in by[Action.COMPLETE]], term)
         for d in by[Action.COMPLETE]:
-            if await store.finish_instance(d.inst.id, I.COMPLETED, leader=term, decided=_finish(d, _ALL_STEPS)):
+            if d.inst.id in completed:
                 log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=I.COMPLETED.value)
                 await _handler(d.job.on_complete, d.inst.id, None)
             else:

@@ -527,6 +527,11 @@ class MemoryStore:
             r["error_message"] = storable(error)
         return inst
 
+    async def complete_instances(self, decided: Sequence[Finish], leader: LeaderTerm | None = None) -> set[int]:
+        self._fence(leader)
+        return {d.instance_id for d in decided
+                if self._finish(d.instance_id, I.COMPLETED, instance_allowed_from(I.COMPLETED), None, None, d)}
+
     async def finish_instance(self, instance_id: int, to: I, *, report_json: str | None = None,
                               error: str | None = None, conn: Any = None, running_too: bool = False,
                               leader: LeaderTerm | None = None, decided: Finish | None = None) -> bool:

@@ -223,6 +223,17 @@ WHERE i.id = t.id AND i.current_step = t.to_step - 1 AND i.run = t.run
   AND i.status IN ('{I.QUEUED.value}', '{I.IN_PROGRESS.value}', '{I.ERRORED.value}')
   AND {_all_done_below("i.id", "t.to_step", "t.tolerate")}
 RETURNING i.id, i.current_step"""
+# Maintenance's COMPLETED for many instances (those without a reduction) in one statement,
+# as INSTANCE_FINISH's to COMPLETED: each fenced by its run and by rule 10's check; the
+# rows are locked first (INSTANCES_LOCK), as INSTANCE_LOCK does for one.
+INSTANCES_LOCK = "SELECT id FROM chunkd_instance WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"
+INSTANCES_COMPLETE = f"""
+UPDATE chunkd_instance i
+   SET status = '{I.COMPLETED.value}', finished_at = now(), updated_at = now(), progress = 1.0, eta_seconds = 0
+  FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bool[]) AS t(id, run, bound, tolerate)
+ WHERE i.id = t.id AND i.run = t.run AND i.status IN ({_in(instance_allowed_from(I.COMPLETED))})
+   AND {_all_done_below("i.id", "t.bound", "t.tolerate")}
+RETURNING i.id"""
 # $6: the run the decision was made for (NULL: an operator's stop, whatever the run).
 # $7, $8: to COMPLETED, only when every chunk of the steps below $7 is done (rule 10).
 INSTANCE_FINISH = f"""
