@@ -112,8 +112,9 @@ class MemoryStore:
     # ------------------------------------------------------------ helpers
     def _count(self, instance_id: int, step: int, field: int, n: int = 1) -> None:
         if n:
+            if (instance_id, step) in self.counters:  # an update of the row marks (migration 0018)
+                self.changed.add(instance_id)
             self.counters.setdefault((instance_id, step), [0, 0, 0, 0, 0])[field] += n
-            self.changed.add(instance_id)
 
     def _insert(self, instance_id: int, step: int, state: int, max_attempts: int, data: bytes) -> int:
         c = MemChunk(next(self._chunk_ids), instance_id, step, state, next(self._rr) % self.partitions,
