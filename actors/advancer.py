@@ -171,8 +171,10 @@ class InstanceAdvancer:
         # What this pass moved may be ready for the next move without any counter changing
         # (a gate opened on an empty step, a START whose follow-up was refused): looked at again.
         self._pending |= {d.inst.id for d in decided if d.plan.action in _LOOK_AGAIN}
-        # Changes came in: the next pass comes soon (it costs what changed, not what is open).
-        if decided:
+        # Instances moved: more are likely on their way (many small jobs), so the next pass
+        # comes soon; it costs what changed, not what is open. Passes that only looked (a big
+        # job's counters ticking) keep the interval.
+        if any(d.plan.action not in (Action.NONE, Action.REDUCE) for d in decided):
             ctx.wake()
         # Progress is for people and dashboards: once per interval is enough, however often
         # gates wake the pass (back-to-back passes rewriting every running instance's row
