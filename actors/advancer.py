@@ -10,6 +10,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import msgspec
+
 import structlog
 
 from actors.duties import PassContext
@@ -25,6 +27,9 @@ from storage.types import Finish, InstanceRow, Progress
 log = structlog.get_logger("chunkd.maintenance")
 
 _PROGRESS_EVERY = 1.0  # seconds between progress writes, at least
+# Seconds between passes that look at every open instance, not only the changed ones: the
+# safety net for a change no marker told (and for ETAs, which age without changes).
+FULL_SWEEP_EVERY = 10.0
 
 
 def shape_of(job: Job) -> JobShape:
@@ -49,13 +54,27 @@ def progress_row(instance_id: int, p: Plan, last: Progress | None) -> tuple[bool
 
 
 class InstanceAdvancer:
-    def __init__(self, store: EngineStore, registry: Registry, reducer: Reducer, interval: float) -> None:
+    """A pass looks at the instances whose state can have changed: those whose step counters
+    changed since the last pass (the store's change markers, migration 0018), those this
+    pass's own moves may have made ready for another (a gate opened on an empty step), and
+    reductions whose backoff ended; every `full_every` seconds, and first as a new leader,
+    at every open instance, as a safety net. A pass over 20,000 waiting instances thus
+    costs what the few that moved cost, not a read and a plan of each."""
+
+    def __init__(self, store: EngineStore, registry: Registry, reducer: Reducer, interval: float,
+                 full_every: float = FULL_SWEEP_EVERY) -> None:
         """`interval`: the pass interval; progress is written at most once per it (and per
         second)."""
         self.store, self.registry, self.reducer, self.interval = store, registry, reducer, interval
+        self.full_every = full_every
         self.rates: dict[int, RateState] = {}  # per instance, for the smoothed ETA (leader-local)
         self._shown: dict[int, Progress] = {}  # per instance, the progress last written
+        self._unshown: dict[int, Progress] = {}  # progress computed, to write at the next tick
+        self._etas: dict[int, tuple[str, float]] = {}  # per instance: (job, ETA) last computed
         self._progress_at = 0.0
+        self._full_at = 0.0       # monotonic time of the next full sweep (0: the next pass)
+        self._pending: set[int] = set()  # to look at next pass: taken, or moved by us, not yet planned
+        self._open = 0            # open instances at the last full sweep, at least
         self._shapes: dict[tuple[str, int], JobShape] = {}
 
     def _shape(self, job: Job) -> JobShape:
@@ -64,51 +83,106 @@ class InstanceAdvancer:
             shape = self._shapes[(job.name, job.version)] = shape_of(job)
         return shape
 
+    def sweep_next(self) -> None:
+        """The next pass looks at every open instance (a new term: another leader consumed
+        the markers of what it did not finish)."""
+        self._full_at = 0.0
+
     async def run(self, ctx: PassContext) -> set[int]:
         store = self.store
-        active = await store.active_instances()
-        ctx.active = len(active)
-        etas = ctx.etas
-        if not active:
-            self._shown.clear()
-            self.reducer.forget(set())
-            return set()
         now = time.monotonic()
+        # Taken before the instances are read: a change committed after the take has its
+        # marker left for the next pass. Kept in _pending until planned, so a pass that fails
+        # half-way loses none.
+        self._pending |= await store.take_changed_instances()
+        full = now >= self._full_at
+        if full:
+            self._full_at = now + self.full_every
+            active = await store.active_instances()
+            self._open = len(active)
+            live = {i.id for i in active}
+            self.rates = {i: r for i, r in self.rates.items() if i in live}  # finished ones go
+            self._shown = {i: r for i, r in self._shown.items() if i in live}
+            self._unshown = {i: r for i, r in self._unshown.items() if i in live}
+            self._etas = {i: e for i, e in self._etas.items() if i in live}
+            self.reducer.forget(live)
+        else:
+            wanted = self._pending | self.reducer.due()
+            active = await store.active_instances_among(sorted(wanted)) if wanted else []
+            self._open = max(self._open, len(active))
+            for gone in wanted.difference(i.id for i in active):  # ended since
+                self._drop(gone)
+        ctx.active = self._open
+        looked = self._pending
+        self._pending = set()
+        try:
+            publish = await self._advance(active, ctx, now)
+        except BaseException:
+            self._pending |= looked  # not acted on: the next pass looks again
+            raise
+        etas = ctx.etas
+        for job_name, eta in self._etas.values():
+            etas[job_name] = max(etas.get(job_name, 0.0), eta)
+        return publish
+
+    def _drop(self, instance_id: int) -> None:
+        for d in (self.rates, self._shown, self._unshown, self._etas):
+            d.pop(instance_id, None)
+
+    async def _advance(self, active: Sequence[InstanceRow], ctx: PassContext, now: float) -> set[int]:
+        store = self.store
         ids = [i.id for i in active]
-        live = set(ids)
-        self.rates = {i: r for i, r in self.rates.items() if i in live}  # finished ones go
-        self.reducer.forget(live)
-        self._shown = {i: r for i, r in self._shown.items() if i in live}
-        counts = await store.step_counts(ids)
-        errored = await store.instances_with_errored_chunks(ids)
+        counts = await store.step_counts(ids) if ids else {}
+        errored = await store.instances_with_errored_chunks(ids) if ids else set()
         decided: list[Decided] = []
-        shown: list[Progress] = []
         final: list[Progress] = []  # instances about to fail: progress and errors as they end
         for inst in active:
             try:
                 job = self.registry.get(inst.job_name, inst.job_version)
             except UnknownJobError:
                 continue  # another daemon may have it; never fail what we cannot read
-            p = plan(self._shape(job), inst.status, inst.current_step, counts.get(inst.id, []),
-                     inst.id in errored, inst.elapsed, now=time.monotonic(), prev=self.rates.get(inst.id))
+            shape, steps = self._shape(job), counts.get(inst.id, [])
+            p = plan(shape, inst.status, inst.current_step, steps, inst.id in errored, inst.elapsed,
+                     now=now, prev=self.rates.get(inst.id))
+            if p.action is Action.START:
+                # Started, and maybe done already (a one-chunk job): what follows is decided
+                # now too, applied after the START in this pass (apply's order), each guarded
+                # in SQL as on its own; not one pass later.
+                decided.append(Decided(inst, job, p))
+                inst = msgspec.structs.replace(inst, status=I.IN_PROGRESS.value)
+                p = plan(shape, inst.status, inst.current_step, steps, inst.id in errored, inst.elapsed,
+                         now=now, prev=self.rates.get(inst.id))
             if p.rate_state is not None:
                 self.rates[inst.id] = p.rate_state  # the smoothed rate behind the ETA
             decided.append(Decided(inst, job, p))
             now_final, row = progress_row(inst.id, p, self._shown.get(inst.id))
             if now_final and row is not None:
                 final.append(row)
+                self._unshown.pop(inst.id, None)
             elif row is not None:
-                shown.append(row)
+                self._unshown[inst.id] = row
             if not now_final and p.action is not Action.COMPLETE and p.eta is not None:
-                etas[job.name] = max(etas.get(job.name, 0.0), p.eta)
+                self._etas[inst.id] = (job.name, p.eta)
+            else:
+                self._etas.pop(inst.id, None)
         await store.set_progress(final)
         self._shown.update((r.instance_id, r) for r in final)
         publish = await self.apply(decided, ctx)
+        # What this pass moved may be ready for the next move without any counter changing
+        # (a gate opened on an empty step, a START whose follow-up was refused): looked at again.
+        self._pending |= {d.inst.id for d in decided if d.plan.action in _LOOK_AGAIN}
+        # Instances moved: more are likely on their way (many small jobs), so the next pass
+        # comes soon; it costs what changed, not what is open. Passes that only looked (a big
+        # job's counters ticking) keep the interval.
+        if any(d.plan.action not in (Action.NONE, Action.REDUCE) for d in decided):
+            ctx.wake()
         # Progress is for people and dashboards: once per interval is enough, however often
         # gates wake the pass (back-to-back passes rewriting every running instance's row
         # took a third of the many-small-jobs throughput).
-        if now >= self._progress_at:
+        if now >= self._progress_at and self._unshown:
             self._progress_at = now + max(self.interval, _PROGRESS_EVERY)
+            shown = list(self._unshown.values())
+            self._unshown = {}
             await store.set_progress(shown)
             self._shown.update((r.instance_id, r) for r in shown)
         return publish
@@ -150,8 +224,9 @@ class InstanceAdvancer:
                 await self._refused(d, f"the gate of step {d.plan.to_step}")
         if opened:
             ctx.wake()  # the next step may already be finished (it was empty)
+        completed = await store.complete_instances([_finish(d, _ALL_STEPS) for d in by[Action.COMPLETE]], term)
         for d in by[Action.COMPLETE]:
-            if await store.finish_instance(d.inst.id, I.COMPLETED, leader=term, decided=_finish(d, _ALL_STEPS)):
+            if d.inst.id in completed:
                 log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=I.COMPLETED.value)
                 await _handler(d.job.on_complete, d.inst.id, None)
             else:
@@ -189,6 +264,7 @@ class Decided(NamedTuple):
     plan: Plan
 
 
+_LOOK_AGAIN = frozenset({Action.START, Action.MARK_ERRORED, Action.CLEAR_ERRORED, Action.FINALIZE, Action.ADVANCE})
 _ALL_STEPS = 32767  # smallint's top: every step
 
 

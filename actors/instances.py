@@ -10,6 +10,7 @@ import msgspec
 
 from actors.job import Job, ParameterError
 from actors.registry import Registry
+from actors.submit_group import Create
 from channels.base import Channel
 from storage.codec import DataError, to_json
 from storage.reader import Reader
@@ -184,14 +185,16 @@ def _same_key_differences(first: Submission, first_canonical: str, now: Submissi
 
 
 async def submit_many(store: Store, channel: Channel | None, registry: Registry, items: Sequence[Submission],
-                      reader: Reader | None = None) -> list[Result]:
+                      reader: Reader | None = None, create: Create | None = None) -> list[Result]:
     """Submits every item that passes its checks, all in ONE transaction, then publishes
     their partitions (after the commit: batch2 #5041 published first and stalled). One
     result per item, in order. A refused item writes nothing and affects no other; if the
     transaction fails (the database went away) none is created and the error is raised,
     so retrying with idempotency keys is safe. Two items with one idempotency key: the
     first decides, the second gets its instance if it asks for the same thing, else a
-    conflict. A single submit is a batch of one (`submit`)."""
+    conflict. A single submit is a batch of one (`submit`). `create`: what creates the
+    accepted instances (default: the store's create_instances, in a transaction of their own;
+    the API passes a SubmitGroup's, shared with concurrent submits, which publishes itself)."""
     results: list[Result | None] = [None] * len(items)
     accepted: list[tuple[int, NewInstance, str]] = []  # (index, new instance, canonical parameters)
     first_with_key: dict[str, int] = {}
@@ -212,7 +215,8 @@ async def submit_many(store: Store, channel: Channel | None, registry: Registry,
         accepted.append((i, NewInstance(job.name, job.version, canonical, job.gated, key,
                                         json.dumps({"version": item.version}), job.steps[0].max_attempts,
                                         item.priority), canonical))
-    created, partitions = await store.create_instances([a[1] for a in accepted]) if accepted else ([], set())
+    created, partitions = await (create or store.create_instances)([a[1] for a in accepted]) if accepted \
+        else ([], set())
     for (i, new, canonical), res in zip(accepted, created):
         if not res.created and new.idempotency_key is not None:  # the key existed before: same request?
             row = await store.get_instance(res.instance_id)
@@ -242,10 +246,12 @@ async def submit_many(store: Store, channel: Channel | None, registry: Registry,
 
 async def submit(store: Store, channel: Channel | None, registry: Registry, job_name: str,
                  params_json: str | bytes, *, version: int | None = None,
-                 idempotency_key: str | None = None, reader: Reader | None = None, priority: int = 0) -> Submitted:
+                 idempotency_key: str | None = None, reader: Reader | None = None, priority: int = 0,
+                 create: Create | None = None) -> Submitted:
     """One submission: a batch of one. Raises its SubmitError."""
     (res,) = await submit_many(store, channel, registry,
-                               [Submission(job_name, params_json, version, idempotency_key, priority)], reader)
+                               [Submission(job_name, params_json, version, idempotency_key, priority)], reader,
+                               create)
     if res.error is not None:
         raise res.error
     assert res.submitted is not None

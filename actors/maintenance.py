@@ -37,7 +37,10 @@ __all__ = ["Maintenance", "ReportTooLarge", "leader_lease", "shape_of"]
 
 log = structlog.get_logger("chunkd.maintenance")
 
-_WOKEN_SPACING = 0.1   # seconds between a pass and the next when woken, at least
+# Seconds between a pass and the next when woken (instances moved, a gate opened), at least:
+# a pass costs what changed since the last one, so passes may follow closely while work
+# flows (a one-chunk job waits for a pass twice: to finalize, and after its reduction).
+_WOKEN_SPACING = 0.05
 
 
 def leader_lease(interval: float) -> float:
@@ -91,7 +94,7 @@ class Maintenance:
                     with anyio.move_on_after(cfg.interval):
                         await self.wake.wait()
                     self.wake = anyio.Event()
-                    # woken (a gate opened): not back to back, each pass reads every active instance
+                    # woken: not back to back, the pass's other duties each cost a round trip
                     await anyio.sleep(max(0.0, ended + min(cfg.interval, _WOKEN_SPACING) - anyio.current_time()))
             finally:
                 if self.leader:
@@ -117,6 +120,9 @@ class Maintenance:
         if term is not None and not self.leader:
             log.info("became maintenance leader", term=term)
             LEADER_CHANGES.labels("acquired").inc()
+            for duty in self.duties:
+                if isinstance(duty, InstanceAdvancer):
+                    duty.sweep_next()  # another leader took the change markers meanwhile
         was_leader, self.leader = self.leader, term is not None
         self.term = LeaderTerm(self.node_id, term) if term is not None else None
         IS_LEADER.set(1 if self.leader else 0)

@@ -11,6 +11,7 @@ from actors.engine import Engine
 from actors.instances import Result, Submission, Submitted, checked, submit, submit_many
 from actors.job import Job
 from actors.registry import Registry
+from actors.submit_group import SubmitGroup
 from storage.protocol import InstanceReads
 from storage.schedules import Schedules
 from storage.types import Created, NewInstance
@@ -22,6 +23,8 @@ class Operations:
         self.reads: InstanceReads = engine.store
         self.registry: Registry = engine.registry
         self.schedules = schedules
+        # Single submits arriving together share a transaction (bulk ones are batches already).
+        self._group = SubmitGroup(engine.store.create_instances, self.publish)
 
     async def checked(self, job_name: str, params_json: str | bytes, version: int | None) -> tuple[Job, str]:
         """A submit's checks (actors.instances.checked), params_check with ctx.db's reader included."""
@@ -32,7 +35,8 @@ class Operations:
                      idempotency_key: str | None, priority: int) -> Submitted:
         e = self._engine
         return await submit(e.store, e.channel, self.registry, job_name, params_json, version=version,
-                            idempotency_key=idempotency_key, reader=e.reader, priority=priority)
+                            idempotency_key=idempotency_key, reader=e.reader, priority=priority,
+                            create=self._group.create_instances)
 
     async def submit_many(self, items: Sequence[Submission]) -> list[Result]:
         """The submit service for a batch (actors.instances.submit_many): one result per item."""

@@ -56,6 +56,11 @@ class Reducer:
         self.reducing.add(inst.id)
         spawn(self._reduce, inst, job, term)
 
+    def due(self) -> set[int]:
+        """Instances whose failed reduction may run again now (a pass must look at them)."""
+        now = time.monotonic()
+        return {i for i, t in self._retry_at.items() if t <= now}
+
     def forget(self, live: set[int]) -> None:
         """Only instances still active keep a backoff (exported as chunkd_reductions_retrying)."""
         if self._retry_at:

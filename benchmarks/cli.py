@@ -38,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks-per-job", type=int, default=10, help="jobs workload: work chunks per instance")
     p.add_argument("--clients", type=int, default=16, help="jobs workload: keep-alive HTTP clients (closed loop)")
     p.add_argument("--rate", type=float, help="jobs workload: open loop, submits started per second on schedule")
+    p.add_argument("--bulk", type=int, default=0, metavar="N",
+                   help="jobs workload: submit every job up front in bulk requests of N items, to one daemon with "
+                        "the product's defaults; adds the maintenance pass duration")
     p.add_argument("--plot", metavar="PNG", help="write a throughput-over-time chart (needs matplotlib)")
     p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
     p.add_argument("--compare", action="store_true",
@@ -62,6 +65,10 @@ def report_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
         ("submit -> COMPLETED p50 / p95 / p99 ms", fmt(report["instance_latency_ms"])),
         ("chunk created -> completed p50 / p95 / p99 ms", fmt(report["chunk_latency_ms"])),
         ("chunk claim -> complete p50 / p95 / p99 ms", fmt(report["latency_ms"])),
+        *([("bulk request", f"{report['bulk']} items"),
+           ("maintenance passes / mean / p50 ms",
+            "-" if not report["maintenance_pass_ms"] else
+            "{passes} / {mean} / {p50}".format(**report["maintenance_pass_ms"]))] if report.get("bulk") else []),
         ("HTTP connections / 429s / errors",
          f"{report['http']['connections_opened']} / {report['http']['refused_429']} / {report['http']['errors']}"),
         ("daemon CPU s per 1000 chunks", report["cpu_seconds_per_1000_chunks"]["daemon"]),
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                    concurrency=a.concurrency, batch=a.batch, completer_batch=a.completer_batch, work_ms=a.work_ms,
                    timeout=a.timeout, plot=a.plot, as_json=a.as_json, compare=a.compare,
                    peer_jobs={"procrastinate": min(a.chunks, a.procrastinate_jobs)},
-                   database=a.database, jobs=a.jobs, chunks_per_job=a.chunks_per_job, clients=a.clients, rate=a.rate)
+                   database=a.database, jobs=a.jobs, chunks_per_job=a.chunks_per_job, clients=a.clients, rate=a.rate, bulk=a.bulk)
     try:
         report = anyio.run(run, opts)
     except config_mod.ConfigError as e:

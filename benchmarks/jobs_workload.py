@@ -7,6 +7,12 @@ submit answered. Open loop (`--rate R`): submit i starts at t0 + i/R whatever ea
 do (a busy connection does not delay it: another one is opened), and latencies count from that
 scheduled time, so the latency at an offered load is measured honestly.
 
+Bulk (`--bulk N`): all instances are submitted up front in `POST /api/v1/instances:batch`
+requests of N items on one connection, to one daemon run with the product's defaults (no
+tuning variable set): the "20,000 instances in flight" case (`--jobs 20000 --chunks-per-job
+10 --bulk 1000`). It adds bulk submits/s and the maintenance pass's duration (p50 from the
+daemon's chunkd_maintenance_pass_seconds histogram, interpolated in its buckets).
+
 Reports instances/s and chunks/s (sustained 10%..90%), submit round trip, submit -> COMPLETED
 and chunk (created -> completed, claim -> complete) percentiles.
 """
@@ -122,6 +128,25 @@ class Submitter:
         self.ids.append(msgspec.json.decode(payload)["id"])
         self.started.append(start_wall)
 
+    async def submit_bulk(self, jobs: int, per_request: int) -> None:
+        """All `jobs` in bulk requests of `per_request` items, one after another on one connection."""
+        conn = self._conn()
+        item = msgspec.json.decode(self.body)
+        for lo in range(0, jobs, per_request):
+            n = min(per_request, jobs - lo)
+            start_wall, t = time.time(), time.perf_counter()
+            status, _, payload = await conn.request("POST", "/api/v1/instances:batch",
+                                                    msgspec.json.encode({"items": [item] * n}))
+            self.round_trips.append(time.perf_counter() - t)
+            if status != 200:
+                self.errors.append(f"HTTP {status}: {payload[:200]!r}")
+                continue
+            for r in msgspec.json.decode(payload)["results"]:
+                if r.get("id") is not None:
+                    self.ids.append(r["id"])
+                    self.started.append(start_wall)
+        self.idle.append(conn)
+
     def close(self) -> None:
         for c in self.idle:
             c.close()
@@ -132,11 +157,12 @@ class Submitter:
 async def run(opts: Options, dsn: str, conn: asyncpg.Connection, facts: dict[str, Any]) -> dict[str, Any]:
     """`dsn` is the benchmark's database (migrated by the daemons)."""
     ports = [free_port() for _ in range(opts.daemons)]
-    env_base = {**os.environ, "CHUNKD_DATABASE_URL": dsn,
-                "CHUNKD_PARTITIONS": str(opts.partitions), "CHUNKD_PARTITION_CONCURRENCY": str(opts.concurrency),
-                "CHUNKD_CLAIM_BATCH": str(opts.batch), "CHUNKD_COMPLETER_BATCH": str(opts.completer_batch),
-                "CHUNKD_LOG_LEVEL": os.environ.get("CHUNKD_LOG_LEVEL", "warning"),
-                "CHUNKD_MAINTENANCE_INTERVAL": "0.2", "CHUNKD_API_TOKENS": ""}
+    tuning = {} if opts.bulk else {
+        "CHUNKD_PARTITIONS": str(opts.partitions), "CHUNKD_PARTITION_CONCURRENCY": str(opts.concurrency),
+        "CHUNKD_CLAIM_BATCH": str(opts.batch), "CHUNKD_COMPLETER_BATCH": str(opts.completer_batch),
+        "CHUNKD_MAINTENANCE_INTERVAL": "0.2"}
+    env_base = {**os.environ, "CHUNKD_DATABASE_URL": dsn, **tuning,
+                "CHUNKD_LOG_LEVEL": os.environ.get("CHUNKD_LOG_LEVEL", "warning"), "CHUNKD_API_TOKENS": ""}
     exe = str(Path(sys.executable).with_name("chunkd"))
     procs = [subprocess.Popen([exe, "run"], env={**env_base, "CHUNKD_HTTP_ADDR": f"127.0.0.1:{p}"})
              for p in ports]
@@ -153,7 +179,9 @@ async def run(opts: Options, dsn: str, conn: asyncpg.Connection, facts: dict[str
         t0 = time.monotonic()
         wall0 = time.time()
         async with anyio.create_task_group() as tg:
-            if opts.rate:
+            if opts.bulk:
+                tg.start_soon(sub.submit_bulk, opts.jobs, opts.bulk)
+            elif opts.rate:
                 async def schedule() -> None:
                     for i in range(opts.jobs):
                         due = t0 + i / opts.rate
@@ -182,6 +210,7 @@ async def run(opts: Options, dsn: str, conn: asyncpg.Connection, facts: dict[str
             await anyio.sleep(0.05)
         elapsed = time.monotonic() - t0
         daemon_cpu = _cpu(procs) - daemon_cpu0
+        passes = await _pass_seconds(ports[0])
     finally:
         for p in procs:
             if p.poll() is None:
@@ -209,6 +238,7 @@ async def run(opts: Options, dsn: str, conn: asyncpg.Connection, facts: dict[str
         "seconds": round(elapsed, 3), "submit_seconds": round(submitted_at, 3),
         "instances_per_second": round(completed / span, 1) if span > 0 else None,
         "submits_per_second": round(len(sub.ids) / submitted_at, 1) if submitted_at > 0 else None,
+        "bulk": opts.bulk, "maintenance_pass_ms": passes,
         "chunks_per_second": round(q.sustained_rate(timeline, total_chunks) or (done_chunks / elapsed), 1),
         "chunks_per_second_overall": round(done_chunks / span, 1) if span > 0 else None,
         "submit_round_trip_ms": q.sample_percentiles_ms(sub.round_trips),
@@ -222,6 +252,41 @@ async def run(opts: Options, dsn: str, conn: asyncpg.Connection, facts: dict[str
                      "completer_batch": opts.completer_batch, "work_ms": opts.work_ms, **facts},
         "timeline": [[round(t, 3), n] for t, n in timeline],
     }
+
+
+async def _pass_seconds(port: int) -> dict[str, Any] | None:
+    """The daemon's maintenance passes so far: count, mean and p50 (interpolated in the
+    histogram's buckets), in ms; None if it led none."""
+    conn = HttpConn("127.0.0.1", port)
+    try:
+        status, _, payload = await conn.request("GET", "/metrics")
+    except OSError:
+        return None
+    finally:
+        conn.close()
+    if status != 200:
+        return None
+    buckets: list[tuple[float, float]] = []
+    total = count = 0.0
+    for line in payload.decode().splitlines():
+        if line.startswith("chunkd_maintenance_pass_seconds_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+        elif line.startswith("chunkd_maintenance_pass_seconds_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("chunkd_maintenance_pass_seconds_count"):
+            count = float(line.rsplit(" ", 1)[1])
+    if not count:
+        return None
+    half, lo, below = count / 2, 0.0, 0.0
+    p50 = None
+    for le, n in sorted(buckets):
+        if n >= half:
+            p50 = le if le == float("inf") else lo + (le - lo) * (half - below) / max(n - below, 1e-9)
+            break
+        lo, below = le, n
+    return {"passes": int(count), "mean": round(total / count * 1000, 1),
+            "p50": None if p50 is None or p50 == float("inf") else round(p50 * 1000, 1)}
 
 
 def _cpu(procs: list[subprocess.Popen[bytes]]) -> float:

@@ -25,3 +25,4 @@ class Options(msgspec.Struct, kw_only=True):
     chunks_per_job: int = 10
     clients: int = 16
     rate: float | None = None
+    bulk: int = 0  # jobs workload: items per bulk submit request (0: single submits)

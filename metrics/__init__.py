@@ -59,7 +59,7 @@ STEPS_RUNNING = Gauge("chunkd_steps_running",
 ACTOR_RESTARTS = Counter("chunkd_actor_restarts", "Actor restarts by the supervisor.", ["kind"])
 
 MAINTENANCE_SECONDS = Histogram("chunkd_maintenance_pass_seconds", "Maintenance pass duration.",
-                                buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10))
+                                buckets=(.005, .01, .025, .05, .075, .1, .15, .25, .35, .5, .75, 1, 2.5, 10))
 LEASES_RESCUED = Counter("chunkd_leases_rescued",
                          "Expired leases rescued by maintenance (back to READY, or FAILED at max attempts).")
 RETENTION_PURGED = Counter("chunkd_retention_purged", "Rows purged by retention.", ["table"])

@@ -97,6 +97,7 @@ class MemoryStore:
         self.instances: dict[int, MemInstance] = {}
         self.chunks: dict[int, MemChunk] = {}
         self.counters: dict[tuple[int, int], list[int]] = {}  # (instance, step) -> created..errors
+        self.changed: set[int] = set()  # instances whose counters changed since the last take (0018)
         self.warnings: list[tuple[int, int, int, str]] = []   # (instance, step, chunk, message)
         self.applied_tx: list[tuple[int, int, TxOp]] = []     # (instance, step, op): committed ctx.tx writes
         self.leader: LeaderTerm | None = None
@@ -111,6 +112,8 @@ class MemoryStore:
     # ------------------------------------------------------------ helpers
     def _count(self, instance_id: int, step: int, field: int, n: int = 1) -> None:
         if n:
+            if (instance_id, step) in self.counters:  # an update of the row marks (migration 0018)
+                self.changed.add(instance_id)
             self.counters.setdefault((instance_id, step), [0, 0, 0, 0, 0])[field] += n
 
     def _insert(self, instance_id: int, step: int, state: int, max_attempts: int, data: bytes) -> int:
@@ -201,6 +204,7 @@ class MemoryStore:
         r = inst.row
         r.update(status=I.IN_PROGRESS.value, error_message=None, eta_seconds=None, run=r["run"] + 1,
                  reduction_attempts=0, last_error=None)
+        self.changed.add(instance_id)
         inst.finished_at = None
         bound = r["current_step"] if r["gated"] else _ALL_STEPS
         red = -1 if reduction_step is None else reduction_step
@@ -426,6 +430,14 @@ class MemoryStore:
                 for i in sorted(self.instances.values(), key=lambda i: i.row["id"])
                 if (r := i.row)["status"] not in _TERMINAL]
 
+    async def active_instances_among(self, instance_ids: Sequence[int]) -> list[InstanceRow]:
+        wanted = set(instance_ids)
+        return [i for i in await self.active_instances() if i.id in wanted]
+
+    async def take_changed_instances(self) -> set[int]:
+        taken, self.changed = self.changed, set()
+        return taken
+
     async def step_counts(self, instance_ids: Sequence[int]) -> dict[int, list[StepCounts]]:
         wanted = set(instance_ids)
         out: dict[int, list[StepCounts]] = {}
@@ -515,6 +527,11 @@ class MemoryStore:
         if error is not None:
             r["error_message"] = storable(error)
         return inst
+
+    async def complete_instances(self, decided: Sequence[Finish], leader: LeaderTerm | None = None) -> set[int]:
+        self._fence(leader)
+        return {d.instance_id for d in decided
+                if self._finish(d.instance_id, I.COMPLETED, instance_allowed_from(I.COMPLETED), None, None, d)}
 
     async def finish_instance(self, instance_id: int, to: I, *, report_json: str | None = None,
                               error: str | None = None, conn: Any = None, running_too: bool = False,

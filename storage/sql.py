@@ -161,6 +161,24 @@ SELECT id, job_name, job_version, params::text AS params, gated, status, current
        extract(epoch FROM (now() - coalesce(started_at, created_at)))::float8 AS elapsed, run
 FROM chunkd_instance WHERE status IN ({_ACTIVE})
 ORDER BY id"""
+# The same, for some instances only: those a pass looks at (actors/advancer.py).
+INSTANCE_ACTIVE_AMONG = f"""
+SELECT id, job_name, job_version, params::text AS params, gated, status, current_step,
+       extract(epoch FROM (now() - coalesce(started_at, created_at)))::float8 AS elapsed, run
+FROM chunkd_instance WHERE id = ANY($1::bigint[]) AND status IN ({_ACTIVE})
+ORDER BY id"""
+# The instances whose counters changed since the last take (migration 0018). SKIP LOCKED:
+# a marker a writer holds (its change not committed yet) stays for the next pass, and the
+# take never waits on a completion (nor it on us in a cycle).
+INSTANCES_TAKE_DIRTY = """
+DELETE FROM chunkd_instance_dirty
+WHERE instance_id IN (SELECT instance_id FROM chunkd_instance_dirty FOR UPDATE SKIP LOCKED)
+RETURNING instance_id"""
+# A change no counter shows (a restart of an instance whose reduction failed): the next
+# pass looks at the instance all the same.
+INSTANCE_MARK_DIRTY = """
+INSERT INTO chunkd_instance_dirty AS d (instance_id) VALUES ($1)
+ON CONFLICT (instance_id) DO UPDATE SET instance_id = d.instance_id"""
 INSTANCE_COUNTERS = """
 SELECT instance_id, step, created, completed, failed, cancelled, errors
 FROM chunkd_step_counter WHERE instance_id = ANY($1::bigint[]) ORDER BY instance_id, step"""
@@ -205,6 +223,17 @@ WHERE i.id = t.id AND i.current_step = t.to_step - 1 AND i.run = t.run
   AND i.status IN ('{I.QUEUED.value}', '{I.IN_PROGRESS.value}', '{I.ERRORED.value}')
   AND {_all_done_below("i.id", "t.to_step", "t.tolerate")}
 RETURNING i.id, i.current_step"""
+# Maintenance's COMPLETED for many instances (those without a reduction) in one statement,
+# as INSTANCE_FINISH's to COMPLETED: each fenced by its run and by rule 10's check; the
+# rows are locked first (INSTANCES_LOCK), as INSTANCE_LOCK does for one.
+INSTANCES_LOCK = "SELECT id FROM chunkd_instance WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"
+INSTANCES_COMPLETE = f"""
+UPDATE chunkd_instance i
+   SET status = '{I.COMPLETED.value}', finished_at = now(), updated_at = now(), progress = 1.0, eta_seconds = 0
+  FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bool[]) AS t(id, run, bound, tolerate)
+ WHERE i.id = t.id AND i.run = t.run AND i.status IN ({_in(instance_allowed_from(I.COMPLETED))})
+   AND {_all_done_below("i.id", "t.bound", "t.tolerate")}
+RETURNING i.id"""
 # $6: the run the decision was made for (NULL: an operator's stop, whatever the run).
 # $7, $8: to COMPLETED, only when every chunk of the steps below $7 is done (rule 10).
 INSTANCE_FINISH = f"""

@@ -326,6 +326,17 @@ class Store:
     async def active_instances(self) -> list[InstanceRow]:
         return [InstanceRow(**dict(r)) for r in await self.pool.fetch(sql.INSTANCE_ACTIVE_LIST)]
 
+    async def active_instances_among(self, instance_ids: Sequence[int]) -> list[InstanceRow]:
+        """Those of `instance_ids` not ended yet, by id."""
+        if not instance_ids:
+            return []
+        return [InstanceRow(**dict(r)) for r in await self.pool.fetch(sql.INSTANCE_ACTIVE_AMONG, list(instance_ids))]
+
+    async def take_changed_instances(self) -> set[int]:
+        """The instances whose step counters changed (or that were restarted) since the last
+        take, each given once: the caller keeps them until it has acted on them."""
+        return {r[0] for r in await self.pool.fetch(sql.INSTANCES_TAKE_DIRTY)}
+
     async def step_counts(self, instance_ids: Sequence[int]) -> dict[int, list[StepCounts]]:
         out: dict[int, list[StepCounts]] = defaultdict(list)
         for r in await self.pool.fetch(sql.INSTANCE_COUNTERS, list(instance_ids)):
@@ -383,6 +394,20 @@ class Store:
             await self.fence_leader(conn, leader)
         return opened
 
+    async def complete_instances(self, decided: Sequence[Finish], leader: LeaderTerm | None = None) -> set[int]:
+        """-> COMPLETED, in one transaction, those whose every chunk below their bound is done
+        (rule 10) in the run given: finish_instance's move to COMPLETED for many at once."""
+        if not decided:
+            return set()
+        ids = [d.instance_id for d in decided]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(sql.INSTANCES_LOCK, ids)
+            done = {r[0] for r in await conn.fetch(
+                sql.INSTANCES_COMPLETE, ids, [d.run for d in decided], [d.bound for d in decided],
+                [d.tolerate_failed for d in decided])}
+            await self.fence_leader(conn, leader)
+        return done
+
     async def finish_instance(self, instance_id: int, to: I, *, report_json: str | None = None,
                               error: str | None = None, conn: asyncpg.Connection | None = None,
                               running_too: bool = False, leader: LeaderTerm | None = None,
@@ -429,6 +454,7 @@ class Store:
             row = await conn.fetchrow(sql.INSTANCE_RESTART, instance_id)
             if row is None:
                 return None
+            await conn.execute(sql.INSTANCE_MARK_DIRTY, instance_id)
             current, gated = row
             rows = await conn.fetch(sql.CHUNK_RESTART, instance_id, current if gated else 32767,
                                     -1 if reduction_step is None else reduction_step)

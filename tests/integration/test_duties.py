@@ -149,3 +149,35 @@ async def test_instance_advancer_writes_nothing_under_a_lost_term(store: Store, 
     await conn.execute("UPDATE chunkd_leader SET term = term - 1 WHERE role = 'maintenance'")  # the term is back
     await advancer.run(PassContext(stale))
     assert await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", iid) == "IN_PROGRESS"
+
+
+async def test_a_pass_looks_only_at_the_instances_that_changed(store: Store) -> None:
+    """Issue 26: after a full sweep, a pass reads the instances whose counters changed since
+    the last one, not every open instance; a full sweep comes again every `full_every`."""
+    ids = [(await _instance(store))[0] for _ in range(5)]
+    node = await store.register_node("test", 1)
+    advancer = InstanceAdvancer(store, load_registry([]), Reducer(store, Reader(store.dsn), 1 << 20), 0.05,
+                                full_every=3600)
+    looked: list[list[int]] = []
+    counts = store.step_counts
+
+    async def spy(instance_ids):  # type: ignore[no-untyped-def]
+        looked.append(sorted(instance_ids))
+        return await counts(instance_ids)
+    store.step_counts = spy  # type: ignore[method-assign]
+
+    async def one_pass() -> list[int]:
+        looked.clear()
+        await advancer.run(PassContext(None))
+        return looked[-1] if looked else []
+    assert await one_pass() == sorted(ids)  # the first pass: a full sweep
+    assert await one_pass() == []  # nothing changed: nothing read
+    claimed = [c for p in (0, 1) for c in await store.claim(p, 10, node, 30)]
+    chunk = next(c for c in claimed if c.instance_id == ids[2])
+    await store.record_outcomes([Success(chunk.id, chunk.attempt, ids[2], 0, [b"\x91\x00"])], [])
+    assert await one_pass() == [ids[2]]  # START (and its follow-up) for the one that moved
+    assert (await store.get_instance(ids[2]))["status"] == "IN_PROGRESS"
+    assert await one_pass() in ([], [ids[2]])  # at most a second look at what the last pass moved
+    assert await one_pass() == []
+    advancer.sweep_next()
+    assert await one_pass() == sorted(ids)

@@ -257,6 +257,38 @@ async def test_gates_finalize_and_completion_wait_for_every_earlier_chunk(h: Har
     assert (await h.instance(iid))["status"] == I.COMPLETED.value
 
 
+async def test_many_complete_at_once_each_only_over_its_done_chunks(h: Harness) -> None:
+    """Maintenance's batched COMPLETED (issue 26): each instance of the batch is held to rule
+    10 and to its run on its own; one refused does not hold the others back."""
+    done, running, other_run = [await _instance(h) for _ in range(3)]
+    for c in await h.claim():
+        if c.instance_id != running:
+            await h.store.record_outcomes([_ok(c)], [])
+    moved = await h.store.complete_instances([Finish(done, 1, ALL), Finish(running, 1, ALL),
+                                              Finish(other_run, 2, ALL)])
+    assert moved == {done}
+    assert [(await h.instance(i))["status"] for i in (done, running, other_run)] == \
+        [I.COMPLETED.value, I.QUEUED.value, I.QUEUED.value]
+    assert (await h.instance(done))["progress"] == 1.0
+    assert await h.store.complete_instances([Finish(done, 1, ALL)]) == set()  # once
+
+
+async def test_changed_instances_are_given_once_per_change(h: Harness) -> None:
+    """What a maintenance pass looks at (issue 26): every counter change, and a restart,
+    marks its instance; a take gives each marked instance once."""
+    a, b = [await _instance(h) for _ in range(2)]
+    assert await h.store.take_changed_instances() == set()  # created: nothing to decide until a chunk ends
+    c = next(c for c in await h.claim() if c.instance_id == a)
+    assert await h.store.take_changed_instances() == set()  # a claim changes no counter
+    await h.store.record_outcomes([_ok(c)], [])
+    assert await h.store.take_changed_instances() == {a}
+    assert await h.store.finish_instance(a, I.FAILED, error="x", decided=Finish(a, 1, 0))
+    await h.store.take_changed_instances()
+    # nothing of `a` failed or was cancelled: its restart changes no counter, and is given all the same
+    assert await h.store.restart_instance(a, None) is not None
+    assert await h.store.take_changed_instances() == {a}
+
+
 async def test_a_reduction_consumes_its_input_once_and_only_in_finalize(h: Harness) -> None:
     iid = await _instance(h)
     (c,) = await h.claim()
@@ -318,5 +350,7 @@ async def test_a_deposed_leaders_writes_are_refused(h: Harness) -> None:
         await h.store.set_instances_status({iid: 1}, I.ERRORED, stale)
     with pytest.raises(NotLeader):
         await h.store.finish_instance(iid, I.FAILED, error="late", leader=stale, decided=Finish(iid, 1, 0))
+    with pytest.raises(NotLeader):
+        await h.store.complete_instances([Finish(iid, 1, ALL)], leader=stale)
     assert (await h.instance(iid))["status"] == I.IN_PROGRESS.value
     assert await h.store.set_instances_status({iid: 1}, I.ERRORED, LeaderTerm(other, newer)) == {iid}

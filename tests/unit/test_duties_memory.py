@@ -282,10 +282,11 @@ async def test_the_advancer_finalizes_and_the_reducer_completes_with_its_report(
         ctx = PassContext(term, spawn=tg.start_soon)
         (first,) = await _claim(store)
         await store.record_outcomes([_done(first, [encode(Item(i)) for i in (1, 2, 3)], gated=True)], [])
-        await advancer.run(ctx)  # START: one decision per instance and pass
         # the reduction's input waits behind its gate (no worker claims it) until the reducer takes it
-        assert _status(store, iid) == I.IN_PROGRESS.value
         assert {c.state for c in store.chunks.values() if c.step == 1} == {C.GATE_WAITING}
+        assert await _claim(store) == []
+        await advancer.run(ctx)  # START, and (every work chunk done) FINALIZE in the same pass
+        assert _status(store, iid) in {I.FINALIZE.value, I.COMPLETED.value}
         assert await _claim(store) == []
         await _advance(advancer, ctx, store, iid, {I.COMPLETED.value, I.FAILED.value})
     row = store.instances[iid].row
