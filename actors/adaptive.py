@@ -42,18 +42,6 @@ class Effective(msgspec.Struct, frozen=True, kw_only=True):
     adaptive_concurrency: bool
     adaptive_claim: bool
 
-    @property
-    def room(self) -> int:
-        return room(self.partition_concurrency, self.claim_batch, self.adaptive_claim)
-
-
-def room(concurrency: int, claim_batch: int, adaptive_claim: bool) -> int:
-    """A partition claims again only while it holds (claimed, result not yet committed) at most
-    this many chunks, so it never holds more than room + one claim (its executor mailbox is that
-    big: actors/pipeline.py). CHUNKD_CLAIM_BATCH set: the executor slots, as ever. Adapted: one
-    claim more, so the next claim overlaps the commit of the last one's results instead of
-    waiting for it (otherwise each partition runs claim, execute, commit, claim, one at a time)."""
-    return concurrency + (claim_batch if adaptive_claim else 0)
 
 
 def _clamp(v: int, lo: int, hi: int) -> int:

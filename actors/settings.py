@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import msgspec
 
-from actors.adaptive import room
-
 
 class ClaimSettings(msgspec.Struct, frozen=True, kw_only=True):
     """The consumers: one per partition, claiming READY chunks."""
@@ -17,10 +15,6 @@ class ClaimSettings(msgspec.Struct, frozen=True, kw_only=True):
     lease_seconds: float
     poll_interval: float         # claim again at least this often without a notification
     adaptive: bool = False       # CHUNKD_CLAIM_BATCH unset: claims sized by actors.adaptive.next_claim
-
-    @property
-    def room(self) -> int:
-        return room(self.partition_concurrency, self.claim_batch, self.adaptive)
 
 
 class StepSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -25,7 +25,7 @@ def settings_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     adapted = lambda s, k: " (adapted)" if s.get(f"adaptive_{k}") else ""  # noqa: E731
     rows = [("settings: in effect | product default", "")]
     for name, kind in (("partitions", ""), ("partition_concurrency", "concurrency"), ("claim_batch", "claim"),
-                       ("claim_room", "claim"), ("completer_batch", "")):
+                       ("completer_batch", "")):
         rows.append((f"  {name}", f"{eff[name]}{adapted(eff, kind) if kind else ''} | "
                                   f"{dflt[name]}{adapted(dflt, kind) if kind else ''}"))
     return rows

@@ -36,8 +36,7 @@ CLAIM_SIZE = Gauge("chunkd_claim_size",
                    "idle executors and the backlog (at most chunkd_setting{name=\"claim_batch\"}).", ["partition"])
 SETTING = Gauge("chunkd_setting",
                 "Claim and executor settings in effect on this daemon: partitions, partition_concurrency (executor "
-                "workers per partition), claim_batch (the most one claim takes), claim_room (a partition claims "
-                "again while holding at most this many chunks), completer_batch; adaptive_concurrency and "
+                "workers per partition), claim_batch (the most one claim takes), completer_batch; adaptive_concurrency and "
                 "adaptive_claim are 1 when CHUNKD_PARTITION_CONCURRENCY / CHUNKD_CLAIM_BATCH are unset and the "
                 "daemon chose.", ["name"])
 EXECUTOR_WORKERS = Gauge("chunkd_executor_workers",

@@ -418,12 +418,11 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError("CHUNKD_PARTITION_CONCURRENCY", env.get("CHUNKD_PARTITION_CONCURRENCY", ""),
                           f"CHUNKD_PARTITIONS x CHUNKD_PARTITION_CONCURRENCY = {workers:,} step workers; "
                           f"at most {MAX_WORKERS:,} per daemon")
-    held = values["partitions"] * (eff.room + eff.claim_batch)
+    held = values["partitions"] * (values["partition_concurrency"] + values["claim_batch"])
     if held > MAX_HELD_CHUNKS:
         name = "CHUNKD_PARTITION_CONCURRENCY" if eff.adaptive_claim else "CHUNKD_CLAIM_BATCH"
         raise ConfigError(name, env.get(name, ""),
-                          f"CHUNKD_PARTITIONS x (CHUNKD_PARTITION_CONCURRENCY + CHUNKD_CLAIM_BATCH"
-                          f"{' x 2, adapted' if eff.adaptive_claim else ''}) = {held:,} "
+                          f"CHUNKD_PARTITIONS x (CHUNKD_PARTITION_CONCURRENCY + CHUNKD_CLAIM_BATCH) = {held:,} "
                           f"chunks held in memory; at most {MAX_HELD_CHUNKS:,} per daemon")
     if values["max_emit_bytes_per_run"] < values["max_chunk_bytes"]:
         raise ConfigError("CHUNKD_MAX_EMIT_BYTES_PER_RUN", env.get("CHUNKD_MAX_EMIT_BYTES_PER_RUN", ""),

@@ -82,7 +82,7 @@ def effective_settings(cfg: Config) -> dict[str, int]:
     """The claim and executor settings in effect (chunkd_setting, the bench's report)."""
     eff = cfg.effective()
     return {"partitions": cfg.partitions, "partition_concurrency": eff.partition_concurrency,
-            "claim_batch": eff.claim_batch, "claim_room": eff.room, "completer_batch": cfg.completer_batch,
+            "claim_batch": eff.claim_batch, "completer_batch": cfg.completer_batch,
             "adaptive_concurrency": int(eff.adaptive_concurrency), "adaptive_claim": int(eff.adaptive_claim)}
 
 

@@ -7,7 +7,7 @@ import anyio
 import msgspec
 import pytest
 
-from actors.adaptive import CLAIM_FLOOR, WORKERS_START, next_claim, resolve, room, workers_wanted
+from actors.adaptive import CLAIM_FLOOR, WORKERS_START, next_claim, resolve, workers_wanted
 from actors.engine import Engine
 from actors.job import Context, Job, Sink
 from actors.pipeline import Pipeline, PipelineSettings
@@ -50,14 +50,13 @@ def test_workers_grow_while_every_one_waits_inside_a_step_and_shrink_when_idle()
     assert workers_wanted(current=8, in_step=0, waiting=0, idle=8, most=4) == 4   # a small maximum wins
 
 
-def test_resolve_and_room() -> None:
+def test_resolve() -> None:
     auto = resolve(4, None, None)
     assert (auto.partition_concurrency, auto.claim_batch, auto.adaptive_concurrency, auto.adaptive_claim) == \
         (256, 500, True, True)
-    assert auto.room == 756 == room(256, 500, True)
     assert resolve(1024, None, None).claim_batch == 50 and resolve(1024, None, None).partition_concurrency == 8
     set_ = resolve(4, 8, 100)
-    assert not set_.adaptive_claim and not set_.adaptive_concurrency and set_.room == 8  # as ever: the slots
+    assert not set_.adaptive_claim and not set_.adaptive_concurrency and set_.partition_concurrency == 8
 
 
 # ------------------------------------------------------------------ the environment wins when set
@@ -66,7 +65,7 @@ def test_set_variables_win_and_keep_their_validation() -> None:
     assert (cfg.partition_concurrency, cfg.claim_batch, cfg.adaptive_concurrency, cfg.adaptive_claim) == \
         (12, 300, False, False)
     claim, pipe = cfg.actor_settings().claim, cfg.pipeline_settings(10.0)
-    assert not claim.adaptive and claim.room == 12 and pipe.mailbox_size == 312 and not pipe.adaptive_workers
+    assert not claim.adaptive and pipe.mailbox_size == 312 and not pipe.adaptive_workers
     one = load({"CHUNKD_CLAIM_BATCH": "40"})   # one set, the other adapted
     assert one.claim_batch == 40 and not one.adaptive_claim and one.adaptive_concurrency
     assert load({"CHUNKD_CLAIM_BATCH": "auto"}).adaptive_claim
@@ -82,7 +81,7 @@ def test_unset_variables_adapt() -> None:
     cfg = load({})
     claim, pipe = cfg.actor_settings().claim, cfg.pipeline_settings(10.0)
     assert claim.adaptive and pipe.adaptive and pipe.adaptive_workers
-    assert claim.room == 756 and pipe.mailbox_size == 756 + 500   # held stays bounded: room + one claim
+    assert pipe.mailbox_size == 256 + 500   # held stays bounded: the most workers + one claim
 
 
 # ------------------------------------------------------------------ an adaptive pipeline, in memory
@@ -127,7 +126,7 @@ async def test_an_adaptive_pipeline_grows_its_workers_for_sleeping_steps_and_run
     n = 3000
     await store.create_instance("test.adaptive", 1, f'{{"n": {n}, "sleep": 0.05}}', False, None, b"", 3)
     stop, ready = anyio.Event(), anyio.Event()
-    most_workers, most_held = 0, 0
+    most_workers, most_held, most_room = 0, 0, 0
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
             tg.start_soon(pipeline.run, stop, ready, lambda cap: cap)
@@ -135,6 +134,7 @@ async def test_an_adaptive_pipeline_grows_its_workers_for_sleeping_steps_and_run
             while sum(c.state == C.COMPLETED for c in store.chunks.values()) < n + 1:
                 most_workers = max(most_workers, sum(p.workers - p.retire for p in pipeline.pools))
                 most_held = max(most_held, max(engine.inflight.running))
+                most_room = max(most_room, max(engine.inflight.room))
                 await anyio.sleep(0.01)
             # idle now: the surplus is told to retire (each goes when it next finds the mailbox empty)
             while any(p.workers - p.retire > WORKERS_START for p in pipeline.pools):
@@ -142,6 +142,8 @@ async def test_an_adaptive_pipeline_grows_its_workers_for_sleeping_steps_and_run
             stop.set()
     # 16 workers per partition would need 3000 x 50 ms / 32 = 4.7 s; it grew past that
     assert most_workers > 2 * 16, most_workers
-    assert most_held <= eff.room + eff.claim_batch
+    assert most_held <= eff.partition_concurrency + eff.claim_batch
+    assert most_room > 16   # a partition claims for the workers it has now
+    assert engine.inflight.room == [WORKERS_START] * 2   # idle again: back to the start
     assert (await store.step_counts([1]))[1][1].completed == n
     assert sum(engine.inflight.running) == 0 and pipeline.mailbox_depths() == (0, 0)
