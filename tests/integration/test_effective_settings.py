@@ -3,6 +3,8 @@ CHUNKD_PARTITION_CONCURRENCY / CHUNKD_CLAIM_BATCH are unset, the operator's valu
 and an adapting daemon runs a job to the end."""
 from __future__ import annotations
 
+import time
+
 import asyncpg
 import pytest
 
@@ -36,8 +38,12 @@ async def test_metrics_show_the_adapted_settings_and_the_set_ones(dsn: str, conn
     claims = {dict(labels)["partition"]: v for (name, labels), v in scrape(set_url).items()
               if name == "chunkd_claim_size"}
     assert claims == {"0": 7, "1": 7}   # set: every claim is CHUNKD_CLAIM_BATCH
-    auto = scrape(auto_url)
-    workers = [v for (name, _), v in auto.items() if name == "chunkd_executor_workers"]
+    for _ in range(50):  # the gauge is set by the daemon's 1 s tick
+        auto = scrape(auto_url)
+        workers = [v for (name, _), v in auto.items() if name == "chunkd_executor_workers"]
+        if workers:
+            break
+        time.sleep(0.1)
     sizes = [v for (name, _), v in auto.items() if name == "chunkd_claim_size"]
     assert len(workers) == 2 and all(16 <= w <= 256 for w in workers), workers
     assert len(sizes) == 2 and all(1 <= s <= 500 for s in sizes), sizes
