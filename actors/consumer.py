@@ -17,6 +17,7 @@ from storage.types import ClaimedChunk
 log = structlog.get_logger("chunkd.consumer")
 
 RESCAN_EVERY = 5.0  # seconds: a full scan picks up rescued or released chunks with lower ids
+CLAIM_SHIELD_SECONDS = 5.0  # once stopping, a claim in flight is waited for this long at most
 
 
 class ClaimCursor:
@@ -82,8 +83,20 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
         suspect = engine.inflight.take_suspect_slot()
         try:
             from_rank, from_id = cursor.start(time.monotonic())
-            chunks = await engine.store.claim(partition, size, engine.node_id, cfg.lease_seconds,
-                                              from_rank, suspect, from_id)
+            # Shielded: a claim cancelled in flight at shutdown may still commit on the server
+            # after the shutdown has handed back what this daemon holds, leaving chunks
+            # IN_PROGRESS for a node that is gone until their lease runs out. So the stop
+            # waits for the claim's answer (bounded); what it claimed is then handed back.
+            claiming = anyio.CancelScope(shield=True)
+            engine.claims.add(claiming)
+            try:
+                with claiming:
+                    chunks = await engine.store.claim(partition, size, engine.node_id,
+                                                      cfg.lease_seconds, from_rank, suspect, from_id)
+            finally:
+                engine.claims.discard(claiming)
+            if claiming.cancelled_caught:
+                raise TimeoutError(f"claim took longer than {CLAIM_SHIELD_SECONDS:g} s")
             normal = [(c.rank, c.id) for c in chunks if not c.suspect]
             cursor.claimed(normal, size - (len(chunks) - len(normal)))
             engine.channel.acked(partition)  # hints so far are served: their offsets may be committed

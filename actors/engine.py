@@ -239,6 +239,7 @@ class Engine:
         self.slots = JobSlots(settings.steps.job_concurrency)
         self.stopping = False
         self.starved = False  # Kafka gave this daemon no partition for long: claim from all (actors/pipeline.py)
+        self.claims: set[anyio.CancelScope] = set()  # claim statements in flight, shielded (actors/consumer.py)
         self._runtimes: dict[int, LoadedInstance | Exception] = {}
         self._started: set[int] = set()
         # the completer's mailbox, made (and sized) by actors.pipeline.Pipeline

@@ -14,7 +14,7 @@ import structlog
 
 from actors.adaptive import WORKERS_START, workers_wanted
 from actors.completer import Completer
-from actors.consumer import consume_partition
+from actors.consumer import CLAIM_SHIELD_SECONDS, consume_partition
 from actors.engine import Engine, Outcome, steps_running
 from actors.executor import execute_partition
 from actors.supervisor import Supervisor
@@ -140,6 +140,8 @@ class Pipeline:
                 ready.set()
                 await stop.wait()
                 e.stopping = True  # stop claiming; workers start nothing new
+                for claim in e.claims:  # a claim in flight is answered (what it took is handed back), within a bound
+                    claim.deadline = anyio.current_time() + CLAIM_SHIELD_SECONDS
                 consumers.cancel_scope.cancel()
             log.info("shutting down: waiting for running steps", grace_seconds=cfg.shutdown_grace_seconds)
             # At the deadline async steps are cancelled and plain-function steps abandoned in

@@ -137,14 +137,31 @@ class Daemon:
         return self.proc.wait(timeout)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_FAILED] = report.failed
+    return report
+
+
+_CALL_FAILED = pytest.StashKey[bool]()
+_LOG_TAIL = 6000  # characters of each daemon's log shown with a failure
+
+
 @pytest.fixture
-def daemons(dsn: str, tmp_path: Path) -> Iterator[list[Daemon]]:
+def daemons(dsn: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[Daemon]]:
     started: list[Daemon] = []
     yield started  # filled by `spawn_daemon`; every one is killed at teardown
     for d in started:
         if d.proc is not None and d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+    if request.node.stash.get(_CALL_FAILED, False):
+        # CI keeps nothing but pytest's output: a failed daemon test shows what its daemons logged
+        for d in started:
+            text = d.log_path.read_text(errors="replace") if d.log_path.exists() else ""
+            print(f"---- {d.log_path.name} (last {_LOG_TAIL} characters) ----\n{text[-_LOG_TAIL:]}")
 
 
 @pytest.fixture

