@@ -4,12 +4,11 @@ CHUNKD_PARTITION_CONCURRENCY unset): the settings in effect, and the size of the
 Pure functions, no I/O: the consumer (actors/consumer.py) asks `next_claim` before every
 claim, and the configuration (daemon/wiring/config.py) asks `resolve` once.
 
-The rule is River's producer's (a fetch sized by the free worker slots) plus a ramp for a long
-backlog: a claim that came back short means the queue is short, so the next one asks only for
-what the idle executors can start now (nothing waits behind another chunk in this daemon, and
-other daemons can take the rest); a claim that came back full means more is waiting, so the
-next one asks for twice as much, up to the most one claim may take (fewer statements per chunk,
-which is what a long backlog is bound by)."""
+The rule is River's producer's (a fetch sized by the free worker slots) with a floor and a ramp
+for a long backlog: a claim that came back short means the queue is short, so the next one asks
+for what the idle executors can start now, but at least CLAIM_FLOOR (see there); a claim that
+came back full means more is waiting, so the next one asks for twice as much, up to the most
+one claim may take (fewer statements per chunk, which is what a long backlog is bound by)."""
 from __future__ import annotations
 
 import msgspec
@@ -32,7 +31,12 @@ WORKERS_START = 16          # per partition, and the fewest it shrinks to
 AUTO_CLAIM = 2000           # in all, over the partitions
 AUTO_CLAIM_MIN = 50
 AUTO_CLAIM_MAX = 500
-CLAIM_FLOOR = 16            # a short queue's claim when no executor is idle
+# The least a claim asks for. A partition claims again only once what it holds, results not yet
+# committed included, is within its workers, so each claim costs a claim, the steps and a
+# completer commit before the next: asking for only the idle workers (16) capped a partition
+# near 16 per cycle, and 200-chunk jobs at 5,000 chunks/s queued up (p99 ~4 s against 0.2 s
+# with the old fixed 100). On a short queue a claim returns what there is anyway.
+CLAIM_FLOOR = 100
 
 
 class Effective(msgspec.Struct, frozen=True, kw_only=True):

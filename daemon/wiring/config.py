@@ -301,7 +301,8 @@ VARIABLES: tuple[Var, ...] = (
         "(overrides the job definition's default).", _job_caps),
     Var("CHUNKD_CLAIM_BATCH", "claim_batch", "",
         "Chunks claimed per claim statement. Unset: adapted per claim, from what the idle executors can start "
-        "(short queue) up to 2000 / CHUNKD_PARTITIONS (50 to 500) while claims come back full (backlog).",
+        "(at least 100; short queue) up to 2000 / CHUNKD_PARTITIONS (50 to 500) while claims come back full "
+        "(backlog).",
         _int_or_auto(1, 10_000)),
     Var("CHUNKD_LEASE_SECONDS", "lease_seconds", "30",
         "Lease on a claimed chunk; extended by this daemon's heartbeat, expired leases are rescued. Also sets the "

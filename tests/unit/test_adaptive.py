@@ -22,19 +22,21 @@ from storage.states import C
 
 # ------------------------------------------------------------------ the pure rules
 def test_a_short_queue_claims_what_the_idle_executors_can_start() -> None:
-    assert next_claim(idle_workers=40, last_requested=0, last_got=0, most=500) == 40      # the first claim
-    assert next_claim(idle_workers=40, last_requested=100, last_got=3, most=500) == 40    # came back short
-    assert next_claim(idle_workers=0, last_requested=100, last_got=3, most=500) == CLAIM_FLOOR
+    assert next_claim(idle_workers=140, last_requested=0, last_got=0, most=500) == 140    # the first claim
+    assert next_claim(idle_workers=140, last_requested=100, last_got=3, most=500) == 140  # came back short
+    assert next_claim(idle_workers=0, last_requested=100, last_got=3, most=500) == CLAIM_FLOOR == 100
+    assert next_claim(idle_workers=16, last_requested=100, last_got=3, most=500) == CLAIM_FLOOR
     assert next_claim(idle_workers=900, last_requested=10, last_got=1, most=500) == 500   # never past the most
+    assert next_claim(idle_workers=0, last_requested=50, last_got=3, most=50) == 50       # nor on a short queue
 
 
 def test_a_backlog_ramps_claims_up_to_the_most() -> None:
     sizes, size = [], next_claim(16, 0, 0, 500)
-    for _ in range(8):  # every claim comes back full
+    for _ in range(5):  # every claim comes back full
         sizes.append(size)
         size = next_claim(0, size, size, 500)
-    assert sizes[:6] == [16, 32, 64, 128, 256, 500] and sizes[-1] == 500
-    assert next_claim(300, 64, 64, 500) == 300   # more idle than the ramp: what they can start
+    assert sizes == [100, 200, 400, 500, 500]
+    assert next_claim(300, 100, 100, 500) == 300   # more idle than the ramp: what they can start
     assert next_claim(5, 500, 500, 50) == 50     # the most (a set CHUNKD_CLAIM_BATCH or many partitions)
 
 
