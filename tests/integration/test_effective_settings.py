@@ -28,10 +28,10 @@ async def test_metrics_show_the_adapted_settings_and_the_set_ones(dsn: str, conn
     wait_ready(auto_url, 60)
     wait_ready(set_url, 60)
     assert settings_of(auto_url) == {"partitions": 2, "partition_concurrency": 256, "claim_batch": 500,
-                                     "completer_batch": 500,
+                                     "completer_batch": 1000,
                                      "adaptive_concurrency": 1, "adaptive_claim": 1}
     assert settings_of(set_url) == {"partitions": 2, "partition_concurrency": 3, "claim_batch": 7,
-                                    "completer_batch": 500,
+                                    "completer_batch": 1000,
                                     "adaptive_concurrency": 0, "adaptive_claim": 0}
     iid = await submit_direct(dsn, "chunkd.synthetic", {"chunks": 400, "work_ms": 5})
     assert await wait_status(conn, iid, {"COMPLETED", "FAILED"}, 120) == "COMPLETED"
