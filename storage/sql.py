@@ -278,6 +278,11 @@ PARTITION_CLOCKS = "SELECT partition, vtime FROM chunkd_partition_clock WHERE pa
 # virtual clock to the highest rank it took, so chunks inserted later rank level with what
 # is claimed next. The clock row is ticked only if no other claim holds it (SKIP LOCKED):
 # claims never wait for each other, and a missed tick only makes a newcomer rank earlier.
+# The picked rows are found by id = ANY(ARRAY(...)), not by a join: a connection's first five
+# executions are planned with the parameters, and for the join those plans hashed a sequential
+# scan of the whole table (the LIMIT's size is unknown to the planner): ~60 ms per claim at a
+# 100k backlog, ~10x that at 1M, five times per pool connection. Probes of the primary key
+# cost the same under every plan.
 CHUNK_CLAIM = f"""
 WITH suspect AS (
     SELECT id FROM chunkd_chunk
@@ -294,8 +299,7 @@ claimed AS (
     UPDATE chunkd_chunk k
        SET state = {int(C.IN_PROGRESS)}, attempt = k.attempt + 1, claimed_at = now(),
            lease_owner = $3, lease_until = now() + make_interval(secs => $4)
-      FROM picked
-     WHERE k.id = picked.id AND k.state IN ({_in(chunk_allowed_from(C.IN_PROGRESS))})
+     WHERE k.id = ANY(ARRAY(SELECT id FROM picked)) AND k.state IN ({_in(chunk_allowed_from(C.IN_PROGRESS))})
     RETURNING k.id, k.instance_id, k.step, k.attempt, k.failures, k.data, k.orphaned, k.rank
 ), clock AS (
     SELECT partition FROM chunkd_partition_clock WHERE partition = $1 FOR UPDATE SKIP LOCKED
@@ -309,15 +313,34 @@ SELECT id, instance_id, step, attempt, failures, data, orphaned, rank FROM claim
 CHUNK_MARK_STARTED = "UPDATE chunkd_chunk SET started_attempt = $2 WHERE id = $1 AND attempt = $2"
 
 # No join with unnest(): with the in-progress rows' statistics always stale, the planner
-# picked a nested loop comparing every pair (O(batch^2) tuples, ~200 ms per 1,000). An
-# index lookup per id and the fencing token found by array_position (a C loop) is ~50x cheaper.
-CHUNK_COMPLETE = f"""
+# picked a nested loop comparing every pair (O(batch^2) tuples, ~200 ms per 1,000). An index
+# lookup per id, and the fencing token found by width_bucket: a binary search, so $1 must be
+# sorted ascending without duplicates (Store.record_outcomes sends it so). array_position's
+# linear walk made this O(batch^2) comparisons again, ~10% of the backend's CPU in a drain.
+_COMPLETE = f"""
 UPDATE chunkd_chunk k
    SET state = {int(C.COMPLETED)}, data = NULL, lease_owner = NULL, lease_until = NULL,
        completed_at = now()  -- error_message, error_attempt: the last error, kept visible (0016)
- WHERE k.id = ANY($1::bigint[]) AND k.attempt = ($2::int[])[array_position($1::bigint[], k.id)]
-   AND k.state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.IN_PROGRESS})))})
-RETURNING k.id"""
+ WHERE k.id = ANY($1::bigint[]) AND k.attempt = ($2::int[])[width_bucket(k.id, $1::bigint[])]
+   AND k.state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.IN_PROGRESS})))})"""
+CHUNK_COMPLETE = f"{_COMPLETE}\nRETURNING k.id"
+# The common batch (results with nothing but their success: no children, writes, warnings,
+# setbacks) in one statement, so one round trip and no BEGIN/COMMIT: the instances held FOR
+# KEY SHARE first (the one-time filter runs before the update, as INSTANCE_STATUS_FOR_SHARE
+# did), then the fenced completions, and the COMPLETED counters from exactly the rows that
+# changed, in the same transaction (rule 10), in (instance, step) order like COUNTERS_ADD.
+CHUNK_COMPLETE_COUNTED = f"""
+WITH held AS (
+    SELECT id FROM chunkd_instance WHERE id = ANY($3::bigint[]) ORDER BY id FOR KEY SHARE
+), done AS ({_COMPLETE}
+   AND (SELECT count(*) FROM held) >= 0
+RETURNING k.id, k.instance_id, k.step
+), counted AS (
+    INSERT INTO chunkd_step_counter AS c (instance_id, step, completed)
+    SELECT instance_id, step, count(*) FROM done GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (instance_id, step) DO UPDATE SET completed = c.completed + EXCLUDED.completed
+)
+SELECT id FROM done"""
 
 # Of results refused by the fencing token (a rare path), those whose own attempt was cancelled
 # (a force-stop cancelled the chunk while its step ran) rather than taken over by another.

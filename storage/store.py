@@ -136,6 +136,33 @@ def _fence_args(decided: Finish | None) -> tuple[int | None, int, bool]:
     return decided.run, decided.bound, decided.tolerate_failed
 
 
+def latest_attempts(successes: Iterable[Success]) -> dict[int, int]:
+    """Per chunk, the highest attempt among the results: attempts only grow (every claim adds
+    one), so a lower attempt of the same chunk is stale whatever the row holds."""
+    out: dict[int, int] = {}
+    for s in successes:
+        if s.attempt > out.get(s.chunk_id, -1):
+            out[s.chunk_id] = s.attempt
+    return out
+
+
+def _fenced(successes: Sequence[Success], fence: dict[int, int], accepted: set[int], res: Recorded,
+            refused_of: list[tuple[int, int]]) -> list[Success]:
+    """The results CHUNK_COMPLETE took (`accepted`, sent with `fence`'s attempts), each chunk
+    once; the others go to refused_of. Fills res's completed, refused and accepted."""
+    ok: list[Success] = []
+    for s in successes:
+        if s.chunk_id in accepted and fence.get(s.chunk_id) == s.attempt:
+            del fence[s.chunk_id]  # a second result of the same attempt counts once
+            ok.append(s)
+        else:
+            refused_of.append((s.chunk_id, s.attempt))
+    res.accepted = accepted
+    res.refused += len(successes) - len(ok)
+    res.completed = len(ok)
+    return ok
+
+
 class Store:
     def __init__(self, pool: asyncpg.Pool, partitions: int, dsn: str = "",
                  deadlines: Deadlines = DEFAULT, user_limits: SessionLimits | None = None) -> None:
@@ -460,6 +487,8 @@ class Store:
         """One transaction: fenced completions, the transactional steps' writes, child
         chunks, warnings, fenced setbacks, counters. Returns what to publish."""
         res = Recorded(ready_partitions=set(), accepted=set(), setback_states={})
+        if successes and not setbacks and not any(s.children or s.tx_ops or s.warnings for s in successes):
+            return await self._complete_only(successes, res)
         delta = CounterDelta()
         refused_of: list[tuple[int, int]] = []  # (chunk, attempt) of each refused result
         user_sql = any(s.tx_ops for s in successes)
@@ -474,13 +503,10 @@ class Store:
                     if r[1] in {s.value for s in INSTANCE_TERMINAL}:
                         closed.add(r[0])
             if successes:
-                accepted = {r[0] for r in await conn.fetch(
-                    sql.CHUNK_COMPLETE, [s.chunk_id for s in successes], [s.attempt for s in successes])}
-                ok = [s for s in successes if s.chunk_id in accepted]
-                res.accepted = accepted
-                res.refused += len(successes) - len(ok)
-                refused_of.extend((s.chunk_id, s.attempt) for s in successes if s.chunk_id not in accepted)
-                res.completed = len(ok)
+                fence = latest_attempts(successes)
+                ids = sorted(fence)  # CHUNK_COMPLETE's binary search needs them so
+                accepted = {r[0] for r in await conn.fetch(sql.CHUNK_COMPLETE, ids, [fence[i] for i in ids])}
+                ok = _fenced(successes, fence, accepted, res, refused_of)
                 if user_sql and ok:
                     # the steps' own SQL under the database's limits (a DBA's statement or lock
                     # timeout fails that step's attempt: see the completer), ours after it
@@ -522,6 +548,21 @@ class Store:
                         res.poll_waiting += 1
             if delta:
                 await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
+            if refused_of:  # rare: why (chunkd_chunks_refused{reason})
+                res.refused_cancelled = await conn.fetchval(
+                    sql.CHUNKS_REFUSED_CANCELLED, [c for c, _ in refused_of], [a for _, a in refused_of])
+        return res
+
+    async def _complete_only(self, successes: Sequence[Success], res: Recorded) -> Recorded:
+        """record_outcomes of successes that carry nothing else: CHUNK_COMPLETE_COUNTED."""
+        fence = latest_attempts(successes)
+        ids = sorted(fence)
+        instance_ids = sorted({s.instance_id for s in successes})
+        refused_of: list[tuple[int, int]] = []
+        async with self.pool.acquire() as conn:
+            accepted = {r[0] for r in await conn.fetch(
+                sql.CHUNK_COMPLETE_COUNTED, ids, [fence[i] for i in ids], instance_ids)}
+            _fenced(successes, fence, accepted, res, refused_of)
             if refused_of:  # rare: why (chunkd_chunks_refused{reason})
                 res.refused_cancelled = await conn.fetchval(
                     sql.CHUNKS_REFUSED_CANCELLED, [c for c, _ in refused_of], [a for _, a in refused_of])

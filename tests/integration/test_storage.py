@@ -6,6 +6,7 @@ import itertools
 import asyncpg
 import pytest
 
+from storage import sql
 from storage.states import CHUNK_MOVES, C, chunk_allowed_from
 from storage.store import Store
 from storage.types import Setback, Success, TxOp
@@ -205,3 +206,35 @@ async def test_a_setback_of_an_ended_instance_is_cancelled_and_a_stale_release_i
     assert res.setback_states == {again.id: C.READY} and res.ready_partitions
     assert await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", iid) == "IN_PROGRESS"
     assert await conn.fetchval("SELECT run FROM chunkd_instance WHERE id = $1", iid) == 2
+
+
+async def test_a_completion_batch_in_any_order_is_fenced_chunk_by_chunk(store: Store) -> None:
+    """CHUNK_COMPLETE finds each chunk's token by binary search over the sorted ids: results
+    sent in reverse id order, every other one with a stale attempt, are each judged by their own."""
+    iid = await _instance(store)
+    async with store.pool.acquire() as conn:
+        ids = [await _chunk_in(conn, iid, C.IN_PROGRESS) for _ in range(40)]
+        await conn.execute("UPDATE chunkd_chunk SET attempt = 2 WHERE id = ANY($1::bigint[])", ids)
+    results = [Success(cid, 2 if i % 2 else 1, iid, 1) for i, cid in enumerate(reversed(ids))]
+    res = await store.record_outcomes(results, [])
+    current = {s.chunk_id for s in results if s.attempt == 2}
+    assert (res.completed, res.refused, res.accepted) == (20, 20, current)
+    async with store.pool.acquire() as conn:
+        done = {r[0] for r in await conn.fetch("SELECT id FROM chunkd_chunk WHERE state = $1", int(C.COMPLETED))}
+    assert done == current
+
+
+async def test_a_claims_first_plans_do_not_scan_the_whole_table(store: Store) -> None:
+    """A connection's first five executions of a prepared statement are planned with its
+    parameters; CHUNK_CLAIM's used to hash a sequential scan of every chunk (~60 ms per claim at
+    a 100k backlog), five times per pool connection. It must find the picked rows by index."""
+    iid = await _instance(store)
+    async with store.pool.acquire() as conn:
+        await conn.execute("INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, rank) "
+                           "SELECT $1, 1, $2, g % 2, 3, g FROM generate_series(1, 20000) g", iid, int(C.READY))
+        await conn.execute("ANALYZE chunkd_chunk")
+        await conn.execute(f"PREPARE first_claim AS {sql.CHUNK_CLAIM}")
+        # EXPLAIN without ANALYZE: the claim is planned as its first execution would be, not run
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN EXECUTE first_claim(0, 500, 1, 30, 0, false, 0)"))
+        await conn.execute("DEALLOCATE first_claim")
+    assert "Seq Scan on chunkd_chunk" not in plan, plan

@@ -134,6 +134,22 @@ async def test_a_stale_attempt_is_refused_and_children_are_written_once(h: Harne
     assert sorted(k.data for k in children) == [b"\x01", b"\x02"] and {k.step for k in children} == {1}
 
 
+async def test_two_results_of_one_chunk_in_a_batch_complete_it_once(h: Harness) -> None:
+    """A stale attempt's result, then the current attempt's twice, in one completer batch: the
+    current one completes the chunk and counts once, with its children once (rule 10)."""
+    iid = await _instance(h)
+    (old,) = await h.claim()
+    await h.expire(old.id)
+    assert (await h.store.rescue_expired(100))[0] == 1
+    (cur,) = await h.claim()
+    assert (cur.id, cur.attempt) == (old.id, old.attempt + 1)
+    res = await h.store.record_outcomes([_ok(old, [b"\x09"]), _ok(cur, [b"\x01"]), _ok(cur, [b"\x02"])], [])
+    assert (res.completed, res.refused, res.children, res.accepted) == (1, 2, 1, {cur.id})
+    assert await h.state(cur.id) == C.COMPLETED
+    assert (await h.counts(iid))[0][:2] == (1, 1) and (await h.counts(iid))[1] == (1, 0, 0, 0, 0)
+    assert [k.data for k in await h.claim()] == [b"\x01"]
+
+
 async def test_setbacks_retry_then_fail_and_poll_waits_do_not_count(h: Harness) -> None:
     iid = await _instance(h, max_attempts=2)
     (c,) = await h.claim()
