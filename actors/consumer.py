@@ -8,8 +8,9 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
+from actors.adaptive import next_claim
 from actors.engine import Engine
-from metrics import CHUNKS_CLAIMED, CLAIM_BATCH
+from metrics import CHUNKS_CLAIMED, CLAIM_BATCH, CLAIM_SIZE
 from storage.errors import TRANSIENT, Backoff
 from storage.types import ClaimedChunk
 
@@ -62,10 +63,13 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
     cfg = engine.settings.claim
     signal = engine.channel.signal(partition)
     claimed_metric = CHUNKS_CLAIMED.labels(str(partition))
+    size_metric = CLAIM_SIZE.labels(str(partition))
     backoff = Backoff(0.1, 5.0)
     cursor = ClaimCursor()
+    size, requested, got = cfg.claim_batch, 0, 0
+    size_metric.set(size)
     while not engine.stopping:
-        # At most slots + one batch in flight: claim only when the running count is within the slots.
+        # At most room + one claim in flight: claim only when what it holds is within its room.
         await engine.inflight.wait_for_room(partition)
         if engine.stopping:
             return
@@ -73,6 +77,9 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
             with anyio.move_on_after(cfg.poll_interval):  # (or none to us: see Node._check_starved)
                 await engine.channel.assignment_changed.wait()
             continue
+        if cfg.adaptive:  # idle executors: workers waiting on the mailbox (River sizes its fetch the same way)
+            size = next_claim(out.statistics().tasks_waiting_receive, requested, got, cfg.claim_batch)
+            size_metric.set(size)
         suspect = engine.inflight.take_suspect_slot()
         try:
             from_rank, from_id = cursor.start(time.monotonic())
@@ -84,16 +91,17 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
             engine.claims.add(claiming)
             try:
                 with claiming:
-                    chunks = await engine.store.claim(partition, cfg.claim_batch, engine.node_id,
+                    chunks = await engine.store.claim(partition, size, engine.node_id,
                                                       cfg.lease_seconds, from_rank, suspect, from_id)
             finally:
                 engine.claims.discard(claiming)
             if claiming.cancelled_caught:
                 raise TimeoutError(f"claim took longer than {CLAIM_SHIELD_SECONDS:g} s")
             normal = [(c.rank, c.id) for c in chunks if not c.suspect]
-            cursor.claimed(normal, cfg.claim_batch - (len(chunks) - len(normal)))
+            cursor.claimed(normal, size - (len(chunks) - len(normal)))
             engine.channel.acked(partition)  # hints so far are served: their offsets may be committed
             backoff.ok()
+            requested, got = size, len(chunks)
         except TRANSIENT as e:
             if suspect:
                 engine.inflight.suspect_claimed(None)
@@ -115,8 +123,8 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
             now = time.monotonic()
             for c in chunks:
                 c.claimed_at = now
-                out.send_nowait(c)  # never blocks: the mailbox holds slots + batch (PipelineSettings.mailbox_size)
-            if len(chunks) == cfg.claim_batch:
+                out.send_nowait(c)  # never blocks: the mailbox holds room + one claim (PipelineSettings.mailbox_size)
+            if len(chunks) == size:
                 continue  # probably more waiting
         await signal.wait(cfg.poll_interval)
         await anyio.sleep(0)

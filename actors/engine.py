@@ -35,13 +35,16 @@ class InFlight:
     """Chunks this daemon holds, from claim until their result is committed (or they are
     given up). `held` feeds the heartbeat (another thread), so it is guarded by a lock;
     `running` per partition drives the consumers' backpressure: a partition claims again
-    only while it holds no more than its slots, so it never holds more than slots + one
-    batch, counting results still on their way through the completer."""
+    only while it holds no more than its room (its slots), so it never holds more than slots +
+    one batch, counting results still on their way through the completer."""
 
     def __init__(self, partitions: int, concurrency: int) -> None:
         self._lock = threading.Lock()
         self._held: dict[int, tuple[int, int]] = {}   # chunk id -> (partition, instance id)
         self.running = [0] * partitions
+        # Claim again only while holding at most this many: the slots, or with adaptive
+        # concurrency the partition's workers now (never more than the slots: the mailbox bound).
+        self.room = [concurrency] * partitions
         self.concurrency = concurrency
         self._space = [anyio.Event() for _ in range(partitions)]
         self._suspect: int | None = None   # the suspect chunk this process runs, or _RESERVED
@@ -62,7 +65,7 @@ class InFlight:
                     freed.append(held[0])
         for p in freed:
             self.running[p] -= 1
-            if self.running[p] <= self.concurrency:
+            if self.running[p] <= self.room[p]:
                 self._space[p].set()
 
     def held(self) -> list[int]:
@@ -88,7 +91,12 @@ class InFlight:
             self._suspect = chunk_id
 
     def has_room(self, partition: int) -> bool:
-        return self.running[partition] <= self.concurrency
+        return self.running[partition] <= self.room[partition]
+
+    def set_room(self, partition: int, room: int) -> None:
+        self.room[partition] = min(room, self.concurrency)
+        if self.has_room(partition):
+            self._space[partition].set()
 
     async def wait_for_room(self, partition: int) -> None:
         while not self.has_room(partition):

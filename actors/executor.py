@@ -7,7 +7,7 @@ import functools
 import time
 import traceback
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -148,17 +148,25 @@ def step_seconds(job: str, step: str):  # type: ignore[no-untyped-def]
     return STEP_SECONDS.labels(job, step)  # the labelled child, looked up once
 
 
-async def execute_partition(engine: Engine, partition: int, inbox: MemoryObjectReceiveStream[ClaimedChunk]) -> None:
-    """One executor worker; a partition runs CHUNKD_PARTITION_CONCURRENCY of them."""
+async def execute_partition(engine: Engine, partition: int, inbox: MemoryObjectReceiveStream[ClaimedChunk],
+                            pool: Retiring | None = None) -> None:
+    """One executor worker; a partition runs CHUNKD_PARTITION_CONCURRENCY of them (or, unset,
+    as many as its steps need: actors/pipeline.py WorkerPool)."""
     slot = StepSlot(asyncio.current_task(), partition)
     engine.stops.slots.add(slot)
     try:
-        await _work(engine, partition, inbox, slot)
+        await _work(engine, partition, inbox, slot, pool)
     finally:
         engine.stops.slots.discard(slot)
 
 
-async def _work(engine: Engine, partition: int, inbox: MemoryObjectReceiveStream[ClaimedChunk], slot: StepSlot) -> None:
+class Retiring(Protocol):
+    workers: int
+    retire: int   # idle workers that should return rather than wait
+
+
+async def _work(engine: Engine, partition: int, inbox: MemoryObjectReceiveStream[ClaimedChunk], slot: StepSlot,
+                pool: Retiring | None) -> None:
     streak = 0
     while True:
         # Take what is already there without a scheduling round trip; yield now and then so
@@ -171,6 +179,10 @@ async def _work(engine: Engine, partition: int, inbox: MemoryObjectReceiveStream
                 await anyio.lowlevel.checkpoint()
         except anyio.WouldBlock:
             streak = 0
+            if pool is not None and pool.retire > 0:  # idle, and the pool shrinks: holds no chunk
+                pool.retire -= 1
+                pool.workers -= 1
+                return
             try:
                 chunk = await inbox.receive()
             except anyio.EndOfStream:

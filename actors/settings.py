@@ -11,9 +11,10 @@ class ClaimSettings(msgspec.Struct, frozen=True, kw_only=True):
     """The consumers: one per partition, claiming READY chunks."""
     partitions: int
     partition_concurrency: int   # steps running at once per partition (the backpressure bound)
-    claim_batch: int
+    claim_batch: int             # adaptive: the most one claim takes (actors/adaptive.py)
     lease_seconds: float
     poll_interval: float         # claim again at least this often without a notification
+    adaptive: bool = False       # CHUNKD_CLAIM_BATCH unset: claims sized by actors.adaptive.next_claim
 
 
 class StepSettings(msgspec.Struct, frozen=True, kw_only=True):

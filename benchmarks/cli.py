@@ -15,6 +15,7 @@ import anyio
 from benchmarks.harness import __doc__ as HARNESS_DOC
 from benchmarks.harness import run
 from benchmarks.options import BENCH_DB, Options
+from benchmarks.settings import settings_rows
 from daemon.cli.render import table
 from daemon.wiring import config as config_mod
 from daemon.wiring.logs import configure
@@ -26,10 +27,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workload", choices=("drain", "e2e", "jobs"), default="drain")
     p.add_argument("--chunks", type=int, default=100_000)
     p.add_argument("--daemons", type=int, default=1, help="1 runs in-process; more run as `chunkd run` subprocesses")
-    p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--concurrency", type=int, default=16, help="CHUNKD_PARTITION_CONCURRENCY")
-    p.add_argument("--batch", type=int, default=500, help="CHUNKD_CLAIM_BATCH")
-    p.add_argument("--completer-batch", type=int, default=1000, help="CHUNKD_COMPLETER_BATCH")
+    # Unset: what `chunkd run` uses (the environment's CHUNKD_* value, else the product default);
+    # the report shows the settings in effect beside the product defaults.
+    p.add_argument("--partitions", type=int, help="CHUNKD_PARTITIONS (default: as chunkd run)")
+    p.add_argument("--concurrency", type=int,
+                   help="CHUNKD_PARTITION_CONCURRENCY (default: as chunkd run, adapted when unset)")
+    p.add_argument("--batch", type=int, help="CHUNKD_CLAIM_BATCH (default: as chunkd run, adapted when unset)")
+    p.add_argument("--completer-batch", type=int, help="CHUNKD_COMPLETER_BATCH (default: as chunkd run)")
     p.add_argument("--work-ms", type=float, default=0.0, help="simulated work per chunk")
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--database", metavar="NAME",
@@ -73,6 +77,7 @@ def report_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
          f"{report['http']['connections_opened']} / {report['http']['refused_429']} / {report['http']['errors']}"),
         ("daemon CPU s per 1000 chunks", report["cpu_seconds_per_1000_chunks"]["daemon"]),
         ("synchronous_commit", report["settings"]["synchronous_commit"]),
+        *settings_rows(report["settings"]),
     ]
 
 
@@ -96,6 +101,7 @@ def report_table(report: dict[str, Any], plot_path: str | None) -> str:
         ("CPU s per 1000 chunks: daemon / postgres", f"{cpu['daemon']} / {cpu['postgres']}"),
         ("chunk table MB", f"{report['chunk_table_bytes'] / 1e6:.1f}"),
         ("synchronous_commit", report["settings"]["synchronous_commit"]),
+        *settings_rows(report["settings"]),
     ]
     out = table([{"metric": k, "value": "-" if v is None else str(v)} for k, v in rows], ["metric", "value"])
     peers = report.get("peers", {})
@@ -116,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.workload == "jobs" and (a.jobs < 1 or a.chunks_per_job < 0 or a.clients < 1 or (a.rate is not None and a.rate <= 0)):
         print("chunkd bench: --jobs and --clients must be >= 1, --chunks-per-job >= 0, --rate > 0", file=sys.stderr)
         return 2
-    if a.chunks < 1 or a.daemons < 1 or a.partitions < 1 or a.concurrency < 1 or a.batch < 1:
-        print("chunkd bench: --chunks, --daemons, --partitions, --concurrency and --batch must be >= 1", file=sys.stderr)
+    if a.chunks < 1 or a.daemons < 1 or any(v is not None and v < 1 for v in
+                                             (a.partitions, a.concurrency, a.batch, a.completer_batch)):
+        print("chunkd bench: --chunks, --daemons, --partitions, --concurrency, --batch and --completer-batch "
+              "must be >= 1", file=sys.stderr)
         return 2
     try:
         env_cfg = config_mod.load({**os.environ, "CHUNKD_LOG_LEVEL": os.environ.get("CHUNKD_LOG_LEVEL", "warning")})

@@ -34,7 +34,8 @@ from daemon.wiring.node import Node, open_store
 from benchmarks import figures as q
 from benchmarks import jobs_workload
 from benchmarks.databases import existing_database, fresh_database
-from benchmarks.options import BENCH_DB, Options
+from benchmarks.options import BENCH_DB, Options, tuning_env
+from benchmarks.settings import settings_report
 from benchmarks.seed import seed_backlog
 
 STEP = 1  # chunkd.synthetic's `work` step
@@ -60,12 +61,11 @@ def _self_cpu() -> float:
 # One function on purpose: set-up, timed run and accounting share the measurement's clocks and
 # counters; split, the figures would be taken at different moments.
 async def run(opts: Options) -> dict[str, Any]:
-    cfg = config_mod.load({**os.environ, "CHUNKD_LOG_LEVEL": os.environ.get("CHUNKD_LOG_LEVEL", "warning"),
-                           "CHUNKD_HTTP_ADDR": "off", "CHUNKD_PARTITIONS": str(opts.partitions),
-                           "CHUNKD_PARTITION_CONCURRENCY": str(opts.concurrency),
-                           "CHUNKD_CLAIM_BATCH": str(opts.batch),
-                           "CHUNKD_COMPLETER_BATCH": str(opts.completer_batch),
-                           "CHUNKD_MAINTENANCE_INTERVAL": "0.2"})
+    tuning = tuning_env(opts)
+    daemon_env = {**os.environ, "CHUNKD_LOG_LEVEL": os.environ.get("CHUNKD_LOG_LEVEL", "warning"),
+                  "CHUNKD_HTTP_ADDR": "off", **tuning, "CHUNKD_MAINTENANCE_INTERVAL": "0.2"}
+    cfg = config_mod.load(daemon_env)
+    used = settings_report(daemon_env, tuning)
     admin_dsn = resolve_dsn(cfg)
     dsn = await (existing_database(admin_dsn, opts.database) if opts.database else fresh_database(admin_dsn, BENCH_DB))
     registry = load_registry(cfg.jobs)
@@ -80,11 +80,11 @@ async def run(opts: Options) -> dict[str, Any]:
     iid: int | None = None
     if opts.workload == "drain":
         iid = await seed_backlog(conn, "chunkd.synthetic", 1, params, STEP, [Work(i) for i in range(opts.chunks)],
-                                 opts.partitions, 5)
+                                 cfg.partitions, 5)
     facts = await q.server_facts(conn)
     if opts.workload == "jobs":
         try:
-            return await jobs_workload.run(opts, dsn, conn, facts)
+            return await jobs_workload.run(opts, dsn, conn, facts, tuning)
         finally:
             await conn.close()
             await store.close()
@@ -99,10 +99,7 @@ async def run(opts: Options) -> dict[str, Any]:
             tg.start_soon(lambda: node.run(handle_signals=False))  # type: ignore[union-attr]
             await node.ready.wait()
         else:
-            env = {**os.environ, "CHUNKD_DATABASE_URL": dsn, "CHUNKD_HTTP_ADDR": "off",
-                   "CHUNKD_PARTITIONS": str(opts.partitions), "CHUNKD_PARTITION_CONCURRENCY": str(opts.concurrency),
-                   "CHUNKD_CLAIM_BATCH": str(opts.batch), "CHUNKD_COMPLETER_BATCH": str(opts.completer_batch),
-                   "CHUNKD_LOG_LEVEL": "warning", "CHUNKD_MAINTENANCE_INTERVAL": "0.2"}
+            env = {**daemon_env, "CHUNKD_DATABASE_URL": dsn, "CHUNKD_LOG_LEVEL": "warning"}
             exe = str(Path(sys.executable).with_name("chunkd"))
             procs = [subprocess.Popen([exe, "run"], env=env) for _ in range(opts.daemons)]
         t0 = time.monotonic()
@@ -110,8 +107,8 @@ async def run(opts: Options) -> dict[str, Any]:
             res = await submit(store, None, registry, "chunkd.synthetic", msgspec.json.encode(params))
             iid = res.instance_id
             from channels.postgres import PostgresChannel
-            ch = PostgresChannel(dsn, opts.partitions)
-            await ch.publish(range(opts.partitions))
+            ch = PostgresChannel(dsn, cfg.partitions)
+            await ch.publish(range(cfg.partitions))
             await ch.close()
         assert iid is not None
         deadline = t0 + opts.timeout
@@ -160,8 +157,9 @@ async def run(opts: Options) -> dict[str, Any]:
         "cpu_seconds_per_1000_chunks": {"daemon": round(daemon_cpu * per_k, 4) if per_k else None,
                                         "postgres": round(pg_cpu * per_k, 4) if per_k else None},
         "chunk_table_bytes": table_bytes,
-        "settings": {"partitions": opts.partitions, "concurrency": opts.concurrency, "claim_batch": opts.batch,
-                     "completer_batch": opts.completer_batch, "work_ms": opts.work_ms, **facts},
+        "settings": {"partitions": cfg.partitions, "concurrency": cfg.partition_concurrency,
+                     "claim_batch": cfg.claim_batch, "completer_batch": cfg.completer_batch, "work_ms": opts.work_ms,
+                     **used, **facts},
         "timeline": [[round(t, 3), n] for t, n in timeline],
     }
     if opts.compare:

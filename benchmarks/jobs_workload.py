@@ -35,6 +35,7 @@ import psutil
 from benchmarks import figures as q
 from benchmarks.daemons import free_port, wait_ready
 from benchmarks.options import Options
+from benchmarks.settings import settings_report
 
 STEP = 1  # chunkd.synthetic's `work` step
 
@@ -154,15 +155,18 @@ class Submitter:
 
 # One function on purpose, like harness.run: daemons, clients and accounting share the
 # measurement's clocks; split, the figures would be taken at different moments.
-async def run(opts: Options, dsn: str, conn: asyncpg.Connection, facts: dict[str, Any]) -> dict[str, Any]:
-    """`dsn` is the benchmark's database (migrated by the daemons)."""
+async def run(opts: Options, dsn: str, conn: asyncpg.Connection, facts: dict[str, Any],
+              tuning: dict[str, str]) -> dict[str, Any]:
+    """`dsn` is the benchmark's database (migrated by the daemons); `tuning` the CHUNKD_*
+    variables the bench's options set (the rest are the product's defaults)."""
     ports = [free_port() for _ in range(opts.daemons)]
-    tuning = {} if opts.bulk else {
-        "CHUNKD_PARTITIONS": str(opts.partitions), "CHUNKD_PARTITION_CONCURRENCY": str(opts.concurrency),
-        "CHUNKD_CLAIM_BATCH": str(opts.batch), "CHUNKD_COMPLETER_BATCH": str(opts.completer_batch),
-        "CHUNKD_MAINTENANCE_INTERVAL": "0.2"}
     env_base = {**os.environ, "CHUNKD_DATABASE_URL": dsn, **tuning,
-                "CHUNKD_LOG_LEVEL": os.environ.get("CHUNKD_LOG_LEVEL", "warning"), "CHUNKD_API_TOKENS": ""}
+                "CHUNKD_LOG_LEVEL": os.environ.get("CHUNKD_LOG_LEVEL", "warning"),
+                "CHUNKD_API_TOKENS": "",
+                # --bulk measures maintenance itself: its product default interval
+                **({} if opts.bulk else {"CHUNKD_MAINTENANCE_INTERVAL": "0.2"})}
+    used = settings_report(env_base, tuning)
+    eff = used["effective"]
     exe = str(Path(sys.executable).with_name("chunkd"))
     procs = [subprocess.Popen([exe, "run"], env={**env_base, "CHUNKD_HTTP_ADDR": f"127.0.0.1:{p}"})
              for p in ports]
@@ -248,8 +252,9 @@ async def run(opts: Options, dsn: str, conn: asyncpg.Connection, facts: dict[str
         "http": {"connections_opened": sub.opened, "refused_429": sub.refused, "errors": len(sub.errors),
                  "first_errors": sub.errors[:3]},
         "cpu_seconds_per_1000_chunks": {"daemon": round(daemon_cpu * 1000 / done_chunks, 4) if done_chunks else None},
-        "settings": {"partitions": opts.partitions, "concurrency": opts.concurrency, "claim_batch": opts.batch,
-                     "completer_batch": opts.completer_batch, "work_ms": opts.work_ms, **facts},
+        "settings": {"partitions": eff["partitions"], "concurrency": eff["partition_concurrency"],
+                     "claim_batch": eff["claim_batch"], "completer_batch": eff["completer_batch"],
+                     "work_ms": opts.work_ms, **used, **facts},
         "timeline": [[round(t, 3), n] for t, n in timeline],
     }
 

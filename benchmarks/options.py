@@ -10,10 +10,11 @@ class Options(msgspec.Struct, kw_only=True):
     workload: str = "drain"
     chunks: int = 100_000
     daemons: int = 1
-    partitions: int = 4
-    concurrency: int = 16
-    batch: int = 500
-    completer_batch: int = 1000
+    # None: the product's default (or the environment's CHUNKD_* value), as `chunkd run` would use
+    partitions: int | None = None
+    concurrency: int | None = None
+    batch: int | None = None
+    completer_batch: int | None = None
     work_ms: float = 0.0
     timeout: float = 600.0
     plot: str | None = None
@@ -26,3 +27,13 @@ class Options(msgspec.Struct, kw_only=True):
     clients: int = 16
     rate: float | None = None
     bulk: int = 0  # jobs workload: items per bulk submit request (0: single submits)
+
+
+# The daemon's variable each tuning option sets when given.
+TUNING = {"partitions": "CHUNKD_PARTITIONS", "concurrency": "CHUNKD_PARTITION_CONCURRENCY",
+          "batch": "CHUNKD_CLAIM_BATCH", "completer_batch": "CHUNKD_COMPLETER_BATCH"}
+
+
+def tuning_env(opts: Options) -> dict[str, str]:
+    """The CHUNKD_* variables the options set (only those given: the rest stay the product's)."""
+    return {var: str(getattr(opts, field)) for field, var in TUNING.items() if getattr(opts, field) is not None}

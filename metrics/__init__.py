@@ -31,6 +31,18 @@ STEP_SECONDS = Histogram("chunkd_step_duration_seconds", "Time inside the user's
                          buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 CLAIM_BATCH = Histogram("chunkd_claim_batch_size", "Chunks returned per claim statement.",
                         buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000))
+CLAIM_SIZE = Gauge("chunkd_claim_size",
+                   "Chunks the partition's last claim asked for: CHUNKD_CLAIM_BATCH when set, else adapted to the "
+                   "idle executors and the backlog (at most chunkd_setting{name=\"claim_batch\"}).", ["partition"])
+SETTING = Gauge("chunkd_setting",
+                "Claim and executor settings in effect on this daemon: partitions, partition_concurrency (executor "
+                "workers per partition), claim_batch (the most one claim takes), completer_batch; adaptive_concurrency and "
+                "adaptive_claim are 1 when CHUNKD_PARTITION_CONCURRENCY / CHUNKD_CLAIM_BATCH are unset and the "
+                "daemon chose.", ["name"])
+EXECUTOR_WORKERS = Gauge("chunkd_executor_workers",
+                         "Executor workers per partition now: CHUNKD_PARTITION_CONCURRENCY when set, else grown "
+                         "while every worker waits inside a step and shrunk when most are idle (at most "
+                         "chunkd_setting{name=\"partition_concurrency\"}).", ["partition"])
 FLUSH_SIZE = Histogram("chunkd_completer_flush_size", "Results written per completer transaction.",
                        buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000))
 FLUSH_SECONDS = Histogram("chunkd_completer_flush_seconds", "Completer transaction latency.",

@@ -38,11 +38,13 @@ from metrics import (
     CHUNKS_RELEASED,
     DB_ABANDONED,
     DB_QUIET_SECONDS,
+    EXECUTOR_WORKERS,
     IN_FLIGHT,
     MAILBOX_DEPTH,
     PARTITIONS_ASSIGNED,
     POOL_IN_USE,
     POOL_SIZE,
+    SETTING,
     STEPS_RUNNING,
 )
 from storage.deadlines import keep_alive
@@ -76,6 +78,21 @@ async def open_store(cfg: Config, dsn: str, on_query: Callable[[Any], None] | No
     if applied:
         log.info("migrations applied", migrations=applied)
     return store
+
+
+def effective_settings(cfg: Config) -> dict[str, int]:
+    """The claim and executor settings in effect (chunkd_setting, the bench's report)."""
+    eff = cfg.effective()
+    return {"partitions": cfg.partitions, "partition_concurrency": eff.partition_concurrency,
+            "claim_batch": eff.claim_batch, "completer_batch": cfg.completer_batch,
+            "adaptive_concurrency": int(eff.adaptive_concurrency), "adaptive_claim": int(eff.adaptive_claim)}
+
+
+def publish_settings(cfg: Config) -> dict[str, int]:
+    values = effective_settings(cfg)
+    for name, v in values.items():
+        SETTING.labels(name).set(v)
+    return values
 
 
 class Node:
@@ -166,6 +183,8 @@ class Node:
             completer, executors = self.pipeline.mailbox_depths()
             MAILBOX_DEPTH.labels("completer").set(completer)
             MAILBOX_DEPTH.labels("step-executor").set(executors)
+            for p, pool in enumerate(self.pipeline.pools):
+                EXECUTOR_WORKERS.labels(str(p)).set(pool.workers - pool.retire)
         IN_FLIGHT.set(sum(engine.inflight.running))
         DB_QUIET_SECONDS.set(time.monotonic() - engine.store.last_round_trip)
         for p, n in steps_running(engine.stops.slots).items():
@@ -211,8 +230,11 @@ class Node:
                               lambda: [p for p in range(cfg.partitions) if channel.owns(p)])
         heartbeat.start()
         self._heartbeat = heartbeat
+        effective = publish_settings(cfg)
         log.info("daemon started", node_id=node_id, partitions=cfg.partitions,
-                 concurrency=cfg.partition_concurrency, jobs=self.registry.names(),
+                 concurrency=cfg.partition_concurrency, claim_batch=cfg.claim_batch,
+                 adapted=[k for k in ("adaptive_concurrency", "adaptive_claim") if effective[k]],
+                 jobs=self.registry.names(),
                  http=f"{cfg.http_addr[0]}:{self.http_port}" if cfg.http_addr else "off")
         try:
             await self._serve(engine, sup)

@@ -127,6 +127,7 @@ class Plan:
     concurrency: int
     claim_batch: int
     events: list[Event]
+    adaptive: bool = False   # neither set: the daemons adapt both (actors/adaptive.py)
 
 
 def draw_plan(seed: int, run_seconds: float) -> Plan:
@@ -134,6 +135,8 @@ def draw_plan(seed: int, run_seconds: float) -> Plan:
     kinds, weights = zip(*ACTIONS)
     plan = Plan(daemons=rng.choice((2, 2, 3)), partitions=rng.choice((2, 4)), concurrency=rng.choice((2, 4, 6)),
                 claim_batch=rng.choice((10, 50, 100)), events=[])
+    # Drawn from a generator of its own, so every seed's plan is otherwise what it always was.
+    plan.adaptive = random.Random(f"{seed}:adaptive").random() < 0.5
     t = 0.3
     first = True
     while t < run_seconds:
@@ -354,8 +357,9 @@ class Run:
         p = self.plan
         env = {"CHUNKD_JOBS": "tests.torture_jobs", "CHUNKD_LOG_LEVEL": "info",
                "CHUNKD_LEASE_SECONDS": str(LEASE_SECONDS), "CHUNKD_HEARTBEAT_SECONDS": "0.5",
-               "CHUNKD_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS), "CHUNKD_PARTITIONS": str(p.partitions),
-               "CHUNKD_PARTITION_CONCURRENCY": str(p.concurrency), "CHUNKD_CLAIM_BATCH": str(p.claim_batch)}
+               "CHUNKD_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS), "CHUNKD_PARTITIONS": str(p.partitions)}
+        if not p.adaptive:
+            env |= {"CHUNKD_PARTITION_CONCURRENCY": str(p.concurrency), "CHUNKD_CLAIM_BATCH": str(p.claim_batch)}
         self.nodes = []
         for i in range(p.daemons):
             dsn = self.dsn
@@ -373,8 +377,10 @@ class Run:
         for n in self.nodes:
             await self.wait_ready(n, 60)
         self.t0 = time.monotonic()
-        self.note(f"cluster: {p.daemons} daemons, {p.partitions} partitions x {p.concurrency} steps, "
-                  f"claim batch {p.claim_batch}; {len(p.events)} events over {self.settings.run_seconds:.0f}s")
+        shape = ("claims and workers adapted" if p.adaptive else
+                 f"{p.concurrency} steps, claim batch {p.claim_batch}")
+        self.note(f"cluster: {p.daemons} daemons, {p.partitions} partitions, {shape}; "
+                  f"{len(p.events)} events over {self.settings.run_seconds:.0f}s")
 
     async def teardown(self, keep: bool) -> None:
         for t in list(self.tasks):

@@ -33,6 +33,11 @@ def test_bench_drain_and_e2e_report_consistent_figures(dsn: str) -> None:
         assert r["chunk_table_bytes"] > 0 and r["settings"]["synchronous_commit"] in ("on", "off", "local",
                                                                                       "remote_write", "remote_apply")
         assert r["timeline"][-1][1] == 2000
+        # what it ran with, beside what `chunkd run` uses out of the box (issue 26)
+        used = r["settings"]
+        assert used["overrides"] == {"CHUNKD_CLAIM_BATCH": "100"} and used["claim_batch"] == 100
+        assert used["effective"]["claim_batch"] == 100 and not used["effective"]["adaptive_claim"]
+        assert used["effective"]["adaptive_concurrency"] == 1 == used["product_defaults"]["adaptive_claim"]
 
 
 def test_bench_with_two_daemon_processes(dsn: str) -> None:
@@ -64,6 +69,7 @@ def test_bench_jobs_open_loop(dsn: str) -> None:
                   "--database", dsn.rsplit("/", 1)[1])
     assert r["rate"] == 100 and r["instances_completed"] == 40 and r["completed"] == 200
     assert r["submit_seconds"] >= 0.39  # submit i starts at i / rate: the schedule held
+    assert r["settings"]["overrides"] == {} and r["settings"]["effective"] == r["settings"]["product_defaults"]
 
 
 def test_keepalive_benchmark_reports_both_routes(dsn: str) -> None:

@@ -18,3 +18,21 @@ def test_bench_report_is_a_table_with_the_plot_path() -> None:
     assert out[peer_header + 1].split()[:3] == ["procrastinate", "3.0", "900"] and "1.7x" in out[peer_header + 1]
     assert "not installed" in out[peer_header + 2]
     assert out[-1].startswith("plot: /") and out[-1].endswith("out/plot.png")
+
+
+def test_bench_report_ends_with_the_settings_in_effect_beside_the_product_defaults() -> None:
+    from benchmarks.settings import settings_report
+    used = settings_report({"CHUNKD_CLAIM_BATCH": "64"}, {"CHUNKD_CLAIM_BATCH": "64"})
+    assert used["overrides"] == {"CHUNKD_CLAIM_BATCH": "64"}
+    assert used["effective"]["claim_batch"] == 64 and used["effective"]["adaptive_claim"] == 0
+    assert used["product_defaults"]["claim_batch"] == 500 and used["product_defaults"]["adaptive_claim"] == 1
+    report = {"workload": "drain", "completed": 10, "chunks": 10, "seconds": 1.0, "chunks_per_second": 10.0,
+              "chunks_per_second_overall": 10.0, "latency_ms": {"p50": 1, "p95": 2, "p99": 3},
+              "statements_per_chunk": 0.1, "transactions_per_chunk": 0.1,
+              "cpu_seconds_per_1000_chunks": {"daemon": 0.1, "postgres": 0.1}, "chunk_table_bytes": 1,
+              "settings": {"synchronous_commit": "on", **used}}
+    out = report_table(report, None).splitlines()
+    row = next(ln for ln in out if ln.strip().startswith("claim_batch"))
+    assert row.split()[1:] == ["64", "|", "500", "(adapted)"], row
+    row = next(ln for ln in out if ln.strip().startswith("partition_concurrency"))
+    assert row.split()[1:] == ["256", "(adapted)", "|", "256", "(adapted)"], row

@@ -5,7 +5,10 @@ from daemon.wiring.config import VARIABLES, ConfigError, load
 
 def test_defaults() -> None:
     cfg = load({})
-    assert cfg.partitions == 4 and cfg.partition_concurrency == 8 and cfg.channel == "postgres"
+    assert cfg.partitions == 4 and cfg.channel == "postgres"
+    # unset: adapted (actors/adaptive.py), 4 partitions x 256 async workers, claims of up to 500
+    assert cfg.adaptive_concurrency and cfg.adaptive_claim
+    assert (cfg.partition_concurrency, cfg.claim_batch) == (256, 500)
     assert cfg.heartbeat_seconds == cfg.lease_seconds / 3
     assert cfg.pool_size == cfg.partitions + 4
     assert cfg.database_url == "" and cfg.home == "./.chunkd"
