@@ -4,6 +4,7 @@ from __future__ import annotations
 import msgspec
 
 BENCH_DB = "chunkd_bench"
+SOAK_DB = "chunkd_bench_soak"
 
 
 class Options(msgspec.Struct, kw_only=True):
@@ -25,3 +26,6 @@ class Options(msgspec.Struct, kw_only=True):
     chunks_per_job: int = 10
     clients: int = 16
     rate: float | None = None
+    minutes: float = 7.0
+    sample_every: float = 30.0
+    progress: bool = False
