@@ -112,7 +112,9 @@ def report_table(report: dict[str, Any], plot_path: str | None) -> str:
 def soak_table(report: dict[str, Any]) -> str:
     rows, cols = soak.table_rows(report)
     head = (f"soak: {report['minutes']} min, {report['rate']} submits/s x {report['chunks_per_job']} chunks, "
-            f"chunkd run with product defaults, CHUNKD_RETENTION={report['retention']}; "
+            f"chunkd run with product defaults, CHUNKD_RETENTION={report['retention']}"
+            + "".join(f", {k}={v}" for k, v in report.get("settings", {}).get("overridden_by_environment", {}).items())
+            + "; "
             f"{report['submitted']:,} submitted, HTTP 429s {report['http']['refused_429']}, "
             f"errors {report['http']['errors']}")
     return head + "\n" + table(rows, cols)

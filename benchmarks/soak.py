@@ -141,8 +141,16 @@ async def run(opts: Options, dsn: str, conn: asyncpg.Connection, facts: dict[str
             "submitted": len(sub.ids) if sub else 0,
             "http": {"connections_opened": sub.opened if sub else 0, "refused_429": sub.refused if sub else 0,
                      "errors": len(sub.errors) if sub else 0, "first_errors": sub.errors[:3] if sub else []},
-            "settings": {"daemon": "chunkd run, product defaults", "CHUNKD_RETENTION": retention, **facts},
+            "settings": {"daemon": "chunkd run, product defaults", "CHUNKD_RETENTION": retention,
+                         "overridden_by_environment": overrides(), **facts},
             "samples": samples}
+
+
+def overrides() -> dict[str, str]:
+    """CHUNKD_* settings this process's environment hands the daemon (then not the defaults)."""
+    ours = {"CHUNKD_DATABASE_URL", "CHUNKD_HTTP_ADDR", "CHUNKD_LOG_LEVEL", "CHUNKD_API_TOKENS", "CHUNKD_RETENTION",
+            "CHUNKD_HOME"}
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("CHUNKD_") and k not in ours}
 
 
 def _mb(n: int | None) -> str:
