@@ -54,8 +54,6 @@ class Sampler:
     async def sample(self, t: float) -> dict[str, Any]:
         trips = self.sub.round_trips[self.trips_seen:]
         ids = self.sub.ids[self.ids_seen:]
-        self.trips_seen += len(trips)
-        self.ids_seen += len(ids)
         submit = q.sample_percentiles_ms(trips)
         chunk = q.percentiles_ms(await self.conn.fetchval(sql.SOAK_CHUNK_LATENCY, ids, STEP)) if ids else {}
         lookup = await self._lookup_pages(ids[len(ids) // 2]) if ids else None
@@ -67,15 +65,19 @@ class Sampler:
         tables = {r["name"]: {"live": r["live"], "dead": r["dead"], "table_bytes": r["table_bytes"],
                               "index_bytes": r["index_bytes"], "autovacuums": r["autovacuums"]}
                   for r in await self.conn.fetch(sql.SOAK_TABLES)}
-        return {"t": round(t, 1), "submits": len(trips),
-                "submit_p50_ms": submit["p50"], "submit_p99_ms": submit["p99"],
-                "chunk_p99_ms": chunk.get("p99"), "lookup_pages": lookup,
-                "rss_mb": round(rss / 2**20, 1) if rss else None, "fds": fds,
-                "pg_connections": await self.conn.fetchval(sql.SOAK_CONNECTIONS),
-                "notify_queue": await self.conn.fetchval(sql.SOAK_NOTIFY_QUEUE),
-                "instances": await self.conn.fetchval(sql.SOAK_INSTANCES),
-                "tables": tables,
-                "indexes": {r["name"]: r["bytes"] for r in await self.conn.fetch(sql.SOAK_INDEXES)}}
+        row = {"t": round(t, 1), "submits": len(trips),
+               "submit_p50_ms": submit["p50"], "submit_p99_ms": submit["p99"],
+               "chunk_p99_ms": chunk.get("p99"), "lookup_pages": lookup,
+               "rss_mb": round(rss / 2**20, 1) if rss else None, "fds": fds,
+               "pg_connections": await self.conn.fetchval(sql.SOAK_CONNECTIONS),
+               "notify_queue": await self.conn.fetchval(sql.SOAK_NOTIFY_QUEUE),
+               "instances": await self.conn.fetchval(sql.SOAK_INSTANCES),
+               "tables": tables,
+               "indexes": {r["name"]: r["bytes"] for r in await self.conn.fetch(sql.SOAK_INDEXES)}}
+        # only now: a sample cut short (the run ending) leaves its window to the closing one
+        self.trips_seen += len(trips)
+        self.ids_seen += len(ids)
+        return row
 
 
 async def run(opts: Options, dsn: str, conn: asyncpg.Connection, facts: dict[str, Any]) -> dict[str, Any]:
