@@ -64,3 +64,41 @@ async def test_a_lookup_by_instance_reads_its_own_ranges_after_retention_churn(c
         read, ranges = await _blocks_read(conn, instance_id)
         # the ranges holding its rows, and one more on either side of each: not the table
         assert read <= 3 * ranges * PAGES_PER_RANGE, (instance_id, read, ranges, pages)
+
+
+async def test_a_lookup_by_instance_reads_its_own_ranges_while_the_table_grows(
+        dsn: str, conn: asyncpg.Connection) -> None:
+    """Pages added since the last vacuum are unsummarized, and a BRIN lookup reads them all:
+    the maintenance leader's RangeSummarizer keeps them summarized between vacuums."""
+    from actors.duties import PassContext, RangeSummarizer
+    from storage.store import Store
+    await _submit_round(conn, 1)
+    await conn.execute("VACUUM ANALYZE chunkd_chunk")  # a summarized start; then the table grows
+    for first in range(1 + PER_ROUND, 1 + 6 * PER_ROUND, PER_ROUND):
+        await _submit_round(conn, first)
+    store = await Store.open(dsn, partitions=2)
+    try:
+        await RangeSummarizer(store).run(PassContext(None))
+    finally:
+        await store.close()
+    read, ranges = await _blocks_read(conn, 1 + 3 * PER_ROUND)
+    assert read <= 3 * ranges * PAGES_PER_RANGE, (read, ranges)
+
+
+async def test_the_summarizer_skips_its_turn_while_autovacuum_holds_the_table(
+        dsn: str, conn: asyncpg.Connection) -> None:
+    """It never waits behind a vacuum (nor makes autovacuum give way to it): a short lock_timeout."""
+    import time
+
+    from storage.store import Store
+    await _submit_round(conn, 1)
+    store = await Store.open(dsn, partitions=2)
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE chunkd_chunk IN SHARE UPDATE EXCLUSIVE MODE")  # as VACUUM does
+            t = time.monotonic()
+            assert await store.summarize_new_chunk_ranges() == 0
+            assert time.monotonic() - t < 1.0
+        assert await store.summarize_new_chunk_ranges() > 0
+    finally:
+        await store.close()
