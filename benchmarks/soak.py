@@ -162,7 +162,7 @@ def _mb(n: int | None) -> str:
 def row_line(r: dict[str, Any]) -> str:
     i = r["tables"].get("chunkd_instance", {})
     c = r["tables"].get("chunkd_chunk", {})
-    return (f"t={r['t']}s submit p50/p99={r['submit_p50_ms']}/{r['submit_p99_ms']} ms chunk p99={r['chunk_p99_ms']} "
+    return (f"t={r['t']}s submit p50/p99={r['submit_p50_ms']}/{r['submit_p99_ms']} ms chunk p99={r['chunk_p99_ms']} lookup pages={r['lookup_pages']} "
             f"rss={r['rss_mb']}MB fds={r['fds']} conns={r['pg_connections']} instances={r['instances']} "
             f"inst live/dead={i.get('live')}/{i.get('dead')} idx={_mb(i.get('index_bytes'))}MB "
             f"chunk live/dead={c.get('live')}/{c.get('dead')}")
