@@ -20,6 +20,7 @@ from actors.duties import (
     NodeReaper,
     PassContext,
     Rehomer,
+    RangeSummarizer,
     Republisher,
     RetryReleaser,
 )
@@ -54,7 +55,7 @@ def duties(settings: MaintenanceSettings, store: EngineStore, registry: Registry
     return [LeaseRescuer(store), RetryReleaser(store, registry), Rehomer(store),
             InstanceAdvancer(store, registry, reducer, settings.interval),
             GaugeExporter(store, settings.partitions), NodeReaper(store, settings.forget_nodes_after),
-            Republisher(store, settings.partitions, settings.republish_after)]
+            Republisher(store, settings.partitions, settings.republish_after), RangeSummarizer(store)]
 
 
 class Maintenance:

@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 
+from benchmarks import soak
 from benchmarks.harness import __doc__ as HARNESS_DOC
 from benchmarks.harness import run
 from benchmarks.options import BENCH_DB, Options
@@ -24,7 +25,7 @@ from daemon.wiring.logs import configure
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chunkd bench", description=HARNESS_DOC,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workload", choices=("drain", "e2e", "jobs"), default="drain")
+    p.add_argument("--workload", choices=("drain", "e2e", "jobs", "soak"), default="drain")
     p.add_argument("--chunks", type=int, default=100_000)
     p.add_argument("--daemons", type=int, default=1, help="1 runs in-process; more run as `chunkd run` subprocesses")
     # Unset: what `chunkd run` uses (the environment's CHUNKD_* value, else the product default);
@@ -39,12 +40,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--database", metavar="NAME",
                    help=f"run in this database (created if missing, never dropped) instead of {BENCH_DB}")
     p.add_argument("--jobs", type=int, default=1000, help="jobs workload: instances to submit")
-    p.add_argument("--chunks-per-job", type=int, default=10, help="jobs workload: work chunks per instance")
+    p.add_argument("--chunks-per-job", type=int,
+                   help="jobs and soak workloads: work chunks per instance (default 10; soak: 200)")
     p.add_argument("--clients", type=int, default=16, help="jobs workload: keep-alive HTTP clients (closed loop)")
-    p.add_argument("--rate", type=float, help="jobs workload: open loop, submits started per second on schedule")
+    p.add_argument("--rate", type=float, help="jobs workload: open loop, submits started per second on schedule (soak: default 15)")
     p.add_argument("--bulk", type=int, default=0, metavar="N",
                    help="jobs workload: submit every job up front in bulk requests of N items, to one daemon with "
                         "the product's defaults; adds the maintenance pass duration")
+    p.add_argument("--minutes", type=float, default=7.0, help="soak workload: how long the load is offered")
+    p.add_argument("--sample-every", type=float, default=30.0, help="soak workload: seconds per sample row")
+    p.add_argument("--progress", action="store_true", help="soak workload: print each sample to stderr as taken")
     p.add_argument("--plot", metavar="PNG", help="write a throughput-over-time chart (needs matplotlib)")
     p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
     p.add_argument("--compare", action="store_true",
@@ -117,10 +122,29 @@ def report_table(report: dict[str, Any], plot_path: str | None) -> str:
     return out
 
 
+def soak_table(report: dict[str, Any]) -> str:
+    rows, cols = soak.table_rows(report)
+    head = (f"soak: {report['minutes']} min, {report['rate']} submits/s x {report['chunks_per_job']} chunks, "
+            f"chunkd run with product defaults, CHUNKD_RETENTION={report['retention']}"
+            + "".join(f", {k}={v}" for k, v in report.get("settings", {}).get("overridden_by_environment", {}).items())
+            + "; "
+            f"{report['submitted']:,} submitted, HTTP 429s {report['http']['refused_429']}, "
+            f"errors {report['http']['errors']}")
+    return head + "\n" + table(rows, cols)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
+    if a.chunks_per_job is None:
+        a.chunks_per_job = 200 if a.workload == "soak" else 10
+    if a.workload == "soak" and a.rate is None:
+        a.rate = 15.0
     if a.workload == "jobs" and (a.jobs < 1 or a.chunks_per_job < 0 or a.clients < 1 or (a.rate is not None and a.rate <= 0)):
         print("chunkd bench: --jobs and --clients must be >= 1, --chunks-per-job >= 0, --rate > 0", file=sys.stderr)
+        return 2
+    if a.workload == "soak" and (a.minutes <= 0 or a.sample_every <= 0 or (a.rate is not None and a.rate <= 0)
+                                 or a.chunks_per_job < 0):
+        print("chunkd bench: --minutes, --sample-every and --rate must be > 0, --chunks-per-job >= 0", file=sys.stderr)
         return 2
     if a.chunks < 1 or a.daemons < 1 or any(v is not None and v < 1 for v in
                                              (a.partitions, a.concurrency, a.batch, a.completer_batch)):
@@ -137,12 +161,16 @@ def main(argv: list[str] | None = None) -> int:
                    concurrency=a.concurrency, batch=a.batch, completer_batch=a.completer_batch, work_ms=a.work_ms,
                    timeout=a.timeout, plot=a.plot, as_json=a.as_json, compare=a.compare,
                    peer_jobs={"procrastinate": min(a.chunks, a.procrastinate_jobs)},
-                   database=a.database, jobs=a.jobs, chunks_per_job=a.chunks_per_job, clients=a.clients, rate=a.rate, bulk=a.bulk)
+                   database=a.database, jobs=a.jobs, chunks_per_job=a.chunks_per_job, clients=a.clients, rate=a.rate,
+                   bulk=a.bulk, minutes=a.minutes, sample_every=a.sample_every, progress=a.progress)
     try:
         report = anyio.run(run, opts)
     except config_mod.ConfigError as e:
         print(f"chunkd bench: {e}", file=sys.stderr)
         return 2
+    if opts.workload == "soak":
+        print(json.dumps(report) if opts.as_json else soak_table(report))
+        return 0 if report["samples"] and not report["http"]["errors"] else 1
     if opts.as_json:
         print(json.dumps({k: v for k, v in report.items() if k != "timeline"} | {"timeline": report["timeline"]}))
     else:

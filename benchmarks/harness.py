@@ -3,6 +3,9 @@
 Workloads (chunks of `chunkd.synthetic`'s no-op `work` step, fanout 0):
   drain  N chunks already READY (seeded with COPY); time the daemon(s) to process them.
   e2e    submit a job whose first step emits N chunks; time submit -> COMPLETED.
+  soak   --minutes N of --rate submits/s of --chunks-per-job chunks against `chunkd run` with
+         its defaults and CHUNKD_RETENTION=2m, one sample row every --sample-every s
+         (benchmarks/soak.py); in its own database, chunkd_bench_soak.
   jobs   --jobs N instances of --chunks-per-job M chunks each, submitted through the HTTP API
          of `chunkd run` processes by keep-alive clients (benchmarks/jobs_workload.py).
 Runs in its own database (`chunkd_bench` on the server of CHUNKD_DATABASE_URL, or on the
@@ -32,9 +35,9 @@ from daemon.wiring import config as config_mod
 from daemon.wiring.embedded import resolve_dsn
 from daemon.wiring.node import Node, open_store
 from benchmarks import figures as q
-from benchmarks import jobs_workload
+from benchmarks import jobs_workload, soak
 from benchmarks.databases import existing_database, fresh_database
-from benchmarks.options import BENCH_DB, Options, tuning_env
+from benchmarks.options import BENCH_DB, SOAK_DB, Options, tuning_env
 from benchmarks.settings import settings_report
 from benchmarks.seed import seed_backlog
 
@@ -67,6 +70,14 @@ async def run(opts: Options) -> dict[str, Any]:
     cfg = config_mod.load(daemon_env)
     used = settings_report(daemon_env, tuning)
     admin_dsn = resolve_dsn(cfg)
+    if opts.workload == "soak":  # its own database: a soak runs for long beside other benches
+        dsn = await (existing_database(admin_dsn, opts.database) if opts.database
+                     else fresh_database(admin_dsn, SOAK_DB))
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await soak.run(opts, dsn, conn, await q.server_facts(conn))
+        finally:
+            await conn.close()
     dsn = await (existing_database(admin_dsn, opts.database) if opts.database else fresh_database(admin_dsn, BENCH_DB))
     registry = load_registry(cfg.jobs)
     store = await open_store(cfg, dsn)

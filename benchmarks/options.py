@@ -4,6 +4,7 @@ from __future__ import annotations
 import msgspec
 
 BENCH_DB = "chunkd_bench"
+SOAK_DB = "chunkd_bench_soak"
 
 
 class Options(msgspec.Struct, kw_only=True):
@@ -27,6 +28,9 @@ class Options(msgspec.Struct, kw_only=True):
     clients: int = 16
     rate: float | None = None
     bulk: int = 0  # jobs workload: items per bulk submit request (0: single submits)
+    minutes: float = 7.0
+    sample_every: float = 30.0
+    progress: bool = False
 
 
 # The daemon's variable each tuning option sets when given.

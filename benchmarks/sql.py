@@ -54,3 +54,25 @@ SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
            ORDER BY extract(epoch FROM completed_at - claimed_at)::float8),
        count(*)
 FROM chunkd_chunk WHERE instance_id = ANY($1::bigint[]) AND step = $2 AND state = {int(C.COMPLETED)}"""
+
+# ------------------------------------------------------------ the soak's samples (benchmarks/soak.py)
+# Chunks of the instances submitted in the last window (found through the BRIN on instance_id).
+SOAK_CHUNK_LATENCY = f"""
+SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
+           ORDER BY extract(epoch FROM completed_at - created_at)::float8)
+FROM chunkd_chunk WHERE instance_id = ANY($1::bigint[]) AND step = $2 AND state = {int(C.COMPLETED)}"""
+SOAK_TABLES = """
+SELECT s.relname AS name, s.n_live_tup AS live, s.n_dead_tup AS dead, pg_relation_size(s.relid) AS table_bytes,
+       pg_indexes_size(s.relid) AS index_bytes, s.autovacuum_count AS autovacuums
+FROM pg_stat_user_tables s WHERE s.relname LIKE 'chunkd\\_%' ORDER BY s.relname"""
+SOAK_INDEXES = """
+SELECT indexrelname AS name, pg_relation_size(indexrelid) AS bytes, idx_scan AS scans
+FROM pg_stat_user_indexes WHERE relname LIKE 'chunkd\\_%' ORDER BY indexrelname"""
+SOAK_CONNECTIONS = "SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = current_database()"
+SOAK_NOTIFY_QUEUE = "SELECT round(pg_notification_queue_usage()::numeric, 6)::float8"
+SOAK_INSTANCES = "SELECT count(*) FROM chunkd_instance"
+# The lookup of one instance's chunks the API's instance view makes (every submit answers with
+# it): pages it reads, for an instance of the last window. Grows if the index loses precision.
+SOAK_LOOKUP = """
+EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+SELECT step, state, count(*) FROM chunkd_chunk WHERE instance_id = $1 GROUP BY step, state"""

@@ -93,3 +93,17 @@ async def _drop_database(dsn: str, name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+def test_bench_soak_samples_each_window(dsn: str) -> None:
+    """A short soak in the test's own database: one sample per window, each with its figures."""
+    r = run_bench(dsn, "--workload", "soak", "--minutes", "0.1", "--sample-every", "2", "--rate", "10",
+                  "--chunks-per-job", "5", "--database", dsn.rsplit("/", 1)[1])
+    assert r["workload"] == "soak" and r["retention"] == "2m" and r["http"]["errors"] == 0
+    assert r["submitted"] == 60 and len(r["samples"]) >= 3
+    assert sum(s["submits"] for s in r["samples"]) == 60
+    for s in r["samples"][:-1]:
+        assert s["submits"] > 0 and 0 < s["submit_p50_ms"] <= s["submit_p99_ms"]
+        assert s["lookup_pages"] > 0 and s["rss_mb"] > 0 and s["fds"] > 0 and s["pg_connections"] > 0
+        assert {"chunkd_instance", "chunkd_chunk", "chunkd_step_counter"} <= set(s["tables"])
+        assert s["tables"]["chunkd_chunk"]["table_bytes"] > 0 and "chunkd_chunk_instance_brin" in s["indexes"]

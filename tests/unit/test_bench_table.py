@@ -36,3 +36,20 @@ def test_bench_report_ends_with_the_settings_in_effect_beside_the_product_defaul
     assert row.split()[1:] == ["64", "|", "500", "(adapted)"], row
     row = next(ln for ln in out if ln.strip().startswith("partition_concurrency"))
     assert row.split()[1:] == ["256", "(adapted)", "|", "256", "(adapted)"], row
+
+
+def test_soak_report_is_one_row_per_sample() -> None:
+    from benchmarks.cli import soak_table
+    sample = {"t": 30.0, "submits": 450, "submit_p50_ms": 8.1, "submit_p99_ms": 30.2, "chunk_p99_ms": 41.0,
+              "lookup_pages": 96, "rss_mb": 55.2, "fds": 23, "pg_connections": 11, "notify_queue": 0.0,
+              "instances": 1800,
+              "tables": {"chunkd_chunk": {"live": 360_000, "dead": 1000, "table_bytes": 2**27, "index_bytes": 2**25,
+                                          "autovacuums": 3}},
+              "indexes": {}}
+    report = {"minutes": 7.0, "rate": 15.0, "chunks_per_job": 200, "retention": "2m", "submitted": 900,
+              "http": {"refused_429": 0, "errors": 0}, "samples": [sample, {**sample, "t": 60.0}]}
+    out = soak_table(report).splitlines()
+    assert out[0].startswith("soak: 7.0 min, 15.0 submits/s x 200 chunks") and "CHUNKD_RETENTION=2m" in out[0]
+    assert out[1].split()[:2] == ["T", "S"] and len(out) == 4
+    assert out[2].split()[:5] == ["30", "450", "8.1", "/", "30.2"]
+    assert "360000/1000" in out[2] and "128.0+32.0" in out[2] and "None/None" in out[2]
