@@ -307,11 +307,12 @@ PARTITION_CLOCKS = "SELECT partition, vtime FROM chunkd_partition_clock WHERE pa
 # virtual clock to the highest rank it took, so chunks inserted later rank level with what
 # is claimed next. The clock row is ticked only if no other claim holds it (SKIP LOCKED):
 # claims never wait for each other, and a missed tick only makes a newcomer rank earlier.
-# The picked rows are found by id = ANY(ARRAY(...)), not by a join: a connection's first five
-# executions are planned with the parameters, and for the join those plans hashed a sequential
-# scan of the whole table (the LIMIT's size is unknown to the planner): ~60 ms per claim at a
-# 100k backlog, ~10x that at 1M, five times per pool connection. Probes of the primary key
-# cost the same under every plan.
+# Every LIMIT is the plain parameter $2, which the planner of a connection's first five
+# (custom) executions sees: with `$2 - (SELECT count(*) FROM suspect)` it could not, and those
+# plans hashed a sequential scan of the whole table into the join (~60 ms per claim at a 100k
+# backlog, ~10x at 1M). A suspect may make `normal` lock one row more than the batch takes;
+# that lock ends with the statement. (Finding the rows by id = ANY(ARRAY(...)) instead of the
+# join avoided the scan too, but made claims 3x slower under a steady stream of new jobs.)
 CHUNK_CLAIM = f"""
 WITH suspect AS (
     SELECT id FROM chunkd_chunk
@@ -321,14 +322,15 @@ WITH suspect AS (
 ), normal AS (
     SELECT id FROM chunkd_chunk
     WHERE state = {int(C.READY)} AND orphaned < {SUSPECT_AFTER} AND partition = $1 AND (rank, id) >= ($5, $7)
-    ORDER BY rank, id LIMIT $2 - (SELECT count(*) FROM suspect)
+    ORDER BY rank, id LIMIT $2
     FOR UPDATE SKIP LOCKED
-), picked AS (SELECT id FROM suspect UNION ALL SELECT id FROM normal),
+), picked AS (SELECT id FROM (SELECT id FROM suspect UNION ALL SELECT id FROM normal) u LIMIT $2),
 claimed AS (
     UPDATE chunkd_chunk k
        SET state = {int(C.IN_PROGRESS)}, attempt = k.attempt + 1, claimed_at = now(),
            lease_owner = $3, lease_until = now() + make_interval(secs => $4)
-     WHERE k.id = ANY(ARRAY(SELECT id FROM picked)) AND k.state IN ({_in(chunk_allowed_from(C.IN_PROGRESS))})
+      FROM picked
+     WHERE k.id = picked.id AND k.state IN ({_in(chunk_allowed_from(C.IN_PROGRESS))})
     RETURNING k.id, k.instance_id, k.step, k.attempt, k.failures, k.data, k.orphaned, k.rank
 ), clock AS (
     SELECT partition FROM chunkd_partition_clock WHERE partition = $1 FOR UPDATE SKIP LOCKED

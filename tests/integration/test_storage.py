@@ -226,15 +226,19 @@ async def test_a_completion_batch_in_any_order_is_fenced_chunk_by_chunk(store: S
 
 async def test_a_claims_first_plans_do_not_scan_the_whole_table(store: Store) -> None:
     """A connection's first five executions of a prepared statement are planned with its
-    parameters; CHUNK_CLAIM's used to hash a sequential scan of every chunk (~60 ms per claim at
-    a 100k backlog), five times per pool connection. It must find the picked rows by index."""
+    parameters; CHUNK_CLAIM's limit used to be an expression the planner could not evaluate
+    (`$2 - (SELECT count(*) FROM suspect)`), so those plans guessed the batch's size and could
+    hash a sequential scan of every chunk into the update (~60 ms per claim at a 100k backlog).
+    The limit is the batch itself now, and the picked rows are found by index."""
     iid = await _instance(store)
     async with store.pool.acquire() as conn:
         await conn.execute("INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, rank) "
-                           "SELECT $1, 1, $2, g % 2, 3, g FROM generate_series(1, 20000) g", iid, int(C.READY))
+                           "SELECT $1, 1, $2, g % 2, 3, g FROM generate_series(1, 200000) g", iid, int(C.READY))
         await conn.execute("ANALYZE chunkd_chunk")
         await conn.execute(f"PREPARE first_claim AS {sql.CHUNK_CLAIM}")
         # EXPLAIN without ANALYZE: the claim is planned as its first execution would be, not run
         plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN EXECUTE first_claim(0, 500, 1, 30, 0, false, 0)"))
         await conn.execute("DEALLOCATE first_claim")
     assert "Seq Scan on chunkd_chunk" not in plan, plan
+    normal = plan[plan.index("CTE normal"):]
+    assert "Limit  (cost=" in normal and " rows=500 " in normal.split("\n")[1], plan  # the batch's own size
