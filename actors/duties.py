@@ -211,20 +211,3 @@ class GaugeExporter:
         QUEUE_CHUNKS.clear()
         QUEUE_OLDEST_READY.clear()
         REDUCTIONS_RETRYING.set(0)
-
-
-class RangeSummarizer:
-    """Keeps the chunk table's new pages summarized in its instance_id index, so one
-    instance's lookup (the API's instance view, which answers every submit; cancel, restart,
-    retention) reads the pages that hold its chunks, not every page the table grew by since
-    the last vacuum (issue 26's soak: submit p50 climbed with the table's growth). Cheap:
-    only new pages are read, none once retention's freed space takes the new chunks."""
-
-    def __init__(self, store: EngineStore, every: float = 1.0) -> None:
-        self.store = store
-        self.every = Every(every)
-
-    async def run(self, ctx: PassContext) -> set[int]:
-        if self.every.due(time.monotonic()):
-            await self.store.summarize_new_chunk_ranges()
-        return set()

@@ -20,7 +20,6 @@ from actors.duties import (
     NodeReaper,
     PassContext,
     Rehomer,
-    RangeSummarizer,
     Republisher,
     RetryReleaser,
 )
@@ -55,7 +54,7 @@ def duties(settings: MaintenanceSettings, store: EngineStore, registry: Registry
     return [LeaseRescuer(store), RetryReleaser(store, registry), Rehomer(store),
             InstanceAdvancer(store, registry, reducer, settings.interval),
             GaugeExporter(store, settings.partitions), NodeReaper(store, settings.forget_nodes_after),
-            Republisher(store, settings.partitions, settings.republish_after), RangeSummarizer(store)]
+            Republisher(store, settings.partitions, settings.republish_after)]
 
 
 class Maintenance:

@@ -56,7 +56,7 @@ SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
 FROM chunkd_chunk WHERE instance_id = ANY($1::bigint[]) AND step = $2 AND state = {int(C.COMPLETED)}"""
 
 # ------------------------------------------------------------ the soak's samples (benchmarks/soak.py)
-# Chunks of the instances submitted in the last window (found through the BRIN on instance_id).
+# Chunks of the instances submitted in the last window (found through the index on instance_id).
 SOAK_CHUNK_LATENCY = f"""
 SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
            ORDER BY extract(epoch FROM completed_at - created_at)::float8)

@@ -417,10 +417,6 @@ class MemoryStore:
                 moved.add(c.partition)
         return moved
 
-    async def summarize_new_chunk_ranges(self) -> int:
-        """No index to keep current."""
-        return 0
-
     async def stale_partitions(self, partitions: Iterable[int], older_than: float) -> set[int]:
         ages = await self.oldest_ready_age(partitions)
         return {p for p, age in ages.items() if age >= older_than and any(

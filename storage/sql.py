@@ -468,13 +468,6 @@ CHUNK_RELEASE_DUE_POLL = _release_due(C.POLL_WAITING)
 
 # The head (oldest id) of each partition's READY queue; if it has waited too long its
 # notification was probably lost, so maintenance publishes the partition again.
-# The chunk table's new pages into its instance_id BRIN (migration 0019). Pages added since the
-# last VACUUM are unsummarized, and a BRIN lookup must read every unsummarized page: while the
-# table grows (3,000 chunks/s: ~100 pages/s) an instance's lookup read a minute of growth,
-# thousands of pages, until autovacuum summarized them. Its ShareUpdateExclusiveLock is taken
-# with a short lock_timeout: when autovacuum holds it (and summarizes anyway), skip the turn.
-CHUNK_RANGES_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', '50ms', true)"
-CHUNK_RANGES_SUMMARIZE = "SELECT brin_summarize_new_values('chunkd_chunk_instance_brin'::regclass)"
 CHUNK_PARTITION_HEAD_AGE = f"""
 SELECT extract(epoch FROM now() - created_at)::float8 FROM chunkd_chunk
 WHERE state = {int(C.READY)} AND partition = $1 ORDER BY rank, id LIMIT 1"""

@@ -671,17 +671,6 @@ class Store:
         parts |= {r[0] for r in await self.pool.fetch(sql.CHUNK_RELEASE_DUE_POLL, limit)}
         return parts, retried
 
-    async def summarize_new_chunk_ranges(self) -> int:
-        """Summarizes the chunk table's pages added since the last summarization into its
-        instance_id index (sql.CHUNK_RANGES_SUMMARIZE); returns the ranges summarized, 0 when
-        autovacuum holds the table."""
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                await conn.execute(sql.CHUNK_RANGES_LOCK_TIMEOUT)
-                return int(await conn.fetchval(sql.CHUNK_RANGES_SUMMARIZE) or 0)
-        except asyncpg.LockNotAvailableError:
-            return 0
-
     async def stale_partitions(self, partitions: Iterable[int], older_than: float) -> set[int]:
         out = set()
         async with self.pool.acquire() as conn:

@@ -87,7 +87,7 @@ async def test_submit_wait_show_instances_chunks_cancel(conn: asyncpg.Connection
     table = run_cli("jobs", env=env).stdout
     assert "chunkd.synthetic" in table and "plan -> work -> summarize" in table
 
-    slow = json.loads(run_cli("submit", "chunkd.synthetic", "--params", '{"chunks": 5000, "work_ms": 50}',
+    slow = json.loads(run_cli("submit", "chunkd.synthetic", "--params", '{"chunks": 5000, "work_ms": 5000}',
                               "--json", env=env).stdout)
     cancelled = run_cli("cancel", str(slow["instance_id"]), "--json", env=env)
     assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["status"] == "CANCELLED"
@@ -240,7 +240,7 @@ async def test_cli_reads_well(conn: asyncpg.Connection, api_daemon, tmp_path: Pa
     assert frames >= 2 and watched.stdout.split(f"instance {slow} ")[-1].split("\n")[0].split()[2] == "COMPLETED"
 
     # a reader that leaves early: quiet, no traceback
-    long = json.loads(run_cli("submit", "chunkd.synthetic", "--params", '{"chunks": 2000, "work_ms": 50}',
+    long = json.loads(run_cli("submit", "chunkd.synthetic", "--params", '{"chunks": 2000, "work_ms": 60000}',
                               "--json", env=env).stdout)["instance_id"]
     piped = subprocess.run(f"{CHUNKD} show {long} --watch --interval 0.1 2>err.txt | head -2; cat err.txt",
                            shell=True, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)

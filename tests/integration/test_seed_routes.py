@@ -212,7 +212,7 @@ async def test_smile_stop_and_restart_called_as_the_seed_calls_them(conn: asyncp
     api = api_daemon(TOKENS)
     manage = ApiClient(api.url, MANAGE)
     slow = manage.call("POST", "/api/v1/instances", body={"job": "chunkd.synthetic",
-                                                           "parameters": {"chunks": 5000, "work_ms": 50}})["id"]
+                                                           "parameters": {"chunks": 5000, "work_ms": 5000}})["id"]
     await wait_status(conn, slow, {"IN_PROGRESS"}, 60)
     stop = f"{api.url}/batch-job/persistence/{slow}/stop?force=true"
     restart = f"{api.url}/batch-job/persistence/{slow}/restart"
@@ -324,7 +324,7 @@ async def test_without_tokens_a_bearer_header_is_what_lifts_the_content_type_rul
     # (tests/integration/test_trust.py::test_browser_pages_cannot_drive_the_api keeps the rest.)
     api = api_daemon()
     slow = ApiClient(api.url).call("POST", "/api/v1/instances", body={
-        "job": "chunkd.synthetic", "parameters": {"chunks": 5000, "work_ms": 50}})["id"]
+        "job": "chunkd.synthetic", "parameters": {"chunks": 5000, "work_ms": 5000}})["id"]
     stop = f"{api.url}/batch-job/persistence/{slow}/stop?force=true"
     assert curl("-X", "POST", stop)[0] == 415
     assert curl("-X", "POST", "-H", "Origin: http://evil.example", stop)[0] == 415
@@ -366,7 +366,7 @@ async def test_readme_curl_lines_work_as_written(conn: asyncpg.Connection, api_d
     manage = ApiClient(api.url, MANAGE)
     # the README's lines name instance 1 (a fresh database's first) and chunkd.synthetic
     first = manage.call("POST", "/api/v1/instances", body={"job": "chunkd.synthetic",
-                                                            "parameters": {"chunks": 5000, "work_ms": 50}})["id"]
+                                                            "parameters": {"chunks": 5000, "work_ms": 5000}})["id"]
     assert first == 1
     await wait_status(conn, first, {"IN_PROGRESS"}, 60)
     env = {**os.environ, "CHUNKD_API_URL": api.url, "TOKEN": MANAGE}
