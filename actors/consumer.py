@@ -111,8 +111,9 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
             continue
         if chunks:
             engine.inflight.claimed(partition, chunks)
+        took = next((c.id for c in chunks if c.suspect), None) if suspect else None
         if suspect:  # after `claimed`, so the slot stays taken while the suspect is held
-            engine.inflight.suspect_claimed(next((c.id for c in chunks if c.suspect), None))
+            engine.inflight.suspect_claimed(took)
         if chunks:
             claimed_metric.inc(len(chunks))
             CLAIM_BATCH.observe(len(chunks))
@@ -126,5 +127,12 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
                 out.send_nowait(c)  # never blocks: the mailbox holds room + one claim (PipelineSettings.mailbox_size)
             if len(chunks) == size:
                 continue  # probably more waiting
+        if took is not None:
+            # Suspects run one at a time per process, so after a crash that orphaned many
+            # running chunks (hundreds, with many workers) the next one is claimed as soon as
+            # this one is done, not a poll interval later: minutes of a queue otherwise.
+            with anyio.move_on_after(cfg.poll_interval):
+                await engine.inflight.suspect_done()
+            continue
         await signal.wait(cfg.poll_interval)
         await anyio.sleep(0)

@@ -48,6 +48,7 @@ class InFlight:
         self.concurrency = concurrency
         self._space = [anyio.Event() for _ in range(partitions)]
         self._suspect: int | None = None   # the suspect chunk this process runs, or _RESERVED
+        self._suspect_freed = anyio.Event()
 
     def claimed(self, partition: int, chunks: list[ClaimedChunk]) -> None:
         with self._lock:
@@ -58,11 +59,15 @@ class InFlight:
     def forget(self, ids: list[int] | set[int]) -> None:
         """Committed, refused or given up: no longer held, room for another claim."""
         freed: list[int] = []
+        suspect_freed = False
         with self._lock:
             for i in ids:
                 held = self._held.pop(i, None)
                 if held is not None:
                     freed.append(held[0])
+                    suspect_freed = suspect_freed or i == self._suspect
+        if suspect_freed:
+            self._suspect_freed.set()
         for p in freed:
             self.running[p] -= 1
             if self.running[p] <= self.room[p]:
@@ -89,6 +94,12 @@ class InFlight:
         """After a claim that took the slot: the suspect it got, if any."""
         with self._lock:
             self._suspect = chunk_id
+            if chunk_id is not None:
+                self._suspect_freed = anyio.Event()
+
+    async def suspect_done(self) -> None:
+        """Until the suspect this process runs is no longer held (its result committed or given up)."""
+        await self._suspect_freed.wait()
 
     def has_room(self, partition: int) -> bool:
         return self.running[partition] <= self.room[partition]

@@ -39,7 +39,9 @@ async def test_broker_outage_mid_job_twice(dsn: str, conn: asyncpg.Connection, s
     await conn.execute(LEDGER)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    a = spawn_daemon(**kafka_env(kafka_broker, CHUNKD_HTTP_ADDR=f"127.0.0.1:{port}"))
+    # 8 steps per partition at once, so that the job outlasts both outages (the adapted
+    # default would run up to 128 per partition and finish before the first one)
+    a = spawn_daemon(**kafka_env(kafka_broker, CHUNKD_HTTP_ADDR=f"127.0.0.1:{port}", CHUNKD_PARTITION_CONCURRENCY="8"))
     wait_ready(url)
     await wait_for(lambda: has_partitions(a), 30)
     n = 12_000

@@ -130,3 +130,22 @@ async def test_a_stop_waits_for_the_claims_in_flight_so_nothing_stays_held() -> 
             # The stop waited for the claim's answer: what the node holds is settled when
             # Node hands it back (Store.release_owned) right after the pipeline returns.
             assert store.executing == 0
+
+
+async def test_a_suspects_end_wakes_whoever_waits_to_claim_the_next() -> None:
+    """Suspects run one at a time per process; after a crash that orphaned hundreds of running
+    chunks the next one must be claimed when the last is done (CI: a reindex after two kill -9s
+    sat for minutes on 270 suspects, one per poll interval)."""
+    from actors.engine import InFlight
+    from storage.types import ClaimedChunk
+    inflight = InFlight(1, 4)
+    assert inflight.take_suspect_slot()
+    inflight.claimed(0, [ClaimedChunk(7, 1, 1, 3, 2, b"", orphaned=2)])
+    inflight.suspect_claimed(7)
+    assert not inflight.take_suspect_slot()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(inflight.suspect_done)
+            await anyio.sleep(0)
+            inflight.forget([7])  # its result committed
+    assert inflight.take_suspect_slot()
