@@ -22,6 +22,7 @@ from actors.duties import (
     Rehomer,
     Republisher,
     RetryReleaser,
+    Vacuumer,
 )
 from actors.reducer import Reducer, ReportTooLarge
 from actors.registry import Registry
@@ -54,7 +55,7 @@ def duties(settings: MaintenanceSettings, store: EngineStore, registry: Registry
     return [LeaseRescuer(store), RetryReleaser(store, registry), Rehomer(store),
             InstanceAdvancer(store, registry, reducer, settings.interval),
             GaugeExporter(store, settings.partitions), NodeReaper(store, settings.forget_nodes_after),
-            Republisher(store, settings.partitions, settings.republish_after)]
+            Republisher(store, settings.partitions, settings.republish_after), Vacuumer(store, settings.vacuum)]
 
 
 class Maintenance:

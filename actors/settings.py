@@ -41,6 +41,8 @@ class MaintenanceSettings(msgspec.Struct, frozen=True, kw_only=True):
     # A node row whose heartbeat is this old belongs to a dead daemon (SIGKILLed, its host
     # gone): long past every lease it could hold, so the leader deletes it.
     forget_nodes_after: float = 300.0
+    # Where autovacuum is off for chunkd's tables, the leader vacuums them (actors.duties.Vacuumer).
+    vacuum: bool = True
 
 
 class SchedulerSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -74,6 +74,15 @@ MAINTENANCE_SECONDS = Histogram("chunkd_maintenance_pass_seconds", "Maintenance 
                                 buckets=(.005, .01, .025, .05, .075, .1, .15, .25, .35, .5, .75, 1, 2.5, 10))
 LEASES_RESCUED = Counter("chunkd_leases_rescued",
                          "Expired leases rescued by maintenance (back to READY, or FAILED at max attempts).")
+TABLE_DEAD_ROWS = Gauge("chunkd_table_dead_rows",
+                        "Dead row versions in each of chunkd's tables, as the server's statistics count them "
+                        "(exported by the maintenance leader); they grow without bound if nothing vacuums.",
+                        ["table"])
+TABLE_UPKEEP = Counter("chunkd_table_upkeep",
+                       "VACUUMs (kind=vacuum, with ANALYZE) and ANALYZEs chunkd ran on its own tables because "
+                       "autovacuum is off for them (CHUNKD_VACUUM).", ["table", "kind"])
+TABLE_UPKEEP_FAILURES = Counter("chunkd_table_upkeep_failures",
+                                "VACUUMs and ANALYZEs of chunkd's tables that failed (see the log).", ["table"])
 RETENTION_PURGED = Counter("chunkd_retention_purged", "Rows purged by retention.", ["table"])
 KAFKA_LAG = Gauge("chunkd_kafka_consumer_lag", "Kafka consumer lag per assigned partition (kafka channel only).",
                   ["partition"])

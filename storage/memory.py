@@ -42,6 +42,7 @@ from storage.types import (
     Setback,
     StepCounts,
     Success,
+    TableHealth,
     TxOp,
 )
 
@@ -416,6 +417,12 @@ class MemoryStore:
                 c.partition = c.id % self.partitions
                 moved.add(c.partition)
         return moved
+
+    async def table_health(self) -> list[TableHealth]:
+        return []  # dicts leave no dead rows behind
+
+    async def upkeep(self, table: str, vacuum: bool) -> None:
+        raise LookupError(f"no table {table!r} in memory")
 
     async def stale_partitions(self, partitions: Iterable[int], older_than: float) -> set[int]:
         ages = await self.oldest_ready_age(partitions)

@@ -689,3 +689,24 @@ CATALOG_COLUMNS = """
 SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
 WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum"""
 CATALOG_CURRENT_SCHEMA = "SELECT current_schema()"
+
+
+# ------------------------------------------------------------ Table upkeep (actors/duties.py: Vacuumer)
+# chunkd's tables with their statistics and the autovacuum rule each is under: its own
+# reloptions (migration 0006 for chunkd_chunk), else the server's settings.
+TABLE_HEALTH = """
+SELECT s.relname, s.n_live_tup, s.n_dead_tup, s.n_mod_since_analyze,
+       current_setting('autovacuum')::bool AND coalesce(o.opts->>'autovacuum_enabled', 'true')::bool,
+       coalesce(o.opts->>'autovacuum_vacuum_threshold', current_setting('autovacuum_vacuum_threshold'))::float8,
+       coalesce(o.opts->>'autovacuum_vacuum_scale_factor', current_setting('autovacuum_vacuum_scale_factor'))::float8,
+       coalesce(o.opts->>'autovacuum_analyze_threshold', current_setting('autovacuum_analyze_threshold'))::float8,
+       coalesce(o.opts->>'autovacuum_analyze_scale_factor', current_setting('autovacuum_analyze_scale_factor'))::float8
+FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+CROSS JOIN LATERAL (SELECT coalesce(jsonb_object_agg(option_name, option_value), '{}'::jsonb) AS opts
+                    FROM pg_options_to_table(c.reloptions)) o
+WHERE s.schemaname = current_schema() AND s.relname LIKE 'chunkd\\_%'
+ORDER BY s.relname"""
+# {table}: a name TABLE_HEALTH returned, quoted. SKIP_LOCKED: a DBA's REINDEX or ALTER holding
+# the table is not waited for (the next check tries again).
+TABLE_VACUUM = "VACUUM (ANALYZE, SKIP_LOCKED) {table}"
+TABLE_ANALYZE = "ANALYZE (SKIP_LOCKED) {table}"

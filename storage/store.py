@@ -18,6 +18,7 @@ from storage.counters import CANCELLED, COMPLETED, CREATED, ERRORS, FAILED, Coun
 from storage.deadlines import DEFAULT, Deadlines, keep_alive
 from storage.migrate import migrate
 from storage.states import INSTANCE_TERMINAL, C, I, instance_allowed_from
+from storage.tables import quote
 from storage.text import MAX_TRACE, storable, storable_json
 from storage.types import (
     ClaimedChunk,
@@ -33,6 +34,7 @@ from storage.types import (
     Setback,
     StepCounts,
     Success,
+    TableHealth,
     TxOp,
 )
 
@@ -48,6 +50,8 @@ MAX_WARNINGS = 100
 # past 5 minutes, a transaction of ours left idle a minute by a paused daemon). User SQL
 # (ctx.tx in transactional steps and reductions, whose transactions also hold the user's
 # Python work) runs under the database's own limits: see Store.user_limits.
+# The longest a VACUUM of one table may take before chunkd gives up on it (client side).
+UPKEEP_DEADLINE = 1800.0
 OWN_LIMITS = {"statement_timeout": "5min", "lock_timeout": "0", "idle_in_transaction_session_timeout": "1min"}
 
 
@@ -670,6 +674,24 @@ class Store:
             retried[(r[1], r[2], r[3])] += 1
         parts |= {r[0] for r in await self.pool.fetch(sql.CHUNK_RELEASE_DUE_POLL, limit)}
         return parts, retried
+
+    async def table_health(self) -> list[TableHealth]:
+        """chunkd's tables: live, dead and changed rows, and whether autovacuum looks after them."""
+        return [TableHealth(*r) for r in await self.pool.fetch(sql.TABLE_HEALTH)]
+
+    async def upkeep(self, table: str, vacuum: bool) -> None:
+        """VACUUM (ANALYZE) or only ANALYZE one of chunkd's tables, on a connection of its own:
+        it cannot run in a transaction, may take longer than any of chunkd's statements may,
+        and must not hold a pool connection meanwhile. A DBA's statement_timeout does not
+        apply to it; it never waits on a lock (SKIP_LOCKED)."""
+        stmt = (sql.TABLE_VACUUM if vacuum else sql.TABLE_ANALYZE).format(table=quote(table))
+        conn = await asyncpg.connect(self.dsn, timeout=self.deadlines.statement, server_settings={
+            "application_name": "chunkd upkeep", "statement_timeout": "0", "lock_timeout": "1s"})
+        try:
+            await conn.execute(stmt, timeout=UPKEEP_DEADLINE)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=5)
 
     async def stale_partitions(self, partitions: Iterable[int], older_than: float) -> set[int]:
         out = set()

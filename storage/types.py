@@ -102,6 +102,20 @@ class StepCounts(msgspec.Struct, array_like=True):
         return self.created - self.completed - self.failed - self.cancelled
 
 
+class TableHealth(msgspec.Struct, frozen=True):
+    """One of chunkd's tables as the server's statistics see it, and the autovacuum rule
+    that applies to it (its reloptions, else the server's settings)."""
+    name: str
+    live: int
+    dead: int
+    changed: int              # rows changed since the last ANALYZE
+    autovacuum: bool          # the server's autovacuum is on and the table does not opt out
+    vacuum_threshold: float
+    vacuum_scale: float
+    analyze_threshold: float
+    analyze_scale: float
+
+
 class Progress(NamedTuple):
     """What maintenance shows of a running instance (a tuple: rows go to Postgres as columns)."""
     instance_id: int

@@ -80,6 +80,11 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _auto_or_off(raw: str) -> bool:
+    """auto -> True, off -> False (a switch whose "on" adapts to the database)."""
+    return _choice("auto", "off")(raw) == "auto"
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -211,6 +216,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     retention: float
     retention_failed: float
     retention_every: float
+    vacuum: bool
     http_addr: tuple[str, int] | None
     api_tokens: str
     api_tokens_file: str
@@ -250,7 +256,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             maintenance=MaintenanceSettings(partitions=self.partitions, interval=self.maintenance_interval,
                                             republish_after=self.republish_after,
                                             max_report_bytes=self.max_report_bytes, scheduling=self.scheduling,
-                                            forget_nodes_after=10 * self.lease_seconds),
+                                            forget_nodes_after=10 * self.lease_seconds, vacuum=self.vacuum),
             scheduler=SchedulerSettings(node_name=self.node_id, partitions=self.partitions, enabled=self.scheduling,
                                         concurrency=self.scheduler_concurrency,
                                         alive_within=self.lease_seconds))
@@ -355,6 +361,10 @@ VARIABLES: tuple[Var, ...] = (
     Var("CHUNKD_RETENTION_FAILED", "retention_failed", "30d", "FAILED instances are kept this long.", _duration),
     Var("CHUNKD_RETENTION_EVERY", "retention_every", "300",
         "Seconds between runs of the built-in retention schedule; 0 removes that schedule.", _float(0, 86_400)),
+    Var("CHUNKD_VACUUM", "vacuum", "auto",
+        "auto: where the server's autovacuum is off for chunkd's tables, the maintenance leader vacuums them "
+        "itself (their dead rows otherwise grow without bound); off: leave it to the DBA.",
+        _auto_or_off),
     Var("CHUNKD_POOL_SIZE", "pool_size", "0",
         "Postgres connections in this daemon's pool (at least 2); 0 means partitions + 4.", _int(0, 1000)),
     Var("CHUNKD_API_ALLOWED_HOSTS", "api_allowed_hosts", "",

@@ -7,12 +7,13 @@ from typing import Any
 import anyio
 import pytest
 
-from actors.duties import Every, PassContext, lease_failure_lines
+from actors.duties import Every, PassContext, Vacuumer, lease_failure_lines, upkeep_due
 from actors.maintenance import Maintenance, leader_lease, shape_of
 from actors.reducer import Reducer
 from actors.settings import MaintenanceSettings
 from daemon.jobs import configure_builtins, load_registry
 from daemon.jobs import retention as retention_job
+from storage.types import TableHealth
 
 
 def test_every_is_due_once_per_period() -> None:
@@ -134,3 +135,58 @@ def test_progress_is_written_now_only_for_an_instance_about_to_end() -> None:
     done = Plan(Action.COMPLETE, progress=1.0, errors=1)
     assert progress_row(9, done, row) == (False, None)             # its error count is already shown
     assert progress_row(9, done, None)[0]                          # it is not: written as it ends
+
+
+def _table(**kw: object) -> TableHealth:
+    base: dict[str, object] = dict(name="chunkd_chunk", live=1_000_000, dead=0, changed=0, autovacuum=False,
+                                   vacuum_threshold=5000.0, vacuum_scale=0.02, analyze_threshold=50.0,
+                                   analyze_scale=0.05)
+    return TableHealth(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_upkeep_follows_the_autovacuum_rule_only_where_autovacuum_is_off() -> None:
+    """The rule the table is under (chunkd_chunk: 5,000 + 2% of live, migration 0006)."""
+    assert upkeep_due(_table(dead=24_999)) is None
+    assert upkeep_due(_table(dead=25_000)) == "vacuum"
+    assert upkeep_due(_table(dead=25_000, autovacuum=True)) is None  # the server's daemon does it
+    assert upkeep_due(_table(changed=50_049)) is None
+    assert upkeep_due(_table(changed=50_050)) == "analyze"
+    assert upkeep_due(_table(dead=25_000, changed=50_000)) == "vacuum"  # VACUUM (ANALYZE) does both
+    # a small table under the server's defaults (50 + 20%) is not vacuumed every check
+    small = dict(live=100, vacuum_threshold=50.0, vacuum_scale=0.2)
+    assert upkeep_due(_table(dead=999, **small)) is None
+    assert upkeep_due(_table(dead=1000, **small)) == "vacuum"
+
+
+class _Tables:
+    """A store whose tables are as given; records the upkeep asked for."""
+
+    def __init__(self, tables: list[TableHealth]) -> None:
+        self.tables, self.done = tables, []  # type: ignore[var-annotated]
+
+    async def table_health(self) -> list[TableHealth]:
+        return self.tables
+
+    async def upkeep(self, table: str, vacuum: bool) -> None:
+        self.done.append((table, vacuum))
+
+
+@pytest.mark.anyio
+async def test_the_vacuumer_vacuums_what_is_due_in_the_background_and_only_when_enabled() -> None:
+    tables = [_table(dead=30_000), _table(name="chunkd_instance", live=10, changed=5_000,
+                                             vacuum_threshold=50.0, vacuum_scale=0.2),
+              _table(name="chunkd_node", dead=10)]
+    spawned: list[object] = []
+    ctx = PassContext(None, spawn=lambda fn, *a: spawned.append((fn, a)))
+    store = _Tables(tables)
+    v = Vacuumer(store, enabled=True, every=0.0)  # type: ignore[arg-type]
+    assert await v.run(ctx) == set()
+    assert len(spawned) == 1 and v.running
+    assert await v.run(ctx) == set() and len(spawned) == 1  # one upkeep at a time
+    fn, args = spawned[0]  # type: ignore[misc]
+    await fn(*args)
+    assert store.done == [("chunkd_chunk", True), ("chunkd_instance", False)] and not v.running
+    off = Vacuumer(_Tables(tables), enabled=False, every=0.0)  # type: ignore[arg-type]
+    spawned.clear()
+    await off.run(ctx)
+    assert spawned == []
