@@ -22,7 +22,7 @@ from actors.registry import Registry, UnknownJobError
 from metrics import GATES_ADVANCED, INVARIANT_REFUSALS
 from storage.states import I
 from storage.protocol import EngineStore
-from storage.types import Finish, InstanceRow, Progress
+from storage.types import Finish, InstanceRow, Progress, StepCounts
 
 log = structlog.get_logger("chunkd.maintenance")
 
@@ -154,7 +154,7 @@ class InstanceAdvancer:
                          now=now, prev=self.rates.get(inst.id))
             if p.rate_state is not None:
                 self.rates[inst.id] = p.rate_state  # the smoothed rate behind the ETA
-            decided.append(Decided(inst, job, p))
+            decided.append(Decided(inst, job, p, reduction_inputs(job, steps)))
             now_final, row = progress_row(inst.id, p, self._shown.get(inst.id))
             if now_final and row is not None:
                 final.append(row)
@@ -204,14 +204,16 @@ class InstanceAdvancer:
                 if d.inst.id in moved:
                     log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=to.value)
         moved = await store.finalize([_finish(d, d.job.work_steps) for d in by[Action.FINALIZE]], term)
+        reduce: list[tuple[InstanceRow, Job, int | None]] = []
         for d in by[Action.FINALIZE]:
             if d.inst.id in moved:
                 log.info("instance state change", job=d.job.name, instance_id=d.inst.id, status=I.FINALIZE.value)
-                self.reducer.start(d.inst, d.job, term, ctx.spawn)
+                reduce.append((d.inst, d.job, d.inputs))
             else:
                 await self._refused(d, "FINALIZE")
-        for d in by[Action.REDUCE]:
-            self.reducer.start(d.inst, d.job, term, ctx.spawn)  # e.g. a previous leader died mid-reduction
+        # and those in FINALIZE already (e.g. a previous leader died mid-reduction)
+        reduce += [(d.inst, d.job, d.inputs) for d in by[Action.REDUCE]]
+        self.reducer.start_many(reduce, term, ctx.spawn)
         publish: set[int] = set()
         opened = await store.advance_gates([_finish(d, d.plan.to_step) for d in by[Action.ADVANCE]], term)
         for d in by[Action.ADVANCE]:
@@ -262,6 +264,15 @@ class Decided(NamedTuple):
     inst: InstanceRow
     job: Job
     plan: Plan
+    inputs: int | None = None  # the reduction's input chunks, as the counters read (None: unknown)
+
+
+def reduction_inputs(job: Job, steps: Sequence[StepCounts]) -> int | None:
+    """The chunks a job's reduction reads (those created for its last step), if it has one."""
+    if not job.has_reduction:
+        return None
+    last = len(job.steps) - 1
+    return sum(s.created for s in steps if s.step == last)
 
 
 _LOOK_AGAIN = frozenset({Action.START, Action.MARK_ERRORED, Action.CLEAR_ERRORED, Action.FINALIZE, Action.ADVANCE})

@@ -39,6 +39,7 @@ from storage.types import (
     NotLeader,
     Progress,
     Recorded,
+    Reduced,
     Setback,
     StepCounts,
     Success,
@@ -174,6 +175,9 @@ class MemoryStore:
             return None
         r = inst.row
         return InstanceRow(r["id"], r["job_name"], r["job_version"], r["params"], r["gated"], r["status"])
+
+    async def instance_runtimes(self, instance_ids: Sequence[int]) -> list[InstanceRow]:
+        return [r for i in instance_ids if (r := await self.instance_runtime(i)) is not None]
 
     async def get_instance(self, instance_id: int) -> dict[str, Any] | None:
         inst = self.instances.get(instance_id)
@@ -567,6 +571,22 @@ class MemoryStore:
     async def reduction(self, instance_id: int, step: int, user_sql: Callable[[], bool]) -> AsyncIterator[MemReduction]:
         # nothing to roll back on an exception: a MemReduction writes only in `complete`
         yield MemReduction(self, instance_id, step)
+
+    async def reduction_inputs(self, reductions: Sequence[tuple[int, int]]) -> dict[int, list[bytes]]:
+        wanted = dict(reductions)
+        out: dict[int, list[bytes]] = {i: [] for i in wanted}
+        for c in sorted(self.chunks.values(), key=lambda c: c.id):
+            if wanted.get(c.instance_id) == c.step and c.state == C.GATE_WAITING:
+                out[c.instance_id].append(c.data or b"")
+        return out
+
+    async def complete_reductions(self, reduced: Sequence[Reduced], leader: LeaderTerm | None) -> set[int]:
+        self._fence(leader)
+        done: set[int] = set()
+        for r in reduced:
+            if await MemReduction(self, r.decided.instance_id, r.step).complete(r.report_json, None, r.decided):
+                done.add(r.decided.instance_id)
+        return done
 
     async def reduction_failed(self, instance_id: int, run: int, error: str, *, counted: bool,
                                leader: LeaderTerm | None) -> int | None:

@@ -144,6 +144,8 @@ SELECT i.*,
      FROM (SELECT id, message FROM chunkd_warning WHERE instance_id = i.id ORDER BY id LIMIT $2) w) AS detail_warnings
 FROM chunkd_instance i WHERE i.id = $1"""
 INSTANCE_RUNTIME = "SELECT id, job_name, job_version, params::text AS params, gated, status FROM chunkd_instance WHERE id = $1"
+INSTANCE_RUNTIMES = """
+SELECT id, job_name, job_version, params::text AS params, gated, status FROM chunkd_instance WHERE id = ANY($1::bigint[])"""
 # KEY SHARE: no conflict with maintenance's progress updates, but ordered against a
 # cancel/fail, which takes INSTANCE_LOCK (FOR UPDATE) first.
 INSTANCE_STATUS_FOR_SHARE = "SELECT id, status FROM chunkd_instance WHERE id = ANY($1::bigint[]) ORDER BY id FOR KEY SHARE"
@@ -232,6 +234,16 @@ UPDATE chunkd_instance i
    SET status = '{I.COMPLETED.value}', finished_at = now(), updated_at = now(), progress = 1.0, eta_seconds = 0
   FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bool[]) AS t(id, run, bound, tolerate)
  WHERE i.id = t.id AND i.run = t.run AND i.status IN ({_in(instance_allowed_from(I.COMPLETED))})
+   AND {_all_done_below("i.id", "t.bound", "t.tolerate")}
+RETURNING i.id"""
+# Many reductions' reports at once: INSTANCE_FINISH's move FINALIZE -> COMPLETED for each
+# row, fenced by its run and rule 10's check (the rows locked first, INSTANCES_LOCK).
+INSTANCES_FINISH_REDUCED = f"""
+UPDATE chunkd_instance i
+   SET status = '{I.COMPLETED.value}', finished_at = now(), updated_at = now(), progress = 1.0, eta_seconds = 0,
+       report = t.report::jsonb
+  FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bool[], $5::text[]) AS t(id, run, bound, tolerate, report)
+ WHERE i.id = t.id AND i.run = t.run AND i.status = '{I.FINALIZE.value}'
    AND {_all_done_below("i.id", "t.bound", "t.tolerate")}
 RETURNING i.id"""
 # $6: the run the decision was made for (NULL: an operator's stop, whatever the run).
@@ -499,6 +511,20 @@ WITH done AS (
     WHERE instance_id = $1 AND step = $2 AND state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.GATE_WAITING})))})
     RETURNING 1
 ) SELECT count(*) FROM done"""
+# The input of many small reductions in one read ($1, $2: instance and its reduce step).
+CHUNK_REDUCTION_INPUTS = f"""
+SELECT c.instance_id, c.data FROM chunkd_chunk c
+JOIN unnest($1::bigint[], $2::int[]) AS t(instance_id, step) ON c.instance_id = t.instance_id AND c.step = t.step
+WHERE c.state = {int(C.GATE_WAITING)} ORDER BY c.instance_id, c.id"""
+# CHUNK_REDUCTION_CONSUMED for many instances: (instance, step, chunks consumed) each.
+CHUNK_REDUCTIONS_CONSUMED = f"""
+WITH done AS (
+    UPDATE chunkd_chunk c SET state = {int(C.COMPLETED)}, data = NULL, completed_at = now()
+    FROM unnest($1::bigint[], $2::int[]) AS t(instance_id, step)
+    WHERE c.instance_id = t.instance_id AND c.step = t.step
+      AND c.state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.GATE_WAITING})))})
+    RETURNING c.instance_id, c.step
+) SELECT instance_id, step, count(*) FROM done GROUP BY 1, 2"""
 
 INSTANCE_COUNT_BY_STATUS = "SELECT status, count(*) FROM chunkd_instance GROUP BY status"
 

@@ -31,6 +31,7 @@ from storage.types import (
     NotLeader,
     Progress,
     Recorded,
+    Reduced,
     Setback,
     StepCounts,
     Success,
@@ -309,6 +310,9 @@ class Store:
     async def instance_runtime(self, instance_id: int) -> InstanceRow | None:
         row = await self.pool.fetchrow(sql.INSTANCE_RUNTIME, instance_id)
         return InstanceRow(**dict(row)) if row else None
+
+    async def instance_runtimes(self, instance_ids: Sequence[int]) -> list[InstanceRow]:
+        return [InstanceRow(**dict(r)) for r in await self.pool.fetch(sql.INSTANCE_RUNTIMES, list(instance_ids))]
 
     async def get_instance(self, instance_id: int) -> dict[str, Any] | None:
         row = await self.pool.fetchrow(sql.INSTANCE_GET, instance_id)
@@ -732,6 +736,39 @@ class Store:
         await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
         await self.fence_leader(conn, leader)
         return True
+
+    async def reduction_inputs(self, reductions: Sequence[tuple[int, int]]) -> dict[int, list[bytes]]:
+        """The input chunks of many small reductions ((instance, reduce step) each), in one read."""
+        out: dict[int, list[bytes]] = {i: [] for i, _ in reductions}
+        for r in await self.pool.fetch(sql.CHUNK_REDUCTION_INPUTS, [i for i, _ in reductions],
+                                       [s for _, s in reductions]):
+            out[r[0]].append(r[1])
+        return out
+
+    async def complete_reductions(self, reduced: Sequence[Reduced], leader: LeaderTerm | None) -> set[int]:
+        """complete_reduction for many instances in one transaction (reductions without user
+        SQL): the instances still in FINALIZE, in their run, with every earlier chunk done,
+        get their report and COMPLETED, and their input chunks are consumed exactly once.
+        Returns those; NotLeader (everything rolled back) when the term is over."""
+        if not reduced:
+            return set()
+        ids = [r.decided.instance_id for r in reduced]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(sql.INSTANCES_LOCK, ids)
+            done = {r[0] for r in await conn.fetch(
+                sql.INSTANCES_FINISH_REDUCED, ids, [r.decided.run for r in reduced],
+                [r.decided.bound for r in reduced], [r.decided.tolerate_failed for r in reduced],
+                [storable_json(r.report_json) for r in reduced])}
+            if done:
+                ended = [r for r in reduced if r.decided.instance_id in done]
+                delta = CounterDelta()
+                for iid, step, n in await conn.fetch(sql.CHUNK_REDUCTIONS_CONSUMED,
+                                                     [r.decided.instance_id for r in ended], [r.step for r in ended]):
+                    delta.add(iid, step, COMPLETED, n)
+                if delta:
+                    await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
+            await self.fence_leader(conn, leader)
+        return done
 
     @contextlib.asynccontextmanager
     async def reduction(self, instance_id: int, step: int, user_sql: Callable[[], bool]) -> AsyncIterator[PgReduction]:

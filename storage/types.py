@@ -135,6 +135,15 @@ class Finish(msgspec.Struct, frozen=True):
     tolerate_failed: bool = False
 
 
+class Reduced(NamedTuple):
+    """A reduction's report, to be written with others' in one transaction
+    (EngineStore.complete_reductions): completes the instance as `decided` fences it and
+    consumes the input chunks of `step`."""
+    decided: Finish
+    step: int
+    report_json: str
+
+
 class LeaderTerm(msgspec.Struct, frozen=True):
     """The maintenance leader's fencing token: its writes commit only while it holds it."""
     node_id: int

@@ -14,7 +14,7 @@ import pytest
 from storage.memory import MemoryStore
 from storage.states import SETBACK_BY_ATTEMPTS, C, I
 from storage.store import Store
-from storage.types import ClaimedChunk, Finish, LeaderTerm, NotLeader, Setback, StepCounts, Success, TxOp
+from storage.types import ClaimedChunk, Finish, LeaderTerm, NotLeader, Reduced, Setback, StepCounts, Success, TxOp
 
 pytestmark = pytest.mark.anyio
 ALL = 32767
@@ -307,6 +307,31 @@ async def test_a_reduction_consumes_its_input_once_and_only_in_finalize(h: Harne
     assert await h.store.reduction_failed(iid, 1, "late", counted=True, leader=None) is None
 
 
+async def test_many_small_reductions_are_read_and_written_together_each_on_its_own_terms(h: Harness) -> None:
+    """Issue 26: small reductions' inputs in one read and their reports in one transaction;
+    each instance is held to FINALIZE, its run and rule 10 on its own, and its input is
+    consumed once."""
+    a, b, stale, early = [await _instance(h) for _ in range(4)]
+    for c in await h.claim():
+        if c.instance_id != early:
+            await h.store.record_outcomes([_ok(c, [bytes([c.instance_id % 250]), b"\x09"], gated=True)], [])
+    await h.store.mark_started([a, b, stale, early])
+    assert await h.store.finalize([Finish(i, 1, 1) for i in (a, b, stale)]) == {a, b, stale}
+    inputs = await h.store.reduction_inputs([(a, 1), (b, 1), (early, 1)])
+    assert inputs == {a: [bytes([a % 250]), b"\x09"], b: [bytes([b % 250]), b"\x09"], early: []}
+    done = await h.store.complete_reductions(
+        [Reduced(Finish(a, 1, 1), 1, '{"n": "a"}'), Reduced(Finish(b, 1, 1), 1, '{"n": "b"}'),
+         Reduced(Finish(stale, 2, 1), 1, '{"n": "other run"}'), Reduced(Finish(early, 1, 1), 1, '{"n": "early"}')],
+        None)
+    assert done == {a, b}
+    assert [json.loads((await h.instance(i))["report"]) for i in (a, b)] == [{"n": "a"}, {"n": "b"}]
+    assert [(await h.instance(i))["status"] for i in (stale, early)] == [I.FINALIZE.value, I.IN_PROGRESS.value]
+    assert await h.counts(a) == {0: (1, 1, 0, 0, 0), 1: (2, 2, 0, 0, 0)}
+    assert await h.counts(stale) == {0: (1, 1, 0, 0, 0), 1: (2, 0, 0, 0, 0)}  # its input is still there
+    assert await h.store.complete_reductions([Reduced(Finish(a, 1, 1), 1, '{"n": "again"}')], None) == set()
+    assert json.loads((await h.instance(a))["report"]) == {"n": "a"}
+
+
 async def test_a_failed_reduction_is_counted_in_its_run(h: Harness) -> None:
     iid = await _instance(h)
     (c,) = await h.claim()
@@ -352,5 +377,7 @@ async def test_a_deposed_leaders_writes_are_refused(h: Harness) -> None:
         await h.store.finish_instance(iid, I.FAILED, error="late", leader=stale, decided=Finish(iid, 1, 0))
     with pytest.raises(NotLeader):
         await h.store.complete_instances([Finish(iid, 1, ALL)], leader=stale)
+    with pytest.raises(NotLeader):
+        await h.store.complete_reductions([Reduced(Finish(iid, 1, 1), 1, "{}")], leader=stale)
     assert (await h.instance(iid))["status"] == I.IN_PROGRESS.value
     assert await h.store.set_instances_status({iid: 1}, I.ERRORED, LeaderTerm(other, newer)) == {iid}

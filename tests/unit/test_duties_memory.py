@@ -295,6 +295,42 @@ async def test_the_advancer_finalizes_and_the_reducer_completes_with_its_report(
     assert (await store.step_counts([iid]))[iid][1].completed == 3
 
 
+async def test_small_reductions_of_one_pass_are_read_and_written_together(
+        store: MemoryStore, registry: Registry, jobs: tuple[Job, Job, Job]) -> None:
+    """Issue 26: 40 small jobs finalized in one pass: their inputs are read in one call and
+    their reports written in a few transactions (a group commit), not one transaction of
+    ~10 round trips each; every report is each instance's own."""
+    summed = jobs[1]
+    ids = [(await _instance(store, summed))[0] for _ in range(40)]
+    term = await _term(store)
+    calls = {"inputs": 0, "written": 0, "alone": 0}
+    inputs, written, alone = store.reduction_inputs, store.complete_reductions, store.reduction
+
+    async def count_inputs(*a: Any) -> Any:
+        calls["inputs"] += 1
+        return await inputs(*a)
+
+    async def count_written(*a: Any) -> Any:
+        calls["written"] += 1
+        return await written(*a)
+
+    def count_alone(*a: Any) -> Any:
+        calls["alone"] += 1
+        return alone(*a)
+    store.reduction_inputs, store.complete_reductions, store.reduction = (  # type: ignore[method-assign]
+        count_inputs, count_written, count_alone)
+    reducer = Reducer(store, None, 1 << 20)  # type: ignore[arg-type]
+    advancer = InstanceAdvancer(store, registry, reducer, interval=0.05)
+    async with anyio.create_task_group() as tg:
+        ctx = PassContext(term, spawn=tg.start_soon)
+        for c in await _claim(store):
+            await store.record_outcomes([_done(c, [encode(Item(c.instance_id)), encode(Item(1))], gated=True)], [])
+        for iid in ids:
+            await _advance(advancer, ctx, store, iid, {I.COMPLETED.value, I.FAILED.value})
+    assert [msgspec.json.decode(store.instances[i].row["report"]) for i in ids] == [{"sum": i + 1} for i in ids]
+    assert calls["alone"] == 0 and calls["inputs"] == 1 and 1 <= calls["written"] <= 4, calls
+
+
 async def test_a_failing_reduction_is_retried_then_fails_the_instance(
         store: MemoryStore, registry: Registry, jobs: tuple[Job, Job, Job]) -> None:
     broken = jobs[2]
