@@ -694,8 +694,11 @@ class Store:
         try:
             await conn.execute(stmt, timeout=UPKEEP_DEADLINE)
         finally:
-            with contextlib.suppress(Exception):
-                await conn.close(timeout=5)
+            # also when cancelled (a shutdown mid-VACUUM): the server ends the VACUUM with the session
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5), contextlib.suppress(Exception):
+                await conn.close()
+            if not conn.is_closed():
+                conn.terminate()
 
     async def stale_partitions(self, partitions: Iterable[int], older_than: float) -> set[int]:
         out = set()
