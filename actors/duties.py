@@ -220,15 +220,17 @@ class GaugeExporter:
 # Fewer dead (or changed) rows than this never cost a VACUUM (ANALYZE) of chunkd's own: the
 # server's default threshold (50) would vacuum the small tables every check.
 UPKEEP_MIN_ROWS = 1000
-UPKEEP_EVERY = 10.0  # seconds between looks at the tables' statistics
+UPKEEP_EVERY = 10.0        # seconds between looks at the tables' statistics
+UPKEEP_RETRY_AFTER = 60.0  # seconds before a table whose upkeep failed or was skipped is tried again
 
 
 def upkeep_due(t: TableHealth) -> str | None:
     """What chunkd must do for a table autovacuum does not look after: "vacuum" (with
     ANALYZE) once its dead rows pass the autovacuum rule it would be under, "analyze" once
     its changed rows pass the analyze rule, else None. Where autovacuum is on, None: the
-    server's own daemon does it."""
-    if t.autovacuum:
+    server's own daemon does it; also where this role may not vacuum the table, or the
+    server counts nothing (track_counts = off)."""
+    if t.autovacuum or not t.maintainable or not t.counted:
         return None
     if t.dead >= max(UPKEEP_MIN_ROWS, t.vacuum_threshold + t.vacuum_scale * t.live):
         return "vacuum"
@@ -244,34 +246,46 @@ class Vacuumer:
     grow without bound and every statement on them slows down (a 30-minute soak on such a
     server: 15 million dead chunk rows against 1 million live, submit p50 7 -> 29 ms). Then
     the leader does what autovacuum would: VACUUM (ANALYZE) a table past the autovacuum rule
-    it is under, in the background, one table at a time, never waiting on a lock.
-    CHUNKD_VACUUM=off leaves it to the DBA. Every check exports each table's dead rows."""
+    it is under, in the background, one table at a time, never waiting on a lock and giving
+    way to anyone it blocks (storage.store.Store.upkeep). CHUNKD_VACUUM=off leaves it to the
+    DBA. Every check exports each table's dead rows; what it cannot do it says once."""
 
     def __init__(self, store: EngineStore, enabled: bool = True, every: float = UPKEEP_EVERY) -> None:
         self.store, self.enabled = store, enabled
         self.every = Every(every)
         self.running = False
-        self._told = False
+        self._told: set[str] = set()
+        self._not_before: dict[str, float] = {}  # table -> monotonic time its upkeep may be tried again
+
+    def _tell(self, what: str, message: str, **kw: Any) -> None:
+        if what not in self._told:
+            self._told.add(what)
+            log.warning(message, **kw)
 
     async def run(self, ctx: PassContext) -> set[int]:
-        if self.running or ctx.spawn is None or not self.every.due(time.monotonic()):
+        now = time.monotonic()
+        if self.running or ctx.spawn is None or not self.every.due(now):
             return set()
         tables = await self.store.table_health()
         for t in tables:
             TABLE_DEAD_ROWS.labels(t.name).set(t.dead)
-        due = [(t, kind) for t in tables if (kind := upkeep_due(t))]
+        unseen = [t.name for t in tables if not t.autovacuum and not t.counted]
+        if unseen:
+            self._tell("counts", "track_counts is off: nobody can tell when chunkd's tables need a VACUUM "
+                                 "(autovacuum cannot run either); vacuum them yourself", tables=unseen)
+        foreign = [t.name for t in tables if not t.autovacuum and t.counted and not t.maintainable]
+        if foreign and self.enabled:
+            self._tell("owner", "autovacuum is off for chunkd's tables and chunkd's role may not vacuum them "
+                                "(not their owner): their dead rows grow until someone vacuums them", tables=foreign)
+        due = [(t, kind) for t in tables if (kind := upkeep_due(t)) and self._not_before.get(t.name, 0.0) <= now]
         if not due:
             return set()
         if not self.enabled:
-            if not self._told:
-                self._told = True
-                log.warning("autovacuum is off for chunkd's tables and CHUNKD_VACUUM=off: their dead rows grow "
-                            "until someone vacuums them", tables=[t.name for t, _ in due])
+            self._tell("off", "autovacuum is off for chunkd's tables and CHUNKD_VACUUM=off: their dead rows grow "
+                              "until someone vacuums them", tables=[t.name for t, _ in due])
             return set()
-        if not self._told:
-            self._told = True
-            log.warning("autovacuum is off for chunkd's tables: chunkd vacuums them itself "
-                        "(CHUNKD_VACUUM=off leaves it to you)", tables=[t.name for t, _ in due])
+        self._tell("on", "autovacuum is off for chunkd's tables: chunkd vacuums them itself "
+                         "(CHUNKD_VACUUM=off leaves it to you)", tables=[t.name for t, _ in due])
         self.running = True
         ctx.spawn(self._upkeep, due)
         return set()
@@ -281,11 +295,14 @@ class Vacuumer:
             for t, kind in due:
                 started = time.monotonic()
                 try:
-                    await self.store.upkeep(t.name, kind == "vacuum")
-                except Exception as e:  # noqa: BLE001 - not the owner, the database away: the leader goes on
+                    why_not = await self.store.upkeep(t.name, kind == "vacuum")
+                except Exception as e:  # noqa: BLE001 - the database away, a bug: the leader goes on
+                    why_not = repr(e)
+                if why_not is not None:
+                    self._not_before[t.name] = time.monotonic() + UPKEEP_RETRY_AFTER
                     TABLE_UPKEEP_FAILURES.labels(t.name).inc()
-                    log.warning("could not vacuum a table; the next check tries again", table=t.name, kind=kind,
-                                error=repr(e))
+                    log.warning("could not vacuum a table; trying again later", table=t.name, kind=kind,
+                                reason=why_not, retry_in=UPKEEP_RETRY_AFTER)
                     continue
                 TABLE_UPKEEP.labels(t.name, kind).inc()
                 log.info("vacuumed a table" if kind == "vacuum" else "analyzed a table", table=t.name,

@@ -58,7 +58,8 @@ class GroupCommit(Generic[P]):
             with anyio.CancelScope(shield=True):
                 if self.wait > 0 and len(self._queue) < self.max_items // 2:
                     await anyio.sleep(self.wait)
-                group = self._take()
+                # another flusher may have taken everything meanwhile: then there is nothing to write
+                group = self._take() if self._queue else []
                 if group:
                     self.groups += 1
                     try:

@@ -33,10 +33,14 @@ from storage.types import Finish, InstanceRow, LeaderTerm, NotLeader, Reduced
 
 log = structlog.get_logger("chunkd.maintenance")
 
-SMALL_INPUT = 1000   # input chunks a reduction may have to be loaded and written with others
-LOAD_GROUP = 200     # reductions whose input one read loads, at most
-WRITE_WAIT = 0.002   # seconds a report waits for company when no group is being written
-WRITE_MAX = 500      # reports per transaction, at most
+SMALL_INPUT = 1000          # input chunks a reduction may have to be loaded and written with others
+SMALL_BYTES = 128 << 10     # and bytes (larger: streamed, as a large reduction is)
+SMALL_IN_FLIGHT = 500       # small reductions loaded or running at once (so at most ~64 MiB of input)
+LOAD_GROUP = 200            # reductions whose input one read loads, at most
+WRITE_WAIT = 0.002          # seconds a report waits for company when no group is being written
+WRITE_MAX = 500             # reports per transaction, at most
+WRITE_MAX_BYTES = 8 << 20   # and bytes of reports
+WRITE_MAX_INPUTS = 20_000   # and input chunks consumed (one transaction stays short)
 
 
 def retry_in(attempts: int, counted: bool, max_attempts: int, base: float, cap: float,
@@ -61,6 +65,7 @@ class Reducer:
         # loads at once: thousands of instances finalized together must not take every pool
         # connection from the claims and completions
         self._loading = anyio.CapacityLimiter(2)
+        self._small = anyio.Semaphore(SMALL_IN_FLIGHT)
 
     def start(self, inst: InstanceRow, job: Job, term: LeaderTerm | None, spawn: Callable[..., Any],
               inputs: int | None = None) -> None:
@@ -85,28 +90,51 @@ class Reducer:
             spawn(self._reduce_small, small[at:at + LOAD_GROUP], term)
 
     async def _reduce_small(self, group: list[tuple[InstanceRow, Job]], term: LeaderTerm | None) -> None:
-        """Loads the inputs of a group of small reductions in one read, then runs each."""
+        """Loads the inputs of a group of small reductions in one read, then runs each; one
+        whose input turns out larger than SMALL_BYTES is streamed in a transaction of its own."""
         started: set[int] = set()
+        held = 0  # slots of self._small this group holds for reductions not started yet
         try:
             if term is None:
                 return
+            for _ in group:
+                await self._small.acquire()
+                held += 1
             try:
                 async with self._loading:
-                    raw = await self.store.reduction_inputs([(inst.id, job.steps[-1].index) for inst, job in group])
+                    raw, large = await self.store.reduction_inputs(
+                        [(inst.id, job.steps[-1].index) for inst, job in group], SMALL_BYTES)
             except TRANSIENT as e:  # nothing happened: a later pass starts them again
                 for inst, _ in group:
                     self._retry_at[inst.id] = time.monotonic() + 1.0
                 log.warning("could not read the input of reductions; will run them again", error=repr(e),
                             instances=len(group))
                 return
+            except Exception as e:  # noqa: BLE001 - each alone then, where a failure is counted and shown
+                log.warning("could not read the input of reductions together; running each alone", error=repr(e),
+                            instances=len(group))
+                large = {inst.id for inst, _ in group}
             async with anyio.create_task_group() as tg:
                 for inst, job in group:
                     started.add(inst.id)
-                    tg.start_soon(self._reduce, inst, job, term, raw.get(inst.id, []))
+                    held -= 1
+                    if inst.id in large:
+                        self._small.release()
+                        tg.start_soon(self._reduce, inst, job, term, None)
+                    else:
+                        tg.start_soon(self._reduce_holding, inst, job, term, raw.pop(inst.id, []))
         finally:
+            for _ in range(held):
+                self._small.release()
             for inst, _ in group:
                 if inst.id not in started:
                     self.reducing.discard(inst.id)
+
+    async def _reduce_holding(self, inst: InstanceRow, job: Job, term: LeaderTerm, loaded: list[bytes]) -> None:
+        try:
+            await self._reduce(inst, job, term, loaded)
+        finally:
+            self._small.release()
 
     def due(self) -> set[int]:
         """Instances whose failed reduction may run again now (a pass must look at them)."""
@@ -238,7 +266,7 @@ class Reducer:
                                                     abandon_on_cancel=True)
         reduced = Reduced(Finish(inst.id, inst.run, step.index, not job.fail_instance_on_chunk_failure),
                           step.index, self._report_json(report))
-        if not await self.writer.join((reduced, term)):
+        if not await self.writer.join((reduced, term), len(raw)):
             raise _Superseded()
         return report
 
@@ -260,10 +288,18 @@ class ReportWriter(GroupCommit[tuple[Reduced, LeaderTerm]]):
         self.store = store
 
     def _take(self) -> list[Waiting[tuple[Reduced, LeaderTerm]]]:
-        group = [self._queue.popleft()]
-        term = group[0].payload[1]
-        while self._queue and len(group) < self.max_items and self._queue[0].payload[1] == term:
+        """Reports of one term, bounded in number, bytes and input chunks (`size`)."""
+        group: list[Waiting[tuple[Reduced, LeaderTerm]]] = []
+        n_bytes = n_inputs = 0
+        while self._queue and len(group) < self.max_items:
+            w = self._queue[0]
+            reduced, term = w.payload
+            if group and (term != group[0].payload[1] or n_bytes + len(reduced.report_json) > WRITE_MAX_BYTES
+                          or n_inputs + w.size > WRITE_MAX_INPUTS):
+                break
             group.append(self._queue.popleft())
+            n_bytes += len(reduced.report_json)
+            n_inputs += w.size
         return group
 
     async def _write(self, group: list[Waiting[tuple[Reduced, LeaderTerm]]]) -> None:

@@ -425,7 +425,7 @@ class MemoryStore:
     async def table_health(self) -> list[TableHealth]:
         return []  # dicts leave no dead rows behind
 
-    async def upkeep(self, table: str, vacuum: bool) -> None:
+    async def upkeep(self, table: str, vacuum: bool) -> str | None:
         raise LookupError(f"no table {table!r} in memory")
 
     async def stale_partitions(self, partitions: Iterable[int], older_than: float) -> set[int]:
@@ -572,13 +572,15 @@ class MemoryStore:
         # nothing to roll back on an exception: a MemReduction writes only in `complete`
         yield MemReduction(self, instance_id, step)
 
-    async def reduction_inputs(self, reductions: Sequence[tuple[int, int]]) -> dict[int, list[bytes]]:
+    async def reduction_inputs(self, reductions: Sequence[tuple[int, int]],
+                               max_bytes: int) -> tuple[dict[int, list[bytes]], set[int]]:
         wanted = dict(reductions)
         out: dict[int, list[bytes]] = {i: [] for i in wanted}
         for c in sorted(self.chunks.values(), key=lambda c: c.id):
             if wanted.get(c.instance_id) == c.step and c.state == C.GATE_WAITING:
                 out[c.instance_id].append(c.data or b"")
-        return out
+        large = {i for i, data in out.items() if sum(map(len, data)) > max_bytes}
+        return {i: d for i, d in out.items() if i not in large}, large
 
     async def complete_reductions(self, reduced: Sequence[Reduced], leader: LeaderTerm | None) -> set[int]:
         self._fence(leader)

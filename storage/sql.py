@@ -511,11 +511,16 @@ WITH done AS (
     WHERE instance_id = $1 AND step = $2 AND state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.GATE_WAITING})))})
     RETURNING 1
 ) SELECT count(*) FROM done"""
-# The input of many small reductions in one read ($1, $2: instance and its reduce step).
+# The input of many small reductions in one read ($1, $2: instance and its reduce step): an
+# instance's data only while its input's bytes are at most $3 (else NULL rows: too large, it
+# is streamed alone; octet_length reads a TOASTed value's size, not the value).
 CHUNK_REDUCTION_INPUTS = f"""
-SELECT c.instance_id, c.data FROM chunkd_chunk c
-JOIN unnest($1::bigint[], $2::int[]) AS t(instance_id, step) ON c.instance_id = t.instance_id AND c.step = t.step
-WHERE c.state = {int(C.GATE_WAITING)} ORDER BY c.instance_id, c.id"""
+SELECT instance_id, CASE WHEN bytes <= $3 THEN data END, bytes <= $3 FROM (
+    SELECT c.instance_id, c.id, c.data, sum(octet_length(c.data)) OVER (PARTITION BY c.instance_id) AS bytes
+    FROM chunkd_chunk c
+    JOIN unnest($1::bigint[], $2::int[]) AS t(instance_id, step) ON c.instance_id = t.instance_id AND c.step = t.step
+    WHERE c.state = {int(C.GATE_WAITING)}) i
+ORDER BY instance_id, id"""
 # CHUNK_REDUCTION_CONSUMED for many instances: (instance, step, chunks consumed) each.
 CHUNK_REDUCTIONS_CONSUMED = f"""
 WITH done AS (
@@ -726,12 +731,19 @@ SELECT s.relname, s.n_live_tup, s.n_dead_tup, s.n_mod_since_analyze,
        coalesce(o.opts->>'autovacuum_vacuum_threshold', current_setting('autovacuum_vacuum_threshold'))::float8,
        coalesce(o.opts->>'autovacuum_vacuum_scale_factor', current_setting('autovacuum_vacuum_scale_factor'))::float8,
        coalesce(o.opts->>'autovacuum_analyze_threshold', current_setting('autovacuum_analyze_threshold'))::float8,
-       coalesce(o.opts->>'autovacuum_analyze_scale_factor', current_setting('autovacuum_analyze_scale_factor'))::float8
+       coalesce(o.opts->>'autovacuum_analyze_scale_factor', current_setting('autovacuum_analyze_scale_factor'))::float8,
+       pg_has_role(c.relowner, 'USAGE')
+         OR pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE')
+         OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+       current_setting('track_counts')::bool
 FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
 CROSS JOIN LATERAL (SELECT coalesce(jsonb_object_agg(option_name, option_value), '{}'::jsonb) AS opts
                     FROM pg_options_to_table(c.reloptions)) o
 WHERE s.schemaname = current_schema() AND s.relname LIKE 'chunkd\\_%'
 ORDER BY s.relname"""
+# Is anyone waiting on a lock the session $1 (chunkd's VACUUM) holds? Then it gives way, as
+# autovacuum does: a DDL statement queued behind it would hold every write queued behind that.
+UPKEEP_BLOCKING = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE $1::int = ANY(pg_blocking_pids(a.pid)))"
 # {table}: a name TABLE_HEALTH returned, quoted. SKIP_LOCKED: a DBA's REINDEX or ALTER holding
 # the table is not waited for (the next check tries again).
 TABLE_VACUUM = "VACUUM (ANALYZE, SKIP_LOCKED) {table}"

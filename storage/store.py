@@ -53,6 +53,7 @@ MAX_WARNINGS = 100
 # Python work) runs under the database's own limits: see Store.user_limits.
 # The longest a VACUUM of one table may take before chunkd gives up on it (client side).
 UPKEEP_DEADLINE = 1800.0
+UPKEEP_YIELD_CHECK = 0.5  # seconds between looks at whether chunkd's VACUUM blocks anyone
 OWN_LIMITS = {"statement_timeout": "5min", "lock_timeout": "0", "idle_in_transaction_session_timeout": "1min"}
 
 
@@ -683,22 +684,41 @@ class Store:
         """chunkd's tables: live, dead and changed rows, and whether autovacuum looks after them."""
         return [TableHealth(*r) for r in await self.pool.fetch(sql.TABLE_HEALTH)]
 
-    async def upkeep(self, table: str, vacuum: bool) -> None:
+    async def upkeep(self, table: str, vacuum: bool) -> str | None:
         """VACUUM (ANALYZE) or only ANALYZE one of chunkd's tables, on a connection of its own:
         it cannot run in a transaction, may take longer than any of chunkd's statements may,
         and must not hold a pool connection meanwhile. A DBA's statement_timeout does not
-        apply to it; it never waits on a lock (SKIP_LOCKED)."""
+        apply to it; it never waits on a lock (SKIP_LOCKED), and, as autovacuum does, it
+        gives way (is cancelled) as soon as it blocks anyone: a DDL statement (a migration, a
+        DBA's ALTER) waiting behind it would hold every write queued behind that. Returns
+        None when done, else why it was not (skipped by the server, or it gave way)."""
         stmt = (sql.TABLE_VACUUM if vacuum else sql.TABLE_ANALYZE).format(table=quote(table))
         conn = await asyncpg.connect(self.dsn, timeout=self.deadlines.statement, server_settings={
             "application_name": "chunkd upkeep", "statement_timeout": "0", "lock_timeout": "1s"})
+        skipped: list[str] = []  # the server only warns when it skips a table (not the owner, locked)
+        conn.add_log_listener(lambda _c, m: skipped.append(m.message) if "skipping" in m.message else None)
+        gave_way = False
         try:
-            await conn.execute(stmt, timeout=UPKEEP_DEADLINE)
+            pid = conn.get_server_pid()
+            async with anyio.create_task_group() as tg:
+                async def give_way() -> None:
+                    nonlocal gave_way
+                    while not await self.pool.fetchval(sql.UPKEEP_BLOCKING, pid):
+                        await anyio.sleep(UPKEEP_YIELD_CHECK)
+                    gave_way = True
+                    tg.cancel_scope.cancel()
+                tg.start_soon(give_way)
+                await conn.execute(stmt, timeout=UPKEEP_DEADLINE)
+                tg.cancel_scope.cancel()
         finally:
-            # also when cancelled (a shutdown mid-VACUUM): the server ends the VACUUM with the session
+            # also when cancelled (a shutdown, or giving way): the server ends it with the session
             with anyio.CancelScope(shield=True), anyio.move_on_after(5), contextlib.suppress(Exception):
                 await conn.close()
             if not conn.is_closed():
                 conn.terminate()
+        if gave_way:
+            return "gave way to a session waiting on its lock (a DDL statement or a migration)"
+        return skipped[0] if skipped else None
 
     async def stale_partitions(self, partitions: Iterable[int], older_than: float) -> set[int]:
         out = set()
@@ -740,13 +760,21 @@ class Store:
         await self.fence_leader(conn, leader)
         return True
 
-    async def reduction_inputs(self, reductions: Sequence[tuple[int, int]]) -> dict[int, list[bytes]]:
-        """The input chunks of many small reductions ((instance, reduce step) each), in one read."""
+    async def reduction_inputs(self, reductions: Sequence[tuple[int, int]],
+                               max_bytes: int) -> tuple[dict[int, list[bytes]], set[int]]:
+        """The input chunks of many small reductions ((instance, reduce step) each), in one
+        read; and the instances whose input is over `max_bytes` (their data not read)."""
         out: dict[int, list[bytes]] = {i: [] for i, _ in reductions}
+        large: set[int] = set()
         for r in await self.pool.fetch(sql.CHUNK_REDUCTION_INPUTS, [i for i, _ in reductions],
-                                       [s for _, s in reductions]):
-            out[r[0]].append(r[1])
-        return out
+                                       [s for _, s in reductions], max_bytes):
+            if r[2]:
+                out[r[0]].append(r[1])
+            else:
+                large.add(r[0])
+        for i in large:
+            del out[i]
+        return out, large
 
     async def complete_reductions(self, reduced: Sequence[Reduced], leader: LeaderTerm | None) -> set[int]:
         """complete_reduction for many instances in one transaction (reductions without user

@@ -114,6 +114,8 @@ class TableHealth(msgspec.Struct, frozen=True):
     vacuum_scale: float
     analyze_threshold: float
     analyze_scale: float
+    maintainable: bool = True  # this role may VACUUM it (owner, the database's owner, superuser)
+    counted: bool = True       # track_counts is on: the figures above mean something
 
 
 class Progress(NamedTuple):

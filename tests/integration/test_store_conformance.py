@@ -317,8 +317,10 @@ async def test_many_small_reductions_are_read_and_written_together_each_on_its_o
             await h.store.record_outcomes([_ok(c, [bytes([c.instance_id % 250]), b"\x09"], gated=True)], [])
     await h.store.mark_started([a, b, stale, early])
     assert await h.store.finalize([Finish(i, 1, 1) for i in (a, b, stale)]) == {a, b, stale}
-    inputs = await h.store.reduction_inputs([(a, 1), (b, 1), (early, 1)])
-    assert inputs == {a: [bytes([a % 250]), b"\x09"], b: [bytes([b % 250]), b"\x09"], early: []}
+    inputs = await h.store.reduction_inputs([(a, 1), (b, 1), (early, 1)], 2)
+    assert inputs == ({a: [bytes([a % 250]), b"\x09"], b: [bytes([b % 250]), b"\x09"], early: []}, set())
+    # over the byte bound: named, its data not read (it is streamed alone)
+    assert await h.store.reduction_inputs([(a, 1), (early, 1)], 1) == ({early: []}, {a})
     done = await h.store.complete_reductions(
         [Reduced(Finish(a, 1, 1), 1, '{"n": "a"}'), Reduced(Finish(b, 1, 1), 1, '{"n": "b"}'),
          Reduced(Finish(stale, 2, 1), 1, '{"n": "other run"}'), Reduced(Finish(early, 1, 1), 1, '{"n": "early"}')],

@@ -149,6 +149,8 @@ def test_upkeep_follows_the_autovacuum_rule_only_where_autovacuum_is_off() -> No
     assert upkeep_due(_table(dead=24_999)) is None
     assert upkeep_due(_table(dead=25_000)) == "vacuum"
     assert upkeep_due(_table(dead=25_000, autovacuum=True)) is None  # the server's daemon does it
+    assert upkeep_due(_table(dead=25_000, maintainable=False)) is None  # not ours to vacuum: said once
+    assert upkeep_due(_table(dead=25_000, counted=False)) is None  # track_counts off: nothing to go by
     assert upkeep_due(_table(changed=50_049)) is None
     assert upkeep_due(_table(changed=50_050)) == "analyze"
     assert upkeep_due(_table(dead=25_000, changed=50_000)) == "vacuum"  # VACUUM (ANALYZE) does both

@@ -391,3 +391,56 @@ async def test_the_advancer_writes_nothing_under_a_lost_term(
     assert (row["status"], row["current_step"]) == (I.QUEUED.value, 0)
     await advancer.run(PassContext(LeaderTerm(other, stale.term + 1)))  # the new leader's pass applies it
     assert store.instances[iid].row["status"] == I.IN_PROGRESS.value
+
+
+async def test_two_reports_flushed_together_are_each_answered_once() -> None:
+    """Two writers wake to one queue: the first takes both reports, the second finds nothing
+    to write (it once raised IndexError: a completed instance then counted a failed
+    reduction, lost its on_complete, and could end FAILED)."""
+    from actors.reducer import ReportWriter
+    from storage.types import Finish, Reduced
+
+    class Store:
+        calls = 0
+
+        async def complete_reductions(self, reduced: list[Reduced], leader: object) -> set[int]:
+            Store.calls += 1
+            await anyio.sleep(0.01)
+            return {r.decided.instance_id for r in reduced}
+    writer = ReportWriter(Store())  # type: ignore[arg-type]
+    got: list[bool] = []
+    term = LeaderTerm(1, 1)
+
+    async def join(i: int) -> None:
+        got.append(await writer.join((Reduced(Finish(i, 1, 1), 1, "{}"), term)))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(join, 1)
+        await anyio.sleep(0.001)  # inside the first writer's wait for company
+        tg.start_soon(join, 2)
+    assert got == [True, True] and Store.calls == 1
+
+
+async def test_a_reduction_over_the_small_bytes_is_streamed_alone(
+        store: MemoryStore, registry: Registry, jobs: tuple[Job, Job, Job], monkeypatch: pytest.MonkeyPatch) -> None:
+    import actors.reducer as reducer_module
+    monkeypatch.setattr(reducer_module, "SMALL_BYTES", 4)
+    summed = jobs[1]
+    small, large = [(await _instance(store, summed))[0] for _ in range(2)]
+    term = await _term(store)
+    alone: list[int] = []
+    single = store.reduction
+
+    def count_alone(instance_id: int, *a: Any) -> Any:
+        alone.append(instance_id)
+        return single(instance_id, *a)
+    store.reduction = count_alone  # type: ignore[method-assign]
+    advancer = InstanceAdvancer(store, registry, Reducer(store, None, 1 << 20), interval=0.05)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        ctx = PassContext(term, spawn=tg.start_soon)
+        for c in await _claim(store):
+            items = [Item(1)] if c.instance_id == small else [Item(i) for i in range(1, 6)]
+            await store.record_outcomes([_done(c, [encode(x) for x in items], gated=True)], [])
+        for iid in (small, large):
+            await _advance(advancer, ctx, store, iid, {I.COMPLETED.value, I.FAILED.value})
+    assert [msgspec.json.decode(store.instances[i].row["report"]) for i in (small, large)] == [{"sum": 1}, {"sum": 15}]
+    assert alone == [large]
