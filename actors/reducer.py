@@ -66,6 +66,7 @@ class Reducer:
         # connection from the claims and completions
         self._loading = anyio.CapacityLimiter(2)
         self._small = anyio.Semaphore(SMALL_IN_FLIGHT)
+        self._taking = anyio.Lock()
 
     def start(self, inst: InstanceRow, job: Job, term: LeaderTerm | None, spawn: Callable[..., Any],
               inputs: int | None = None) -> None:
@@ -97,9 +98,12 @@ class Reducer:
         try:
             if term is None:
                 return
-            for _ in group:
-                await self._small.acquire()
-                held += 1
+            # a group takes all its slots before the next takes any: groups each holding a
+            # few slots and waiting for more would wait for each other forever
+            async with self._taking:
+                for _ in group:
+                    await self._small.acquire()
+                    held += 1
             try:
                 async with self._loading:
                     raw, large = await self.store.reduction_inputs(

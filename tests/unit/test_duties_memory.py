@@ -112,7 +112,7 @@ async def _instance(store: MemoryStore, job: Job | None = None) -> tuple[int, in
 
 
 async def _claim(store: MemoryStore, node: int = 1, lease: float = 30) -> list[ClaimedChunk]:
-    return [c for p in range(store.partitions) for c in await store.claim(p, 100, node, lease)]
+    return [c for p in range(store.partitions) for c in await store.claim(p, 1000, node, lease)]
 
 
 def _done(c: ClaimedChunk, children: list[bytes] = (), gated: bool = False) -> Success:  # type: ignore[assignment]
@@ -444,3 +444,25 @@ async def test_a_reduction_over_the_small_bytes_is_streamed_alone(
             await _advance(advancer, ctx, store, iid, {I.COMPLETED.value, I.FAILED.value})
     assert [msgspec.json.decode(store.instances[i].row["report"]) for i in (small, large)] == [{"sum": 1}, {"sum": 15}]
     assert alone == [large]
+
+
+async def test_many_groups_of_small_reductions_all_finish(
+        store: MemoryStore, registry: Registry, jobs: tuple[Job, Job, Job], monkeypatch: pytest.MonkeyPatch) -> None:
+    """More small reductions at once than may be in flight, in many groups: each group takes
+    all its slots before the next takes any (groups each holding some slots and waiting for
+    more once waited for each other forever: the bench's 20,000 instances sat in FINALIZE)."""
+    import actors.reducer as reducer_module
+    monkeypatch.setattr(reducer_module, "SMALL_IN_FLIGHT", 50)
+    monkeypatch.setattr(reducer_module, "LOAD_GROUP", 20)
+    summed = jobs[1]
+    ids = [(await _instance(store, summed))[0] for _ in range(300)]
+    term = await _term(store)
+    advancer = InstanceAdvancer(store, registry, Reducer(store, None, 1 << 20), interval=0.05)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        ctx = PassContext(term, spawn=tg.start_soon)
+        for c in await _claim(store):
+            await store.record_outcomes([_done(c, [encode(Item(2))], gated=True)], [])
+        with anyio.fail_after(30):
+            while any(_status(store, i) != I.COMPLETED.value for i in ids):
+                await advancer.run(ctx)
+                await anyio.sleep(0.01)
