@@ -26,6 +26,7 @@ from storage.states import (
     I,
     chunk_allowed_from,
     instance_allowed_from,
+    maintenance_moves_from,
 )
 from storage.store import MAX_WARNINGS
 from storage.text import MAX_TRACE, storable, storable_json
@@ -472,7 +473,7 @@ class MemoryStore:
         if not runs:
             return set()
         self._fence(leader)
-        allowed = set(instance_allowed_from(to))
+        allowed = set(maintenance_moves_from(to))
         moved = set()
         for i, run in runs.items():
             inst = self.instances.get(i)

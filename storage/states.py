@@ -100,3 +100,12 @@ def chunk_allowed_from(to: ChunkState, among: frozenset[ChunkState] | None = Non
 
 def instance_allowed_from(to: InstanceState) -> list[str]:
     return sorted(a.value for (a, b) in INSTANCE_MOVES if b == to)
+
+
+def maintenance_moves_from(to: InstanceState) -> list[str]:
+    """The statuses maintenance may move an instance from to `to`: only a running one. An
+    ended instance comes back only by an operator's restart (which starts a new run): a pass
+    that read an instance ERRORED and decided "retries cleared" just before a cancel
+    committed once moved the CANCELLED instance back to IN_PROGRESS (its run unchanged), and
+    the next pass failed it for its cancelled chunks."""
+    return [s for s in instance_allowed_from(to) if I(s) not in INSTANCE_TERMINAL]

@@ -17,7 +17,7 @@ from storage import sql
 from storage.counters import CANCELLED, COMPLETED, CREATED, ERRORS, FAILED, CounterDelta
 from storage.deadlines import DEFAULT, Deadlines, keep_alive
 from storage.migrate import migrate
-from storage.states import INSTANCE_TERMINAL, C, I, instance_allowed_from
+from storage.states import INSTANCE_TERMINAL, C, I, instance_allowed_from, maintenance_moves_from
 from storage.tables import quote
 from storage.text import MAX_TRACE, storable, storable_json
 from storage.types import (
@@ -357,13 +357,13 @@ class Store:
 
     async def set_instances_status(self, runs: dict[int, int], to: I,
                                    leader: LeaderTerm | None = None) -> set[int]:
-        """Moves those allowed to move to `to` and still in the run given (instance id -> run);
-        returns their ids."""
+        """Maintenance's moves: those still running, in the run given (instance id -> run), and
+        allowed to move to `to`; returns their ids."""
         if not runs:
             return set()
         async with self.pool.acquire() as conn, conn.transaction():
             moved = {r[0] for r in await conn.fetch(sql.INSTANCES_SET_STATUS, list(runs), to.value,
-                                                    instance_allowed_from(to), list(runs.values()))}
+                                                    maintenance_moves_from(to), list(runs.values()))}
             await self.fence_leader(conn, leader)
         return moved
 

@@ -257,6 +257,21 @@ async def test_gates_finalize_and_completion_wait_for_every_earlier_chunk(h: Har
     assert (await h.instance(iid))["status"] == I.COMPLETED.value
 
 
+async def test_maintenance_never_brings_an_ended_instance_back(h: Harness) -> None:
+    """A pass decides on what it read: an instance ERRORED ("retries cleared") or QUEUED
+    ("started") may be cancelled before the move is written. The move must then be refused:
+    a CANCELLED instance moved back to IN_PROGRESS (its run unchanged) was failed by the next
+    pass for its cancelled chunks (seen in CI's dashboard test). Only a restart revives one."""
+    errored, queued = await _instance(h), await _instance(h)
+    await h.store.mark_started([errored])
+    assert await h.store.set_instances_status({errored: 1}, I.ERRORED) == {errored}
+    for iid in (errored, queued):
+        assert await h.store.cancel_instance(iid)
+    assert await h.store.set_instances_status({errored: 1}, I.IN_PROGRESS) == set()
+    assert await h.store.set_instances_status({queued: 1}, I.IN_PROGRESS) == set()
+    assert [(await h.instance(i))["status"] for i in (errored, queued)] == [I.CANCELLED.value] * 2
+
+
 async def test_many_complete_at_once_each_only_over_its_done_chunks(h: Harness) -> None:
     """Maintenance's batched COMPLETED (issue 26): each instance of the batch is held to rule
     10 and to its run on its own; one refused does not hold the others back."""
