@@ -117,15 +117,10 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
         if chunks:
             claimed_metric.inc(len(chunks))
             CLAIM_BATCH.observe(len(chunks))
-            instances = {c.instance_id for c in chunks}
             try:
-                await engine.note_started(instances)
+                await engine.note_started({c.instance_id for c in chunks})
             except TRANSIENT:
-                pass  # cosmetic (QUEUED -> IN_PROGRESS); maintenance does it too
-            try:
-                await engine.preload_runtimes(instances)
-            except TRANSIENT:
-                pass  # each chunk's executor reads its instance then
+                pass  # cosmetic (QUEUED -> IN_PROGRESS, maintenance does it too); runtimes are read per chunk then
             now = time.monotonic()
             for c in chunks:
                 c.claimed_at = now

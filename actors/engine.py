@@ -272,14 +272,6 @@ class Engine:
             raise hit
         return hit
 
-    async def preload_runtimes(self, instance_ids: Iterable[int]) -> None:
-        """The runtimes of a claim's instances not cached yet, in one read: a claim of many
-        small jobs' chunks would otherwise read each instance on its own."""
-        missing = [i for i in instance_ids if i not in self._runtimes]
-        if len(missing) > 1:
-            for row in await self.store.instance_runtimes(missing):
-                self._keep(row.id, row)
-
     def _keep(self, instance_id: int, row: InstanceRow | None) -> LoadedInstance | Exception:
         hit: LoadedInstance | Exception
         try:
@@ -295,9 +287,16 @@ class Engine:
         return hit
 
     async def note_started(self, instance_ids: set[int]) -> None:
+        """A claim's instances: those still QUEUED become IN_PROGRESS (cosmetic: maintenance
+        does it too), and the runtimes not cached yet are read, in one round trip: a claim
+        of many small jobs' chunks would otherwise cost a read per instance and one more."""
         new = instance_ids - self._started
-        if new:
-            await self.store.mark_started(sorted(new))
-            self._started |= new
-            if len(self._started) > 100_000:
-                self._started.clear()
+        missing = sorted(i for i in instance_ids if i not in self._runtimes)
+        if not new and len(missing) < 2:
+            return  # a lone runtime is read by the chunk's executor (Engine.runtime)
+        for row in await self.store.start_and_load(sorted(new), missing):
+            self._keep(row.id, row)
+        self._started |= new
+        if len(self._started) > 100_000:
+            self._started.clear()
+

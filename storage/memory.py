@@ -177,8 +177,11 @@ class MemoryStore:
         r = inst.row
         return InstanceRow(r["id"], r["job_name"], r["job_version"], r["params"], r["gated"], r["status"])
 
-    async def instance_runtimes(self, instance_ids: Sequence[int]) -> list[InstanceRow]:
-        return [r for i in instance_ids if (r := await self.instance_runtime(i)) is not None]
+    async def start_and_load(self, start: Sequence[int], load: Sequence[int]) -> list[InstanceRow]:
+        # read as of before the start, as Postgres's CTE does
+        loaded = [r for i in load if (r := await self.instance_runtime(i)) is not None]
+        await self.mark_started(start)
+        return loaded
 
     async def get_instance(self, instance_id: int) -> dict[str, Any] | None:
         inst = self.instances.get(instance_id)

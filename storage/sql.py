@@ -144,8 +144,6 @@ SELECT i.*,
      FROM (SELECT id, message FROM chunkd_warning WHERE instance_id = i.id ORDER BY id LIMIT $2) w) AS detail_warnings
 FROM chunkd_instance i WHERE i.id = $1"""
 INSTANCE_RUNTIME = "SELECT id, job_name, job_version, params::text AS params, gated, status FROM chunkd_instance WHERE id = $1"
-INSTANCE_RUNTIMES = """
-SELECT id, job_name, job_version, params::text AS params, gated, status FROM chunkd_instance WHERE id = ANY($1::bigint[])"""
 # KEY SHARE: no conflict with maintenance's progress updates, but ordered against a
 # cancel/fail, which takes INSTANCE_LOCK (FOR UPDATE) first.
 INSTANCE_STATUS_FOR_SHARE = "SELECT id, status FROM chunkd_instance WHERE id = ANY($1::bigint[]) ORDER BY id FOR KEY SHARE"
@@ -158,6 +156,13 @@ WHERE id = ANY($1::bigint[]) AND status IN ({_TERMINAL})"""
 INSTANCE_MARK_STARTED = f"""
 UPDATE chunkd_instance SET status = '{I.IN_PROGRESS.value}', started_at = now(), updated_at = now()
 WHERE id = ANY($1::bigint[]) AND status = '{I.QUEUED.value}'"""
+# A claim's instances: $1 QUEUED -> IN_PROGRESS, and the runtimes of $2 (as INSTANCE_RUNTIME, as of before).
+INSTANCES_START_AND_LOAD = f"""
+WITH started AS (
+    UPDATE chunkd_instance SET status = '{I.IN_PROGRESS.value}', started_at = now(), updated_at = now()
+    WHERE id = ANY($1::bigint[]) AND status = '{I.QUEUED.value}'
+    RETURNING id)
+SELECT id, job_name, job_version, params::text AS params, gated, status FROM chunkd_instance WHERE id = ANY($2::bigint[])"""
 INSTANCE_ACTIVE_LIST = f"""
 SELECT id, job_name, job_version, params::text AS params, gated, status, current_step,
        extract(epoch FROM (now() - coalesce(started_at, created_at)))::float8 AS elapsed, run

@@ -312,9 +312,6 @@ class Store:
         row = await self.pool.fetchrow(sql.INSTANCE_RUNTIME, instance_id)
         return InstanceRow(**dict(row)) if row else None
 
-    async def instance_runtimes(self, instance_ids: Sequence[int]) -> list[InstanceRow]:
-        return [InstanceRow(**dict(r)) for r in await self.pool.fetch(sql.INSTANCE_RUNTIMES, list(instance_ids))]
-
     async def get_instance(self, instance_id: int) -> dict[str, Any] | None:
         row = await self.pool.fetchrow(sql.INSTANCE_GET, instance_id)
         return dict(row) if row else None
@@ -331,6 +328,11 @@ class Store:
 
     async def mark_started(self, instance_ids: Sequence[int]) -> None:
         await self.pool.execute(sql.INSTANCE_MARK_STARTED, list(instance_ids))
+
+    async def start_and_load(self, start: Sequence[int], load: Sequence[int]) -> list[InstanceRow]:
+        """mark_started(start), and instance_runtime of each of `load` (those that exist), in one statement."""
+        return [InstanceRow(**dict(r)) for r in await self.pool.fetch(sql.INSTANCES_START_AND_LOAD,
+                                                                       list(start), list(load))]
 
     async def active_instances(self) -> list[InstanceRow]:
         return [InstanceRow(**dict(r)) for r in await self.pool.fetch(sql.INSTANCE_ACTIVE_LIST)]

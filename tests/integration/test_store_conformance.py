@@ -257,6 +257,13 @@ async def test_gates_finalize_and_completion_wait_for_every_earlier_chunk(h: Har
     assert (await h.instance(iid))["status"] == I.COMPLETED.value
 
 
+async def test_a_claims_instances_are_started_and_read_in_one_call(h: Harness) -> None:
+    a, b = await _instance(h), await _instance(h)
+    rows = await h.store.start_and_load([a], [a, b, 10**9])
+    assert sorted((r.id, r.job_name, r.params) for r in rows) == [(a, "test.job", '{"n": 1}'), (b, "test.job", '{"n": 1}')]
+    assert [(await h.instance(i))["status"] for i in (a, b)] == [I.IN_PROGRESS.value, I.QUEUED.value]
+
+
 async def test_maintenance_never_brings_an_ended_instance_back(h: Harness) -> None:
     """A pass decides on what it read: an instance ERRORED ("retries cleared") or QUEUED
     ("started") may be cancelled before the move is written. The move must then be refused:
