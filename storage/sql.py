@@ -153,9 +153,6 @@ INSTANCE_LOCK = "SELECT id FROM chunkd_instance WHERE id = $1 FOR UPDATE"
 INSTANCES_ENDED_AMONG = f"""
 SELECT id FROM chunkd_instance
 WHERE id = ANY($1::bigint[]) AND status IN ({_TERMINAL})"""
-INSTANCE_MARK_STARTED = f"""
-UPDATE chunkd_instance SET status = '{I.IN_PROGRESS.value}', started_at = now(), updated_at = now()
-WHERE id = ANY($1::bigint[]) AND status = '{I.QUEUED.value}'"""
 # A claim's instances: $1 QUEUED -> IN_PROGRESS, and the runtimes of $2 (as INSTANCE_RUNTIME, as of before).
 INSTANCES_START_AND_LOAD = f"""
 WITH started AS (

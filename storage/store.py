@@ -327,7 +327,7 @@ class Store:
                               row.pop("detail_warnings") or [])
 
     async def mark_started(self, instance_ids: Sequence[int]) -> None:
-        await self.pool.execute(sql.INSTANCE_MARK_STARTED, list(instance_ids))
+        await self.start_and_load(instance_ids, ())
 
     async def start_and_load(self, start: Sequence[int], load: Sequence[int]) -> list[InstanceRow]:
         """mark_started(start), and instance_runtime of each of `load` (those that exist), in one statement."""
