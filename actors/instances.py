@@ -32,10 +32,16 @@ class BadParameters(SubmitError):
         self.path = path
 
 
-def error_path(e: Exception) -> str | None:
-    """The JSON path msgspec names in a validation error (`- at `$.rows``), if any."""
-    m = re.search(r"- at `([^`]+)`", str(e))
-    return m.group(1) if m else None
+def error_path(e: Exception) -> str:
+    """The JSON path (in the parameters) msgspec names in a validation error (`- at `$.rows``);
+    an unknown field's own path; else `$`, the parameters as a whole (a check in the Struct's
+    __post_init__ names no field to msgspec, but the answer still says where to look)."""
+    text = str(e)
+    m = re.search(r"- at `([^`]+)`", text)
+    if m:
+        return m.group(1)
+    m = re.search(r"Object contains unknown field `([^`]+)`$", text)
+    return f"$.{m.group(1)}" if m else "$"
 
 
 def validate(registry: Registry, job_name: str, params_json: str | bytes, version: int | None = None) -> tuple[Job, str]:
@@ -56,7 +62,7 @@ def canonical_params(job: Job, params_json: str | bytes) -> str:
         raise BadParameters(f"job {job.name!r}: {e}", error_path(e)) from None
     canonical = to_json(params)
     if "\\u0000" in canonical:
-        raise BadParameters(f"job {job.name!r}: parameters must not contain NUL characters", None)
+        raise BadParameters(f"job {job.name!r}: parameters must not contain NUL characters", "$")
     return canonical
 
 
@@ -185,7 +191,8 @@ def _same_key_differences(first: Submission, first_canonical: str, now: Submissi
 
 
 async def submit_many(store: Store, channel: Channel | None, registry: Registry, items: Sequence[Submission],
-                      reader: Reader | None = None, create: Create | None = None) -> list[Result]:
+                      reader: Reader | None = None, create: Create | None = None,
+                      positions: Sequence[int] | None = None) -> list[Result]:
     """Submits every item that passes its checks, all in ONE transaction, then publishes
     their partitions (after the commit: batch2 #5041 published first and stalled). One
     result per item, in order. A refused item writes nothing and affects no other; if the
@@ -194,7 +201,10 @@ async def submit_many(store: Store, channel: Channel | None, registry: Registry,
     first decides, the second gets its instance if it asks for the same thing, else a
     conflict. A single submit is a batch of one (`submit`). `create`: what creates the
     accepted instances (default: the store's create_instances, in a transaction of their own;
-    the API passes a SubmitGroup's, shared with concurrent submits, which publishes itself)."""
+    the API passes a SubmitGroup's, shared with concurrent submits, which publishes itself).
+    `positions`: each item's number in the caller's request, which messages name (default:
+    its index here; a bulk request leaves out the items it refused itself)."""
+    at = positions if positions is not None else range(len(items))
     results: list[Result | None] = [None] * len(items)
     accepted: list[tuple[int, NewInstance, str]] = []  # (index, new instance, canonical parameters)
     first_with_key: dict[str, int] = {}
@@ -231,12 +241,12 @@ async def submit_many(store: Store, channel: Channel | None, registry: Registry,
         key = items[i].idempotency_key
         assert key is not None
         base = results[first]
-        diffs = _same_key_differences(items[first], canonicals.get(first, ""), items[i], canonical, first)
+        diffs = _same_key_differences(items[first], canonicals.get(first, ""), items[i], canonical, at[first])
         if diffs:
-            results[i] = Result(None, _conflict(key, f"used by item {first} of this batch", diffs))
+            results[i] = Result(None, _conflict(key, f"used by item {at[first]} of this batch", diffs))
         elif base is None or base.submitted is None:
             results[i] = Result(None, IdempotencyConflict(
-                f"idempotency key {key!r}: item {first} of this batch was refused", []))
+                f"idempotency key {key!r}: item {at[first]} of this batch was refused", []))
         else:
             results[i] = Result(msgspec.structs.replace(base.submitted, created=False), None)
     if partitions and channel is not None:

@@ -38,10 +38,11 @@ class Operations:
                             idempotency_key=idempotency_key, reader=e.reader, priority=priority,
                             create=self._group.create_instances)
 
-    async def submit_many(self, items: Sequence[Submission]) -> list[Result]:
-        """The submit service for a batch (actors.instances.submit_many): one result per item."""
+    async def submit_many(self, items: Sequence[Submission], positions: Sequence[int] | None = None) -> list[Result]:
+        """The submit service for a batch (actors.instances.submit_many): one result per item;
+        `positions` are the items' numbers in the request, for messages."""
         e = self._engine
-        return await submit_many(e.store, e.channel, self.registry, items, e.reader)
+        return await submit_many(e.store, e.channel, self.registry, items, e.reader, positions=positions)
 
     async def create_instances(self, items: Sequence[NewInstance]) -> tuple[list[Created], set[int]]:
         """Instances already `checked`; publish the partitions after (see `publish`)."""

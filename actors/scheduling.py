@@ -12,7 +12,7 @@ day-of-week: `0 0 1 * * 1` is Sunday to Quartz, Monday to Spring)."""
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -55,6 +55,15 @@ class Spec(msgspec.Struct, frozen=True):
 
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+
+def validate_id(sid: str) -> None:
+    """A schedule id every route can name: /api/v1/schedules/{id} matches no `/` (not even
+    sent as %2F: the path is decoded before routing), and clients normalise `.` and `..` away;
+    such a schedule would fire forever with no way to show, pause or delete it."""
+    if "/" in sid or sid in (".", "..") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in sid):
+        raise ScheduleError(f"schedule id {sid!r} cannot be named in a URL: use no '/', no control characters, "
+                            "and not '.' or '..'", "$.id")
 
 
 def validate(cron: str | None, every: float | None, timezone: str, missed: str, dialect: str | None = None,
@@ -171,14 +180,15 @@ def next_after(spec: Spec, t: datetime) -> datetime:
 
 
 def upcoming(spec: Spec, first: datetime, n: int) -> list[datetime]:
-    """`first` (a schedule's next_fire_at) and the occurrences after it: n in all, fewer if it ends."""
+    """`first` (a schedule's next_fire_at) and the occurrences after it: n in all, fewer if it
+    ends; all in UTC, as next_fire_at is shown (the instants are the zone's, the offsets one)."""
     out = [first]
     while len(out) < n and out[-1] < NEVER:
         nxt = next_after(spec, out[-1])
         if nxt >= NEVER:
             break
         out.append(nxt)
-    return [t for t in out if t < NEVER]
+    return [t.astimezone(UTC) for t in out if t < NEVER]
 
 
 def plan_fire(spec: Spec, occurrence: datetime, now: datetime) -> tuple[bool, datetime]:
@@ -199,6 +209,7 @@ def check_declared(registry: "Registry") -> None:
     from actors.job import JobDefinitionError
     for s in registry.schedules.values():
         try:
+            validate_id(s.name)
             validate(s.cron, s.every, s.timezone, s.missed, s.dialect)
             validate_params(registry, s.job, json.dumps(s.params), s.version)
         except (ScheduleError, SubmitError) as e:

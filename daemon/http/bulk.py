@@ -57,12 +57,15 @@ class _Items(msgspec.Struct, forbid_unknown_fields=True):
 
 def _item(i: int, raw: msgspec.Raw) -> m.SubmitRequest | ApiError:
     """An item as the single submit decodes its body: a 422 naming the path is the item's
-    answer; a malformed item (a 400) is the whole request's, as when the batch was one Struct."""
+    answer; a malformed item (a 400) is the whole request's, as when the batch was one Struct,
+    and its message says which item, whether or not msgspec named a path inside it."""
     try:
         return _decode(bytes(raw), m.SubmitRequest)  # type: ignore[no-any-return]
     except ApiError as err:
         if err.status == 400:
-            err.message = err.message.replace("- at `$", f"- at `$.items[{i}]")
+            where = f"- at `$.items[{i}]"
+            err.message = (err.message.replace("- at `$", where) if "- at `$" in err.message
+                           else f"{err.message} {where}`")
             raise
         return err
 
@@ -80,7 +83,8 @@ async def submit_batch(api: Api, raw_items: list[msgspec.Raw]) -> BatchResult:
     decoded = [_item(i, raw) for i, raw in enumerate(raw_items)]
     ok_items = [(i, d) for i, d in enumerate(decoded) if isinstance(d, m.SubmitRequest)]
     results = await api.ops().submit_many([
-        Submission(d.job, _json.encode(d.parameters), d.version, d.idempotency_key, d.priority) for _, d in ok_items])
+        Submission(d.job, _json.encode(d.parameters), d.version, d.idempotency_key, d.priority) for _, d in ok_items],
+        positions=[i for i, _ in ok_items])
     done: list[BatchItem] = [BatchItem(i, d.status, error=m.ErrorDetail(d.code, d.message, d.details))
                              for i, d in enumerate(decoded) if isinstance(d, ApiError)]
     done += [_answer(i, res) for (i, _), res in zip(ok_items, results)]

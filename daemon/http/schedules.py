@@ -12,6 +12,7 @@ from actors.instances import SubmitError
 from actors.scheduler import row_for, spec_of
 from actors.scheduling import ScheduleError, next_after, upcoming
 from actors.scheduling import validate as validate_spec
+from actors.scheduling import validate_id
 from daemon.http import models as m
 from daemon.http.auth import Scope
 from daemon.http.common import Api, ApiError, Handler, _body, _bounded, _decode, _json, _no_nul, ok, refusal
@@ -78,6 +79,7 @@ class ScheduleRoutes:
         if not req.id:
             raise ApiError(422, "invalid_schedule", f"id must be 1 to {MAX_NAME} characters", {"path": "$.id"})
         try:
+            validate_id(req.id)
             spec = validate_spec(req.cron, req.every_seconds, req.timezone, req.missed, req.dialect)
         except ScheduleError as err:
             raise ApiError(422, "invalid_schedule", str(err), {"path": err.path}) from None

@@ -72,3 +72,14 @@ def test_a_declared_schedule_names_its_dialect_where_quartz_and_spring_disagree(
     reg.schedules["m"] = Schedule(name="m", job="chunkd.synthetic", params={"chunks": 1}, cron="0 0 1 * * 1",
                                   dialect="spring")
     check_declared(reg)
+
+
+def test_a_declared_schedule_id_no_route_can_name_is_a_definition_error() -> None:
+    from actors.job import JobDefinitionError, Schedule
+    from actors.registry import build_registry
+    from actors.scheduling import check_declared
+    reg = build_registry([], None, ("daemon.jobs.synthetic",))
+    reg.schedules["nightly/eu"] = Schedule(name="nightly/eu", job="chunkd.synthetic", params={"chunks": 1},
+                                           cron="0 0 1 * * ?")
+    with pytest.raises(JobDefinitionError, match="schedule 'nightly/eu'.*cannot be named in a URL"):
+        check_declared(reg)
