@@ -58,7 +58,7 @@ async def test_parameters_are_decoded_as_a_submit_does(acme_jobs: types.ModuleTy
         await run_job(acme_jobs.job, {"table": "t"})  # `rows` is required
     with pytest.raises(ParameterError, match="unknown") as refused:
         await run_job(acme_jobs.job, {"table": "t", "rows": 1, "unknown": 1})  # forbid_unknown_fields
-    assert refused.value.path is None  # as the API: msgspec names no path for the root object
+    assert refused.value.path == "$.unknown"  # as the API: the unknown field's own path
     with pytest.raises(ParameterError) as refused:
         await run_job(acme_jobs.job, {"table": "t", "rows": "many"})
     assert refused.value.path == "$.rows" and str(refused.value).startswith("job 'acme.export': ")
