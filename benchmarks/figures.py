@@ -84,5 +84,7 @@ async def instance_latency(conn: asyncpg.Connection, ids: list[int], started: li
 
 async def chunk_latency(conn: asyncpg.Connection, ids: list[int], step: int) -> dict[str, Any]:
     row = await conn.fetchrow(sql.JOBS_CHUNK_LATENCY, ids, step)
+    lo_hi = row[3]
+    sustained = (0.8 * row[2] / (lo_hi[1] - lo_hi[0])) if lo_hi and lo_hi[1] > lo_hi[0] else None
     return {"created_to_completed_ms": percentiles_ms(row[0]), "claim_to_complete_ms": percentiles_ms(row[1]),
-            "completed": row[2]}
+            "completed": row[2], "sustained_per_second": sustained}

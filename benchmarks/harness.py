@@ -35,6 +35,7 @@ from daemon.wiring import config as config_mod
 from daemon.wiring.embedded import resolve_dsn
 from daemon.wiring.node import Node, open_store
 from benchmarks import figures as q
+from benchmarks.cpu import postgres_cpu
 from benchmarks import jobs_workload, soak
 from benchmarks.databases import existing_database, fresh_database
 from benchmarks.options import BENCH_DB, SOAK_DB, Options, tuning_env
@@ -42,18 +43,6 @@ from benchmarks.settings import settings_report
 from benchmarks.seed import seed_backlog
 
 STEP = 1  # chunkd.synthetic's `work` step
-
-
-def _postgres_cpu() -> float:
-    total = 0.0
-    for proc in psutil.process_iter(["name"]):
-        if proc.info["name"] in ("postgres", "postmaster"):
-            try:
-                t = proc.cpu_times()
-                total += t.user + t.system
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-    return total
 
 
 def _self_cpu() -> float:
@@ -102,7 +91,7 @@ async def run(opts: Options) -> dict[str, Any]:
     procs: list[subprocess.Popen[bytes]] = []
     node: Node | None = None
     timeline: list[tuple[float, int]] = []
-    pg_cpu0, self_cpu0, xacts0 = _postgres_cpu(), _self_cpu(), await q.transactions(conn)
+    pg_cpu0, self_cpu0, xacts0 = postgres_cpu(), _self_cpu(), await q.transactions(conn)
     wal0 = await q.wal_position(conn)
     async with anyio.create_task_group() as tg:
         if opts.daemons == 1:
@@ -133,7 +122,7 @@ async def run(opts: Options) -> dict[str, Any]:
                 break
             await anyio.sleep(0.05)
         elapsed = time.monotonic() - t0
-        pg_cpu, self_cpu, xacts = _postgres_cpu() - pg_cpu0, _self_cpu() - self_cpu0, await q.transactions(conn) - xacts0
+        pg_cpu, self_cpu, xacts = postgres_cpu() - pg_cpu0, _self_cpu() - self_cpu0, await q.transactions(conn) - xacts0
         wal = await q.wal_position(conn) - wal0
         daemon_cpu = self_cpu
         if procs:

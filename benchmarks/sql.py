@@ -46,13 +46,15 @@ SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
        max(extract(epoch FROM i.finished_at)::float8)
 FROM unnest($1::bigint[], $2::float8[]) AS s(id, t) JOIN chunkd_instance i ON i.id = s.id
 WHERE i.status = '{I.COMPLETED.value}'"""
-# A chunk's life: created (its parent step completed) -> completed, and claim -> complete.
+# A chunk's life: created (its parent step completed) -> completed, and claim -> complete;
+# and when the 10% and 90% of them had completed (the sustained rate, warm-up and tail out).
 JOBS_CHUNK_LATENCY = f"""
 SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
            ORDER BY extract(epoch FROM completed_at - created_at)::float8),
        percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
            ORDER BY extract(epoch FROM completed_at - claimed_at)::float8),
-       count(*)
+       count(*),
+       percentile_disc(ARRAY[0.1, 0.9]) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at)::float8)
 FROM chunkd_chunk WHERE instance_id = ANY($1::bigint[]) AND step = $2 AND state = {int(C.COMPLETED)}"""
 
 # ------------------------------------------------------------ the soak's samples (benchmarks/soak.py)
