@@ -26,6 +26,7 @@ from daemon.wiring import config as config_mod
 from daemon.wiring.config import Config, ConfigError
 from daemon.wiring.embedded import EmbeddedPostgresError, resolve_dsn
 from daemon.wiring.logs import configure
+from daemon.wiring.loop import event_loop_factory
 from daemon.wiring.startup import DatabaseRefused
 
 
@@ -196,7 +197,8 @@ def _run_local(cfg: Config, args: argparse.Namespace) -> int:
         _fail(f"invalid CHUNKD_JOBS: {e}", 2)
     try:
         try:
-            code = anyio.run(_LOCAL[args.command], cfg, registry, args)
+            code = anyio.run(_LOCAL[args.command], cfg, registry, args,
+                             backend_options={"loop_factory": event_loop_factory()})
             if args.command == "run":
                 from daemon.wiring.node import leave_lingering_step_threads
                 leave_lingering_step_threads()

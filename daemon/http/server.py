@@ -154,7 +154,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 async def serve(app: Starlette, sock: socket.socket) -> None:
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
+    # http="auto": httptools (locked) parses requests in C; h11 only where it is not installed.
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", http="auto")
     server = _Server(config)
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     try:
