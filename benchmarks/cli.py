@@ -20,6 +20,7 @@ from benchmarks.settings import settings_rows
 from daemon.cli.render import table
 from daemon.wiring import config as config_mod
 from daemon.wiring.logs import configure
+from daemon.wiring.loop import event_loop_factory
 
 
 def parser() -> argparse.ArgumentParser:
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                    database=a.database, jobs=a.jobs, chunks_per_job=a.chunks_per_job, clients=a.clients, rate=a.rate,
                    bulk=a.bulk, minutes=a.minutes, sample_every=a.sample_every, progress=a.progress)
     try:
-        report = anyio.run(run, opts)
+        # the drain runs the engine in this process: on the loop the daemon runs on
+        report = anyio.run(run, opts, backend_options={"loop_factory": event_loop_factory()})
     except config_mod.ConfigError as e:
         print(f"chunkd bench: {e}", file=sys.stderr)
         return 2

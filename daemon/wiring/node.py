@@ -235,7 +235,8 @@ class Node:
                  concurrency=cfg.partition_concurrency, claim_batch=cfg.claim_batch,
                  adapted=[k for k in ("adaptive_concurrency", "adaptive_claim") if effective[k]],
                  jobs=self.registry.names(),
-                 http=f"{cfg.http_addr[0]}:{self.http_port}" if cfg.http_addr else "off")
+                 http=f"{cfg.http_addr[0]}:{self.http_port}" if cfg.http_addr else "off",
+                 event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
         try:
             await self._serve(engine, sup)
         finally:
