@@ -326,7 +326,12 @@ PARTITION_CLOCKS = "SELECT partition, vtime FROM chunkd_partition_clock WHERE pa
 # plans hashed a sequential scan of the whole table into the join (~60 ms per claim at a 100k
 # backlog, ~10x at 1M). A suspect may make `normal` lock one row more than the batch takes;
 # that lock ends with the statement. (Finding the rows by id = ANY(ARRAY(...)) instead of the
-# join avoided the scan too, but made claims 3x slower under a steady stream of new jobs.)
+# join avoided the scan too, but made claims 3x slower under a steady stream of new jobs: its
+# plans walked the READY index for the ids.) `k.state + 0`: the update's state check proves
+# nothing about the READY index's predicate (state = 2), or a plan made on a nearly empty table
+# (each connection caches a generic one after five runs) may fetch the picked rows through a
+# bitmap scan of every READY chunk once per picked row: 0.1-1.2 s per claim in the 200-chunk
+# benchmark's slow runs. So the rows are found by primary key whatever the statistics.
 CHUNK_CLAIM = f"""
 WITH suspect AS (
     SELECT id FROM chunkd_chunk
@@ -344,7 +349,7 @@ claimed AS (
        SET state = {int(C.IN_PROGRESS)}, attempt = k.attempt + 1, claimed_at = now(),
            lease_owner = $3, lease_until = now() + make_interval(secs => $4)
       FROM picked
-     WHERE k.id = picked.id AND k.state IN ({_in(chunk_allowed_from(C.IN_PROGRESS))})
+     WHERE k.id = picked.id AND k.state + 0 IN ({_in(chunk_allowed_from(C.IN_PROGRESS))})
     RETURNING k.id, k.instance_id, k.step, k.attempt, k.failures, k.data, k.orphaned, k.rank
 ), clock AS (
     SELECT partition FROM chunkd_partition_clock WHERE partition = $1 FOR UPDATE SKIP LOCKED

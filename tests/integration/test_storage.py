@@ -242,3 +242,27 @@ async def test_a_claims_first_plans_do_not_scan_the_whole_table(store: Store) ->
     assert "Seq Scan on chunkd_chunk" not in plan, plan
     normal = plan[plan.index("CTE normal"):]
     assert "Limit  (cost=" in normal and " rows=500 " in normal.split("\n")[1], plan  # the batch's own size
+
+
+async def test_a_claim_plan_made_on_an_empty_table_still_finds_the_picked_rows_by_key(store: Store) -> None:
+    """A connection caches a generic plan of the claim after five runs. Made while the table
+    was empty and never analyzed, the old claim's update joined the picked ids to the table
+    through a bitmap scan of every READY chunk *per picked row* (a nested loop: 0.1-1.2 s per
+    claim in the 200-chunk benchmark's slow runs, seen with auto_explain), for as long as the
+    plan stayed cached. Its state check is now no proof for the READY index's predicate, so
+    every plan finds the picked rows by primary key."""
+    iid = await _instance(store)
+    async with store.pool.acquire() as conn:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")  # the plan a busy connection caches
+        await conn.execute(f"PREPARE cached_claim AS {sql.CHUNK_CLAIM}")
+        for _ in range(6):  # made on the empty, never analyzed table
+            await conn.fetch("EXECUTE cached_claim(0, 500, 1, 30, 0, false, 0)")
+        await conn.execute("INSERT INTO chunkd_chunk (instance_id, step, state, partition, max_attempts, rank) "
+                           "SELECT $1, 1, $2, 0, 3, g FROM generate_series(1, 20000) g", iid, int(C.READY))
+        plan = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN (ANALYZE, BUFFERS) EXECUTE cached_claim(0, 500, 1, 30, 0, false, 0)"))
+        await conn.execute("DEALLOCATE cached_claim")
+        await conn.execute("RESET plan_cache_mode")
+    claimed = plan[plan.index("CTE claimed"):plan.index("CTE clock")]
+    assert "Index Scan using chunkd_chunk_pkey on chunkd_chunk k" in claimed, plan
+    assert "Rows Removed by Join Filter" not in claimed, plan
