@@ -52,7 +52,7 @@ def test_every_instance_pair(a: I, b: I) -> None:
 
 def test_claim_and_complete_guards_come_from_the_table() -> None:
     # the claim may only start from READY, completion only from IN_PROGRESS
-    assert f"k.state IN ({int(C.READY)})" in sql.CHUNK_CLAIM
+    assert f"k.state + 0 IN ({int(C.READY)})" in sql.CHUNK_CLAIM  # + 0: see CHUNK_CLAIM
     for complete in (sql.CHUNK_COMPLETE, sql.CHUNK_COMPLETE_COUNTED):
         assert f"k.state IN ({int(C.IN_PROGRESS)})" in complete
         assert "k.attempt = ($2::int[])[width_bucket(k.id, $1::bigint[])]" in complete  # the fencing token
