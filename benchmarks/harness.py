@@ -26,7 +26,6 @@ from typing import Any
 import anyio
 import asyncpg
 import msgspec
-import psutil
 
 from actors.instances import submit
 from daemon.jobs import load_registry
@@ -35,7 +34,7 @@ from daemon.wiring import config as config_mod
 from daemon.wiring.embedded import resolve_dsn
 from daemon.wiring.node import Node, open_store
 from benchmarks import figures as q
-from benchmarks.cpu import postgres_cpu
+from benchmarks.cpu import postgres_cpu, processes_cpu
 from benchmarks import jobs_workload, soak
 from benchmarks.databases import existing_database, fresh_database
 from benchmarks.options import BENCH_DB, SOAK_DB, Options, tuning_env
@@ -124,15 +123,7 @@ async def run(opts: Options) -> dict[str, Any]:
         elapsed = time.monotonic() - t0
         pg_cpu, self_cpu, xacts = postgres_cpu() - pg_cpu0, _self_cpu() - self_cpu0, await q.transactions(conn) - xacts0
         wal = await q.wal_position(conn) - wal0
-        daemon_cpu = self_cpu
-        if procs:
-            daemon_cpu = 0.0
-            for p in procs:
-                try:
-                    t = psutil.Process(p.pid).cpu_times()
-                    daemon_cpu += t.user + t.system
-                except psutil.NoSuchProcess:
-                    pass
+        daemon_cpu = processes_cpu(procs) if procs else self_cpu
         if node is not None:
             node.stop()
         for p in procs:
