@@ -143,7 +143,7 @@ async def flush(c: Completer, batch: list[Outcome]) -> None:
         # back as an orphan and counts the attempt, so it ends FAILED at max attempts.
         log.error("a chunk's failure could not be written either; giving it up", chunk_id=r.chunk_id,
                   error=repr(e.cause))
-        c.inflight.forget([r.chunk_id])
+        c.inflight.forget([(r.chunk_id, r.attempt)])
 
 
 async def _flush(c: Completer, batch: list[Outcome], *, bare: bool = False) -> None:
@@ -157,7 +157,7 @@ async def _flush(c: Completer, batch: list[Outcome], *, bare: bool = False) -> N
             res = await c.store.record_outcomes(successes, setbacks)  # type: ignore[arg-type]
             break
         except anyio.get_cancelled_exc_class():
-            c.inflight.forget([o.result.chunk_id for o in batch])
+            c.inflight.forget([(o.result.chunk_id, o.result.attempt) for o in batch])
             raise
         except Exception as e:
             if not bare and limit_reason(e) is not None and any(s.tx_ops for s in successes):  # type: ignore[attr-defined]
@@ -177,11 +177,11 @@ async def _flush(c: Completer, batch: list[Outcome], *, bare: bool = False) -> N
             if isinstance(e, (asyncpg.PostgresError, *BAD_INPUT)):
                 raise _Unstorable(e) from e  # the caller isolates the culprit
             # Our bug: this batch is lost with us; stop extending its leases so they are rescued.
-            c.inflight.forget([o.result.chunk_id for o in batch])
+            c.inflight.forget([(o.result.chunk_id, o.result.attempt) for o in batch])
             raise
     FLUSH_SECONDS.observe(time.perf_counter() - started)
     FLUSH_SIZE.observe(len(batch))
-    c.inflight.forget([o.result.chunk_id for o in batch])
+    c.inflight.forget([(o.result.chunk_id, o.result.attempt) for o in batch])
     if res.refused:
         CHUNKS_REFUSED.labels("cancelled").inc(res.refused_cancelled)
         CHUNKS_REFUSED.labels("lease_lost").inc(res.refused - res.refused_cancelled)

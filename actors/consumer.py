@@ -111,7 +111,7 @@ async def consume_partition(engine: Engine, partition: int, out: MemoryObjectSen
             continue
         if chunks:
             engine.inflight.claimed(partition, chunks)
-        took = next((c.id for c in chunks if c.suspect), None) if suspect else None
+        took = next(((c.id, c.attempt) for c in chunks if c.suspect), None) if suspect else None
         if suspect:  # after `claimed`, so the slot stays taken while the suspect is held
             engine.inflight.suspect_claimed(took)
         if chunks:

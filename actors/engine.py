@@ -29,7 +29,10 @@ class Outcome(msgspec.Struct, array_like=True):
     claimed_at: float = 0.0
 
 
-_RESERVED = -1  # a claim that may take the suspect slot is under way
+_RESERVED = (-1, -1)  # a claim that may take the suspect slot is under way
+
+
+Claim = tuple[int, int]   # (chunk id, attempt): one claim of a chunk
 
 
 class InFlight:
@@ -37,36 +40,46 @@ class InFlight:
     given up). `held` feeds the heartbeat (another thread), so it is guarded by a lock;
     `running` per partition drives the consumers' backpressure: a partition claims again
     only while it holds no more than its room (its slots), so it never holds more than slots +
-    one batch, counting results still on their way through the completer."""
+    one batch, counting results still on their way through the completer.
+
+    Keyed by claim, not by chunk: after a force-stop and a restart this daemon may claim a
+    chunk again while its old attempt still runs here (a step that ignores the stop). Keyed by
+    chunk id, the old attempt's refused result forgot the new claim (its lease no longer
+    extended) and the partition's count never came down again: a few of those and it never
+    claimed again (CI: an instance IN_PROGRESS for minutes beside two silent, healthy daemons)."""
 
     def __init__(self, partitions: int, concurrency: int) -> None:
         self._lock = threading.Lock()
-        self._held: dict[int, tuple[int, int]] = {}   # chunk id -> (partition, instance id)
+        self._held: dict[Claim, tuple[int, int]] = {}   # claim -> (partition, instance id)
         self.running = [0] * partitions
         # Claim again only while holding at most this many: the slots, or with adaptive
         # concurrency the partition's workers now (never more than the slots: the mailbox bound).
         self.room = [concurrency] * partitions
         self.concurrency = concurrency
         self._space = [anyio.Event() for _ in range(partitions)]
-        self._suspect: int | None = None   # the suspect chunk this process runs, or _RESERVED
+        self._suspect: Claim | None = None   # the suspect claim this process runs, or _RESERVED
         self._suspect_freed = anyio.Event()
 
     def claimed(self, partition: int, chunks: list[ClaimedChunk]) -> None:
+        # `running` counts exactly the claims in `_held`, so each count that goes up comes
+        # down with that claim's own `forget`
         with self._lock:
+            before = len(self._held)
             for c in chunks:
-                self._held[c.id] = (partition, c.instance_id)
-        self.running[partition] += len(chunks)
+                self._held.setdefault((c.id, c.attempt), (partition, c.instance_id))
+            added = len(self._held) - before
+        self.running[partition] += added
 
-    def forget(self, ids: list[int] | set[int]) -> None:
+    def forget(self, claims: Iterable[Claim]) -> None:
         """Committed, refused or given up: no longer held, room for another claim."""
         freed: list[int] = []
         suspect_freed = False
         with self._lock:
-            for i in ids:
-                held = self._held.pop(i, None)
+            for claim in claims:
+                held = self._held.pop(claim, None)
                 if held is not None:
                     freed.append(held[0])
-                    suspect_freed = suspect_freed or i == self._suspect
+                    suspect_freed = suspect_freed or claim == self._suspect
         if suspect_freed:
             self._suspect_freed.set()
         for p in freed:
@@ -75,8 +88,9 @@ class InFlight:
                 self._space[p].set()
 
     def held(self) -> list[int]:
+        """The chunk ids whose leases the heartbeat extends (a chunk held twice, once per attempt, is one lease)."""
         with self._lock:
-            return list(self._held)
+            return list({chunk_id for chunk_id, _ in self._held})
 
     def held_instances(self) -> set[int]:
         with self._lock:
@@ -91,11 +105,11 @@ class InFlight:
             self._suspect = _RESERVED
             return True
 
-    def suspect_claimed(self, chunk_id: int | None) -> None:
+    def suspect_claimed(self, claim: Claim | None) -> None:
         """After a claim that took the slot: the suspect it got, if any."""
         with self._lock:
-            self._suspect = chunk_id
-            if chunk_id is not None:
+            self._suspect = claim
+            if claim is not None:
                 self._suspect_freed = anyio.Event()
 
     async def suspect_done(self) -> None:

@@ -197,7 +197,7 @@ async def _work(engine: Engine, partition: int, inbox: MemoryObjectReceiveStream
             raise
         except BaseException:
             # Our bug, not the step's: stop extending its lease so maintenance rescues it.
-            engine.inflight.forget([chunk.id])
+            engine.inflight.forget([(chunk.id, chunk.attempt)])
             raise
 
 

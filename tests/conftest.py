@@ -184,8 +184,20 @@ async def wait_status(conn: asyncpg.Connection, instance_id: int, statuses: set[
         if status in statuses:
             return status
         if time.monotonic() > deadline:
-            raise AssertionError(f"instance {instance_id} is {status}, expected one of {statuses} within {timeout}s")
+            raise AssertionError(f"instance {instance_id} is {status}, expected one of {statuses} within {timeout}s;"
+                                 f" {await _where_it_stands(conn, instance_id)}")
         await asyncio.sleep(0.1)
+
+
+async def _where_it_stands(conn: asyncpg.Connection, instance_id: int) -> str:
+    """What a stuck instance's rows say, so a timeout in CI (which keeps nothing but pytest's
+    output) can be diagnosed without rerunning it."""
+    instance = await conn.fetchrow("SELECT * FROM chunkd_instance WHERE id = $1", instance_id)
+    chunks = await conn.fetch(
+        "SELECT step, state, count(*) AS n, array_agg(DISTINCT lease_owner) AS owners, min(attempt) AS attempt_min,"
+        " max(attempt) AS attempt_max, min(lease_until) AS lease_min, min(next_run_at) AS next_run_min"
+        " FROM chunkd_chunk WHERE instance_id = $1 GROUP BY step, state ORDER BY 1, 2", instance_id)
+    return f"instance: {dict(instance) if instance else None}; chunks: {[dict(r) for r in chunks]}"
 
 
 async def submit_direct(dsn: str, job: str, params: dict[str, object], **kw: object) -> int:

@@ -2,7 +2,9 @@
 over the in-memory store and channel, with mailboxes of its own sizing."""
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 
 import anyio
 import msgspec
@@ -141,11 +143,80 @@ async def test_a_suspects_end_wakes_whoever_waits_to_claim_the_next() -> None:
     inflight = InFlight(1, 4)
     assert inflight.take_suspect_slot()
     inflight.claimed(0, [ClaimedChunk(7, 1, 1, 3, 2, b"", orphaned=2)])
-    inflight.suspect_claimed(7)
+    inflight.suspect_claimed((7, 3))
     assert not inflight.take_suspect_slot()
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(inflight.suspect_done)
             await anyio.sleep(0)
-            inflight.forget([7])  # its result committed
+            inflight.forget([(7, 3)])  # its result committed
     assert inflight.take_suspect_slot()
+
+
+stubborn = Job("test.stubborn", params=P)
+_first_attempt_goes_on = threading.Event()
+
+
+@stubborn.first_step(emits=Item)
+async def one(params: P, ctx: Context, sink: Sink[Item]) -> None:
+    sink.emit(Item(0))
+
+
+@stubborn.step(consumes=Item)
+def ignore_the_stop(params: P, item: Item, ctx: Context) -> None:
+    """A plain-function step that does not look at ctx.cancelled: its first attempt runs on
+    after a force-stop, past the restart, until the test lets it return."""
+    if ctx.attempt == 1:
+        _first_attempt_goes_on.wait(20)
+
+
+async def test_a_chunk_claimed_again_while_its_old_attempt_still_runs_stays_held_and_the_partition_claims_on() -> None:
+    """CI (test_force_stop_then_immediate_restart_completes_every_chunk): an instance stayed
+    IN_PROGRESS for 3 minutes while both daemons were up and silent. A force-stop and an
+    immediate restart handed a running chunk back READY while its old attempt still ran here;
+    this daemon claimed it again, and the in-flight table, keyed by chunk id alone, let the old
+    attempt's refused result forget the new claim: its lease was no longer extended, and the
+    partition's count of what it holds never came down again. A few of those and the partition
+    held "more than its room" forever: it never claimed again. On the old code the second
+    round's new claim never comes."""
+    from actors.control import restart, stop
+    pipeline, store = _pipeline(partitions=1, concurrency=1, batch=1)
+    pipeline.engine.registry.register(stubborn)
+    engine, inflight = pipeline.engine, pipeline.engine.inflight
+
+    async def until(done: Callable[[], object], what: str) -> None:
+        with anyio.move_on_after(10):
+            while not done():
+                await anyio.sleep(0.01)
+        assert done(), what
+
+    stop_pipeline, ready = anyio.Event(), anyio.Event()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pipeline.run, stop_pipeline, ready, lambda cap: cap)
+            await ready.wait()
+            for round in range(3):
+                _first_attempt_goes_on.clear()
+                iid, _, _ = await store.create_instance("test.stubborn", 1, "{}", False, None, b"", 3)
+                await until(lambda: (c := _work_chunk(store, iid)) and c.state == C.IN_PROGRESS,
+                            f"round {round}: the partition no longer claims")
+                chunk = _work_chunk(store, iid)
+                assert await stop(engine, iid, force=True)   # attempt 1 runs on regardless
+                assert await restart(engine, engine.registry, await store.get_instance(iid))  # type: ignore[arg-type]
+                await until(lambda: chunk.state == C.IN_PROGRESS and chunk.attempt == 2,
+                            f"round {round}: the restarted chunk is not claimed again here")
+                _first_attempt_goes_on.set()  # attempt 1 returns; its result is refused
+                await until(lambda: chunk.state == C.COMPLETED or (
+                    engine.completer_send.statistics().current_buffer_used == 0 and chunk.id not in inflight.held()),
+                    f"round {round}: attempt 1's result never came")
+                assert chunk.state == C.COMPLETED or chunk.id in inflight.held(), \
+                    f"round {round}: attempt 2 waits to run, and this daemon no longer holds it (no lease kept)"
+                await until(lambda: chunk.state == C.COMPLETED, f"round {round}: attempt 2 never completed")
+            stop_pipeline.set()
+    finally:
+        _first_attempt_goes_on.set()
+    assert sum(inflight.running) == 0 and inflight.held() == []
+
+
+def _work_chunk(store: MemoryStore, instance_id: int):  # type: ignore[no-untyped-def]
+    return next((c for c in store.chunks.values() if c.instance_id == instance_id and c.step == 1), None)
