@@ -12,6 +12,7 @@ from daemon.cli.client import ApiClient
 from storage.states import C
 from tests.chaos.channels import postgres_env, wait_for
 from tests.conftest import free_port, submit_direct, wait_ready, wait_status
+from tests.integration.test_observability import get, samples
 from tests.testjobs import EFFECT_TABLES
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
@@ -48,9 +49,9 @@ async def test_force_stop_then_immediate_restart_completes_every_chunk(dsn: str,
     the daemons' "ended" sets outlived the restart and released the new run's claims as
     CANCELLED, and maintenance counted cancelled chunks as done."""
     await conn.execute(EFFECT_TABLES)
-    port = free_port()
+    port, other_port = free_port(), free_port()
     spawn_daemon(**postgres_env(CHUNKD_HTTP_ADDR=f"127.0.0.1:{port}"))
-    other = spawn_daemon(**postgres_env())
+    other = spawn_daemon(**postgres_env(CHUNKD_HTTP_ADDR=f"127.0.0.1:{other_port}"))
     url = f"http://127.0.0.1:{port}"
     wait_ready(url)
     n = 3000
@@ -66,6 +67,14 @@ async def test_force_stop_then_immediate_restart_completes_every_chunk(dsn: str,
     api.call("POST", f"/api/v1/instances/{iid}/restart")
     await assert_ran_as_if_never_stopped(conn, iid, n)
     assert other.proc.poll() is None
+    # Nothing is left to run, so neither daemon holds anything. CI once saw both sit silent and
+    # healthy with the instance IN_PROGRESS: results refused after the restart had made them
+    # forget chunks they had claimed again, and their partitions' counts of what they held
+    # never came down (a partition over its room never claims again).
+    for at in (url, f"http://127.0.0.1:{other_port}"):
+        async def nothing_held() -> bool:
+            return samples(get(f"{at}/metrics")[1]).get(("chunkd_chunks_in_flight", ()), -1) == 0
+        await wait_for(nothing_held, 30, f"{at}: chunkd_chunks_in_flight back to 0")
 
 
 def _cancel(url: str, route: str, iid: int) -> None:
