@@ -50,11 +50,19 @@ DB_NOW = "SELECT statement_timestamp()"
 NODE_REGISTER = "INSERT INTO chunkd_node (name, pid, declared_schedules) VALUES ($1, $2, $3::text[]) RETURNING id"
 # The heartbeat: one UPDATE extends every lease this process holds.
 # Only the chunks this process still tracks: a chunk its actors lost must expire.
+# SKIP LOCKED: a locked chunk is being written (completed, set back), so it is leaving
+# IN_PROGRESS. Waiting for it stalled every other lease of the daemon behind one
+# transaction, and deadlocked with completions that lock in another order (Postgres's log,
+# heartbeat against CHUNK_SETBACK and CHUNK_COMPLETE). A write that rolls back leaves its
+# chunk for the next beat, within its lease (by default three beats long).
 NODE_HEARTBEAT = f"""
 WITH beat AS (UPDATE chunkd_node SET heartbeat_at = now(), partitions = $4::smallint[],
-                                     in_flight = cardinality($3::bigint[]) WHERE id = $1)
-UPDATE chunkd_chunk SET lease_until = now() + make_interval(secs => $2)
-WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1 AND id = ANY($3::bigint[])"""
+                                     in_flight = cardinality($3::bigint[]) WHERE id = $1),
+mine AS (SELECT id FROM chunkd_chunk
+         WHERE state = {int(C.IN_PROGRESS)} AND lease_owner = $1 AND id = ANY($3::bigint[])
+         FOR UPDATE SKIP LOCKED)
+UPDATE chunkd_chunk k SET lease_until = now() + make_interval(secs => $2)
+FROM mine WHERE k.id = mine.id"""
 # Chunks this node owns but no longer tracks (a claim whose reply was lost with its
 # connection, a batch lost with a crashed actor) and that the last beats did not
 # extend: hand them back now instead of waiting out the lease. Fresh claims are excluded
