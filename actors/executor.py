@@ -21,7 +21,7 @@ from metrics import STEP_SECONDS
 from storage.codec import DataError, decode
 from storage.errors import TRANSIENT
 from storage.retry import after_error
-from storage.states import C
+from storage.states import SETBACK_BY_ATTEMPTS, C
 from storage.types import ClaimedChunk, Setback, Success
 
 log = structlog.get_logger("chunkd.executor")
@@ -211,7 +211,21 @@ async def _run_with_slots(engine: Engine, partition: int, chunk: ClaimedChunk, s
         return
     try:
         while True:
-            outcome = await run_chunk(engine, chunk, partition, slot)
+            try:
+                outcome = await run_chunk(engine, chunk, partition, slot)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:  # noqa: BLE001 - ours, not the step's (run_chunk turns those into outcomes)
+                # Dying here would strand the job's parked chunks (held, leases extended, nobody
+                # to run them: the slot is given back only to whoever takes it next) and keep
+                # this chunk held: count its attempt as failed instead and go on.
+                log.error("internal error running a chunk; its attempt counts as failed", chunk_id=chunk.id,
+                          instance_id=chunk.instance_id, exc_info=True)
+                outcome = Outcome(Setback(chunk.id, chunk.attempt, chunk.instance_id, chunk.step,
+                                          SETBACK_BY_ATTEMPTS, True, 1.0, f"chunkd internal error: {_error_text(exc)}",
+                                          _trace(exc)),
+                                  rt.job.name if rt is not None else "?", str(chunk.step), partition,
+                                  chunk.claimed_at)
             try:
                 engine.completer_send.send_nowait(outcome)
             except anyio.WouldBlock:

@@ -220,3 +220,56 @@ async def test_a_chunk_claimed_again_while_its_old_attempt_still_runs_stays_held
 
 def _work_chunk(store: MemoryStore, instance_id: int):  # type: ignore[no-untyped-def]
     return next((c for c in store.chunks.values() if c.instance_id == instance_id and c.step == 1), None)
+
+
+capped = Job("test.capped_one", params=P, concurrency=1)
+
+
+@capped.first_step(emits=Item)
+async def capped_spread(params: P, ctx: Context, sink: Sink[Item]) -> None:
+    for i in range(params.n):
+        sink.emit(Item(i))
+
+
+@capped.step(consumes=Item)
+async def capped_touch(params: P, chunk: Item, ctx: Context) -> None:
+    await anyio.sleep(0.01)
+
+
+async def test_an_internal_error_on_one_chunk_leaves_the_jobs_parked_chunks_running(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job at its concurrency cap parks the chunks over it, and the worker holding its slot
+    runs them after its own. When that worker met an error of ours (not the step's) on one of
+    them, it died: the parked ones stayed held (their leases extended for ever) and nobody ran
+    them, and the chunk it failed on stayed held too (the worker let go of the first chunk it
+    ran instead). Now that chunk's attempt counts as a failed one and the worker goes on. On
+    the old code the instance never completes: the chunks parked behind it stay IN_PROGRESS."""
+    import actors.executor as executor
+    pipeline, store = _pipeline(partitions=1, concurrency=4, batch=10)
+    pipeline.engine.registry.register(capped)
+    real, broken, runs = executor.run_chunk, set(), [0]
+
+    async def once_broken(engine, chunk, partition, slot):  # type: ignore[no-untyped-def]
+        if chunk.step == 1:
+            runs[0] += 1
+            if runs[0] == 3:   # a parked chunk, run by the worker holding the job's one slot
+                broken.add(chunk.id)
+                raise RuntimeError("a bug of ours")
+        return await real(engine, chunk, partition, slot)
+    monkeypatch.setattr(executor, "run_chunk", once_broken)
+    iid, _, _ = await store.create_instance("test.capped_one", 1, '{"n": 12}', False, None, b"", 3)
+    stop, ready = anyio.Event(), anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pipeline.run, stop, ready, lambda cap: cap)
+        await ready.wait()
+        with anyio.move_on_after(15):
+            while sum(c.state == C.COMPLETED for c in store.chunks.values() if c.instance_id == iid) < 12 \
+                    or any(c.state == C.IN_PROGRESS for c in store.chunks.values()):
+                await anyio.sleep(0.01)
+        stop.set()
+    (failed,) = broken
+    states = sorted(C(c.state).name for c in store.chunks.values() if c.instance_id == iid and c.id != failed)
+    assert states == ["COMPLETED"] * 12, states
+    c = store.chunks[failed]   # retried after its backoff (maintenance's; not running here)
+    assert (C(c.state).name, c.failures) == ("ERRORED", 1) and "a bug of ours" in (c.error_message or "")
+    assert pipeline.engine.inflight.held() == []   # (a daemon would have extended their leases for ever)
