@@ -201,9 +201,11 @@ def claim_to_complete(job: str, step: str):  # type: ignore[no-untyped-def]
 def _count(batch: list[Outcome], accepted: set[int], setback_states: dict[int, int]) -> None:
     tally: Counter[tuple[str, str, str]] = Counter()
     now = time.monotonic()
+    accepted = set(accepted)   # each chunk counted once: two attempts of one chunk may share a batch
     for o in batch:
         cid = o.result.chunk_id
         if cid in accepted:
+            accepted.discard(cid)
             tally[("completed", o.job, o.step)] += 1
             if o.claimed_at:
                 claim_to_complete(o.job, o.step).observe(now - o.claimed_at)

@@ -273,3 +273,30 @@ async def test_an_internal_error_on_one_chunk_leaves_the_jobs_parked_chunks_runn
     c = store.chunks[failed]   # retried after its backoff (maintenance's; not running here)
     assert (C(c.state).name, c.failures) == ("ERRORED", 1) and "a bug of ours" in (c.error_message or "")
     assert pipeline.engine.inflight.held() == []   # (a daemon would have extended their leases for ever)
+
+
+async def test_two_attempts_of_a_chunk_in_one_flush_count_one_completion() -> None:
+    """A chunk handed back by a restart and claimed again here while its old attempt's success
+    was still on its way: both successes can meet in one flush. The store takes the newer one
+    and refuses the other; chunkd_chunks_completed counted both."""
+    from actors.completer import Completer, flush
+    from actors.engine import Outcome
+    from metrics import CHUNKS_COMPLETED
+    from storage.types import Success
+    pipeline, store = _pipeline(partitions=1, concurrency=1, batch=1)
+    iid, _, _ = await store.create_instance("test.fan", 1, '{"n": 1}', False, None, b"", 3)
+    (old,) = await store.claim(0, 1, 1, 60.0)
+    assert await store.force_stop_instance(iid)
+    assert await store.restart_instance(iid, None) is not None
+    (new,) = await store.claim(0, 1, 1, 60.0)
+    assert (old.id, old.attempt + 1) == (new.id, new.attempt)
+    engine = pipeline.engine
+    engine.inflight.claimed(0, [old, new])
+    send, recv = anyio.create_memory_object_stream[Outcome](10)
+    completer = Completer(engine.settings.completer, recv, store, engine.channel, engine.inflight)
+    counted = CHUNKS_COMPLETED.labels("test.fan", "spread")
+    before = counted._value.get()
+    await flush(completer, [Outcome(Success(c.id, c.attempt, iid, 0, [], False, 3, [], []), "test.fan", "spread", 0)
+                            for c in (old, new)])
+    assert counted._value.get() - before == 1
+    assert engine.inflight.held() == []
