@@ -120,7 +120,13 @@ async def flush(c: Completer, batch: list[Outcome]) -> None:
         cause = e.cause
     if len(batch) > 1:
         mid = len(batch) // 2
-        await flush(c, batch[:mid])
+        try:
+            await flush(c, batch[:mid])
+        except BaseException:
+            # the first half let go of what it held (our bug, or cancelled); the second half
+            # is never written either: let go of it too, or it stays held for ever
+            c.inflight.forget([(o.result.chunk_id, o.result.attempt) for o in batch[mid:]])
+            raise
         await flush(c, batch[mid:])
         return
     (o,) = batch

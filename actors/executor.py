@@ -191,14 +191,7 @@ async def _work(engine: Engine, partition: int, inbox: MemoryObjectReceiveStream
             return
         if engine.stopping:
             continue  # not started: stays held and is released at shutdown
-        try:
-            await _run_with_slots(engine, partition, chunk, slot)
-        except anyio.get_cancelled_exc_class():
-            raise
-        except BaseException:
-            # Our bug, not the step's: stop extending its lease so maintenance rescues it.
-            engine.inflight.forget([(chunk.id, chunk.attempt)])
-            raise
+        await _run_with_slots(engine, partition, chunk, slot)
 
 
 async def _run_with_slots(engine: Engine, partition: int, chunk: ClaimedChunk, slot: StepSlot) -> None:
@@ -234,6 +227,13 @@ async def _run_with_slots(engine: Engine, partition: int, chunk: ClaimedChunk, s
             if not queue or engine.stopping:
                 return
             partition, chunk = queue.popleft()
+    except anyio.get_cancelled_exc_class():
+        raise
+    except BaseException:
+        # Our bug, not the step's: stop extending the lease of the chunk in hand (perhaps one
+        # taken from the parked queue, not the one this call began with) so it is handed back.
+        engine.inflight.forget([(chunk.id, chunk.attempt)])
+        raise
     finally:
         if rt is not None:
             engine.slots.give_back(rt.job)

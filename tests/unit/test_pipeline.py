@@ -300,3 +300,77 @@ async def test_two_attempts_of_a_chunk_in_one_flush_count_one_completion() -> No
                             for c in (old, new)])
     assert counted._value.get() - before == 1
     assert engine.inflight.held() == []
+
+
+async def test_a_bug_of_ours_while_a_batch_is_bisected_lets_go_of_the_whole_batch() -> None:
+    """A batch that breaks its transaction is bisected; if writing its first half then hits a
+    bug of ours, that half is let go of (handed back by the heartbeat) and the error raised, but
+    the second half was never written nor let go of: held for ever, leases extended for ever,
+    its partition's count up for good. On the old code the second half stays held."""
+    import asyncpg
+
+    from actors.completer import Completer, flush
+    from actors.engine import Outcome
+    from storage.types import Success
+
+    class Broken(MemoryStore):
+        async def record_outcomes(self, successes, setbacks):  # type: ignore[no-untyped-def]
+            if len(successes) > 1:
+                raise asyncpg.PostgresError("this batch cannot be written")   # -> bisect
+            raise RuntimeError("a bug of ours")
+
+    pipeline, _ = _pipeline(partitions=1, concurrency=4, batch=4)
+    store = Broken(1)
+    for _ in range(4):
+        await store.create_instance("test.fan", 1, '{"n": 1}', False, None, b"", 3)
+    chunks = await store.claim(0, 4, 1, 60.0)
+    assert len(chunks) == 4
+    engine = pipeline.engine
+    engine.inflight.claimed(0, chunks)
+    send, recv = anyio.create_memory_object_stream[Outcome](10)
+    completer = Completer(engine.settings.completer, recv, store, engine.channel, engine.inflight)
+    batch = [Outcome(Success(c.id, c.attempt, c.instance_id, c.step), "test.fan", "spread", 0) for c in chunks]
+    with pytest.raises(RuntimeError):
+        await flush(completer, batch)
+    assert engine.inflight.held() == [] and engine.inflight.running == [0]
+
+
+async def test_a_worker_that_dies_lets_go_of_the_chunk_in_its_hands() -> None:
+    """A worker running the chunks parked behind its job's cap met an error of ours after a
+    step (its result could not be handed on): it let go of the first chunk it had begun with,
+    whose result was already on its way, and kept the parked chunk it was on held for ever
+    (its lease extended, never handed back). On the old code that chunk stays held."""
+    pipeline, store = _pipeline(partitions=1, concurrency=4, batch=10)
+    pipeline.engine.registry.register(capped)
+    engine = pipeline.engine
+    stop, ready = anyio.Event(), anyio.Event()
+    sent: list[int] = []
+    lost: list[tuple[int, int]] = []
+
+    class Flaky:
+        """The completer's mailbox, failing once on the third step-1 result."""
+        def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+            self.inner = inner
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(self.inner, name)
+
+        def send_nowait(self, outcome) -> None:  # type: ignore[no-untyped-def]
+            r = outcome.result
+            if r.step == 1:
+                sent.append(r.chunk_id)
+                if len(sent) == 3:
+                    lost.append((r.chunk_id, r.attempt))
+                    raise RuntimeError("a bug of ours")
+            self.inner.send_nowait(outcome)
+
+    iid, _, _ = await store.create_instance("test.capped_one", 1, '{"n": 12}', False, None, b"", 3)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pipeline.run, stop, ready, lambda cap: cap)
+        await ready.wait()
+        engine.completer_send = Flaky(engine.completer_send)  # type: ignore[assignment]
+        with anyio.move_on_after(10):
+            while not lost or lost[0][0] in engine.inflight.held():
+                await anyio.sleep(0.01)
+        stop.set()
+    assert lost and lost[0][0] not in engine.inflight.held()
