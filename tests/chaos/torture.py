@@ -59,6 +59,7 @@ import asyncpg
 
 from storage.states import C
 from tests.conftest import CHUNKD, LOCAL_DSN, ROOT, _with_db, daemon_env, free_port
+from tests.integration.test_observability import get, samples
 from tests.torture_jobs import JOBS, TABLES, expected_report
 
 LEASE_SECONDS = 2.0
@@ -303,11 +304,10 @@ class Node:
 def metric(url: str, name: str) -> float | None:
     """An unlabelled metric's value from the daemon's /metrics; None if it cannot be read."""
     try:
-        with urllib.request.urlopen(url + "/metrics", timeout=5.0) as r:
-            text = r.read().decode()
-    except (OSError, ValueError):
+        status, text = get(url + "/metrics")
+    except OSError:   # not answering (being respawned, say)
         return None
-    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")), None)
+    return samples(text).get((name, ())) if status == 200 else None
 
 
 def http(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:

@@ -10,7 +10,7 @@ import anyio
 import msgspec
 import pytest
 
-from actors.engine import Engine
+from actors.engine import Engine, JobSlots
 from actors.job import Context, Job, Sink
 from actors.pipeline import Pipeline, PipelineSettings
 from actors.registry import Registry
@@ -222,20 +222,6 @@ def _work_chunk(store: MemoryStore, instance_id: int):  # type: ignore[no-untype
     return next((c for c in store.chunks.values() if c.instance_id == instance_id and c.step == 1), None)
 
 
-capped = Job("test.capped_one", params=P, concurrency=1)
-
-
-@capped.first_step(emits=Item)
-async def capped_spread(params: P, ctx: Context, sink: Sink[Item]) -> None:
-    for i in range(params.n):
-        sink.emit(Item(i))
-
-
-@capped.step(consumes=Item)
-async def capped_touch(params: P, chunk: Item, ctx: Context) -> None:
-    await anyio.sleep(0.01)
-
-
 async def test_an_internal_error_on_one_chunk_leaves_the_jobs_parked_chunks_running(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A job at its concurrency cap parks the chunks over it, and the worker holding its slot
@@ -246,7 +232,7 @@ async def test_an_internal_error_on_one_chunk_leaves_the_jobs_parked_chunks_runn
     the old code the instance never completes: the chunks parked behind it stay IN_PROGRESS."""
     import actors.executor as executor
     pipeline, store = _pipeline(partitions=1, concurrency=4, batch=10)
-    pipeline.engine.registry.register(capped)
+    pipeline.engine.slots = JobSlots({"test.fan": 1})   # CHUNKD_JOB_CONCURRENCY=test.fan=1
     real, broken, runs = executor.run_chunk, set(), [0]
 
     async def once_broken(engine, chunk, partition, slot):  # type: ignore[no-untyped-def]
@@ -257,7 +243,7 @@ async def test_an_internal_error_on_one_chunk_leaves_the_jobs_parked_chunks_runn
                 raise RuntimeError("a bug of ours")
         return await real(engine, chunk, partition, slot)
     monkeypatch.setattr(executor, "run_chunk", once_broken)
-    iid, _, _ = await store.create_instance("test.capped_one", 1, '{"n": 12}', False, None, b"", 3)
+    iid, _, _ = await store.create_instance("test.fan", 1, '{"n": 12}', False, None, b"", 3)
     stop, ready = anyio.Event(), anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(pipeline.run, stop, ready, lambda cap: cap)
@@ -341,8 +327,8 @@ async def test_a_worker_that_dies_lets_go_of_the_chunk_in_its_hands() -> None:
     whose result was already on its way, and kept the parked chunk it was on held for ever
     (its lease extended, never handed back). On the old code that chunk stays held."""
     pipeline, store = _pipeline(partitions=1, concurrency=4, batch=10)
-    pipeline.engine.registry.register(capped)
     engine = pipeline.engine
+    engine.slots = JobSlots({"test.fan": 1})   # CHUNKD_JOB_CONCURRENCY=test.fan=1
     stop, ready = anyio.Event(), anyio.Event()
     sent: list[int] = []
     lost: list[tuple[int, int]] = []
@@ -364,7 +350,7 @@ async def test_a_worker_that_dies_lets_go_of_the_chunk_in_its_hands() -> None:
                     raise RuntimeError("a bug of ours")
             self.inner.send_nowait(outcome)
 
-    iid, _, _ = await store.create_instance("test.capped_one", 1, '{"n": 12}', False, None, b"", 3)
+    await store.create_instance("test.fan", 1, '{"n": 12}', False, None, b"", 3)
     async with anyio.create_task_group() as tg:
         tg.start_soon(pipeline.run, stop, ready, lambda cap: cap)
         await ready.wait()
