@@ -11,6 +11,7 @@ import anyio
 import asyncpg
 import structlog
 
+from actors.doorbell import Doorbell
 from actors.engine import InFlight, Outcome
 from actors.settings import CompleterSettings
 from channels.base import Channel
@@ -34,12 +35,13 @@ log = structlog.get_logger("chunkd.completer")
 
 class Completer:
     """What the completer uses, and nothing else: its settings, its mailbox, the store that
-    records outcomes, the channel it publishes READY partitions on, and the in-flight table
-    it releases."""
+    records outcomes, the channel it publishes READY partitions on, the in-flight table
+    it releases, and the doorbell of this node's maintenance, rung when a step closed."""
 
     def __init__(self, settings: CompleterSettings, recv: anyio.abc.ObjectReceiveStream[Outcome], store: EngineStore,
-                 channel: Channel, inflight: InFlight) -> None:
+                 channel: Channel, inflight: InFlight, doorbell: Doorbell | None = None) -> None:
         self.settings, self.recv, self.store, self.channel, self.inflight = settings, recv, store, channel, inflight
+        self.doorbell = doorbell if doorbell is not None else Doorbell()
         self.setback_log = SetbackLog()
 
     async def run(self) -> None:
@@ -195,6 +197,12 @@ async def _flush(c: Completer, batch: list[Outcome], *, bare: bool = False) -> N
     _count(batch, res.accepted, res.setback_states)
     if res.setback_states:  # only batches with setbacks: nothing per successful chunk
         c.setback_log.note(batch, res.setback_states)
+    if res.failed or (res.closed and any(o.decides and (o.result.instance_id, o.result.step) in res.closed
+                                         for o in batch)):
+        # an instance may move on (FINALIZE, a gate, COMPLETED, FAILED): if this node leads
+        # maintenance, its next pass comes now, not at the interval (a one-chunk job waited
+        # half an interval for it on average)
+        c.doorbell.ring()
     if res.ready_partitions:
         await c.channel.publish(res.ready_partitions)
 

@@ -11,6 +11,7 @@ import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectSendStream
 
+from actors.doorbell import Doorbell
 from actors.job import Job
 from actors.registry import Registry, UnknownJobError
 from actors.settings import ActorSettings
@@ -27,6 +28,9 @@ class Outcome(msgspec.Struct, array_like=True):
     step: str
     partition: int
     claimed_at: float = 0.0
+    # whether the end of this chunk's step is an instance's move (Job.step_closes_a_move):
+    # the completer then rings maintenance's doorbell
+    decides: bool = True
 
 
 _RESERVED = (-1, -1)  # a claim that may take the suspect slot is under way
@@ -272,6 +276,8 @@ class Engine:
         self.completer_send: MemoryObjectSendStream[Outcome]
         self.reader = Reader(dsn, deadlines=store.deadlines)  # ctx.db and submit-time checks
         self.stops = Stops()
+        # rung by the completer when a step closed: this node's maintenance passes at once
+        self.doorbell = Doorbell()
 
     def cached_runtime(self, instance_id: int) -> LoadedInstance | None:
         hit = self._runtimes.get(instance_id)

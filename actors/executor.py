@@ -140,7 +140,8 @@ async def run_chunk(engine: Engine, chunk: ClaimedChunk, partition: int, slot: S
         children=sink.encoded if sink is not None else [],
         child_gated=job.child_gated(chunk.step),
         child_max_attempts=job.steps[nxt].max_attempts if nxt < len(job.steps) else 1,
-        tx_ops=ctx.tx.ops, warnings=ctx.warnings), job_name, step_name, partition, chunk.claimed_at)
+        tx_ops=ctx.tx.ops, warnings=ctx.warnings), job_name, step_name, partition, chunk.claimed_at,
+        job.step_closes_a_move(chunk.step, bool(sink is not None and sink.encoded)))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -328,6 +328,13 @@ class Job:
         """Steps that run per chunk (all but a trailing reduction)."""
         return len(self.steps) - (1 if self.has_reduction else 0)
 
+    def step_closes_a_move(self, step_index: int, emitted: bool) -> bool:
+        """Whether the end of step `step_index` may let an instance move on: its gate opens
+        (a gated job), its work is done (the last work step: FINALIZE or COMPLETED), or the
+        next step may be empty (this chunk emitted nothing). Otherwise the next step's chunks,
+        READY already, are what moves it."""
+        return self.gated or step_index >= self.work_steps - 1 or not emitted
+
     def child_gated(self, step_index: int) -> bool:
         """Do chunks emitted by step `step_index` wait for a gate?"""
         nxt = step_index + 1

@@ -13,6 +13,7 @@ import anyio
 import structlog
 
 from actors.advancer import InstanceAdvancer, shape_of
+from actors.doorbell import Doorbell
 from actors.duties import (
     Duty,
     GaugeExporter,
@@ -28,7 +29,7 @@ from actors.reducer import Reducer, ReportTooLarge
 from actors.registry import Registry
 from actors.settings import MaintenanceSettings
 from channels.base import Channel
-from metrics import IS_LEADER, LEADER_CHANGES, MAINTENANCE_SECONDS
+from metrics import ADVANCE_SECONDS, IS_LEADER, LEADER_CHANGES, MAINTENANCE_SECONDS
 from storage.errors import TRANSIENT, Backoff
 from storage.reader import Reader
 from storage.protocol import EngineStore
@@ -38,10 +39,15 @@ __all__ = ["Maintenance", "ReportTooLarge", "leader_lease", "shape_of"]
 
 log = structlog.get_logger("chunkd.maintenance")
 
-# Seconds between a pass and the next when woken (instances moved, a gate opened), at least:
-# a pass costs what changed since the last one, so passes may follow closely while work
-# flows (a one-chunk job waits for a pass twice: to finalize, and after its reduction).
-_WOKEN_SPACING = 0.05
+# Seconds from the end of a pass to an advancing pass: as long as the last advancing pass
+# took, within these bounds. Between full passes (every interval: the lease and every duty),
+# a ring of the doorbell (this node's completer closed a step; the advancer's own moves call
+# for another look) runs a pass of the InstanceAdvancer alone: it costs what changed since
+# the last one, so while work flows they follow each other, each taking what came in
+# meanwhile (a one-chunk job used to wait half an interval for its pass). Waiting as long as
+# the pass took keeps the leader's passes at most half of its time: under load a pass takes
+# longer, the next waits longer and takes more instances at once.
+ADVANCE_SPACING = (0.05, 0.05)
 
 
 def leader_lease(interval: float) -> float:
@@ -60,9 +66,11 @@ def duties(settings: MaintenanceSettings, store: EngineStore, registry: Registry
 
 class Maintenance:
     def __init__(self, settings: MaintenanceSettings, store: EngineStore, channel: Channel, registry: Registry,
-                 reader: Reader, node_id: int, pass_duties: Sequence[Duty] | None = None) -> None:
+                 reader: Reader, node_id: int, pass_duties: Sequence[Duty] | None = None,
+                 doorbell: Doorbell | None = None) -> None:
         """Only what it uses: its settings, the store, the channel it publishes on, the
-        registry (reductions, handlers), ctx.db's reader for reductions, and this node's id."""
+        registry (reductions, handlers), ctx.db's reader for reductions, this node's id, and
+        the doorbell this node's completer rings when a step closed (Engine.doorbell)."""
         self.settings, self.store, self.channel, self.node_id = settings, store, channel, node_id
         # the reductions it starts (chunkd.testing waits for them and skips their backoff)
         self.reducer = Reducer(store, reader, settings.max_report_bytes)
@@ -70,7 +78,7 @@ class Maintenance:
                        else duties(settings, store, registry, self.reducer))
         self.leader = False
         self.term: LeaderTerm | None = None  # the fencing token of every leader write
-        self.wake = anyio.Event()
+        self.wake = doorbell if doorbell is not None else Doorbell()
 
     async def run(self) -> None:
         cfg = self.settings
@@ -91,12 +99,14 @@ class Maintenance:
                         log.warning("maintenance pass failed; retrying", error=repr(e), retry_in=delay)
                         await anyio.sleep(delay)
                         continue
-                    ended = anyio.current_time()
-                    with anyio.move_on_after(cfg.interval):
-                        await self.wake.wait()
-                    self.wake = anyio.Event()
-                    # woken: not back to back, the pass's other duties each cost a round trip
-                    await anyio.sleep(max(0.0, ended + min(cfg.interval, _WOKEN_SPACING) - anyio.current_time()))
+                    try:
+                        ended = anyio.current_time()
+                        await self._advance_until(ended, ended + cfg.interval)
+                    except NotLeader as e:
+                        log.warning("maintenance term ended mid-pass; its writes were rolled back", error=str(e))
+                        self._lose()
+                    except TRANSIENT as e:  # the next full pass comes now, and backs off if need be
+                        log.warning("maintenance pass failed; retrying", error=repr(e))
             finally:
                 if self.leader:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(2):
@@ -105,6 +115,31 @@ class Maintenance:
                         except TRANSIENT:
                             pass
                     self._lose()
+
+    async def _advance_until(self, last: float, deadline: float) -> None:
+        """Until `deadline` (the next full pass), an advancing pass each time the doorbell
+        rings, if we lead, spaced (ADVANCE_SPACING) from the end of the last pass of either
+        kind (`last`: the full one's); a follower's rings are answered and dropped (the leader's
+        passes decide, at its own interval)."""
+        took = ADVANCE_SPACING[0]
+        while anyio.current_time() < deadline:
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                await self.wake.wait()
+            if not self.wake.rung:
+                return
+            self.wake.answer()
+            if not self.leader:
+                continue
+            spacing = min(ADVANCE_SPACING[1], max(ADVANCE_SPACING[0], took))
+            start = max(anyio.current_time(), last + spacing)
+            await anyio.sleep(start - anyio.current_time())
+            if start + spacing >= deadline:
+                return  # the full pass, due about now, advances too
+            started = time.perf_counter()
+            await self.advance_once()
+            took = time.perf_counter() - started
+            ADVANCE_SECONDS.observe(took)
+            last = anyio.current_time()
 
     def _lose(self) -> None:
         if self.leader:
@@ -139,9 +174,17 @@ class Maintenance:
     async def pass_once(self) -> None:
         """Each duty in order under this term; the partitions they name are published once,
         at the end (after their writes committed)."""
-        ctx = PassContext(self.term, self.wake.set, self._tg.start_soon)
+        await self._run_duties(self.duties)
+
+    async def advance_once(self) -> None:
+        """The InstanceAdvancer alone, under the term the last full pass renewed (its writes
+        are fenced by it all the same)."""
+        await self._run_duties([d for d in self.duties if isinstance(d, InstanceAdvancer)])
+
+    async def _run_duties(self, duties: Sequence[Duty]) -> None:
+        ctx = PassContext(self.term, self.wake.ring, self._tg.start_soon)
         publish: set[int] = set()
-        for duty in self.duties:
+        for duty in duties:
             publish |= await duty.run(ctx)
         if publish:
             await self.channel.publish(publish)

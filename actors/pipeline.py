@@ -117,7 +117,8 @@ class Pipeline:
         what is not written is rescued, as after a crash)."""
         e = self.engine
         async with anyio.create_task_group() as completer_tg:
-            completer = Completer(e.settings.completer, self._completer_recv, e.store, e.channel, e.inflight)
+            completer = Completer(e.settings.completer, self._completer_recv, e.store, e.channel, e.inflight,
+                                  e.doorbell)
             completer_tg.start_soon(self.sup.supervise, "completer", "completer", completer.run)
             await self._work(stop, ready)
             e.completer_send.close()   # executors are done: the completer drains and exits

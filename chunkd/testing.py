@@ -164,8 +164,10 @@ class _Driver:
         registry.register(self._observed(job))
         self.engine = Engine(cfg, self.store, channel, registry, _NODE, "")
         self.engine.reader = db  # ctx.db
-        self.completer = Completer(cfg.completer, None, self.store, channel, self.engine.inflight)  # type: ignore[arg-type] - flushed directly, no mailbox
-        self.maintenance = Maintenance(cfg.maintenance, self.store, channel, registry, db, _NODE)
+        self.completer = Completer(cfg.completer, None, self.store, channel, self.engine.inflight,  # type: ignore[arg-type] - flushed directly, no mailbox
+                                   self.engine.doorbell)
+        self.maintenance = Maintenance(cfg.maintenance, self.store, channel, registry, db, _NODE,
+                                       doorbell=self.engine.doorbell)
         self.run_ = JobRun(job.name)
         self.index_of: dict[int, int] = {}      # chunk id -> its position among its step's input
         self._seen: dict[int, int] = {}         # step -> chunks of it claimed so far

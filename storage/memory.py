@@ -325,7 +325,14 @@ class MemoryStore:
             else:
                 res.poll_waiting += 1
         res.refused_cancelled = sum(1 for c in refused_of if c.state == C.CANCELLED)
+        res.closed = {(c.instance_id, c.step) for cid in (*res.accepted, *res.setback_states)
+                      if self._step_closed((c := self.chunks[cid]).instance_id, c.step)}
         return res
+
+    def _step_closed(self, instance_id: int, step: int) -> bool:
+        """As sql._STEP_CLOSED: every chunk of the step has ended."""
+        created, completed, failed, cancelled, _ = self.counters.get((instance_id, step), (0, 0, 0, 0, 0))
+        return created == completed + failed + cancelled
 
     async def alive(self) -> bool:
         return True

@@ -382,6 +382,8 @@ UPDATE chunkd_chunk k
  WHERE k.id = ANY($1::bigint[]) AND k.attempt = ($2::int[])[width_bucket(k.id, $1::bigint[])]
    AND k.state IN ({_in(chunk_allowed_from(C.COMPLETED, frozenset({C.IN_PROGRESS})))})"""
 CHUNK_COMPLETE = f"{_COMPLETE}\nRETURNING k.id"
+# A step counter row whose every chunk has ended (the row as the statement left it).
+_STEP_CLOSED = "c.created = c.completed + c.failed + c.cancelled"
 # The common batch (results with nothing but their success: no children, writes, warnings,
 # setbacks) in one statement, so one round trip and no BEGIN/COMMIT: the instances held FOR
 # KEY SHARE first (the one-time filter runs before the update, as INSTANCE_STATUS_FOR_SHARE
@@ -397,8 +399,9 @@ RETURNING k.id, k.instance_id, k.step
     INSERT INTO chunkd_step_counter AS c (instance_id, step, completed)
     SELECT instance_id, step, count(*) FROM done GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (instance_id, step) DO UPDATE SET completed = c.completed + EXCLUDED.completed
+    RETURNING c.instance_id, c.step, {_STEP_CLOSED} AS closed
 )
-SELECT id FROM done"""
+SELECT d.id, coalesce(k.closed, false) AS closed FROM done d LEFT JOIN counted k USING (instance_id, step)"""
 
 # Of results refused by the fencing token (a rare path), those whose own attempt was cancelled
 # (a force-stop cancelled the chunk while its step ran) rather than taken over by another.
@@ -616,6 +619,13 @@ ON CONFLICT (instance_id, step) DO UPDATE
        failed = c.failed + EXCLUDED.failed,
        cancelled = c.cancelled + EXCLUDED.cancelled,
        errors = c.errors + EXCLUDED.errors"""
+# COUNTERS_ADD for the completer, returning the (instance, step) whose last open chunk the
+# batch ended, so that the maintenance leader looks at once (actors/maintenance.py) instead
+# of at its next interval.
+COUNTERS_ADD_CLOSING = f"""
+WITH c AS ({COUNTERS_ADD.strip()}
+RETURNING c.instance_id, c.step, {_STEP_CLOSED} AS closed)
+SELECT instance_id, step FROM c WHERE closed"""
 
 # ---------------------------------------------------------------- notifications
 

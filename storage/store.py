@@ -584,7 +584,7 @@ class Store:
                     else:
                         res.poll_waiting += 1
             if delta:
-                await conn.execute(sql.COUNTERS_ADD, *delta.arrays())
+                res.closed = {(r[0], r[1]) for r in await conn.fetch(sql.COUNTERS_ADD_CLOSING, *delta.arrays())}
             if refused_of:  # rare: why (chunkd_chunks_refused{reason})
                 res.refused_cancelled = await conn.fetchval(
                     sql.CHUNKS_REFUSED_CANCELLED, [c for c, _ in refused_of], [a for _, a in refused_of])
@@ -597,8 +597,11 @@ class Store:
         instance_ids = sorted({s.instance_id for s in successes})
         refused_of: list[tuple[int, int]] = []
         async with self.pool.acquire() as conn:
-            accepted = {r[0] for r in await conn.fetch(
-                sql.CHUNK_COMPLETE_COUNTED, ids, [fence[i] for i in ids], instance_ids)}
+            rows = await conn.fetch(sql.CHUNK_COMPLETE_COUNTED, ids, [fence[i] for i in ids], instance_ids)
+            accepted = {r[0] for r in rows}
+            if any(r[1] for r in rows):
+                closing = {r[0] for r in rows if r[1]}
+                res.closed = {(s.instance_id, s.step) for s in successes if s.chunk_id in closing}
             _fenced(successes, fence, accepted, res, refused_of)
             if refused_of:  # rare: why (chunkd_chunks_refused{reason})
                 res.refused_cancelled = await conn.fetchval(

@@ -65,6 +65,7 @@ class Recorded(msgspec.Struct):
     cancelled: int = 0
     released: int = 0                # cancel releases that found the instance restarted: READY again
     children: int = 0
+    closed: set[tuple[int, int]] = set()  # (instance, step) whose last open chunk ended here
     ready_partitions: set[int] = set()
     accepted: set[int] = set()            # chunk ids whose completion committed
     setback_states: dict[int, int] = {}   # chunk id -> state it moved to

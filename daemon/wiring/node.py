@@ -286,7 +286,7 @@ class Node:
             self.ops = Operations(engine, Schedules(store.pool))  # the API serves from here on
             self._set_gauges(engine)  # at once, not at the next tick
             maintenance = Maintenance(engine.settings.maintenance, store, channel, self.registry, engine.reader,
-                                      engine.node_id)
+                                      engine.node_id, doorbell=engine.doorbell)
             background.start_soon(sup.supervise, "maintenance", "maintenance", maintenance.run)
             background.start_soon(sup.supervise, "scheduler", "scheduler", scheduler.run)
             background.start_soon(sup.supervise, "stopper", "stopper", lambda: watch_ended(store, engine.inflight, engine.stops))

@@ -23,6 +23,23 @@ async def test_gated_job_whose_step_emitted_nothing_still_completes(dsn: str, co
     assert await conn.fetchval("SELECT progress FROM chunkd_instance WHERE id = $1", res.instance_id) == 1.0
 
 
+async def test_an_instance_moves_on_as_its_step_closes_not_at_the_next_full_pass(dsn: str,
+                                                                                  conn: asyncpg.Connection) -> None:
+    """A full maintenance pass comes once a minute here. The completer rings maintenance's
+    doorbell when a batch closes a step that moves an instance on, and the leader runs an
+    advancing pass at once: a job with a reduction finalizes, reduces and completes, and a
+    gated one opens each gate, long before the next full pass. On the old code each waited
+    for the next full pass (60 s, past the deadline)."""
+    await conn.execute("CREATE TABLE test_trace (step int, n int, at timestamptz)")
+    async with running_node(dsn, CHUNKD_MAINTENANCE_INTERVAL="60") as node:
+        reduced = await submit_job(node, "chunkd.synthetic", chunks=3)
+        gated = await submit_job(node, "test.gated4", chunks=2)
+        assert await wait_status(conn, reduced.instance_id, {"COMPLETED", "FAILED"}, 30) == "COMPLETED"
+        assert await wait_status(conn, gated.instance_id, {"COMPLETED", "FAILED"}, 30) == "COMPLETED"
+    report = json.loads(await conn.fetchval("SELECT report FROM chunkd_instance WHERE id = $1", reduced.instance_id))
+    assert report["chunks"] == 3
+
+
 async def test_lost_notification_is_republished_by_maintenance(dsn: str, conn: asyncpg.Connection) -> None:
     # consumers poll only every 60 s, so only maintenance's re-publish can wake them
     async with running_node(dsn, CHUNKD_POLL_INTERVAL="60", CHUNKD_REPUBLISH_AFTER="0.3") as node:

@@ -150,6 +150,25 @@ async def test_two_results_of_one_chunk_in_a_batch_complete_it_once(h: Harness) 
     assert [k.data for k in await h.claim()] == [b"\x01"]
 
 
+async def test_a_batch_names_the_steps_whose_last_open_chunk_it_ended(h: Harness) -> None:
+    """Recorded.closed: the completer rings maintenance's doorbell on it (an instance may move
+    on now). A step closes when its last open chunk ends (completed, or failed), by either
+    write path (a bare completion; one with children or setbacks), and not before."""
+    iid = await _instance(h)
+    (first,) = await h.claim()
+    res = await h.store.record_outcomes([_ok(first, [b"\x01", b"\x02", b"\x03"])], [])
+    assert res.closed == {(iid, 0)}                       # with children: the full path
+    a, b, c = sorted(await h.claim(), key=lambda k: k.id)
+    res = await h.store.record_outcomes([_ok(a)], [])
+    assert res.accepted == {a.id} and res.closed == set()  # two of step 1 still open
+    res = await h.store.record_outcomes([], [_back(b, int(C.FAILED))])
+    assert res.failed == 1 and res.closed == set()
+    res = await h.store.record_outcomes([_ok(c)], [])
+    assert res.closed == {(iid, 1)}                       # the bare path
+    stale = await h.store.record_outcomes([_ok(c)], [])
+    assert stale.refused == 1 and stale.closed == set()  # a refused result closes nothing
+
+
 async def test_setbacks_retry_then_fail_and_poll_waits_do_not_count(h: Harness) -> None:
     iid = await _instance(h, max_attempts=2)
     (c,) = await h.claim()

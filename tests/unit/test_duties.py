@@ -90,7 +90,7 @@ async def test_a_pass_runs_the_duties_in_order_and_publishes_once() -> None:
     async with anyio.create_task_group() as tg:
         m._tg = tg
         await m.pass_once()
-    assert seen == ["rescuer", "advancer", "reaper"] and ch.published == [{1, 2}] and m.wake.is_set()
+    assert seen == ["rescuer", "advancer", "reaper"] and ch.published == [{1, 2}] and m.wake.rung
 
 
 def test_retention_declares_its_own_schedule_shaped_by_the_settings() -> None:
