@@ -61,6 +61,8 @@ class InstanceAdvancer:
     at every open instance, as a safety net. A pass over 20,000 waiting instances thus
     costs what the few that moved cost, not a read and a plan of each."""
 
+    advances = True  # runs in the advancing passes between full ones (actors/maintenance.py)
+
     def __init__(self, store: EngineStore, registry: Registry, reducer: Reducer, interval: float,
                  full_every: float = FULL_SWEEP_EVERY) -> None:
         """`interval`: the pass interval; progress is written at most once per it (and per

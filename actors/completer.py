@@ -201,8 +201,10 @@ async def _flush(c: Completer, batch: list[Outcome], *, bare: bool = False) -> N
                                          for o in batch)):
         # an instance may move on (FINALIZE, a gate, COMPLETED, FAILED): if this node leads
         # maintenance, its next pass comes now, not at the interval (a one-chunk job waited
-        # half an interval for it on average)
+        # half an interval for it on average); the leader may be another daemon
         c.doorbell.ring()
+        if not c.doorbell.answered_here:
+            await c.channel.ring_leader()
     if res.ready_partitions:
         await c.channel.publish(res.ready_partitions)
 

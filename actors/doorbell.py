@@ -10,6 +10,9 @@ import anyio
 class Doorbell:
     def __init__(self) -> None:
         self._event = anyio.Event()
+        # someone here answers (this node leads maintenance); else a ring must reach the
+        # leader on another node (Channel.ring_leader)
+        self.answered_here = False
 
     def ring(self) -> None:
         self._event.set()

@@ -133,7 +133,7 @@ class Maintenance:
                 continue
             spacing = min(ADVANCE_SPACING[1], max(ADVANCE_SPACING[0], 2 * took))
             start = max(anyio.current_time(), last + spacing)
-            await anyio.sleep(start - anyio.current_time())
+            await anyio.sleep(max(0.0, start - anyio.current_time()))
             if start + spacing >= deadline:
                 return  # the full pass, due about now, advances too
             started = time.perf_counter()
@@ -146,6 +146,7 @@ class Maintenance:
         if self.leader:
             LEADER_CHANGES.labels("lost").inc()
         self.leader = False
+        self.wake.answered_here = False
         self.term = None
         IS_LEADER.set(0)
 
@@ -161,6 +162,7 @@ class Maintenance:
                 if isinstance(duty, InstanceAdvancer):
                     duty.sweep_next()  # another leader took the change markers meanwhile
         was_leader, self.leader = self.leader, term is not None
+        self.wake.answered_here = self.leader
         self.term = LeaderTerm(self.node_id, term) if term is not None else None
         IS_LEADER.set(1 if self.leader else 0)
         if was_leader and not self.leader:
@@ -180,7 +182,7 @@ class Maintenance:
     async def advance_once(self) -> None:
         """The InstanceAdvancer alone, under the term the last full pass renewed (its writes
         are fenced by it all the same)."""
-        await self._run_duties([d for d in self.duties if isinstance(d, InstanceAdvancer)])
+        await self._run_duties([d for d in self.duties if getattr(d, "advances", False)])
 
     async def _run_duties(self, duties: Sequence[Duty]) -> None:
         ctx = PassContext(self.term, self.wake.ring, self._tg.start_soon)

@@ -1,7 +1,7 @@
 """The channel protocol and the per-partition wake-up signal consumers wait on."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import anyio
@@ -51,6 +51,14 @@ class Channel(Protocol):
 
     async def publish(self, partitions: Iterable[int]) -> None:
         """Hint that these partitions have READY chunks. Call only after the commit."""
+
+    async def ring_leader(self) -> None:
+        """Tell the maintenance leader, on whichever daemon, that a step closed (its advancing
+        pass comes now). Best effort, after the commit: unheard, the leader's next full pass
+        sees the change."""
+
+    def on_leader_rung(self, ring: Callable[[], None]) -> None:
+        """What a ring_leader heard here calls (this daemon's maintenance doorbell)."""
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Receive notifications until cancelled."""

@@ -156,6 +156,13 @@ class KafkaChannel:
             log.warning("publish to kafka failed", error=repr(e))
             await self._drop_producer()
 
+    async def ring_leader(self) -> None:
+        """Not carried: a topic's partition reaches one daemon of the group, not the leader.
+        A follower's closed step waits for the leader's next full pass (CHUNKD_MAINTENANCE_INTERVAL)."""
+
+    def on_leader_rung(self, ring: Callable[[], None]) -> None:
+        return None
+
     async def _drop_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:

@@ -1,7 +1,7 @@
 """In-process channel for unit tests and single-process use."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import anyio
 
@@ -16,6 +16,7 @@ class MemoryChannel(AllPartitions):
         self.assignment_changed = anyio.Event()
         self._local = LocalSignals(partitions)
         self.published: list[int] = []
+        self._rung: Callable[[], None] = lambda: None
 
     def signal(self, partition: int) -> PartitionSignal:
         return self._local.signal(partition)
@@ -24,6 +25,12 @@ class MemoryChannel(AllPartitions):
         parts = list(partitions)
         self.published.extend(parts)
         self._local.wake(parts)
+
+    async def ring_leader(self) -> None:
+        self._rung()
+
+    def on_leader_rung(self, ring: Callable[[], None]) -> None:
+        self._rung = ring
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -11,6 +11,9 @@ import structlog
 from channels.base import AllPartitions, LocalSignals, PartitionSignal
 
 CHANNEL = "chunkd_work"
+# A follower's completer closed a step: the maintenance leader's doorbell (no payload). Its own
+# channel, so that a daemon of an earlier version ignores it instead of misreading a payload.
+ADVANCE = "chunkd_advance"
 _NOTIFY = "SELECT pg_notify($1, $2)"
 
 log = structlog.get_logger("chunkd.channel.postgres")
@@ -33,6 +36,7 @@ class PostgresChannel(AllPartitions):
         self._send: asyncpg.Connection | None = None
         self._send_lock = anyio.Lock()
         self._reconnect_max = reconnect_max
+        self._rung: Callable[[], None] = lambda: None
 
     def signal(self, partition: int) -> PartitionSignal:
         return self._local.signal(partition)
@@ -45,14 +49,23 @@ class PostgresChannel(AllPartitions):
         if not parts:
             return
         self._local.wake(parts)  # our own consumers need no round trip
-        payload = ",".join(map(str, parts))
+        await self._notify(CHANNEL, ",".join(map(str, parts)))
+
+    async def ring_leader(self) -> None:
+        await self._notify(ADVANCE, "")
+
+    def on_leader_rung(self, ring: Callable[[], None]) -> None:
+        self._rung = ring
+
+    async def _notify(self, channel: str, payload: str) -> None:
         try:
             async with self._send_lock:
                 if self._send is None or self._send.is_closed():
                     self._send = await self._connect()
-                await self._send.execute(_NOTIFY, CHANNEL, payload)
+                await self._send.execute(_NOTIFY, channel, payload)
         except Exception as e:  # noqa: BLE001 - any connection fault, asyncpg's InternalClientError too
-            # A lost hint only delays work: maintenance re-publishes stale READY partitions.
+            # A lost hint only delays work: maintenance re-publishes stale READY partitions,
+            # and the leader's next full pass sees a closed step.
             log.warning("notify failed", error=repr(e))
             send, self._send = self._send, None
             if send is not None:
@@ -78,6 +91,7 @@ class PostgresChannel(AllPartitions):
                 conn = await self._connect()
                 try:
                     await conn.add_listener(CHANNEL, self._on_notify)
+                    await conn.add_listener(ADVANCE, lambda *_: self._rung())
                     self._listen = conn
                     delay = 0.1
                     self._local.wake_all()  # we may have missed hints while away

@@ -273,6 +273,7 @@ class Node:
     async def _serve(self, engine: Engine, sup: Supervisor) -> None:
         """The actors, until stop: background ones supervised, then the work, then a bounded drain."""
         store, channel = engine.store, engine.channel
+        channel.on_leader_rung(engine.doorbell.ring)  # a follower's completer closed a step
         async with anyio.create_task_group() as background:
             await background.start(channel.run)
             scheduler = Scheduler(engine.settings.scheduler, store, channel, self.registry, engine.reader)

@@ -7,10 +7,16 @@ import anyio
 import asyncpg
 import pytest
 
+from actors.doorbell import Doorbell
+from actors.maintenance import Maintenance
+from channels.postgres import PostgresChannel
+from daemon.jobs import load_registry
+from storage.reader import Reader
 from storage.states import C
+from storage.store import Store
 from tests import testjobs
 from tests.conftest import wait_status
-from tests.integration.helpers import running_node, submit_job
+from tests.integration.helpers import running_node, submit_job, test_config
 
 pytestmark = pytest.mark.anyio
 
@@ -38,6 +44,37 @@ async def test_an_instance_moves_on_as_its_step_closes_not_at_the_next_full_pass
         assert await wait_status(conn, gated.instance_id, {"COMPLETED", "FAILED"}, 30) == "COMPLETED"
     report = json.loads(await conn.fetchval("SELECT report FROM chunkd_instance WHERE id = $1", reduced.instance_id))
     assert report["chunks"] == 3
+
+
+async def test_a_followers_closed_step_rings_the_leader_on_another_daemon(dsn: str,
+                                                                         conn: asyncpg.Connection) -> None:
+    """The work runs on a daemon that never leads (CHUNKD_SCHEDULING=false); the leader is a
+    maintenance alone, wired as daemon/wiring/node.py wires it (its own store, LISTEN/NOTIFY
+    channel and doorbell). Full passes come once a minute: only the follower's ring over
+    the channel (chunkd_advance) lets the instance finish in time. On the old code the ring
+    stayed on the follower, and the instance waited for the leader's next full pass."""
+    cfg = test_config(CHUNKD_MAINTENANCE_INTERVAL="60")
+    store = await Store.open(dsn, partitions=cfg.partitions)
+    channel = PostgresChannel(dsn, cfg.partitions)
+    bell = Doorbell()
+    channel.on_leader_rung(bell.ring)
+    leader = Maintenance(cfg.actor_settings().maintenance, store, channel, load_registry(cfg.jobs),
+                         Reader(dsn, deadlines=store.deadlines), await store.register_node("leader", 1),
+                         doorbell=bell)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(channel.run)
+            tg.start_soon(leader.run)
+            with anyio.fail_after(30):
+                while not leader.leader:
+                    await anyio.sleep(0.05)
+            async with running_node(dsn, CHUNKD_MAINTENANCE_INTERVAL="60", CHUNKD_SCHEDULING="false") as node:
+                res = await submit_job(node, "chunkd.synthetic", chunks=3)
+                assert await wait_status(conn, res.instance_id, {"COMPLETED", "FAILED"}, 30) == "COMPLETED"
+            tg.cancel_scope.cancel()
+    finally:
+        await channel.close()
+        await store.close()
 
 
 async def test_lost_notification_is_republished_by_maintenance(dsn: str, conn: asyncpg.Connection) -> None:

@@ -68,6 +68,7 @@ class _Channel:
 class _Duty:
     def __init__(self, name: str, parts: set[int], seen: list[str]) -> None:
         self.name, self.parts, self.seen = name, parts, seen
+        self.advances = name == "advancer"
 
     async def run(self, ctx: PassContext) -> set[int]:
         self.seen.append(self.name)
@@ -91,6 +92,28 @@ async def test_a_pass_runs_the_duties_in_order_and_publishes_once() -> None:
         m._tg = tg
         await m.pass_once()
     assert seen == ["rescuer", "advancer", "reaper"] and ch.published == [{1, 2}] and m.wake.rung
+
+
+@pytest.mark.anyio
+async def test_a_ring_between_full_passes_runs_the_advancer_alone_until_the_interval_ends() -> None:
+    """A ring (a step closed) runs the advancer alone, at once when the last pass ended long
+    ago, and its partitions are published; the other duties wait for the next full pass.
+    Each ring is one pass: the advancer's own wake-up asks for one more. The old code slept a
+    negative delay here (the time read twice) and maintenance crashed on asyncio's loop."""
+    from storage.types import LeaderTerm
+    seen: list[str] = []
+    ch = _Channel()
+    m = Maintenance(MaintenanceSettings(partitions=4, interval=1.0, republish_after=5.0, max_report_bytes=1 << 20,
+                                        scheduling=True), None, ch, None, None, 1,  # type: ignore[arg-type]
+                    pass_duties=[_Duty("rescuer", {1}, seen), _Duty("advancer", {2}, seen)])
+    m.term, m.leader = LeaderTerm(1, 3), True
+    async with anyio.create_task_group() as tg:
+        m._tg = tg
+        m.wake.ring()
+        now = anyio.current_time()
+        with anyio.fail_after(10):
+            await m._advance_until(now - 10, now + 0.5)
+    assert seen.count("rescuer") == 0 and seen.count("advancer") >= 2 and {2} in ch.published
 
 
 def test_retention_declares_its_own_schedule_shaped_by_the_settings() -> None:
