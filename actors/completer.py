@@ -197,16 +197,17 @@ async def _flush(c: Completer, batch: list[Outcome], *, bare: bool = False) -> N
     _count(batch, res.accepted, res.setback_states)
     if res.setback_states:  # only batches with setbacks: nothing per successful chunk
         c.setback_log.note(batch, res.setback_states)
+    if res.ready_partitions:
+        await c.channel.publish(res.ready_partitions)
     if res.failed or (res.closed and any(o.decides and (o.result.instance_id, o.result.step) in res.closed
                                          for o in batch)):
         # an instance may move on (FINALIZE, a gate, COMPLETED, FAILED): if this node leads
         # maintenance, its next pass comes now, not at the interval (a one-chunk job waited
-        # half an interval for it on average); the leader may be another daemon
+        # half an interval for it on average); the leader may be another daemon (after the
+        # READY hints: work first)
         c.doorbell.ring()
         if not c.doorbell.answered_here:
             await c.channel.ring_leader()
-    if res.ready_partitions:
-        await c.channel.publish(res.ready_partitions)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -111,7 +111,11 @@ class LeaseRescuer:
 
 
 class RetryReleaser:
-    """ERRORED chunks whose backoff ended become READY."""
+    """ERRORED chunks whose backoff ended become READY; in advancing passes too, so that
+    under load a short backoff is not stretched to the interval (a pass that moved
+    instances used to bring a full one 50 ms later)."""
+
+    advances = True
 
     def __init__(self, store: EngineStore, registry: Registry, batch: int = BATCH) -> None:
         self.store, self.registry, self.batch = store, registry, batch

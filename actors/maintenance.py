@@ -180,8 +180,8 @@ class Maintenance:
         await self._run_duties(self.duties)
 
     async def advance_once(self) -> None:
-        """The InstanceAdvancer alone, under the term the last full pass renewed (its writes
-        are fenced by it all the same)."""
+        """The duties marked `advances` (the InstanceAdvancer, the RetryReleaser) alone, under
+        the term the last full pass renewed (their writes are fenced by it all the same)."""
         await self._run_duties([d for d in self.duties if getattr(d, "advances", False)])
 
     async def _run_duties(self, duties: Sequence[Duty]) -> None:

@@ -95,6 +95,7 @@ class PostgresChannel(AllPartitions):
                     self._listen = conn
                     delay = 0.1
                     self._local.wake_all()  # we may have missed hints while away
+                    self._rung()            # and a follower's ring
                     if not started:
                         started = True
                         task_status.started()

@@ -167,6 +167,10 @@ async def test_a_batch_names_the_steps_whose_last_open_chunk_it_ended(h: Harness
     assert res.closed == {(iid, 1)}                       # the bare path
     stale = await h.store.record_outcomes([_ok(c)], [])
     assert stale.refused == 1 and stale.closed == set()  # a refused result closes nothing
+    other = await _instance(h, max_attempts=1)
+    (last,) = await h.claim()
+    res = await h.store.record_outcomes([], [_back(last)])
+    assert res.failed == 1 and res.closed == {(other, 0)}  # closed by its last chunk FAILING
 
 
 async def test_setbacks_retry_then_fail_and_poll_waits_do_not_count(h: Harness) -> None:

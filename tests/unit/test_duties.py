@@ -68,7 +68,7 @@ class _Channel:
 class _Duty:
     def __init__(self, name: str, parts: set[int], seen: list[str]) -> None:
         self.name, self.parts, self.seen = name, parts, seen
-        self.advances = name == "advancer"
+        self.advances = name in ("advancer", "releaser")
 
     async def run(self, ctx: PassContext) -> set[int]:
         self.seen.append(self.name)
@@ -99,21 +99,29 @@ async def test_a_ring_between_full_passes_runs_the_advancer_alone_until_the_inte
     """A ring (a step closed) runs the advancer alone, at once when the last pass ended long
     ago, and its partitions are published; the other duties wait for the next full pass.
     Each ring is one pass: the advancer's own wake-up asks for one more. The old code slept a
-    negative delay here (the time read twice) and maintenance crashed on asyncio's loop."""
+    negative delay here (the time read twice) and maintenance crashed on asyncio's loop. A
+    follower answers rings and runs nothing; either way the loop ends at the deadline."""
     from storage.types import LeaderTerm
-    seen: list[str] = []
-    ch = _Channel()
-    m = Maintenance(MaintenanceSettings(partitions=4, interval=1.0, republish_after=5.0, max_report_bytes=1 << 20,
-                                        scheduling=True), None, ch, None, None, 1,  # type: ignore[arg-type]
-                    pass_duties=[_Duty("rescuer", {1}, seen), _Duty("advancer", {2}, seen)])
-    m.term, m.leader = LeaderTerm(1, 3), True
-    async with anyio.create_task_group() as tg:
-        m._tg = tg
-        m.wake.ring()
-        now = anyio.current_time()
-        with anyio.fail_after(10):
-            await m._advance_until(now - 10, now + 0.5)
-    assert seen.count("rescuer") == 0 and seen.count("advancer") >= 2 and {2} in ch.published
+    for leads in (True, False):
+        seen: list[str] = []
+        ch = _Channel()
+        m = Maintenance(MaintenanceSettings(partitions=4, interval=1.0, republish_after=5.0,
+                                            max_report_bytes=1 << 20, scheduling=True),
+                        None, ch, None, None, 1,  # type: ignore[arg-type]
+                        pass_duties=[_Duty("rescuer", {1}, seen), _Duty("advancer", {2}, seen),
+                                     _Duty("releaser", {3}, seen)])
+        m.term, m.leader = (LeaderTerm(1, 3), True) if leads else (None, False)
+        async with anyio.create_task_group() as tg:
+            m._tg = tg
+            m.wake.ring()
+            now = anyio.current_time()
+            with anyio.fail_after(30):
+                await m._advance_until(now - 10, now + 2.0)
+            assert anyio.current_time() >= now + 1.9  # until the deadline (a timer may fire a bit early)
+        if leads:
+            assert "rescuer" not in seen and seen.count("advancer") >= 2 and {2, 3} in ch.published
+        else:
+            assert seen == [] and ch.published == [] and not m.wake.rung
 
 
 def test_retention_declares_its_own_schedule_shaped_by_the_settings() -> None:
