@@ -29,6 +29,7 @@ from channels.postgres import PostgresChannel
 from daemon.http.ports import HttpSettings
 from daemon.http.server import bind, build_app, serve
 from daemon.jobs import configure_builtins, sandbox
+from daemon.wiring import early_signals
 from daemon.wiring.config import Config
 from daemon.wiring.leaders import LeaderWatch
 from daemon.wiring.logs import route_loop_errors
@@ -381,13 +382,29 @@ class Node:
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            opened = anyio.current_time()
+            # Taken while the process still started, before we listened. One that came after
+            # the event loop started is also in the loop's wake-up fd and is delivered here
+            # again at once: that echo is not an operator's second signal.
+            echoes = len(early_signals.received)
+            if echoes:
+                log.info("signal received during start-up: shutting down", signal=signal.Signals(
+                    early_signals.received[0]).name)
+                self._stop.set()
+                _watchdog(self.cfg.shutdown_grace_seconds + SHUTDOWN_BOUND + _WATCHDOG_MARGIN)
             async for sig in signals:
+                if echoes and anyio.current_time() - opened < _ECHO_SECONDS:
+                    echoes -= 1
+                    continue
                 if self._stop.is_set():
                     log.warning("second signal: exiting at once", signal=sig.name)
                     os._exit(1)
                 log.info("signal received: shutting down", signal=sig.name)
                 self._stop.set()
                 _watchdog(self.cfg.shutdown_grace_seconds + SHUTDOWN_BOUND + _WATCHDOG_MARGIN)
+
+
+_ECHO_SECONDS = 1.0  # an early signal's echo through the loop's wake-up fd comes within this
 
 
 def _watchdog(seconds: float) -> None:
