@@ -118,8 +118,22 @@ class Reducer:
                 log.warning("could not read the input of reductions together; running each alone", error=repr(e),
                             instances=len(group))
                 large = {inst.id for inst, _ in group}
+            # Read after the input: an instance still in FINALIZE (same run) now had its input
+            # unconsumed when it was read (consumption and COMPLETED commit together). One that
+            # left it (another run of this reduction completed it meanwhile: a pass decided on
+            # an older read) must not run its reducer over what is left, an empty input: the
+            # reducer's own side effects (bulk-export's manifest file) would be overwritten.
+            try:
+                live = {(r.id, r.run) for r in await self.store.active_instances_among([i.id for i, _ in group])
+                        if r.status == I.FINALIZE.value}
+            except TRANSIENT as e:
+                for inst, _ in group:
+                    self._retry_at[inst.id] = time.monotonic() + 1.0
+                log.warning("could not read the state of reductions; will run them again", error=repr(e),
+                            instances=len(group))
+                return
             async with anyio.create_task_group() as tg:
-                for inst, job in group:
+                for inst, job in [(i, j) for i, j in group if (i.id, i.run) in live]:
                     started.add(inst.id)
                     held -= 1
                     if inst.id in large:
@@ -233,6 +247,9 @@ class Reducer:
         params = job.decode_params(inst.params)
         ctx = Context(job.name, inst.id, None, step.name, 1, log, step.transactional, self.reader)
         async with store.reduction(inst.id, step.index, lambda: bool(ctx.tx.ops)) as tx:
+            now = await store.get_instance(inst.id)  # as _reduce_small: not over a consumed input
+            if now is None or now["status"] != I.FINALIZE.value or now["run"] != inst.run:
+                raise _Superseded()
             items = _decoded(tx.input(), step.consumes)  # type: ignore[arg-type]
             if step.is_async:
                 report = await step.fn(params, items, ctx)

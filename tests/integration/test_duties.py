@@ -3,7 +3,10 @@ what it uses, run once with a PassContext, and judged by the rows it moved and t
 partitions it returns."""
 from __future__ import annotations
 
+import copy
+
 import anyio
+import msgspec
 import asyncpg
 import pytest
 
@@ -23,7 +26,7 @@ from metrics import INSTANCES, LEASES_RESCUED
 from storage.reader import Reader
 from storage.states import C
 from storage.store import Store
-from storage.types import LeaderTerm, NotLeader, Success
+from storage.types import Finish, LeaderTerm, NotLeader, Success
 
 pytestmark = pytest.mark.anyio
 
@@ -181,3 +184,50 @@ async def test_a_pass_looks_only_at_the_instances_that_changed(store: Store) -> 
     assert await one_pass() == []
     advancer.sweep_next()
     assert await one_pass() == sorted(ids)
+
+
+async def test_a_reduction_decided_on_an_old_read_does_not_run_over_a_consumed_input(store: Store,
+                                                                                    conn: asyncpg.Connection) -> None:
+    """CI's chaos run: bulk-export COMPLETED with a manifest listing no file. A pass that read
+    the instance in FINALIZE decided to reduce it again just as the first reduction completed
+    it; the second loaded the input the first had consumed (none), ran the reducer over it,
+    and the reducer's file (the manifest) was rewritten empty before its write was refused.
+    A reduction now runs only for an instance still in FINALIZE, in its run, after its input
+    was read. On the old code the reducer ran a second time."""
+    iid, _ = await _instance(store)
+    term = await _term(store)
+    reg = load_registry([])
+    job = reg.get("chunkd.synthetic", 1)
+    calls: list[int] = []
+    summarize = job.steps[-1].fn
+
+    async def counting(params, items, ctx):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return await summarize(params, items, ctx)
+    spied = copy.copy(job)
+    spied.steps = [*job.steps[:-1], msgspec.structs.replace(job.steps[-1], fn=counting)]
+    reader = Reader(store.dsn)
+    reducer = Reducer(store, reader, 1 << 20)
+    try:
+        async with anyio.create_task_group() as tg:
+            (chunk,) = [c for p in (0, 1) for c in await store.claim(p, 10, term.node_id, 30)]
+            await store.record_outcomes([Success(chunk.id, chunk.attempt, iid, 0, [b"\x91\x00"], [])], [])
+            (work,) = [c for p in (0, 1) for c in await store.claim(p, 10, term.node_id, 30)]
+            await store.record_outcomes([Success(work.id, work.attempt, iid, 1, [], [])], [])
+            await store.mark_started([iid])
+            assert await store.finalize([Finish(iid, 1, 2)], term) == {iid}
+            row = (await store.active_instances_among([iid]))[0]
+            assert row.status == "FINALIZE"
+            reducer.start_many([(row, spied, 0)], term, tg.start_soon)
+            with anyio.fail_after(30):
+                while reducer.reducing:
+                    await anyio.sleep(0.01)
+            assert calls == [1]
+            assert await conn.fetchval("SELECT status FROM chunkd_instance WHERE id = $1", iid) == "COMPLETED"
+            reducer.start_many([(row, spied, 0)], term, tg.start_soon)  # the old read: FINALIZE
+            with anyio.fail_after(30):
+                while reducer.reducing:
+                    await anyio.sleep(0.01)
+        assert calls == [1]
+    finally:
+        await reader.close()
