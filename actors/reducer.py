@@ -247,8 +247,7 @@ class Reducer:
         params = job.decode_params(inst.params)
         ctx = Context(job.name, inst.id, None, step.name, 1, log, step.transactional, self.reader)
         async with store.reduction(inst.id, step.index, lambda: bool(ctx.tx.ops)) as tx:
-            now = await store.get_instance(inst.id)  # as _reduce_small: not over a consumed input
-            if now is None or now["status"] != I.FINALIZE.value or now["run"] != inst.run:
+            if not await tx.finalizing(inst.run):  # as _reduce_small: not over a consumed input
                 raise _Superseded()
             items = _decoded(tx.input(), step.consumes)  # type: ignore[arg-type]
             if step.is_async:

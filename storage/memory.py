@@ -640,6 +640,10 @@ class MemReduction:
             if c.instance_id == self.instance_id and c.step == self.step and c.state == C.GATE_WAITING:
                 yield c.data or b""
 
+    async def finalizing(self, run: int) -> bool:
+        inst = self.store.instances.get(self.instance_id)
+        return inst is not None and inst.row["status"] == I.FINALIZE.value and inst.row["run"] == run
+
     async def execute(self, op: TxOp) -> None:
         self._ops.append(op)
 

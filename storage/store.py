@@ -850,6 +850,10 @@ class PgReduction:
     def input(self) -> AsyncIterator[bytes]:
         return self.store.reduction_input(self.conn, self.instance_id, self.step)
 
+    async def finalizing(self, run: int) -> bool:
+        row = await self.conn.fetchrow(sql.INSTANCE_GET, self.instance_id)
+        return row is not None and row["status"] == I.FINALIZE.value and row["run"] == run
+
     async def execute(self, op: TxOp) -> None:
         # user SQL: its own, longer deadline (storage/deadlines.py)
         await self.conn.execute(op.sql, *op.args, timeout=self.store.deadlines.user_sql)
